@@ -1,0 +1,413 @@
+/**
+ * The codec of `parley.v1.Frame` (proto/parley/v1/frame.proto), written by
+ * hand against the schema to keep the runtime small: no generated code, one
+ * table that drives both encodings.
+ *
+ * Encoding follows Go's deterministic marshal, so frames round-trip byte for
+ * byte: fields in field-number order, default values omitted (except a set
+ * oneof body, which is always written), map entries in insertion order (Go
+ * writes them sorted, and decoding keeps that order).
+ *
+ * uint64 ids, offsets and the last id are JavaScript numbers (they count
+ * calls and events, far below 2^53); a ping nonce is any uint64, so it stays
+ * a decimal string.
+ *
+ * @internal
+ */
+import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
+import { BinaryReader, BinaryWriter, WireType, base64Decode, base64Encode } from "@bufbuild/protobuf/wire";
+import { codeFromNumber, codeToNumber, parseCode } from "./code.js";
+
+type Strings = Record<string, string>;
+
+/** A message body: the encoded message, or its protojson form. */
+export interface Body {
+  payload?: Uint8Array;
+  json?: JsonValue;
+}
+
+/** A `google.protobuf.Any` in an Error frame. */
+export type AnyDetail = { typeUrl: string; value: Uint8Array } | { json: JsonObject };
+
+export interface Hello { metadata?: Strings; sessionId?: string; resumeToken?: string; offsets?: Record<string, number>; agent?: string }
+export interface Welcome {
+  sessionId?: string; resumeToken?: string; resumed?: boolean; resumeWindowMs?: number;
+  maxMessageBytes?: number; maxInFlight?: number; pingIntervalMs?: number; agent?: string; metadata?: Strings;
+}
+export interface Call extends Body { id: number; method?: string; timeoutMs?: number; metadata?: Strings }
+export interface Reply extends Body { id: number; metadata?: Strings }
+/** An Error frame; code is the wire number (0 to 16, or more from a newer peer). */
+export interface ErrorFrame { id: number; code?: number; message?: string; details?: AnyDetail[]; metadata?: Strings }
+export interface Event extends Body { method?: string; topic?: string; offset?: number; epoch?: string }
+
+/** A decoded frame: the kind that was set and its fields. */
+export type Frame =
+  | { hello: Hello }
+  | { welcome: Welcome }
+  | { call: Call }
+  | { reply: Reply }
+  | { error: ErrorFrame }
+  | { cancel: { id: number } }
+  | { event: Event }
+  | { item: Body & { id: number } }
+  | { end: { id: number } }
+  | { credit: { id: number; items?: number } }
+  | { goaway: { reason?: string; lastId?: number } }
+  | { ping: { nonce?: string } }
+  | { pong: { nonce?: string } }
+  /** A kind this version does not know: its field number and, if it has one, its id (field 1). */
+  | { unknown: { kind: number | string; id: number } };
+
+// The schema, field numbers by position (every message numbers its fields
+// 1, 2, 3, ... and Frame numbers its kinds likewise). Field types:
+//   i uint64 as number   n uint64 as decimal string   u uint32   s string
+//   b bool   c Code enum   p bytes (oneof: always written when set)
+//   j google.protobuf.Value (oneof)   m map<string,string>
+//   o map<string,uint64>   a repeated google.protobuf.Any
+const schema = (
+  "hello metadata:m sessionId:s resumeToken:s offsets:o agent:s|" +
+  "welcome sessionId:s resumeToken:s resumed:b resumeWindowMs:u maxMessageBytes:u maxInFlight:u pingIntervalMs:u agent:s metadata:m|" +
+  "call id:i method:s payload:p json:j timeoutMs:u metadata:m|" +
+  "reply id:i payload:p json:j metadata:m|" +
+  "error id:i code:c message:s details:a metadata:m|" +
+  "cancel id:i|" +
+  "event method:s payload:p json:j topic:s offset:i epoch:s|" +
+  "item id:i payload:p json:j|" +
+  "end id:i|" +
+  "credit id:i items:u|" +
+  "goaway reason:s lastId:i|" +
+  "ping nonce:n|" +
+  "pong nonce:n"
+)
+  .split("|")
+  .map((m) => {
+    const [kind, ...fields] = m.split(" ");
+    return [kind!, fields.map((f) => f.split(":") as [string, string])] as const;
+  });
+
+const kindNumber = (kind: string) => schema.findIndex(([k]) => k == kind) + 1;
+
+/** Wire type per field type: varint for scalars, length-delimited otherwise. */
+const isVarint = (t: string) => "inucb".includes(t);
+
+const isDefault = (t: string, v: unknown) =>
+  v === undefined ||
+  (t != "p" && t != "j" && (v === 0 || v === "" || (t == "n" && v === "0") || v === false || (typeof v == "object" && v !== null && Object.keys(v).length == 0)));
+
+// ---------------------------------------------------------------- binary
+
+/** Encodes a frame as protobuf (parley.v1+proto). */
+export function encodeBinary(frame: Frame): Uint8Array {
+  const [kind, msg] = Object.entries(frame)[0]! as [string, Record<string, any>];
+  const no = kindNumber(kind);
+  if (!no) throw new Error(`cannot encode frame kind ${kind}`);
+  const w = new BinaryWriter();
+  w.tag(no, WireType.LengthDelimited).fork();
+  schema[no - 1]![1].forEach(([name, t], i) => {
+    const v = msg[name];
+    if (isDefault(t, v)) return;
+    const f = i + 1;
+    if (isVarint(t)) {
+      w.tag(f, WireType.Varint).uint64(t == "b" ? +v : v);
+    } else if (t == "s") {
+      w.tag(f, WireType.LengthDelimited).string(v);
+    } else if (t == "p") {
+      w.tag(f, WireType.LengthDelimited).bytes(v);
+    } else if (t == "j") {
+      w.tag(f, WireType.LengthDelimited).fork();
+      writeValue(w, v);
+      w.join();
+    } else if (t == "a") {
+      for (const d of v as AnyDetail[]) {
+        if (!("typeUrl" in d)) throw new Error("cannot encode a JSON error detail as protobuf");
+        w.tag(f, WireType.LengthDelimited).fork();
+        if (d.typeUrl) w.tag(1, WireType.LengthDelimited).string(d.typeUrl);
+        if (d.value.length) w.tag(2, WireType.LengthDelimited).bytes(d.value);
+        w.join();
+      }
+    } else {
+      // m, o: a map is a repeated entry message {1: key, 2: value}; Go
+      // writes every entry's key and value, defaults included.
+      for (const [key, val] of Object.entries(v as Record<string, string | number>)) {
+        w.tag(f, WireType.LengthDelimited).fork().tag(1, WireType.LengthDelimited).string(key);
+        if (t == "m") w.tag(2, WireType.LengthDelimited).string(val as string);
+        else w.tag(2, WireType.Varint).uint64(val);
+        w.join();
+      }
+    }
+  });
+  return w.join().finish();
+}
+
+/** Decodes a protobuf frame; throws on malformed input. */
+export function decodeBinary(bytes: Uint8Array): Frame {
+  const r = new BinaryReader(bytes);
+  let frame: Frame | undefined;
+  let unknown: Frame | undefined;
+  while (r.pos < r.len) {
+    const [no, wt] = r.tag();
+    const spec = schema[no - 1];
+    if (wt != WireType.LengthDelimited) {
+      r.skip(wt, no);
+    } else if (!spec) {
+      // A kind from a newer version: remember its id, if field 1 is one.
+      const sub = new BinaryReader(r.bytes());
+      let id = 0;
+      while (sub.pos < sub.len) {
+        const [f, t] = sub.tag();
+        if (f == 1 && t == WireType.Varint) id = Number(sub.uint64());
+        else sub.skip(t, f);
+      }
+      unknown = { unknown: { kind: no, id } };
+    } else {
+      frame = { [spec[0]]: readMessage(r, end(r), spec[1]) } as Frame;
+    }
+  }
+  const f = frame ?? unknown;
+  if (!f) throw new Error("frame has no kind");
+  return f;
+}
+
+/** Reads a length prefix and returns where the nested message ends. */
+function end(r: BinaryReader): number {
+  const e = r.uint32() + r.pos;
+  if (e > r.len) throw new Error("premature end of input");
+  return e;
+}
+
+function readMessage(r: BinaryReader, stop: number, fields: readonly (readonly [string, string])[]) {
+  const msg: Record<string, any> = {};
+  while (r.pos < stop) {
+    const [no, wt] = r.tag();
+    const [name, t] = fields[no - 1] ?? [];
+    if (!name || wt != (isVarint(t!) ? WireType.Varint : WireType.LengthDelimited)) {
+      r.skip(wt, no);
+      continue;
+    }
+    switch (t) {
+      case "i":
+        msg[name] = Number(r.uint64());
+        break;
+      case "n":
+        msg[name] = String(r.uint64());
+        break;
+      case "u":
+      case "c":
+        msg[name] = r.uint32();
+        break;
+      case "b":
+        msg[name] = r.bool();
+        break;
+      case "s":
+        msg[name] = r.string();
+        break;
+      case "p":
+        msg[name] = r.bytes();
+        delete msg["json"];
+        break;
+      case "j":
+        msg[name] = readValue(r, end(r));
+        delete msg["payload"];
+        break;
+      case "a": {
+        const any: { typeUrl: string; value: Uint8Array } = { typeUrl: "", value: new Uint8Array(0) };
+        const e = end(r);
+        while (r.pos < e) {
+          const [f, w] = r.tag();
+          if (f == 1 && w == WireType.LengthDelimited) any.typeUrl = r.string();
+          else if (f == 2 && w == WireType.LengthDelimited) any.value = r.bytes();
+          else r.skip(w, f);
+        }
+        (msg[name] ??= []).push(any);
+        break;
+      }
+      default: {
+        // m, o
+        let key = "";
+        let val: string | number = t == "m" ? "" : 0;
+        const e = end(r);
+        while (r.pos < e) {
+          const [f, w] = r.tag();
+          if (f == 1 && w == WireType.LengthDelimited) key = r.string();
+          else if (f == 2 && t == "m" && w == WireType.LengthDelimited) val = r.string();
+          else if (f == 2 && t == "o" && w == WireType.Varint) val = Number(r.uint64());
+          else r.skip(w, f);
+        }
+        (msg[name] ??= {})[key] = val;
+      }
+    }
+  }
+  if (r.pos != stop) throw new Error("premature end of message");
+  return msg;
+}
+
+// google.protobuf.Value in binary: null_value 1, number_value 2,
+// string_value 3, bool_value 4, struct_value 5 (Struct: map<string, Value>
+// fields = 1), list_value 6 (ListValue: repeated Value values = 1).
+
+function writeValue(w: BinaryWriter, v: JsonValue): void {
+  if (v === null) w.tag(1, WireType.Varint).int32(0);
+  else if (typeof v == "number") w.tag(2, WireType.Bit64).double(v);
+  else if (typeof v == "string") w.tag(3, WireType.LengthDelimited).string(v);
+  else if (typeof v == "boolean") w.tag(4, WireType.Varint).bool(v);
+  else {
+    const list = Array.isArray(v);
+    w.tag(list ? 6 : 5, WireType.LengthDelimited).fork();
+    for (const [k, e] of Object.entries(v)) {
+      w.tag(1, WireType.LengthDelimited).fork();
+      if (list) {
+        writeValue(w, e as JsonValue);
+      } else {
+        w.tag(1, WireType.LengthDelimited).string(k).tag(2, WireType.LengthDelimited).fork();
+        writeValue(w, e as JsonValue);
+        w.join();
+      }
+      w.join();
+    }
+    w.join();
+  }
+}
+
+function readValue(r: BinaryReader, stop: number): JsonValue {
+  let v: JsonValue = null;
+  while (r.pos < stop) {
+    const [no, wt] = r.tag();
+    if (no == 1 && wt == WireType.Varint) (r.int32(), (v = null));
+    else if (no == 2 && wt == WireType.Bit64) v = r.double();
+    else if (no == 3 && wt == WireType.LengthDelimited) v = r.string();
+    else if (no == 4 && wt == WireType.Varint) v = r.bool();
+    else if ((no == 5 || no == 6) && wt == WireType.LengthDelimited) {
+      const list: JsonValue[] = [];
+      const obj: JsonObject = {};
+      const e = end(r);
+      while (r.pos < e) {
+        const [f, w] = r.tag();
+        if (f != 1 || w != WireType.LengthDelimited) {
+          r.skip(w, f);
+        } else if (no == 6) {
+          list.push(readValue(r, end(r)));
+        } else {
+          const ee = end(r);
+          let key = "";
+          let val: JsonValue = null;
+          while (r.pos < ee) {
+            const [ef, ew] = r.tag();
+            if (ef == 1 && ew == WireType.LengthDelimited) key = r.string();
+            else if (ef == 2 && ew == WireType.LengthDelimited) val = readValue(r, end(r));
+            else r.skip(ew, ef);
+          }
+          obj[key] = val;
+        }
+      }
+      v = no == 6 ? list : obj;
+    } else r.skip(wt, no);
+  }
+  return v;
+}
+
+// ------------------------------------------------------------------ JSON
+
+/** Encodes a frame as protojson (parley.v1+json). */
+export function encodeJson(frame: Frame): string {
+  const [kind, msg] = Object.entries(frame)[0]! as [string, Record<string, any>];
+  const spec = schema[kindNumber(kind) - 1];
+  if (!spec) throw new Error(`cannot encode frame kind ${kind}`);
+  const out: JsonObject = {};
+  for (const [name, t] of spec[1]) {
+    const v = msg[name];
+    if (isDefault(t, v)) continue;
+    out[name] =
+      t == "i" || t == "n" ? String(v)
+      : t == "o" ? Object.fromEntries(Object.entries(v).map(([k, n]) => [k, String(n)]))
+      : t == "p" ? base64Encode(v)
+      : t == "c" ? (v > 0 && v <= 16 ? "CODE_" + codeFromNumber(v).toUpperCase() : v)
+      : t == "a" ? (v as AnyDetail[]).map((d) => ("json" in d ? d.json : { "@type": d.typeUrl, value: base64Encode(d.value) }))
+      : v;
+  }
+  return JSON.stringify({ [kind]: out });
+}
+
+/**
+ * Decodes a protojson frame; throws on malformed input. Reads lowerCamel
+ * and original (snake_case) field names alike, uint64s as strings or
+ * numbers, and the code as its enum name or number, as protojson does.
+ */
+export function decodeJson(text: string): Frame {
+  const obj: unknown = JSON.parse(text);
+  if (!isObject(obj)) throw new Error("frame is not a JSON object");
+  let frame: Frame | undefined;
+  let unknown: Frame | undefined;
+  for (const [kind, body] of Object.entries(obj)) {
+    const no = kindNumber(kind);
+    if (body === null) continue;
+    if (!isObject(body)) throw new Error(`frame field ${kind} is not an object`);
+    if (!no) {
+      unknown = { unknown: { kind, id: body["id"] == null ? 0 : u64(body["id"]) } };
+      continue;
+    }
+    const msg: Record<string, unknown> = {};
+    for (const [name, t] of schema[no - 1]![1]) {
+      let v = body[name] ?? body[name.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase())];
+      // null means the default, except for a Value, where it is a value.
+      if (v === undefined || (v === null && t != "j")) continue;
+      msg[name] = readJsonField(name, t, v);
+    }
+    frame = { [kind]: msg } as Frame;
+  }
+  const f = frame ?? unknown;
+  if (!f) throw new Error("frame has no kind");
+  return f;
+}
+
+function readJsonField(name: string, t: string, v: JsonValue): unknown {
+  const bad = () => new Error(`invalid value for field ${name}: ${JSON.stringify(v)}`);
+  switch (t) {
+    case "i":
+      return u64(v);
+    case "n":
+      if ((typeof v != "string" && typeof v != "number") || !/^\d+$/.test(String(v))) throw bad();
+      return String(BigInt(v));
+    case "u":
+      return u64(v);
+    case "c":
+      if (typeof v == "string") {
+        const code = parseCode(v.replace(/^CODE_/, "").toLowerCase());
+        if (code) return codeToNumber(code);
+        if (v == "CODE_UNSPECIFIED") return 0;
+      }
+      return u64(v);
+    case "b":
+      if (typeof v != "boolean") throw bad();
+      return v;
+    case "s":
+      if (typeof v != "string") throw bad();
+      return v;
+    case "p":
+      if (typeof v != "string") throw bad();
+      return base64Decode(v);
+    case "j":
+      return v;
+    case "a":
+      if (!Array.isArray(v) || !v.every(isObject)) throw bad();
+      return v.map((json) => ({ json }));
+    default:
+      // m, o
+      if (!isObject(v)) throw bad();
+      return Object.fromEntries(
+        Object.entries(v).map(([k, e]) => {
+          if (t == "m" && typeof e != "string") throw bad();
+          return [k, t == "m" ? e : u64(e)];
+        }),
+      );
+  }
+}
+
+function u64(v: JsonValue | undefined): number {
+  const n = typeof v == "string" && /^\d+$/.test(v) ? Number(v) : v;
+  if (typeof n != "number" || !Number.isSafeInteger(n) || n < 0) {
+    throw new Error(`invalid unsigned integer ${JSON.stringify(v)}`);
+  }
+  return n;
+}
+
+const isObject = (v: unknown): v is JsonObject => typeof v == "object" && v !== null && !Array.isArray(v);

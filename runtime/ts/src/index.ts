@@ -1,0 +1,21 @@
+/**
+ * Parley's TypeScript runtime: typed RPC over one WebSocket. Generated
+ * clients (protoc-gen-parley-ts) call {@link Connection.call} with a
+ * {@link MethodSpec} per method.
+ *
+ * @packageDocumentation
+ */
+export { type Code, codeFromNumber, codeToNumber } from "./code.js";
+export { ParleyError, type ErrorDetail } from "./error.js";
+export type { CallOptions, MethodSpec } from "./method.js";
+export {
+  Connection,
+  agent,
+  defaultMaxMessageBytes,
+  defaultTimeoutMs,
+  type ConnectionOptions,
+  type ConnectionState,
+  type Session,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from "./connection.js";
