@@ -1,0 +1,288 @@
+package gents_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/bufbuild/protocompile"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/pluginpb"
+
+	"github.com/parleyrpc/parley/internal/gents"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+const (
+	// sharedCases are the proto cases every generator is tested on.
+	sharedCases = "../testdata/cases"
+	protoRoot   = "../../proto"
+	goldenRoot  = "testdata"
+	// errorFile holds the plugin's error in the golden dir of a case the
+	// plugin must refuse.
+	errorFile = "error.txt"
+)
+
+// repoRoot is where node_modules lives.
+const repoRoot = "../.."
+
+func nodeTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := filepath.Abs(filepath.Join(repoRoot, "node_modules", ".bin", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%s is missing: run `npm ci` in the repository root to install the TypeScript tools (%v)", p, err)
+	}
+	return p
+}
+
+func caseNames(t *testing.T) []string {
+	t.Helper()
+	entries, err := os.ReadDir(sharedCases)
+	if err != nil {
+		t.Fatalf("reading the shared cases: %v", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() {
+			names = append(names, e.Name())
+		}
+	}
+	if len(names) == 0 {
+		t.Fatalf("no cases in %s", sharedCases)
+	}
+	return names
+}
+
+// TestGolden generates each shared case with protoc-gen-parley-ts and with
+// protoc-gen-es (so every golden dir type-checks on its own) and compares
+// the output with testdata/<case>/. go test -update rewrites it.
+func TestGolden(t *testing.T) {
+	esPlugin := nodeTool(t, "protoc-gen-es")
+	for _, name := range caseNames(t) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			req := buildRequest(t, filepath.Join(sharedCases, name))
+			got := map[string]string{}
+			resp := runParley(t, req, "")
+			if resp.Error != nil {
+				got[errorFile] = resp.GetError() + "\n"
+			} else {
+				for _, f := range resp.GetFile() {
+					got[f.GetName()] = f.GetContent()
+				}
+				// protoc-gen-es also generates the dependencies outside
+				// @bufbuild/protobuf (parley/v1/options.proto), which a _pb
+				// file imports, as buf's include_imports would.
+				esReq := proto.CloneOf(req)
+				esReq.FileToGenerate = nil
+				for _, f := range req.GetProtoFile() {
+					if !strings.HasPrefix(f.GetName(), "google/protobuf/") {
+						esReq.FileToGenerate = append(esReq.FileToGenerate, f.GetName())
+					}
+				}
+				es := runPlugin(t, esPlugin, esReq, "target=ts")
+				if es.Error != nil {
+					t.Fatalf("protoc-gen-es: %s", es.GetError())
+				}
+				for _, f := range es.GetFile() {
+					got[f.GetName()] = f.GetContent()
+				}
+			}
+			compareGolden(t, filepath.Join(goldenRoot, name), got)
+		})
+	}
+}
+
+// TestGoldenTypeCheck runs tsc in strict mode over every golden case, with
+// a stand-in for @parleyrpc/runtime that declares exactly its public API.
+func TestGoldenTypeCheck(t *testing.T) {
+	tsc := nodeTool(t, "tsc")
+	cmd := exec.Command(tsc, "--noEmit", "-p", "tsconfig.json")
+	cmd.Dir = goldenRoot
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("tsc --noEmit over %s: %v\n%s", goldenRoot, err, out)
+	}
+}
+
+func runParley(t *testing.T, req *pluginpb.CodeGeneratorRequest, parameter string) *pluginpb.CodeGeneratorResponse {
+	t.Helper()
+	req = proto.CloneOf(req)
+	req.Parameter = proto.String(parameter)
+	// Through the wire format, as the plugin sees a request from buf.
+	in, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := gents.Run(bytes.NewReader(in), &out); err != nil {
+		t.Fatal(err)
+	}
+	resp := &pluginpb.CodeGeneratorResponse{}
+	if err := proto.Unmarshal(out.Bytes(), resp); err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func runPlugin(t *testing.T, plugin string, req *pluginpb.CodeGeneratorRequest, parameter string) *pluginpb.CodeGeneratorResponse {
+	t.Helper()
+	req = proto.CloneOf(req)
+	req.Parameter = proto.String(parameter)
+	in, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(plugin)
+	cmd.Stdin = bytes.NewReader(in)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s: %v\n%s", plugin, err, stderr.Bytes())
+	}
+	resp := &pluginpb.CodeGeneratorResponse{}
+	if err := proto.Unmarshal(stdout.Bytes(), resp); err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// buildRequest compiles every .proto under dir, keeping comments, with
+// dir, proto/ and the well-known types on the import path; the request
+// generates the case's files and carries all their dependencies.
+func buildRequest(t *testing.T, dir string) *pluginpb.CodeGeneratorRequest {
+	t.Helper()
+	var names []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".proto") {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		names = append(names, filepath.ToSlash(rel))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(names)
+	c := protocompile.Compiler{
+		Resolver: protocompile.WithStandardImports(&protocompile.SourceResolver{
+			ImportPaths: []string{dir, protoRoot},
+		}),
+		SourceInfoMode: protocompile.SourceInfoStandard,
+	}
+	files, err := c.Compile(context.Background(), names...)
+	if err != nil {
+		t.Fatalf("compiling %s: %v", dir, err)
+	}
+	req := &pluginpb.CodeGeneratorRequest{FileToGenerate: names}
+	seen := map[string]bool{}
+	var add func(fd protoreflect.FileDescriptor)
+	add = func(fd protoreflect.FileDescriptor) {
+		if seen[fd.Path()] {
+			return
+		}
+		seen[fd.Path()] = true
+		for i := 0; i < fd.Imports().Len(); i++ {
+			add(fd.Imports().Get(i).FileDescriptor)
+		}
+		req.ProtoFile = append(req.ProtoFile, protodesc.ToFileDescriptorProto(fd))
+	}
+	for _, f := range files {
+		add(f)
+	}
+	return req
+}
+
+// compareGolden diffs got against the files under dir, or rewrites dir
+// with -update.
+func compareGolden(t *testing.T, dir string, got map[string]string) {
+	t.Helper()
+	if *update {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
+		for name, content := range got {
+			p := filepath.Join(dir, filepath.FromSlash(name))
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return
+	}
+	want := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		rel, _ := filepath.Rel(dir, p)
+		want[filepath.ToSlash(rel)] = string(b)
+		return err
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	for name := range union(got, want) {
+		g, inGot := got[name]
+		w, inWant := want[name]
+		switch {
+		case !inWant:
+			t.Errorf("%s: generated but not in %s (run go test -update)", name, dir)
+		case !inGot:
+			t.Errorf("%s: in %s but no longer generated (run go test -update)", name, dir)
+		case g != w:
+			t.Errorf("%s differs from %s (run go test -update):\n%s", name, dir, diff(w, g))
+		}
+	}
+}
+
+func union(a, b map[string]string) map[string]bool {
+	u := map[string]bool{}
+	for k := range a {
+		u[k] = true
+	}
+	for k := range b {
+		u[k] = true
+	}
+	return u
+}
+
+// diff shows the first differing lines with a little context.
+func diff(want, got string) string {
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	i := 0
+	for i < len(w) && i < len(g) && w[i] == g[i] {
+		i++
+	}
+	var b strings.Builder
+	from := max(0, i-3)
+	for j := from; j < i; j++ {
+		fmt.Fprintf(&b, "  %s\n", w[j])
+	}
+	for j := i; j < min(len(w), i+8); j++ {
+		fmt.Fprintf(&b, "- %s\n", w[j])
+	}
+	for j := i; j < min(len(g), i+8); j++ {
+		fmt.Fprintf(&b, "+ %s\n", g[j])
+	}
+	return b.String()
+}

@@ -1,0 +1,413 @@
+package gents
+
+import (
+	"fmt"
+	"path"
+	"sort"
+	"strings"
+
+	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
+)
+
+// fileModel is everything one <file>_parley.ts says, with every identifier
+// decided; the template only lays it out.
+type fileModel struct {
+	Name     string // output path, chat/v1/chat_parley.ts
+	Preamble string // header comment lines, without a trailing newline
+	Imports  []importStmt
+	Services []serviceModel
+	// Identifiers of imported names, as this file spells them (aliased
+	// when a local declaration or another import took the name).
+	MessageInitShape, CallOptions, Connection, MethodSpec string
+}
+
+type importStmt struct {
+	TypeOnly bool
+	From     string
+	Names    []importName
+}
+
+type importName struct{ Name, Alias string }
+
+// Clause is the text between the braces: "A, B as B$1".
+func (s importStmt) Clause() string {
+	parts := make([]string, len(s.Names))
+	for i, n := range s.Names {
+		parts[i] = n.Name
+		if n.Alias != n.Name {
+			parts[i] += " as " + n.Alias
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+type serviceModel struct {
+	FullName   string
+	ClientName string // ChatServiceClient
+	Doc        string // JSDoc text, one line per element, no comment markers
+	Methods    []methodModel
+}
+
+type methodModel struct {
+	FullName   string // chat.v1.ChatService.Join
+	Procedure  string // /chat.v1.ChatService/Join
+	SpecName   string // ChatServiceJoinSpec
+	LocalName  string // join: the client method
+	Input      messageRef
+	Output     messageRef
+	TimeoutMs  uint32 // 0: none set
+	Idempotent bool
+	SpecDoc    string
+	Doc        string
+}
+
+// messageRef names a message as this file spells it.
+type messageRef struct {
+	Schema string // JoinRequestSchema: a value
+	Shape  string // JoinRequest: a type
+}
+
+// generator holds what is shared by the files of one request.
+type generator struct {
+	opts      Options
+	parameter string
+	reg       *protoregistry.Files
+	raw       map[string]*descriptorpb.FileDescriptorProto
+	toGen     map[string]bool
+	esNames   map[string]esFileNames
+}
+
+// wktImportPaths is protobuf-es's wktPublicImportPaths: the well-known types
+// ship with @bufbuild/protobuf and are imported from there.
+var wktImportPaths = map[string]string{
+	"google/protobuf/compiler/plugin.proto":         "@bufbuild/protobuf/wkt",
+	"google/protobuf/any.proto":                     "@bufbuild/protobuf/wkt",
+	"google/protobuf/api.proto":                     "@bufbuild/protobuf/wkt/google/protobuf/api_pb.js",
+	"google/protobuf/c_sharp_features.proto":        "@bufbuild/protobuf/wkt/google/protobuf/c_sharp_features_pb.js",
+	"google/protobuf/cpp_features.proto":            "@bufbuild/protobuf/wkt/google/protobuf/cpp_features_pb.js",
+	"google/protobuf/cpp_file_options.proto":        "@bufbuild/protobuf/wkt/google/protobuf/cpp_file_options_pb.js",
+	"google/protobuf/cpp_options.proto":             "@bufbuild/protobuf/wkt/google/protobuf/cpp_options_pb.js",
+	"google/protobuf/descriptor.proto":              "@bufbuild/protobuf/wkt",
+	"google/protobuf/duration.proto":                "@bufbuild/protobuf/wkt",
+	"google/protobuf/empty.proto":                   "@bufbuild/protobuf/wkt",
+	"google/protobuf/field_mask.proto":              "@bufbuild/protobuf/wkt",
+	"google/protobuf/go_features.proto":             "@bufbuild/protobuf/wkt/google/protobuf/go_features_pb.js",
+	"google/protobuf/java_features.proto":           "@bufbuild/protobuf/wkt/google/protobuf/java_features_pb.js",
+	"google/protobuf/json_enumvalue_options.proto":  "@bufbuild/protobuf/wkt/google/protobuf/json_enumvalue_options_pb.js",
+	"google/protobuf/json_options.proto":            "@bufbuild/protobuf/wkt/google/protobuf/json_options_pb.js",
+	"google/protobuf/source_context.proto":          "@bufbuild/protobuf/wkt/google/protobuf/source_context_pb.js",
+	"google/protobuf/struct.proto":                  "@bufbuild/protobuf/wkt",
+	"google/protobuf/timestamp.proto":               "@bufbuild/protobuf/wkt",
+	"google/protobuf/type.proto":                    "@bufbuild/protobuf/wkt/google/protobuf/type_pb.js",
+	"google/protobuf/wrappers.proto":                "@bufbuild/protobuf/wkt",
+}
+
+// imports collects the names a file imports, in order of first use, so the
+// import block reads in the order the file needs things.
+type imports struct {
+	order []string // module paths
+	byMod map[string]map[string]*importUse
+	names []*importUse // in order of first use
+}
+
+type importUse struct {
+	from, name string
+	value      bool // used as a value somewhere: needs a value import
+	alias      string
+}
+
+func (im *imports) use(from, name string, value bool) *importUse {
+	if im.byMod == nil {
+		im.byMod = map[string]map[string]*importUse{}
+	}
+	mod, ok := im.byMod[from]
+	if !ok {
+		mod = map[string]*importUse{}
+		im.byMod[from] = mod
+		im.order = append(im.order, from)
+	}
+	u, ok := mod[name]
+	if !ok {
+		u = &importUse{from: from, name: name}
+		mod[name] = u
+		im.names = append(im.names, u)
+	}
+	u.value = u.value || value
+	return u
+}
+
+// statements returns one type-only and one value import per module, as
+// protoplugin writes them, names sorted.
+func (im *imports) statements() []importStmt {
+	var out []importStmt
+	for _, from := range im.order {
+		var types, values []importName
+		for _, u := range im.names {
+			if u.from != from {
+				continue
+			}
+			n := importName{Name: u.name, Alias: u.alias}
+			if u.value {
+				values = append(values, n)
+			} else {
+				types = append(types, n)
+			}
+		}
+		for _, s := range []importStmt{{TypeOnly: true, From: from, Names: types}, {From: from, Names: values}} {
+			if len(s.Names) == 0 {
+				continue
+			}
+			sort.Slice(s.Names, func(i, j int) bool { return s.Names[i].Name < s.Names[j].Name })
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// buildFile models the output for one proto file, or returns nil when the
+// file declares no services.
+func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error) {
+	if fd.Services().Len() == 0 {
+		return nil, nil
+	}
+	if err := refuseUnsupported(fd); err != nil {
+		return nil, err
+	}
+	base := strings.TrimSuffix(fd.Path(), ".proto")
+	m := &fileModel{Name: base + "_parley.ts", Preamble: g.preamble(fd)}
+
+	// Our own declarations claim their names first; imports are aliased
+	// around them, as protoplugin does.
+	top := newScope(globalsWeUse)
+	type pending struct {
+		method *methodModel
+		in, out *importUse
+		inMD    protoreflect.MessageDescriptor
+	}
+	var im imports
+	// Runtime names first so the import block starts with them.
+	mis := im.use(protobufImport, "MessageInitShape", false)
+	callOptions := im.use(g.opts.RuntimeImport, "CallOptions", false)
+	connection := im.use(g.opts.RuntimeImport, "Connection", false)
+	methodSpec := im.use(g.opts.RuntimeImport, "MethodSpec", false)
+
+	type msgUses struct{ schema, shape *importUse }
+	var refs []struct {
+		ref  *messageRef
+		uses msgUses
+	}
+	useMessage := func(ref *messageRef, md protoreflect.MessageDescriptor) {
+		from := g.importPath(m.Name, md.ParentFile())
+		names := g.namesOf(md.ParentFile())
+		u := msgUses{
+			schema: im.use(from, names.schema[md.FullName()], true),
+			shape:  im.use(from, names.shape[md.FullName()], false),
+		}
+		refs = append(refs, struct {
+			ref  *messageRef
+			uses msgUses
+		}{ref, u})
+	}
+
+	for i := 0; i < fd.Services().Len(); i++ {
+		sd := fd.Services().Get(i)
+		svcID := esIdentifier(sd)
+		s := serviceModel{
+			FullName:   string(sd.FullName()),
+			ClientName: top.declare(svcID + "Client"),
+			Doc:        jsDocText(fd, sd, "service "+string(sd.FullName()), isDeprecated(sd.Options())),
+		}
+		members := newMemberScope()
+		for j := 0; j < sd.Methods().Len(); j++ {
+			md := sd.Methods().Get(j)
+			mo := methodOptions(md)
+			meth := methodModel{
+				FullName:   string(md.FullName()),
+				Procedure:  "/" + string(sd.FullName()) + "/" + string(md.Name()),
+				SpecName:   top.declare(svcID + upperFirst(string(md.Name())) + "Spec"),
+				LocalName:  members.declare(esMethodLocalName(string(md.Name()))),
+				TimeoutMs:  mo.parley.GetTimeoutMs(),
+				Idempotent: mo.idempotent,
+			}
+			meth.Doc = jsDocText(fd, md, "rpc "+string(md.FullName()), mo.deprecated)
+			meth.SpecDoc = specDoc(meth, mo.deprecated)
+			s.Methods = append(s.Methods, meth)
+		}
+		m.Services = append(m.Services, s)
+	}
+	// Message references are resolved once every method sits in its final
+	// place (appending moves structs), then aliased.
+	for si := range m.Services {
+		sd := fd.Services().Get(si)
+		for mi := range m.Services[si].Methods {
+			md := sd.Methods().Get(mi)
+			meth := &m.Services[si].Methods[mi]
+			useMessage(&meth.Input, md.Input())
+			useMessage(&meth.Output, md.Output())
+		}
+	}
+	for _, u := range im.names {
+		u.alias = top.alias(u.name)
+	}
+	for _, r := range refs {
+		r.ref.Schema, r.ref.Shape = r.uses.schema.alias, r.uses.shape.alias
+	}
+	m.MessageInitShape, m.CallOptions, m.Connection, m.MethodSpec = mis.alias, callOptions.alias, connection.alias, methodSpec.alias
+	m.Imports = im.statements()
+	return m, nil
+}
+
+// refuseUnsupported names the first method this plugin cannot generate yet.
+func refuseUnsupported(fd protoreflect.FileDescriptor) error {
+	for i := 0; i < fd.Services().Len(); i++ {
+		sd := fd.Services().Get(i)
+		clientSide := serviceOptions(sd).GetImplementedBy() == parleyv1.Side_CLIENT
+		for j := 0; j < sd.Methods().Len(); j++ {
+			md := sd.Methods().Get(j)
+			if clientSide {
+				return fmt.Errorf("%s belongs to a service implemented by clients (option (parley.v1.service).implemented_by = CLIENT); such services are not supported yet", md.FullName())
+			}
+			var kind string
+			switch {
+			case md.IsStreamingClient() && md.IsStreamingServer():
+				kind = "a bidirectional streaming"
+			case md.IsStreamingClient():
+				kind = "a client-streaming"
+			case md.IsStreamingServer():
+				kind = "a server-streaming"
+			default:
+				continue
+			}
+			return fmt.Errorf("%s is %s method; streaming is not supported yet", md.FullName(), kind)
+		}
+	}
+	return nil
+}
+
+// namesOf returns protoc-gen-es's identifiers for the declarations of fd.
+func (g *generator) namesOf(fd protoreflect.FileDescriptor) esFileNames {
+	n, ok := g.esNames[fd.Path()]
+	if !ok {
+		n = computeESNames(fd)
+		g.esNames[fd.Path()] = n
+	}
+	return n
+}
+
+// importPath is the module a file importing from fd's _pb file names: a
+// well-known type's public path, else the _pb file relative to the
+// importer, with the configured extension (protoplugin's generateFilePath,
+// makeImportPathRelative and rewriteImportPath).
+func (g *generator) importPath(importer string, fd protoreflect.FileDescriptor) string {
+	if p, ok := wktImportPaths[fd.Path()]; ok && !g.toGen[fd.Path()] {
+		return p
+	}
+	target := strings.TrimSuffix(fd.Path(), ".proto") + "_pb"
+	rel, err := relPath(path.Dir(importer), target)
+	if err != nil {
+		rel = target
+	}
+	switch g.opts.ImportExtension {
+	case "js":
+		rel += ".js"
+	case "ts":
+		rel += ".ts"
+	}
+	return rel
+}
+
+// relPath is target relative to dir, always starting with ./ or ../.
+func relPath(dir, target string) (string, error) {
+	a := strings.Split(dir, "/")
+	if dir == "." || dir == "" {
+		a = nil
+	}
+	b := strings.Split(target, "/")
+	n := 0
+	for n < len(a) && n < len(b)-1 && a[n] == b[n] {
+		n++
+	}
+	var parts []string
+	for range a[n:] {
+		parts = append(parts, "..")
+	}
+	parts = append(parts, b[n:]...)
+	rel := strings.Join(parts, "/")
+	if !strings.HasPrefix(rel, "../") {
+		rel = "./" + rel
+	}
+	return rel, nil
+}
+
+type methodOpts struct {
+	parley     *parleyv1.MethodOptions
+	idempotent bool
+	deprecated bool
+}
+
+func methodOptions(md protoreflect.MethodDescriptor) methodOpts {
+	opts, _ := md.Options().(*descriptorpb.MethodOptions)
+	mo := methodOpts{
+		deprecated: opts.GetDeprecated(),
+		parley:     &parleyv1.MethodOptions{},
+	}
+	switch opts.GetIdempotencyLevel() {
+	case descriptorpb.MethodOptions_IDEMPOTENT, descriptorpb.MethodOptions_NO_SIDE_EFFECTS:
+		mo.idempotent = true
+	}
+	if x, ok := extension(opts, parleyv1.E_Method).(*parleyv1.MethodOptions); ok && x != nil {
+		mo.parley = x
+	}
+	return mo
+}
+
+func serviceOptions(sd protoreflect.ServiceDescriptor) *parleyv1.ServiceOptions {
+	opts, _ := sd.Options().(*descriptorpb.ServiceOptions)
+	if x, ok := extension(opts, parleyv1.E_Service).(*parleyv1.ServiceOptions); ok && x != nil {
+		return x
+	}
+	return &parleyv1.ServiceOptions{}
+}
+
+// extension reads a custom option. The options message is decoded again
+// against the global registry, which knows Parley's extensions, because the
+// request may have been decoded by a resolver that did not (the extension
+// then sits in unknown fields).
+func extension(opts proto.Message, xt protoreflect.ExtensionType) any {
+	if opts == nil || !opts.ProtoReflect().IsValid() {
+		return nil
+	}
+	b, err := proto.Marshal(opts)
+	if err != nil {
+		return nil
+	}
+	fresh := opts.ProtoReflect().New().Interface()
+	if err := (proto.UnmarshalOptions{Resolver: protoregistry.GlobalTypes}).Unmarshal(b, fresh); err != nil {
+		return nil
+	}
+	if !proto.HasExtension(fresh, xt) {
+		return nil
+	}
+	return proto.GetExtension(fresh, xt)
+}
+
+func isDeprecated(opts proto.Message) bool {
+	switch o := opts.(type) {
+	case *descriptorpb.ServiceOptions:
+		return o.GetDeprecated()
+	case *descriptorpb.MethodOptions:
+		return o.GetDeprecated()
+	}
+	return false
+}
+
+func upperFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
