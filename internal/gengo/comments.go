@@ -1,0 +1,141 @@
+package gengo
+
+import (
+	"strings"
+
+	"github.com/dave/jennifer/jen"
+	"google.golang.org/protobuf/compiler/protogen"
+)
+
+// wrapColumn is where doc comment lines wrap, not counting the "// ".
+const wrapColumn = 77
+
+// doc builds a doc comment out of paragraphs.
+type doc struct {
+	lines []string
+}
+
+// text adds a paragraph the generator writes, wrapped.
+func (d *doc) text(paragraph string) *doc {
+	d.paragraph(wrap(paragraph, ""))
+	return d
+}
+
+// proto adds a proto leading comment, dedented, with lines kept as the
+// author broke them except those longer than wrapColumn, which wrap.
+// Indented lines (code blocks, lists) are never wrapped.
+func (d *doc) proto(c protogen.Comments) *doc {
+	d.paragraph(protoLines(c))
+	return d
+}
+
+// deprecated adds a "Deprecated:" paragraph, unless the proto comment
+// already has one.
+func (d *doc) deprecated(yes bool, sourcePath string) *doc {
+	if !yes {
+		return d
+	}
+	for _, line := range d.lines {
+		if strings.HasPrefix(line, "Deprecated:") {
+			return d
+		}
+	}
+	// The wording protoc-gen-go uses for deprecated messages and fields.
+	return d.text("Deprecated: Marked as deprecated in " + sourcePath + ".")
+}
+
+func (d *doc) paragraph(lines []string) {
+	if len(lines) == 0 {
+		return
+	}
+	if len(d.lines) > 0 {
+		d.lines = append(d.lines, "")
+	}
+	d.lines = append(d.lines, lines...)
+}
+
+// String returns the comment with its "//" markers, ready for jen.Comment.
+func (d *doc) String() string {
+	var b strings.Builder
+	for i, line := range d.lines {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		if line == "" {
+			b.WriteString("//")
+		} else {
+			b.WriteString("// " + line)
+		}
+	}
+	return b.String()
+}
+
+// code returns the comment as a jennifer statement.
+func (d *doc) code() jen.Code { return jen.Comment(d.String()) }
+
+// protoLines returns a proto comment's lines: with the comment markers'
+// common indentation removed, trailing spaces and blank lines trimmed, and
+// long lines wrapped.
+func protoLines(c protogen.Comments) []string {
+	text := strings.TrimRight(string(c), " \t\n")
+	if strings.TrimSpace(text) == "" {
+		return nil
+	}
+	lines := strings.Split(text, "\n")
+	indent := -1
+	for i, line := range lines {
+		line = strings.TrimRight(line, " \t")
+		lines[i] = line
+		if line == "" {
+			continue
+		}
+		n := len(line) - len(strings.TrimLeft(line, " \t"))
+		if indent < 0 || n < indent {
+			indent = n
+		}
+	}
+	var out []string
+	for _, line := range lines {
+		if len(line) >= indent {
+			line = line[indent:]
+		}
+		// A "*/" would end nothing in a // comment, but keep the output
+		// free of anything that reads as a comment delimiter.
+		line = strings.ReplaceAll(line, "*/", "* /")
+		if line == "" && len(out) > 0 && out[len(out)-1] == "" {
+			continue // one blank line separates paragraphs
+		}
+		if strings.HasPrefix(line, " ") || strings.HasPrefix(line, "\t") {
+			out = append(out, line)
+			continue
+		}
+		out = append(out, wrap(line, "")...)
+	}
+	for len(out) > 0 && out[0] == "" {
+		out = out[1:]
+	}
+	return out
+}
+
+// wrap breaks text into lines of at most wrapColumn characters at spaces,
+// each starting with prefix. A word longer than a line gets a line of its
+// own.
+func wrap(text, prefix string) []string {
+	words := strings.Fields(text)
+	if len(words) == 0 {
+		return nil
+	}
+	var (
+		lines []string
+		line  = prefix + words[0]
+	)
+	for _, w := range words[1:] {
+		if len(line)+1+len(w) > wrapColumn {
+			lines = append(lines, line)
+			line = prefix + w
+			continue
+		}
+		line += " " + w
+	}
+	return append(lines, line)
+}

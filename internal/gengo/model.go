@@ -1,0 +1,255 @@
+package gengo
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/compiler/protogen"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
+
+	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
+)
+
+// file is one generated Go file: the services of one proto file.
+type file struct {
+	proto *protogen.File
+	// goPackageName is the generated package, "chatv1parley".
+	goPackageName string
+	// importPath is the generated package's import path,
+	// "example.com/gen/chat/v1/chatv1parley".
+	importPath protogen.GoImportPath
+	// filename is where protogen writes the file,
+	// "chat/v1/chatv1parley/chat.parley.go" (before paths= and module=).
+	filename string
+	// packageDoc is set on one file per generated package.
+	packageDoc bool
+	// aliases maps each imported message package to the name the file
+	// refers to it by.
+	aliases  map[protogen.GoImportPath]string
+	services []*service
+}
+
+// side says which end of a connection implements a service.
+type side int
+
+const (
+	// sideServer: clients call the service, the server implements it.
+	sideServer side = iota
+	// sideClient: the server calls the service, clients implement it
+	// (events and server-to-client calls). Not generated yet.
+	sideClient
+)
+
+// service is one proto service and the identifiers generated for it.
+type service struct {
+	proto      *protogen.Service
+	side       side
+	deprecated bool
+	names      serviceNames
+	methods    []*method
+}
+
+// methodKind is the shape of a method's exchange.
+type methodKind int
+
+const (
+	kindUnary methodKind = iota
+	kindClientStreaming
+	kindServerStreaming
+	kindBidiStreaming
+)
+
+func (k methodKind) String() string {
+	switch k {
+	case kindUnary:
+		return "unary"
+	case kindClientStreaming:
+		return "client-streaming"
+	case kindServerStreaming:
+		return "server-streaming"
+	case kindBidiStreaming:
+		return "bidirectional-streaming"
+	}
+	return fmt.Sprintf("methodKind(%d)", int(k))
+}
+
+// idempotency mirrors parley.Idempotency; render maps it to the runtime's
+// constant.
+type idempotency int
+
+const (
+	idempotencyUnknown idempotency = iota
+	idempotencyNoSideEffects
+	idempotencyIdempotent
+)
+
+// method is one proto method and what the runtime needs to know about it.
+type method struct {
+	proto       *protogen.Method
+	kind        methodKind
+	deprecated  bool
+	timeout     time.Duration
+	idempotency idempotency
+	names       methodNames
+}
+
+// buildModel returns the files to generate, with names decided. It
+// refuses, with one error naming every offending method, any construct the
+// generator cannot emit yet.
+func buildModel(plugin *protogen.Plugin) ([]*file, error) {
+	var (
+		files []*file
+		errs  []error
+	)
+	for _, pf := range plugin.Files {
+		if !pf.Generate || len(pf.Services) == 0 {
+			continue
+		}
+		f := newFile(pf)
+		for _, ps := range pf.Services {
+			s, err := newService(ps)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			f.services = append(f.services, s)
+		}
+		files = append(files, f)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	nameFiles(plugin, files)
+	return files, nil
+}
+
+// newFile places the generated file the way connect-go does: in a
+// sub-package of the messages' package, named after it, so the message
+// package never imports the transport.
+func newFile(pf *protogen.File) *file {
+	pkg := string(pf.GoPackageName) + "parley"
+	return &file{
+		proto:         pf,
+		goPackageName: pkg,
+		importPath:    protogen.GoImportPath(path.Join(string(pf.GoImportPath), pkg)),
+		filename: path.Join(
+			path.Dir(pf.GeneratedFilenamePrefix),
+			pkg,
+			path.Base(pf.GeneratedFilenamePrefix)+".parley.go",
+		),
+	}
+}
+
+func newService(ps *protogen.Service) (*service, error) {
+	opts := resolvedOptions(ps.Desc.Options())
+	s := &service{
+		proto:      ps,
+		deprecated: opts.(*descriptorpb.ServiceOptions).GetDeprecated(),
+	}
+	if ext, ok := proto.GetExtension(opts, parleyv1.E_Service).(*parleyv1.ServiceOptions); ok &&
+		ext.GetImplementedBy() == parleyv1.Side_CLIENT {
+		s.side = sideClient
+	}
+	var errs []error
+	for _, pm := range ps.Methods {
+		m := newMethod(pm)
+		switch {
+		case s.side == sideClient:
+			errs = append(errs, refusal(pm, "belongs to a service implemented by clients "+
+				"(option (parley.v1.service).implemented_by = CLIENT); client-implemented services are not supported yet"))
+		case m.kind != kindUnary:
+			errs = append(errs, refusal(pm, "is a "+m.kind.String()+" method; streaming is not supported yet"))
+		}
+		s.methods = append(s.methods, m)
+	}
+	if s.side == sideClient && len(ps.Methods) == 0 {
+		errs = append(errs, fmt.Errorf("%s: %s: %s is implemented by clients (option (parley.v1.service).implemented_by = CLIENT); client-implemented services are not supported yet",
+			PluginName, ps.Desc.ParentFile().Path(), ps.Desc.FullName()))
+	}
+	return s, errors.Join(errs...)
+}
+
+func refusal(pm *protogen.Method, why string) error {
+	return fmt.Errorf("%s: %s: %s %s", PluginName, pm.Desc.ParentFile().Path(), pm.Desc.FullName(), why)
+}
+
+func newMethod(pm *protogen.Method) *method {
+	opts := resolvedOptions(pm.Desc.Options())
+	mo := opts.(*descriptorpb.MethodOptions)
+	m := &method{
+		proto:      pm,
+		deprecated: mo.GetDeprecated(),
+	}
+	switch {
+	case pm.Desc.IsStreamingClient() && pm.Desc.IsStreamingServer():
+		m.kind = kindBidiStreaming
+	case pm.Desc.IsStreamingClient():
+		m.kind = kindClientStreaming
+	case pm.Desc.IsStreamingServer():
+		m.kind = kindServerStreaming
+	}
+	switch mo.GetIdempotencyLevel() {
+	case descriptorpb.MethodOptions_NO_SIDE_EFFECTS:
+		m.idempotency = idempotencyNoSideEffects
+	case descriptorpb.MethodOptions_IDEMPOTENT:
+		m.idempotency = idempotencyIdempotent
+	}
+	if ext, ok := proto.GetExtension(opts, parleyv1.E_Method).(*parleyv1.MethodOptions); ok {
+		m.timeout = time.Duration(ext.GetTimeoutMs()) * time.Millisecond
+	}
+	return m
+}
+
+// resolvedOptions returns opts with Parley's extensions readable by
+// proto.GetExtension. protoc sends options as bytes, and whoever decoded
+// them without our extension types registered (a compiler linked into a
+// test, a request decoded by another program) leaves the extensions as
+// unknown fields; decoding the options again with the global registry,
+// which holds parleyv1's extensions, recovers them.
+func resolvedOptions(opts proto.Message) proto.Message {
+	if opts == nil {
+		return nil
+	}
+	m := opts.ProtoReflect()
+	if !hasParleyUnknowns(m.GetUnknown()) {
+		return opts
+	}
+	b, err := proto.MarshalOptions{AllowPartial: true}.Marshal(opts)
+	if err != nil {
+		return opts
+	}
+	out := m.New().Interface()
+	if err := (proto.UnmarshalOptions{AllowPartial: true, Resolver: protoregistry.GlobalTypes}).Unmarshal(b, out); err != nil {
+		return opts
+	}
+	return out
+}
+
+// hasParleyUnknowns reports whether unknown holds a field with the number
+// of Parley's extensions.
+func hasParleyUnknowns(unknown protoreflect.RawFields) bool {
+	want := []protowire.Number{protowire.Number(parleyv1.E_Service.Field), protowire.Number(parleyv1.E_Method.Field)}
+	for len(unknown) > 0 {
+		num, typ, n := protowire.ConsumeTag(unknown)
+		if n < 0 {
+			return false
+		}
+		if slices.Contains(want, num) {
+			return true
+		}
+		unknown = unknown[n:]
+		n = protowire.ConsumeFieldValue(num, typ, unknown)
+		if n < 0 {
+			return false
+		}
+		unknown = unknown[n:]
+	}
+	return false
+}
