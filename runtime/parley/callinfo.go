@@ -1,0 +1,50 @@
+package parley
+
+import "context"
+
+// Side is one end of a connection.
+type Side uint8
+
+const (
+	// SideClient is the end that dialled.
+	SideClient Side = iota + 1
+	// SideServer is the end that accepted.
+	SideServer
+)
+
+func (s Side) String() string {
+	switch s {
+	case SideClient:
+		return "client"
+	case SideServer:
+		return "server"
+	}
+	return "unknown"
+}
+
+// CallInfo describes a call to interceptors and handlers.
+type CallInfo struct {
+	// Spec is the method called.
+	Spec *MethodSpec
+	// Side is where this code runs: SideServer in a handler or a server
+	// interceptor, SideClient in a client interceptor.
+	Side Side
+	// ID is the call's id on the wire; 0 in client interceptors, which run
+	// before an id is assigned.
+	ID uint64
+	// Metadata is the call's request metadata. Client interceptors may add
+	// to it; handlers read what the client sent.
+	Metadata map[string]string
+}
+
+type callInfoKey struct{}
+
+// CallInfoFromContext returns the call a handler or interceptor serves.
+func CallInfoFromContext(ctx context.Context) (*CallInfo, bool) {
+	ci, ok := ctx.Value(callInfoKey{}).(*CallInfo)
+	return ci, ok
+}
+
+func withCallInfo(ctx context.Context, ci *CallInfo) context.Context {
+	return context.WithValue(ctx, callInfoKey{}, ci)
+}

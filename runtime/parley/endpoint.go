@@ -1,0 +1,657 @@
+package parley
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"google.golang.org/protobuf/proto"
+)
+
+// Close codes Parley uses besides the standard ones.
+const (
+	closeNormal       = websocket.CloseNormalClosure
+	closeGoingAway    = websocket.CloseGoingAway
+	closeProtocol     = websocket.CloseProtocolError
+	closeUnsupported  = websocket.CloseUnsupportedData
+	closeWriteTimeout = 4000 // the peer did not take our writes in time
+)
+
+// closeGrace is how long a closing side waits for the peer to answer its
+// close frame before it drops the TCP connection.
+const closeGrace = time.Second
+
+// errPeerCanceled is the cause of a handler context the peer cancelled.
+var errPeerCanceled = errors.New("parley: call canceled by the caller")
+
+// endpoint is one end of a Parley WebSocket, server or client: it runs the
+// handlers of calls the peer makes and correlates the calls this side makes.
+//
+// Goroutines: the owner (the server's ServeHTTP, or the goroutine Dial
+// starts) runs readLoop; start launches the writer, which ends after the
+// reader does; each incoming call runs in its own goroutine, tracked by
+// handlers, whose context ends no later than the socket. done is closed
+// once the reader and writer have both returned.
+//
+// Any goroutine may call invoke and closeWith. mu guards pending, running,
+// inFlight, draining, lastAccepted and closeErr.
+type endpoint struct {
+	ws    *websocket.Conn
+	bc    *batchConn
+	codec codec
+	side  Side
+	cfg   *config
+	log   *slog.Logger
+
+	// methods finds the implementation of an incoming call, or nil.
+	methods func(procedure string) *Method
+	handle  UnaryFunc // the interceptor chain ending in the method
+
+	ctx    context.Context // ends when the socket closes
+	cancel context.CancelCauseFunc
+
+	q       *sendQueue
+	callSeq atomic.Uint64
+	sem     chan struct{} // bounds outgoing calls; nil for no bound
+
+	mu           sync.Mutex
+	pending      map[uint64]*pendingCall
+	running      map[uint64]context.CancelCauseFunc
+	inFlight     int
+	draining     bool   // refuse new incoming calls with unavailable
+	goneAway     string // the peer sent GoAway with this reason
+	lastAccepted uint64
+	closing      bool
+	closeCode    int    // the close frame's code, once closing
+	closeReason  string // and its reason
+	closeErr     error  // why outgoing calls fail once closed
+
+	handlers   sync.WaitGroup
+	readerDone chan struct{}
+	done       chan struct{}
+}
+
+func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *config) *endpoint {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	e := &endpoint{
+		ws: ws, bc: bc, codec: c, side: side, cfg: cfg, log: cfg.logger,
+		ctx: ctx, cancel: cancel,
+		q:          newSendQueue(cfg.sendQueueBytes),
+		pending:    make(map[uint64]*pendingCall),
+		running:    make(map[uint64]context.CancelCauseFunc),
+		readerDone: make(chan struct{}),
+		done:       make(chan struct{}),
+	}
+	e.handle = chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
+		ci, _ := CallInfoFromContext(ctx)
+		return e.methods(ci.Spec.Procedure).call(ctx, req)
+	}, cfg.interceptors)
+	ws.SetReadLimit(int64(cfg.maxMessageBytes))
+	return e
+}
+
+// nextID returns a fresh call id: odd for clients, even for servers.
+func (e *endpoint) nextID() uint64 {
+	n := e.callSeq.Add(1)
+	if e.side == SideClient {
+		return 2*n - 1
+	}
+	return 2 * n
+}
+
+// start launches the writer. The caller then runs readLoop.
+func (e *endpoint) start() {
+	e.ws.SetPongHandler(func(string) error {
+		return e.ws.SetReadDeadline(time.Now().Add(e.cfg.pingInterval + e.cfg.pongTimeout))
+	})
+	_ = e.ws.SetReadDeadline(time.Now().Add(e.cfg.pingInterval + e.cfg.pongTimeout))
+	go e.writeLoop()
+}
+
+// writeLoop sends queued frames in batches and pings on schedule. It ends
+// when the queue is closed and drained (after sending a close frame), or
+// when a write fails.
+func (e *endpoint) writeLoop() {
+	defer func() {
+		// Unblock the reader if the peer never answers.
+		_ = e.bc.Conn.Close()
+		<-e.readerDone
+		close(e.done)
+	}()
+	ping := time.NewTicker(e.cfg.pingInterval)
+	defer ping.Stop()
+	var batch []*[]byte
+	for {
+		select {
+		case <-e.q.wake:
+		case <-ping.C:
+			if err := e.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(e.cfg.writeTimeout)); err != nil {
+				e.fail(fmt.Errorf("parley: ping: %w", err))
+				return
+			}
+			continue
+		case <-e.readerDone:
+			// The socket is gone; nothing more can be written.
+			return
+		}
+		var closed bool
+		batch, closed = e.q.take(batch)
+		if len(batch) > 0 {
+			if err := e.writeBatch(batch); err != nil {
+				code := closeNormal
+				if errors.Is(err, errWriteTimeout) {
+					code = closeWriteTimeout
+				}
+				e.fail(fmt.Errorf("parley: write: %w", err))
+				e.log.Warn("parley: write failed", "side", e.side, "err", err, "close_code", code)
+				return
+			}
+		}
+		if closed {
+			e.mu.Lock()
+			code, reason := e.closeCode, e.closeReason
+			e.mu.Unlock()
+			msg := websocket.FormatCloseMessage(code, reason)
+			if err := e.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(e.cfg.writeTimeout)); err == nil {
+				// Wait for the peer's close frame, which ends the reader.
+				t := time.NewTimer(closeGrace)
+				select {
+				case <-e.readerDone:
+				case <-t.C:
+				}
+				t.Stop()
+			}
+			return
+		}
+	}
+}
+
+var errWriteTimeout = errors.New("write timed out")
+
+func (e *endpoint) writeBatch(batch []*[]byte) error {
+	_ = e.ws.SetWriteDeadline(time.Now().Add(e.cfg.writeTimeout))
+	e.bc.begin()
+	var err error
+	for i, b := range batch {
+		if err == nil {
+			err = e.ws.WriteMessage(e.codec.messageType(), *b)
+		}
+		putBuf(b)
+		batch[i] = nil
+	}
+	if ferr := e.bc.flush(); err == nil {
+		err = ferr
+	}
+	if err != nil && isTimeout(err) {
+		return fmt.Errorf("%w: %v", errWriteTimeout, err)
+	}
+	return err
+}
+
+func isTimeout(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.As(err, &t) && t.Timeout()
+}
+
+// readLoop reads and dispatches frames until the socket fails or closes,
+// then tears the endpoint down. The first frame has been read already
+// (Hello or Welcome).
+func (e *endpoint) readLoop() {
+	var f frame
+	buf := make([]byte, 0, 4096)
+	var err error
+	for {
+		var typ int
+		var r interface{ Read([]byte) (int, error) }
+		typ, r, err = e.ws.NextReader()
+		if err != nil {
+			break
+		}
+		buf, err = readAll(r, buf[:0])
+		if err != nil {
+			break
+		}
+		if e.isClosing() {
+			continue // drain until the peer acknowledges our close
+		}
+		if typ != e.codec.messageType() {
+			e.closeWith(closeUnsupported, fmt.Sprintf("%s carries %s messages", e.codec.subprotocol(), messageTypeName(e.codec.messageType())))
+			continue
+		}
+		if derr := e.codec.decodeFrame(buf, &f); derr != nil {
+			e.log.Warn("parley: undecodable frame", "side", e.side, "err", derr)
+			e.closeWith(closeProtocol, truncateReason(derr.Error()))
+			continue
+		}
+		e.dispatch(&f)
+		if cap(buf) > 64<<10 {
+			buf = make([]byte, 0, 4096) // do not pin one large message's memory
+		}
+	}
+	close(e.readerDone)
+	e.fail(err)
+}
+
+func messageTypeName(t int) string {
+	if t == websocket.TextMessage {
+		return "text"
+	}
+	return "binary"
+}
+
+// truncateReason fits a close reason into a control frame (123 bytes).
+func truncateReason(s string) string {
+	if len(s) > 120 {
+		return s[:120]
+	}
+	return s
+}
+
+func readAll(r interface{ Read([]byte) (int, error) }, b []byte) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if err == io.EOF {
+				return b, nil
+			}
+			return b, err
+		}
+	}
+}
+
+func (e *endpoint) isClosing() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.closing
+}
+
+// dispatch handles one frame. It runs on the reader goroutine and must not
+// block on the network.
+func (e *endpoint) dispatch(f *frame) {
+	switch f.kind {
+	case kindCall:
+		e.acceptCall(f)
+	case kindReply, kindError:
+		e.complete(f)
+	case kindCancel:
+		e.mu.Lock()
+		cancel := e.running[f.id]
+		e.mu.Unlock()
+		if cancel != nil {
+			cancel(errPeerCanceled)
+		}
+	case kindPing:
+		e.send(&frame{kind: kindPong, nonce: f.nonce}, nil)
+	case kindPong:
+	case kindGoAway:
+		e.mu.Lock()
+		e.goneAway = f.message
+		e.mu.Unlock()
+		e.log.Info("parley: peer is going away", "side", e.side, "reason", f.message)
+	case kindHello, kindWelcome:
+		e.closeWith(closeProtocol, f.kind.String()+" after the handshake")
+	case kindItem, kindEnd, kindCredit:
+		// Streams are not supported yet: answer the id so its caller
+		// does not wait forever.
+		e.sendError(f.id, NewError(CodeUnimplemented, "streaming is not supported by this peer"))
+	case kindEvent:
+		e.log.Debug("parley: event dropped: no handler", "side", e.side, "method", f.method)
+	default:
+		e.log.Debug("parley: unknown frame kind ignored", "side", e.side, "kind", f.kind)
+	}
+}
+
+// acceptCall starts a handler for an incoming call, or answers it with an
+// error at once.
+func (e *endpoint) acceptCall(f *frame) {
+	peerParity := uint64(0) // a server's peer sends odd ids
+	if e.side == SideServer {
+		peerParity = 1
+	}
+	if f.id == 0 || f.id%2 != peerParity {
+		e.sendError(f.id, Errorf(CodeInvalidArgument, "call id %d has the wrong parity: %s calls use %s ids", f.id, peerSide(e.side), map[uint64]string{0: "even", 1: "odd"}[peerParity]))
+		return
+	}
+	var m *Method
+	if e.methods != nil {
+		m = e.methods(f.method)
+	}
+	if m == nil {
+		e.sendError(f.id, Errorf(CodeUnimplemented, "method %q is not implemented", f.method))
+		return
+	}
+	req := m.newReq()
+	if f.hasPayload {
+		if err := e.codec.unmarshal(f.payload, req); err != nil {
+			e.sendError(f.id, Errorf(CodeInvalidArgument, "decoding the request of %s: %v", f.method, err))
+			return
+		}
+	}
+	e.mu.Lock()
+	switch {
+	case e.draining:
+		e.mu.Unlock()
+		e.sendError(f.id, NewError(CodeUnavailable, "server is shutting down"))
+		return
+	case e.inFlight >= e.cfg.maxInFlight:
+		e.mu.Unlock()
+		e.sendError(f.id, Errorf(CodeResourceExhausted, "more than %d calls in flight on this connection", e.cfg.maxInFlight))
+		return
+	case e.running[f.id] != nil:
+		e.mu.Unlock()
+		e.sendError(f.id, Errorf(CodeInvalidArgument, "call id %d is already in flight", f.id))
+		return
+	}
+	ctx, cancel := context.WithCancelCause(e.ctx)
+	e.running[f.id] = cancel
+	e.inFlight++
+	e.lastAccepted = max(e.lastAccepted, f.id)
+	e.handlers.Add(1)
+	e.mu.Unlock()
+
+	ci := &CallInfo{Spec: m.spec, Side: e.side, ID: f.id, Metadata: f.metadata}
+	go e.runCall(ctx, cancel, ci, f.timeoutMs, req)
+}
+
+func peerSide(s Side) Side {
+	if s == SideServer {
+		return SideClient
+	}
+	return SideServer
+}
+
+// runCall runs one incoming call and sends its outcome.
+func (e *endpoint) runCall(ctx context.Context, cancel context.CancelCauseFunc, ci *CallInfo, timeoutMs uint32, req proto.Message) {
+	defer e.handlers.Done()
+	ctx = withCallInfo(ctx, ci)
+	if timeoutMs > 0 {
+		var stop context.CancelFunc
+		ctx, stop = context.WithTimeout(ctx, time.Duration(timeoutMs)*time.Millisecond)
+		defer stop()
+	}
+	res, err := e.callSafely(ctx, ci, req)
+	peerCanceled := context.Cause(ctx) == errPeerCanceled
+	// Free the call's slot before answering: the client reuses it as soon
+	// as the answer arrives.
+	e.mu.Lock()
+	delete(e.running, ci.ID)
+	e.inFlight--
+	e.mu.Unlock()
+	cancel(nil)
+	if peerCanceled || e.ctx.Err() != nil {
+		return // the caller is gone; the wire stays quiet for this id
+	}
+	if err != nil {
+		e.sendError(ci.ID, asError(err))
+		return
+	}
+	e.send(&frame{kind: kindReply, id: ci.ID, hasPayload: true}, res)
+}
+
+func (e *endpoint) callSafely(ctx context.Context, ci *CallInfo, req proto.Message) (res proto.Message, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			e.log.Error("parley: handler panicked", "method", ci.Spec.Procedure, "panic", r, "stack", string(debug.Stack()))
+			res, err = nil, Errorf(CodeInternal, "%s panicked", ci.Spec.Procedure)
+		}
+	}()
+	return e.handle(ctx, req)
+}
+
+// send encodes f (with msg as its payload, if non-nil) and queues it,
+// waiting for room in the send queue.
+func (e *endpoint) send(f *frame, msg proto.Message) {
+	b := getBuf()
+	var err error
+	*b, err = e.codec.appendFrame((*b)[:0], f, msg)
+	if err != nil {
+		putBuf(b)
+		if f.kind == kindReply {
+			e.sendError(f.id, Errorf(CodeInternal, "encoding the response: %v", err))
+			return
+		}
+		e.log.Error("parley: encoding a frame", "kind", f.kind, "err", err)
+		return
+	}
+	if err := e.q.push(e.ctx, b, true); err != nil {
+		putBuf(b)
+	}
+}
+
+func (e *endpoint) sendError(id uint64, err *Error) {
+	e.send(&frame{kind: kindError, id: id, code: err.code, message: err.message, details: err.details}, nil)
+}
+
+// closeWith starts a graceful close: frames already queued are sent, then a
+// close frame with code and reason. Calls still pending fail.
+func (e *endpoint) closeWith(code int, reason string) {
+	e.mu.Lock()
+	if e.closing {
+		e.mu.Unlock()
+		return
+	}
+	e.closing = true
+	e.closeCode, e.closeReason = code, reason
+	if e.closeErr == nil {
+		e.closeErr = NewError(CodeUnavailable, closeMessage(code, reason))
+	}
+	e.mu.Unlock()
+	e.q.close()
+}
+
+func closeMessage(code int, reason string) string {
+	if reason == "" {
+		return fmt.Sprintf("connection closed (%d)", code)
+	}
+	return fmt.Sprintf("connection closed (%d %s)", code, reason)
+}
+
+// fail tears the endpoint down after the socket ended: handlers' contexts
+// are cancelled and pending calls fail.
+func (e *endpoint) fail(cause error) {
+	e.mu.Lock()
+	if e.closeErr == nil {
+		e.closeErr = NewError(CodeUnavailable, describeClose(cause))
+	}
+	closeErr := e.closeErr
+	e.closing = true
+	pending := e.pending
+	e.pending = make(map[uint64]*pendingCall)
+	e.mu.Unlock()
+	e.q.close()
+	e.cancel(closeErr)
+	_ = e.bc.Conn.Close()
+	for _, pc := range pending {
+		pc.done <- closeErr
+	}
+}
+
+func describeClose(err error) string {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		return closeMessage(ce.Code, ce.Text)
+	}
+	if err == nil {
+		return "connection closed"
+	}
+	return "connection lost: " + err.Error()
+}
+
+// pendingCall is an outgoing call awaiting its outcome. The reader or a
+// teardown sends exactly one value on done, after removing the call from
+// endpoint.pending; whoever removes it owns that send.
+type pendingCall struct {
+	res  proto.Message
+	done chan error
+}
+
+var pendingPool = sync.Pool{New: func() any { return &pendingCall{done: make(chan error, 1)} }}
+
+// complete delivers a reply or error to its pending call. A reply for an id
+// no longer pending (the caller gave up) is dropped.
+func (e *endpoint) complete(f *frame) {
+	e.mu.Lock()
+	pc := e.pending[f.id]
+	delete(e.pending, f.id)
+	e.mu.Unlock()
+	if pc == nil {
+		return
+	}
+	if f.kind == kindError {
+		code := f.code
+		if code < minCode || code > maxCode {
+			code = CodeUnknown
+		}
+		pc.done <- &Error{code: code, message: f.message, details: f.details}
+		return
+	}
+	var err error
+	if f.hasPayload {
+		if uerr := e.codec.unmarshal(f.payload, pc.res); uerr != nil {
+			err = Errorf(CodeInternal, "decoding the response: %v", uerr)
+		}
+	}
+	pc.done <- err
+}
+
+// invoke calls a method on the peer: the Invoker of both sides.
+func (e *endpoint) invoke(ctx context.Context, spec *MethodSpec, req, res proto.Message) error {
+	if len(e.cfg.interceptors) == 0 {
+		return e.roundTrip(ctx, spec, req, res, nil)
+	}
+	ci := &CallInfo{Spec: spec, Side: e.side, Metadata: map[string]string{}}
+	call := chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
+		if err := e.roundTrip(ctx, spec, req, res, ci.Metadata); err != nil {
+			return nil, err
+		}
+		return res, nil
+	}, e.cfg.interceptors)
+	_, err := call(withCallInfo(ctx, ci), req)
+	return err
+}
+
+func (e *endpoint) roundTrip(ctx context.Context, spec *MethodSpec, req, res proto.Message, md map[string]string) error {
+	if err := ctx.Err(); err != nil {
+		return asError(err)
+	}
+	// The deadline: the context's, else the method's, else the default.
+	var timer *time.Timer
+	var timeout time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	} else {
+		timeout = spec.Timeout
+		if timeout <= 0 {
+			timeout = e.cfg.callTimeout
+		}
+		timer = time.NewTimer(timeout)
+		defer timer.Stop()
+	}
+	if timeout <= 0 {
+		return NewError(CodeDeadlineExceeded, "deadline exceeded before the call was sent")
+	}
+	var timerC <-chan time.Time
+	if timer != nil {
+		timerC = timer.C
+	}
+	if e.sem != nil {
+		select {
+		case e.sem <- struct{}{}:
+			defer func() { <-e.sem }()
+		case <-ctx.Done():
+			return asError(ctx.Err())
+		case <-timerC:
+			return NewError(CodeDeadlineExceeded, "deadline exceeded waiting for a free call slot")
+		}
+	}
+
+	id := e.nextID()
+	pc := pendingPool.Get().(*pendingCall)
+	pc.res = res
+	e.mu.Lock()
+	if e.closeErr != nil || e.goneAway != "" {
+		err := e.closeErr
+		if err == nil {
+			err = Errorf(CodeUnavailable, "server is going away: %s", e.goneAway)
+		}
+		e.mu.Unlock()
+		pc.res = nil
+		pendingPool.Put(pc)
+		return err
+	}
+	e.pending[id] = pc
+	e.mu.Unlock()
+
+	f := frame{kind: kindCall, id: id, method: spec.Procedure, hasPayload: true, timeoutMs: uint32(min(timeout.Milliseconds()+1, 1<<32-1)), metadata: md}
+	b := getBuf()
+	var err error
+	*b, err = e.codec.appendFrame((*b)[:0], &f, req)
+	if err == nil {
+		if err = e.q.push(ctx, b, true); err != nil {
+			err = asError(err)
+		}
+	} else {
+		err = Errorf(CodeInternal, "encoding the request: %v", err)
+	}
+	if err != nil {
+		putBuf(b)
+		if !e.abandon(id, pc) {
+			err = <-pc.done
+		}
+		if errors.Is(err, errQueueClosed) {
+			e.mu.Lock()
+			err = e.closeErr
+			e.mu.Unlock()
+		}
+		pc.res = nil
+		pendingPool.Put(pc)
+		return err
+	}
+
+	select {
+	case err = <-pc.done:
+	case <-ctx.Done():
+		err = asError(ctx.Err())
+		if !e.abandon(id, pc) {
+			err = <-pc.done
+		}
+	case <-timerC:
+		err = NewError(CodeDeadlineExceeded, fmt.Sprintf("%s did not answer within %v", spec.Procedure, timeout))
+		if !e.abandon(id, pc) {
+			err = <-pc.done
+		}
+	}
+	pc.res = nil
+	pendingPool.Put(pc)
+	return err
+}
+
+// abandon removes a call the caller gives up on and tells the peer. It
+// reports false when the outcome is already on its way, which the caller
+// must then receive.
+func (e *endpoint) abandon(id uint64, pc *pendingCall) bool {
+	e.mu.Lock()
+	if e.pending[id] != pc {
+		e.mu.Unlock()
+		return false
+	}
+	delete(e.pending, id)
+	e.mu.Unlock()
+	b := getBuf()
+	*b, _ = e.codec.appendFrame((*b)[:0], &frame{kind: kindCancel, id: id}, nil)
+	if e.q.push(e.ctx, b, false) != nil {
+		putBuf(b) // closed or full: the peer will see the deadline itself
+	}
+	return true
+}

@@ -1,0 +1,177 @@
+package parley
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// Defaults for the limits. Each has an option of the same name.
+const (
+	// DefaultMaxMessageBytes is the largest WebSocket message a side reads.
+	// A bigger one closes the socket with 1009 (message too big) before
+	// it is read into memory.
+	DefaultMaxMessageBytes = 4 << 20
+	// DefaultMaxInFlight is how many calls a server runs at once per
+	// connection. Clients learn it from Welcome and queue calls beyond it
+	// themselves; a server answers excess calls with resource_exhausted.
+	DefaultMaxInFlight = 128
+	// DefaultSendQueueBytes bounds the encoded frames waiting to be
+	// written on one connection.
+	DefaultSendQueueBytes = 1 << 20
+	// DefaultWriteTimeout is how long one write to the socket may take
+	// before the peer is deemed dead or too slow and the socket closes.
+	DefaultWriteTimeout = 10 * time.Second
+	// DefaultPingInterval is how often each side pings the other.
+	DefaultPingInterval = 20 * time.Second
+	// DefaultPongTimeout is how long after a ping's due time a side waits
+	// for any pong before treating the peer as dead. A dead peer is thus
+	// noticed within DefaultPingInterval + DefaultPongTimeout.
+	DefaultPongTimeout = 10 * time.Second
+	// DefaultHandshakeTimeout bounds the WebSocket upgrade plus the
+	// Hello/Welcome exchange.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultCallTimeout is a client call's deadline when neither its
+	// context nor its method's timeout_ms gives one.
+	DefaultCallTimeout = 30 * time.Second
+)
+
+// config is what both sides' options set.
+type config struct {
+	maxMessageBytes  int
+	maxInFlight      int
+	sendQueueBytes   int
+	writeTimeout     time.Duration
+	pingInterval     time.Duration
+	pongTimeout      time.Duration
+	handshakeTimeout time.Duration
+	interceptors     []Interceptor
+	logger           *slog.Logger
+
+	// server only
+	allowedOrigins []string
+
+	// client only
+	callTimeout time.Duration
+	subprotocol string
+	metadata    map[string]string
+	header      http.Header
+}
+
+func defaultConfig() config {
+	return config{
+		maxMessageBytes:  DefaultMaxMessageBytes,
+		maxInFlight:      DefaultMaxInFlight,
+		sendQueueBytes:   DefaultSendQueueBytes,
+		writeTimeout:     DefaultWriteTimeout,
+		pingInterval:     DefaultPingInterval,
+		pongTimeout:      DefaultPongTimeout,
+		handshakeTimeout: DefaultHandshakeTimeout,
+		callTimeout:      DefaultCallTimeout,
+		subprotocol:      SubprotocolProto,
+		logger:           slog.New(slog.DiscardHandler),
+	}
+}
+
+// ServerOption configures a Server.
+type ServerOption interface{ applyToServer(*config) }
+
+// ClientOption configures a client connection made by Dial.
+type ClientOption interface{ applyToClient(*config) }
+
+// Option configures either side.
+type Option interface {
+	ServerOption
+	ClientOption
+}
+
+type option func(*config)
+
+func (o option) applyToServer(c *config) { o(c) }
+func (o option) applyToClient(c *config) { o(c) }
+
+type serverOption func(*config)
+
+func (o serverOption) applyToServer(c *config) { o(c) }
+
+type clientOption func(*config)
+
+func (o clientOption) applyToClient(c *config) { o(c) }
+
+// WithMaxMessageBytes sets the largest WebSocket message this side reads
+// (DefaultMaxMessageBytes). A larger one closes the socket with 1009.
+func WithMaxMessageBytes(n int) Option {
+	return option(func(c *config) { c.maxMessageBytes = n })
+}
+
+// WithSendQueueBytes bounds the encoded frames waiting to be written on
+// one connection (DefaultSendQueueBytes).
+func WithSendQueueBytes(n int) Option {
+	return option(func(c *config) { c.sendQueueBytes = n })
+}
+
+// WithWriteTimeout sets how long one write may take (DefaultWriteTimeout).
+func WithWriteTimeout(d time.Duration) Option {
+	return option(func(c *config) { c.writeTimeout = d })
+}
+
+// WithKeepalive sets how often this side pings (DefaultPingInterval) and
+// how long it then waits for a pong (DefaultPongTimeout) before it treats
+// the peer as dead and closes the socket.
+func WithKeepalive(pingInterval, pongTimeout time.Duration) Option {
+	return option(func(c *config) { c.pingInterval, c.pongTimeout = pingInterval, pongTimeout })
+}
+
+// WithHandshakeTimeout bounds the upgrade plus the Hello/Welcome exchange
+// (DefaultHandshakeTimeout).
+func WithHandshakeTimeout(d time.Duration) Option {
+	return option(func(c *config) { c.handshakeTimeout = d })
+}
+
+// WithInterceptors adds interceptors for calls; the first given runs
+// outermost. On a Server they wrap handlers; on a client, round trips.
+func WithInterceptors(interceptors ...Interceptor) Option {
+	return option(func(c *config) { c.interceptors = append(c.interceptors, interceptors...) })
+}
+
+// WithLogger sets the structured logger. The default discards everything.
+func WithLogger(l *slog.Logger) Option {
+	return option(func(c *config) { c.logger = l })
+}
+
+// WithMaxInFlight sets how many calls a server runs at once per connection
+// (DefaultMaxInFlight).
+func WithMaxInFlight(n int) ServerOption {
+	return serverOption(func(c *config) { c.maxInFlight = n })
+}
+
+// WithAllowedOrigins lets browsers on other origins connect. By default
+// only same-origin upgrades (the Origin header's host equals the Host) and
+// clients that send no Origin (non-browsers) are accepted; others get 403.
+// Each entry is an origin such as "https://app.example.com", or "*" for any.
+func WithAllowedOrigins(origins ...string) ServerOption {
+	return serverOption(func(c *config) { c.allowedOrigins = append(c.allowedOrigins, origins...) })
+}
+
+// WithCallTimeout sets a client call's deadline for when neither its
+// context nor its method's timeout_ms gives one (DefaultCallTimeout).
+func WithCallTimeout(d time.Duration) ClientOption {
+	return clientOption(func(c *config) { c.callTimeout = d })
+}
+
+// WithJSON makes the client speak SubprotocolJSON instead of the default
+// SubprotocolProto.
+func WithJSON() ClientOption {
+	return clientOption(func(c *config) { c.subprotocol = SubprotocolJSON })
+}
+
+// WithHelloMetadata sets the metadata the client sends in its Hello, which
+// the server's authenticate hook reads.
+func WithHelloMetadata(md map[string]string) ClientOption {
+	return clientOption(func(c *config) { c.metadata = md })
+}
+
+// WithHTTPHeader adds headers to the WebSocket upgrade request.
+func WithHTTPHeader(h http.Header) ClientOption {
+	return clientOption(func(c *config) { c.header = h })
+}

@@ -1,0 +1,191 @@
+package parley
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+)
+
+// bufPool recycles encoded frames between the goroutines that encode them
+// and the writer that sends them.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
+
+func putBuf(b *[]byte) {
+	if cap(*b) > 64<<10 {
+		return // do not pin large buffers
+	}
+	*b = (*b)[:0]
+	bufPool.Put(b)
+}
+
+// errQueueClosed is returned by pushes after the connection began closing.
+var errQueueClosed = errors.New("parley: connection closed")
+
+// errSlowConsumer is returned by a non-blocking push when the queue is full.
+var errSlowConsumer = errors.New("parley: send queue full")
+
+// sendQueue holds encoded frames waiting for the connection's writer. It is
+// bounded in bytes: a blocking push waits for room, a non-blocking one
+// fails. A frame larger than the bound is accepted into an empty queue, so
+// that any frame can be sent.
+//
+// Any goroutine may push; only the writer takes. All fields are guarded by
+// mu.
+type sendQueue struct {
+	mu       sync.Mutex
+	frames   []*[]byte
+	bytes    int
+	maxBytes int
+	closed   bool
+	wake     chan struct{} // cap 1: signals the writer
+	space    chan struct{} // closed (and replaced) whenever the writer takes
+}
+
+func newSendQueue(maxBytes int) *sendQueue {
+	return &sendQueue{maxBytes: maxBytes, wake: make(chan struct{}, 1), space: make(chan struct{})}
+}
+
+// push queues b. With block set it waits for room until ctx ends;
+// otherwise a full queue returns errSlowConsumer. On success the queue owns
+// b; on failure the caller still does.
+func (q *sendQueue) push(ctx context.Context, b *[]byte, block bool) error {
+	q.mu.Lock()
+	for !q.closed && q.bytes > 0 && q.bytes+len(*b) > q.maxBytes {
+		if !block {
+			q.mu.Unlock()
+			return errSlowConsumer
+		}
+		space := q.space
+		q.mu.Unlock()
+		select {
+		case <-space:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		q.mu.Lock()
+	}
+	if q.closed {
+		q.mu.Unlock()
+		return errQueueClosed
+	}
+	q.frames = append(q.frames, b)
+	q.bytes += len(*b)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// take moves every queued frame into batch (reusing its storage) and
+// reports whether the queue is closed.
+func (q *sendQueue) take(batch []*[]byte) ([]*[]byte, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	batch = append(batch[:0], q.frames...)
+	clear(q.frames)
+	q.frames = q.frames[:0]
+	if q.bytes > 0 {
+		q.bytes = 0
+		close(q.space)
+		q.space = make(chan struct{})
+	}
+	return batch, q.closed
+}
+
+// close stops new pushes; frames already queued are still taken.
+func (q *sendQueue) close() {
+	q.mu.Lock()
+	if !q.closed {
+		q.closed = true
+		close(q.space)
+	}
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// batchConn is the network connection under the WebSocket. The writer
+// brackets each batch of frames with begin and flush, so that a batch
+// leaves in as few system calls as it fits in, rather than one per frame:
+// on loopback, syscalls dominate a call's cost. Outside a batch (the
+// handshake, control frames sent by the reader), writes go straight through.
+// All writes hold mu, so a flush never interleaves with a direct write.
+type batchConn struct {
+	net.Conn
+	mu       sync.Mutex
+	batching bool
+	buf      []byte
+}
+
+// maxBatchBytes bounds what a batch buffers before it writes.
+const maxBatchBytes = 256 << 10
+
+func (c *batchConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.batching {
+		return c.Conn.Write(p)
+	}
+	c.buf = append(c.buf, p...)
+	if len(c.buf) >= maxBatchBytes {
+		if err := c.writeBuffered(); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+func (c *batchConn) begin() {
+	c.mu.Lock()
+	c.batching = true
+	c.mu.Unlock()
+}
+
+func (c *batchConn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.batching = false
+	return c.writeBuffered()
+}
+
+func (c *batchConn) writeBuffered() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.buf)
+	if cap(c.buf) > 4*maxBatchBytes {
+		c.buf = nil
+	} else {
+		c.buf = c.buf[:0]
+	}
+	return err
+}
+
+// hijackWriter lets the server put a batchConn under gorilla/websocket's
+// connection: the upgrader hijacks through it and gets the wrapped conn.
+type hijackWriter struct {
+	http.ResponseWriter
+	conn *batchConn
+}
+
+func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	h, ok := w.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("parley: the http.ResponseWriter cannot be hijacked (HTTP/2 is not supported for WebSocket upgrades)")
+	}
+	c, rw, err := h.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w.conn = &batchConn{Conn: c}
+	return w.conn, rw, nil
+}

@@ -1,0 +1,267 @@
+package parley
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
+)
+
+// agent names this implementation in Hello and Welcome.
+const agent = "parley-go/" + Version
+
+// Server serves Parley connections. It is an http.Handler: mount it on a
+// mux at the path clients dial. Register every service before serving.
+//
+// A Server is safe for concurrent use. Each connection is served by the
+// goroutine net/http runs ServeHTTP in, plus one writer goroutine and one
+// goroutine per call in flight; all end when the connection does, and
+// ServeHTTP returns only after they have.
+type Server struct {
+	cfg      config
+	upgrader websocket.Upgrader
+
+	methodsMu sync.RWMutex
+	methods   map[string]*Method
+
+	mu           sync.Mutex
+	conns        map[*endpoint]struct{}
+	shuttingDown bool
+	served       sync.WaitGroup // one per ServeHTTP past the upgrade
+}
+
+// NewServer returns a Server with the given options.
+func NewServer(opts ...ServerOption) *Server {
+	s := &Server{
+		cfg:     defaultConfig(),
+		methods: make(map[string]*Method),
+		conns:   make(map[*endpoint]struct{}),
+	}
+	for _, o := range opts {
+		o.applyToServer(&s.cfg)
+	}
+	s.upgrader = websocket.Upgrader{
+		HandshakeTimeout: s.cfg.handshakeTimeout,
+		CheckOrigin:      s.checkOrigin,
+		Subprotocols:     []string{SubprotocolProto, SubprotocolJSON},
+		Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+			http.Error(w, "parley: "+reason.Error(), status)
+		},
+	}
+	return s
+}
+
+// Register adds methods; generated RegisterXServer functions call it.
+// Registering a procedure twice panics.
+func (s *Server) Register(methods ...*Method) {
+	s.methodsMu.Lock()
+	defer s.methodsMu.Unlock()
+	for _, m := range methods {
+		if _, dup := s.methods[m.spec.Procedure]; dup {
+			panic("parley: " + m.spec.Procedure + " registered twice")
+		}
+		s.methods[m.spec.Procedure] = m
+	}
+}
+
+func (s *Server) lookup(procedure string) *Method {
+	s.methodsMu.RLock()
+	defer s.methodsMu.RUnlock()
+	return s.methods[procedure]
+}
+
+// checkOrigin accepts non-browser clients (no Origin), same-origin pages
+// and the origins WithAllowedOrigins lists.
+func (s *Server) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, allowed := range s.cfg.allowedOrigins {
+		if allowed == "*" || strings.EqualFold(strings.TrimSuffix(allowed, "/"), origin) {
+			return true
+		}
+	}
+	return false
+}
+
+// ServeHTTP upgrades the request to a WebSocket and serves it until it
+// closes.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !websocket.IsWebSocketUpgrade(r) {
+		w.Header().Set("Upgrade", "websocket")
+		http.Error(w, "parley: this endpoint speaks WebSocket (subprotocols "+SubprotocolProto+", "+SubprotocolJSON+")", http.StatusUpgradeRequired)
+		return
+	}
+	offered := websocket.Subprotocols(r)
+	i := slices.IndexFunc(offered, func(p string) bool { _, ok := codecFor(p); return ok })
+	if i < 0 {
+		http.Error(w, fmt.Sprintf("parley: unsupported subprotocol %q; offer %s or %s", offered, SubprotocolProto, SubprotocolJSON), http.StatusBadRequest)
+		return
+	}
+	c, _ := codecFor(offered[i])
+	s.mu.Lock()
+	if s.shuttingDown {
+		s.mu.Unlock()
+		http.Error(w, "parley: server is shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	s.served.Add(1)
+	s.mu.Unlock()
+	defer s.served.Done()
+
+	up := s.upgrader
+	up.Subprotocols = []string{c.subprotocol()}
+	hw := &hijackWriter{ResponseWriter: w}
+	ws, err := up.Upgrade(hw, r, nil)
+	if err != nil {
+		return // the upgrader answered the request
+	}
+	e := newEndpoint(ws, hw.conn, c, SideServer, &s.cfg)
+	e.methods = s.lookup
+	if err := s.handshake(e); err != nil {
+		s.cfg.logger.Info("parley: handshake failed", "remote", r.RemoteAddr, "err", err)
+		_ = ws.Close()
+		return
+	}
+
+	s.mu.Lock()
+	if s.shuttingDown {
+		e.draining = true
+		e.closeWith(closeGoingAway, "server shutting down")
+	}
+	s.conns[e] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, e)
+		s.mu.Unlock()
+	}()
+
+	e.start()
+	e.readLoop()
+	<-e.done
+	e.handlers.Wait()
+}
+
+// handshake reads Hello and answers Welcome.
+func (s *Server) handshake(e *endpoint) error {
+	_ = e.ws.SetReadDeadline(time.Now().Add(s.cfg.handshakeTimeout))
+	typ, data, err := e.ws.ReadMessage()
+	if err != nil {
+		return err
+	}
+	var f frame
+	if typ != e.codec.messageType() {
+		err = fmt.Errorf("%s carries %s messages", e.codec.subprotocol(), messageTypeName(e.codec.messageType()))
+	} else if err = e.codec.decodeFrame(data, &f); err == nil && f.kind != kindHello {
+		err = fmt.Errorf("the first frame must be hello, not %v", f.kind)
+	}
+	if err != nil {
+		s.refuse(e, NewError(CodeInvalidArgument, err.Error()), closeProtocol)
+		return err
+	}
+	w := &parleyv1.Welcome{
+		SessionId:       newSessionID(),
+		MaxMessageBytes: uint32(s.cfg.maxMessageBytes),
+		MaxInFlight:     uint32(s.cfg.maxInFlight),
+		PingIntervalMs:  uint32(s.cfg.pingInterval.Milliseconds()),
+		Agent:           agent,
+	}
+	b, err := e.codec.appendFrame(nil, &frame{kind: kindWelcome, welcome: w}, nil)
+	if err != nil {
+		return err
+	}
+	_ = e.ws.SetWriteDeadline(time.Now().Add(s.cfg.writeTimeout))
+	return e.ws.WriteMessage(e.codec.messageType(), b)
+}
+
+// refuse answers a failed handshake with a connection-level error and a
+// close frame.
+func (s *Server) refuse(e *endpoint, err *Error, closeCode int) {
+	b, encErr := e.codec.appendFrame(nil, &frame{kind: kindError, code: err.code, message: err.message}, nil)
+	deadline := time.Now().Add(s.cfg.writeTimeout)
+	_ = e.ws.SetWriteDeadline(deadline)
+	if encErr == nil {
+		_ = e.ws.WriteMessage(e.codec.messageType(), b)
+	}
+	_ = e.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(closeCode, truncateReason(err.message)), deadline)
+}
+
+func newSessionID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Shutdown stops the server gracefully: it refuses new connections, sends
+// GoAway to every client, answers new calls with unavailable, waits for
+// calls in flight to finish, then closes every socket with 1001 (going
+// away). If ctx ends first, the remaining connections are closed at once,
+// their handlers' contexts cancelled, and ctx's error returned; handlers
+// that ignore their context may still be running then.
+//
+// Shutdown does not stop the http.Server the Server is mounted on.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shuttingDown = true
+	conns := make([]*endpoint, 0, len(s.conns))
+	for e := range s.conns {
+		conns = append(conns, e)
+	}
+	s.mu.Unlock()
+
+	var drained sync.WaitGroup
+	for _, e := range conns {
+		e.goAway("server shutting down")
+		drained.Add(1)
+		go func() {
+			defer drained.Done()
+			e.handlers.Wait()
+			e.closeWith(closeGoingAway, "server shutting down")
+		}()
+	}
+	all := make(chan struct{})
+	go func() {
+		drained.Wait()
+		s.served.Wait()
+		close(all)
+	}()
+	select {
+	case <-all:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for e := range s.conns {
+		e.fail(errors.New("server shut down before its calls finished"))
+	}
+	s.mu.Unlock()
+	return ctx.Err()
+}
+
+// goAway refuses new calls and tells the client.
+func (e *endpoint) goAway(reason string) {
+	e.mu.Lock()
+	e.draining = true
+	last := e.lastAccepted
+	e.mu.Unlock()
+	e.send(&frame{kind: kindGoAway, message: reason, id: last}, nil)
+}
