@@ -176,7 +176,7 @@ function end(r: BinaryReader): number {
 }
 
 function readMessage(r: BinaryReader, stop: number, fields: readonly (readonly [string, string])[]) {
-  const msg: Record<string, any> = {};
+  const msg = withId(fields);
   while (r.pos < stop) {
     const [no, wt] = r.tag();
     const [name, t] = fields[no - 1] ?? [];
@@ -240,6 +240,9 @@ function readMessage(r: BinaryReader, stop: number, fields: readonly (readonly [
   if (r.pos != stop) throw new Error("premature end of message");
   return msg;
 }
+
+/** A new decoded message; one with an id has it, 0 by default. */
+const withId = (fields: readonly (readonly [string, string])[]): Record<string, any> => (fields[0]![0] == "id" ? { id: 0 } : {});
 
 // google.protobuf.Value in binary: null_value 1, number_value 2,
 // string_value 3, bool_value 4, struct_value 5 (Struct: map<string, Value>
@@ -345,7 +348,7 @@ export function decodeJson(text: string): Frame {
       unknown = { unknown: { kind, id: body["id"] == null ? 0 : u64(body["id"]) } };
       continue;
     }
-    const msg: Record<string, unknown> = {};
+    const msg = withId(schema[no - 1]![1]);
     for (const [name, t] of schema[no - 1]![1]) {
       let v = body[name] ?? body[name.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase())];
       // null means the default, except for a Value, where it is a value.

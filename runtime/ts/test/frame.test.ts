@@ -1,0 +1,194 @@
+// The hand-written frame codec against protobuf-es's generated one, which
+// serves as an independent implementation of frame.proto.
+import { create, fromBinary, fromJson, toBinary, toJson, type MessageInitShape } from "@bufbuild/protobuf";
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { decodeBinary, decodeJson, encodeBinary, encodeJson, type Frame } from "../src/frame.js";
+import { Code as PbCode, FrameSchema } from "./gen/parley/v1/frame_pb.js";
+
+const bytes = (...b: number[]) => new Uint8Array(b);
+
+/** Each case: our frame, and the same frame as a protobuf-es init. */
+const cases: [string, Frame, MessageInitShape<typeof FrameSchema>][] = [
+  [
+    "hello",
+    { hello: { metadata: { authorization: "Bearer x", b: "" }, sessionId: "s", resumeToken: "t", offsets: { "room:a": 7, z: 0 }, agent: "parley-ts/0.1.0" } },
+    { kind: { case: "hello", value: { metadata: { authorization: "Bearer x", b: "" }, sessionId: "s", resumeToken: "t", offsets: { "room:a": 7n, z: 0n }, agent: "parley-ts/0.1.0" } } },
+  ],
+  ["empty hello", { hello: {} }, { kind: { case: "hello", value: {} } }],
+  [
+    "welcome",
+    { welcome: { sessionId: "abc", resumeToken: "r", resumed: true, resumeWindowMs: 60000, maxMessageBytes: 4194304, maxInFlight: 64, pingIntervalMs: 25000, agent: "parley-go/0.1.0", metadata: { k: "v" } } },
+    { kind: { case: "welcome", value: { sessionId: "abc", resumeToken: "r", resumed: true, resumeWindowMs: 60000, maxMessageBytes: 4194304, maxInFlight: 64, pingIntervalMs: 25000, agent: "parley-go/0.1.0", metadata: { k: "v" } } } },
+  ],
+  [
+    "call with payload",
+    { call: { id: 3, method: "/e2e.v1.EchoService/Echo", payload: bytes(10, 2, 104, 105), timeoutMs: 300, metadata: { a: "1" } } },
+    { kind: { case: "call", value: { id: 3n, method: "/e2e.v1.EchoService/Echo", body: { case: "payload", value: bytes(10, 2, 104, 105) }, timeoutMs: 300, metadata: { a: "1" } } } },
+  ],
+  [
+    "call with empty payload",
+    { call: { id: 1, method: "/e2e.v1.EchoService/Panic", payload: bytes() } },
+    { kind: { case: "call", value: { id: 1n, method: "/e2e.v1.EchoService/Panic", body: { case: "payload", value: bytes() } } } },
+  ],
+  [
+    "call with json",
+    { call: { id: 9007199254740991, method: "/x.Y/Z", json: { text: "hi", n: 1.5, ok: true, none: null, list: [1, "a", [], {}] } } },
+    {
+      kind: {
+        case: "call",
+        value: {
+          id: 9007199254740991n,
+          method: "/x.Y/Z",
+          body: {
+            case: "json",
+            value: {
+              kind: {
+                case: "structValue",
+                value: {
+                  fields: {
+                    text: { kind: { case: "stringValue", value: "hi" } },
+                    n: { kind: { case: "numberValue", value: 1.5 } },
+                    ok: { kind: { case: "boolValue", value: true } },
+                    none: { kind: { case: "nullValue", value: 0 } },
+                    list: {
+                      kind: {
+                        case: "listValue",
+                        value: {
+                          values: [
+                            { kind: { case: "numberValue", value: 1 } },
+                            { kind: { case: "stringValue", value: "a" } },
+                            { kind: { case: "listValue", value: {} } },
+                            { kind: { case: "structValue", value: {} } },
+                          ],
+                        },
+                      },
+                    },
+                  },
+                },
+              },
+            },
+          },
+        },
+      },
+    },
+  ],
+  [
+    "reply",
+    { reply: { id: 5, payload: bytes(1, 2, 3), metadata: { t: "x" } } },
+    { kind: { case: "reply", value: { id: 5n, body: { case: "payload", value: bytes(1, 2, 3) }, metadata: { t: "x" } } } },
+  ],
+  [
+    "reply with json null",
+    { reply: { id: 7, json: null } },
+    { kind: { case: "reply", value: { id: 7n, body: { case: "json", value: { kind: { case: "nullValue", value: 0 } } } } } },
+  ],
+  [
+    "error",
+    { error: { id: 11, code: 5, message: "no such room", details: [{ typeUrl: "type.googleapis.com/google.protobuf.StringValue", value: bytes(10, 1, 120) }], metadata: { m: "n" } } },
+    {
+      kind: {
+        case: "error",
+        value: {
+          id: 11n,
+          code: PbCode.NOT_FOUND,
+          message: "no such room",
+          details: [{ typeUrl: "type.googleapis.com/google.protobuf.StringValue", value: bytes(10, 1, 120) }],
+          metadata: { m: "n" },
+        },
+      },
+    },
+  ],
+  ["connection error", { error: { id: 0, code: 16, message: "bad token" } }, { kind: { case: "error", value: { code: PbCode.UNAUTHENTICATED, message: "bad token" } } }],
+  ["cancel", { cancel: { id: 13 } }, { kind: { case: "cancel", value: { id: 13n } } }],
+  [
+    "event",
+    { event: { method: "/chat.v1.ChatEvents/MessagePosted", payload: bytes(8, 1), topic: "room:lobby", offset: 42, epoch: "e1" } },
+    { kind: { case: "event", value: { method: "/chat.v1.ChatEvents/MessagePosted", body: { case: "payload", value: bytes(8, 1) }, topic: "room:lobby", offset: 42n, epoch: "e1" } } },
+  ],
+  ["item", { item: { id: 2, payload: bytes(0) } }, { kind: { case: "item", value: { id: 2n, body: { case: "payload", value: bytes(0) } } } }],
+  ["end", { end: { id: 2 } }, { kind: { case: "end", value: { id: 2n } } }],
+  ["credit", { credit: { id: 2, items: 16 } }, { kind: { case: "credit", value: { id: 2n, items: 16 } } }],
+  ["goaway", { goaway: { reason: "shutdown", lastId: 99 } }, { kind: { case: "goaway", value: { reason: "shutdown", lastId: 99n } } }],
+  ["ping", { ping: { nonce: "18446744073709551615" } }, { kind: { case: "ping", value: { nonce: 18446744073709551615n } } }],
+  ["pong", { pong: { nonce: "1" } }, { kind: { case: "pong", value: { nonce: 1n } } }],
+];
+
+describe("binary", () => {
+  for (const [name, frame, init] of cases) {
+    test(name, () => {
+      const want = toBinary(FrameSchema, create(FrameSchema, init));
+      assert.deepEqual(encodeBinary(frame), want, "encoding differs from protobuf-es");
+      assert.deepEqual(decodeBinary(want), frame);
+    });
+  }
+
+  test("skips unknown fields and reads a later oneof member over an earlier one", () => {
+    // reply{id: 5, 99: varint 1, payload: [1], json: "x"}
+    const reply = [8, 5, 0x98, 6, 1, 18, 1, 1, 26, 3, 26, 1, 120];
+    assert.deepEqual(decodeBinary(bytes(34, reply.length, ...reply)), { reply: { id: 5, json: "x" } });
+  });
+
+  test("reports a kind it does not know with its id", () => {
+    // field 20 {id: 8, 2: "a"}
+    assert.deepEqual(decodeBinary(bytes(0xa2, 1, 5, 8, 8, 18, 1, 97)), { unknown: { kind: 20, id: 8 } });
+  });
+
+  for (const [name, b] of [
+    ["empty", []],
+    ["truncated", [26, 10, 8, 1]],
+    ["bad wire type", [0xff, 0xff, 0xff]],
+    ["nested overrun", [26, 2, 18, 5, 97]],
+    ["text", [...new TextEncoder().encode('{"call":{}}')]],
+  ] as [string, number[]][]) {
+    test(`rejects ${name} input`, () => assert.throws(() => decodeBinary(bytes(...b))));
+  }
+});
+
+describe("json", () => {
+  // A binary detail has no protojson form without a registry: see "details are kept as protojson".
+  for (const [name, frame, init] of cases.filter(([n]) => n != "error")) {
+    test(name, () => {
+      const msg = create(FrameSchema, init);
+      const want = toJson(FrameSchema, msg);
+      assert.deepEqual(JSON.parse(encodeJson(frame)), want, "encoding differs from protobuf-es");
+      assert.deepEqual(decodeJson(JSON.stringify(want)), frame);
+      // Original field names and numbers for uint64s and enums, as protojson accepts.
+      const original = toJson(FrameSchema, msg, { useProtoFieldName: true, enumAsInteger: true });
+      assert.deepEqual(decodeJson(JSON.stringify(original)), frame);
+      // And ours decodes with protobuf-es.
+      assert.deepEqual(toBinary(FrameSchema, fromJson(FrameSchema, JSON.parse(encodeJson(frame)))), toBinary(FrameSchema, msg));
+    });
+  }
+
+  test("details are kept as protojson", () => {
+    const detail = { "@type": "type.googleapis.com/google.protobuf.StringValue", value: "x" };
+    const f = decodeJson(JSON.stringify({ error: { id: "3", code: "CODE_INTERNAL", details: [detail] } }));
+    assert.deepEqual(f, { error: { id: 3, code: 13, details: [{ json: detail }] } });
+    assert.deepEqual(JSON.parse(encodeJson(f)), { error: { id: "3", code: "CODE_INTERNAL", details: [detail] } });
+  });
+
+  test("ignores unknown fields and reports unknown kinds", () => {
+    assert.deepEqual(decodeJson('{"cancel":{"id":"1","future":true}}'), { cancel: { id: 1 } });
+    assert.deepEqual(decodeJson('{"later":{"id":"4"}}'), { unknown: { kind: "later", id: 4 } });
+  });
+
+  for (const [name, text] of [
+    ["not JSON", "\x00\x01"],
+    ["not an object", "[1]"],
+    ["no kind", "{}"],
+    ["a negative id", '{"cancel":{"id":"-1"}}'],
+    ["a string as bool", '{"welcome":{"resumed":"yes"}}'],
+    ["a number as string", '{"call":{"method":5}}'],
+    ["a kind that is not an object", '{"reply":5}'],
+  ]) {
+    test(`rejects ${name}`, () => assert.throws(() => decodeJson(text!)));
+  }
+});
+
+test("protobuf-es decodes what we encode, and we what it encodes, for every case (binary)", () => {
+  for (const [, frame, init] of cases) {
+    const msg = fromBinary(FrameSchema, encodeBinary(frame));
+    assert.deepEqual(toBinary(FrameSchema, msg), toBinary(FrameSchema, create(FrameSchema, init)));
+  }
+});
