@@ -102,17 +102,17 @@ func protoLines(c protogen.Comments) []string {
 		// A "*/" would end nothing in a // comment, but keep the output
 		// free of anything that reads as a comment delimiter.
 		line = strings.ReplaceAll(line, "*/", "* /")
-		if line == "" && len(out) > 0 && out[len(out)-1] == "" {
-			continue // one blank line separates paragraphs
+		if line == "" {
+			if len(out) > 0 && out[len(out)-1] != "" {
+				out = append(out, "") // one blank line separates paragraphs
+			}
+			continue
 		}
 		if strings.HasPrefix(line, " ") || strings.HasPrefix(line, "\t") {
 			out = append(out, line)
 			continue
 		}
 		out = append(out, wrap(line, "")...)
-	}
-	for len(out) > 0 && out[0] == "" {
-		out = out[1:]
 	}
 	return out
 }

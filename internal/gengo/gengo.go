@@ -11,7 +11,10 @@
 package gengo
 
 import (
-	"errors"
+	"bytes"
+	"fmt"
+	"go/format"
+	"strings"
 
 	"google.golang.org/protobuf/compiler/protogen"
 	"google.golang.org/protobuf/types/descriptorpb"
@@ -52,11 +55,54 @@ func Generate(plugin *protogen.Plugin) error {
 		return err
 	}
 	for _, f := range files {
-		out := plugin.NewGeneratedFile(f.filename, f.importPath)
-		if err := render(f).Render(out); err != nil {
+		var src bytes.Buffer
+		err := render(f).Render(&src)
+		if err == nil {
+			var grouped []byte
+			grouped, err = format.Source(groupImports(src.Bytes()))
+			src = *bytes.NewBuffer(grouped)
+		}
+		if err != nil {
 			// jennifer formats the file; failing here is a bug in render.
-			return errors.Join(errors.New(PluginName+": "+f.proto.Desc.Path()+": rendering failed"), err)
+			return fmt.Errorf("%s: %s: generated Go does not parse (a bug in %s): %w", PluginName, f.proto.Desc.Path(), PluginName, err)
+		}
+		out := plugin.NewGeneratedFile(f.filename, f.importPath)
+		if _, err := out.Write(src.Bytes()); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// groupImports puts the standard library's imports in a group of their
+// own, first, as goimports would; jennifer writes one sorted group.
+func groupImports(src []byte) []byte {
+	const open, closing = "\nimport (\n", "\n)\n"
+	text := string(src)
+	start := strings.Index(text, open)
+	if start < 0 {
+		return src // zero or one import: nothing to group
+	}
+	body := text[start+len(open):]
+	end := strings.Index(body, closing)
+	if end < 0 {
+		return src
+	}
+	var std, others []string
+	for _, line := range strings.Split(body[:end], "\n") {
+		spec := strings.TrimSpace(line)
+		quoted := spec[strings.Index(spec, "\""):]
+		first, _, _ := strings.Cut(strings.Trim(quoted, "\""), "/")
+		if strings.Contains(first, ".") {
+			others = append(others, line)
+		} else {
+			std = append(std, line)
+		}
+	}
+	groups := strings.Join(std, "\n")
+	if len(std) > 0 && len(others) > 0 {
+		groups += "\n\n"
+	}
+	groups += strings.Join(others, "\n")
+	return []byte(text[:start+len(open)] + groups + body[end:])
 }

@@ -66,7 +66,7 @@ func renderProcedures(out *jen.File, f *file) {
 			for _, m := range s.methods {
 				g.Add(new(doc).
 					text(m.names.Procedure + " is the procedure of the " + string(m.proto.Desc.FullName()) + " method.").
-					deprecated(m.deprecated, f.proto.Desc.Path()).code())
+					deprecated(m.deprecated || s.deprecated, f.proto.Desc.Path()).code())
 				g.Id(m.names.Procedure).Op("=").Lit(procedure(m))
 			}
 		}
@@ -90,19 +90,23 @@ func renderSpecs(out *jen.File, f *file) {
 		"in this file and must not be changed.").code())
 	out.Var().DefsFunc(func(g *jen.Group) {
 		for _, m := range specs {
-			g.Add(new(doc).text(m.names.spec + " describes " + string(m.proto.Desc.FullName()) + specSummary(m) + ".").code())
-			g.Id(m.names.spec).Op("=").Op("&").Qual(string(parleyPackage), "MethodSpec").Values(jen.DictFunc(func(d jen.Dict) {
-				d[jen.Id("Procedure")] = jen.Id(m.names.Procedure)
-				if m.timeout > 0 {
-					d[jen.Id("Timeout")] = durationCode(m.timeout)
+			g.Add(new(doc).text(m.names.spec + " describes " + string(m.proto.Desc.FullName()) + "." + specSummary(m)).code())
+			fields := []jen.Code{jen.Id("Procedure").Op(":").Id(m.names.Procedure)}
+			if m.timeout > 0 {
+				fields = append(fields, jen.Id("Timeout").Op(":").Add(durationCode(m.timeout)))
+			}
+			switch m.idempotency {
+			case idempotencyNoSideEffects:
+				fields = append(fields, jen.Id("Idempotency").Op(":").Qual(string(parleyPackage), "IdempotencyNoSideEffects"))
+			case idempotencyIdempotent:
+				fields = append(fields, jen.Id("Idempotency").Op(":").Qual(string(parleyPackage), "IdempotencyIdempotent"))
+			}
+			g.Id(m.names.spec).Op("=").Op("&").Qual(string(parleyPackage), "MethodSpec").ValuesFunc(func(g *jen.Group) {
+				for _, field := range fields {
+					g.Line().Add(field)
 				}
-				switch m.idempotency {
-				case idempotencyNoSideEffects:
-					d[jen.Id("Idempotency")] = jen.Qual(string(parleyPackage), "IdempotencyNoSideEffects")
-				case idempotencyIdempotent:
-					d[jen.Id("Idempotency")] = jen.Qual(string(parleyPackage), "IdempotencyIdempotent")
-				}
-			}))
+				g.Line()
+			})
 		}
 	})
 }
@@ -111,13 +115,13 @@ func renderSpecs(out *jen.File, f *file) {
 func specSummary(m *method) string {
 	var s string
 	if m.timeout > 0 {
-		s += ", whose calls get a " + m.timeout.String() + " deadline when the caller sets none"
+		s += " Its calls get a " + m.timeout.String() + " deadline when the caller sets none."
 	}
 	switch m.idempotency {
 	case idempotencyNoSideEffects:
-		s += ", which has no side effects"
+		s += " It has no side effects, so calls may be retried after a reconnect."
 	case idempotencyIdempotent:
-		s += ", which is idempotent"
+		s += " It is idempotent, so calls may be retried after a reconnect."
 	}
 	return s
 }
@@ -138,8 +142,9 @@ func durationCode(d time.Duration) jen.Code {
 	return jen.Lit(int(n)).Op("*").Qual(string(timePackage), unit)
 }
 
-// ident returns a message's Go type as f refers to it.
-func ident(f *file, msg *protogen.Message) *jen.Statement {
+// ident returns a message's Go type; the file's import names decide its
+// qualifier.
+func ident(msg *protogen.Message) *jen.Statement {
 	return jen.Qual(string(msg.GoIdent.GoImportPath), msg.GoIdent.GoName)
 }
 
@@ -147,12 +152,12 @@ func ident(f *file, msg *protogen.Message) *jen.Statement {
 // is set: (ctx context.Context, req *chatv1.JoinRequest) (*chatv1.JoinResponse, error).
 func signature(f *file, m *method, named bool) (params, results []jen.Code) {
 	ctx := jen.Qual(string(contextPackage), "Context")
-	req := jen.Op("*").Add(ident(f, m.proto.Input))
+	req := jen.Op("*").Add(ident(m.proto.Input))
 	if named {
 		ctx, req = jen.Id("ctx").Add(ctx), jen.Id("req").Add(req)
 	}
 	params = []jen.Code{ctx, req}
-	results = []jen.Code{jen.Op("*").Add(ident(f, m.proto.Output)), jen.Error()}
+	results = []jen.Code{jen.Op("*").Add(ident(m.proto.Output)), jen.Error()}
 	return params, results
 }
 
@@ -189,7 +194,7 @@ func renderClient(out *jen.File, f *file, s *service) {
 		params, results := signature(f, m, true)
 		out.Add(new(doc).text(m.names.Method + " calls " + string(m.proto.Desc.FullName()) + ".").code())
 		out.Func().Params(jen.Id("c").Op("*").Id(n.clientImpl)).Id(m.names.Method).Params(params...).Params(results...).Block(
-			jen.Id("res").Op(":=").New(ident(f, m.proto.Output)),
+			jen.Id("res").Op(":=").New(ident(m.proto.Output)),
 			jen.If(
 				jen.Err().Op(":=").Id("c").Dot("conn").Dot("Invoke").Call(jen.Id("ctx"), jen.Id(m.names.spec), jen.Id("req"), jen.Id("res")),
 				jen.Err().Op("!=").Nil(),

@@ -9,6 +9,7 @@ package commentsv1parley
 
 import (
 	"context"
+
 	commentsv1 "example.com/gen/comments/v1"
 	"github.com/parleyrpc/parley/runtime/parley"
 )
@@ -53,6 +54,8 @@ const (
 	NoteServiceCountProcedure = "/comments.v1.NoteService/Count"
 	// LegacyNoteServiceGetProcedure is the procedure of the
 	// comments.v1.LegacyNoteService.Get method.
+	//
+	// Deprecated: Marked as deprecated in comments/v1/notes.proto.
 	LegacyNoteServiceGetProcedure = "/comments.v1.LegacyNoteService/Get"
 )
 
@@ -60,22 +63,34 @@ const (
 // clients and servers in this file and must not be changed.
 var (
 	// noteServiceAddSpec describes comments.v1.NoteService.Add.
-	noteServiceAddSpec = &parley.MethodSpec{Procedure: NoteServiceAddProcedure}
+	noteServiceAddSpec = &parley.MethodSpec{
+		Procedure: NoteServiceAddProcedure,
+	}
 	// noteServiceRemoveSpec describes comments.v1.NoteService.Remove.
-	noteServiceRemoveSpec = &parley.MethodSpec{Procedure: NoteServiceRemoveProcedure}
+	noteServiceRemoveSpec = &parley.MethodSpec{
+		Procedure: NoteServiceRemoveProcedure,
+	}
 	// noteServicePurgeSpec describes comments.v1.NoteService.Purge.
-	noteServicePurgeSpec = &parley.MethodSpec{Procedure: NoteServicePurgeProcedure}
+	noteServicePurgeSpec = &parley.MethodSpec{
+		Procedure: NoteServicePurgeProcedure,
+	}
 	// noteServiceCountSpec describes comments.v1.NoteService.Count.
-	noteServiceCountSpec = &parley.MethodSpec{Procedure: NoteServiceCountProcedure}
+	noteServiceCountSpec = &parley.MethodSpec{
+		Procedure: NoteServiceCountProcedure,
+	}
 	// legacyNoteServiceGetSpec describes comments.v1.LegacyNoteService.Get.
-	legacyNoteServiceGetSpec = &parley.MethodSpec{Procedure: LegacyNoteServiceGetProcedure}
+	legacyNoteServiceGetSpec = &parley.MethodSpec{
+		Procedure: LegacyNoteServiceGetProcedure,
+	}
 )
 
 // NoteServiceClient is a client for the comments.v1.NoteService service.
 //
 // NoteService keeps short notes.
+//
 // This second paragraph is deliberately written on one very long line so that
 // the generator has to wrap it before it reaches the generated Go code.
+//
 // A list stays as written:
 //   - first item
 //   - second item
@@ -87,6 +102,7 @@ type NoteServiceClient interface {
 	// Deprecated: Marked as deprecated in comments/v1/notes.proto.
 	Remove(ctx context.Context, req *commentsv1.RemoveRequest) (*commentsv1.RemoveResponse, error)
 	// Purge deletes every note.
+	//
 	// Deprecated: use Remove for each note instead.
 	Purge(ctx context.Context, req *commentsv1.PurgeRequest) (*commentsv1.PurgeResponse, error)
 	// Count calls comments.v1.NoteService.Count.
@@ -148,8 +164,10 @@ func (c *noteServiceClient) Count(ctx context.Context, req *commentsv1.CountRequ
 // to the service.
 //
 // NoteService keeps short notes.
+//
 // This second paragraph is deliberately written on one very long line so that
 // the generator has to wrap it before it reaches the generated Go code.
+//
 // A list stays as written:
 //   - first item
 //   - second item
@@ -161,6 +179,7 @@ type NoteServiceServer interface {
 	// Deprecated: Marked as deprecated in comments/v1/notes.proto.
 	Remove(context.Context, *commentsv1.RemoveRequest) (*commentsv1.RemoveResponse, error)
 	// Purge deletes every note.
+	//
 	// Deprecated: use Remove for each note instead.
 	Purge(context.Context, *commentsv1.PurgeRequest) (*commentsv1.PurgeResponse, error)
 	// Count handles comments.v1.NoteService.Count.

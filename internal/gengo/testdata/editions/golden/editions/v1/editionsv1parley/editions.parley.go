@@ -9,9 +9,10 @@ package editionsv1parley
 
 import (
 	"context"
+	"time"
+
 	editionsv1 "example.com/gen/editions/v1"
 	"github.com/parleyrpc/parley/runtime/parley"
-	"time"
 )
 
 // This is a compile-time assertion that this file is built against a Parley
@@ -40,8 +41,8 @@ const (
 // These variables describe each method to the runtime. They are shared by the
 // clients and servers in this file and must not be changed.
 var (
-	// counterServiceIncrementSpec describes editions.v1.CounterService.Increment,
-	// whose calls get a 250ms deadline when the caller sets none.
+	// counterServiceIncrementSpec describes editions.v1.CounterService.Increment.
+	// Its calls get a 250ms deadline when the caller sets none.
 	counterServiceIncrementSpec = &parley.MethodSpec{
 		Procedure: CounterServiceIncrementProcedure,
 		Timeout:   250 * time.Millisecond,

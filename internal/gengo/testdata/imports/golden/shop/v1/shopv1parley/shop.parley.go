@@ -9,6 +9,7 @@ package shopv1parley
 
 import (
 	"context"
+
 	commonv11 "example.com/gen/common/v1"
 	commonv1 "example.com/gen/other/v1"
 	shopv1 "example.com/gen/shop/v1"
@@ -49,11 +50,17 @@ const (
 // clients and servers in this file and must not be changed.
 var (
 	// shopServiceNowSpec describes shop.v1.ShopService.Now.
-	shopServiceNowSpec = &parley.MethodSpec{Procedure: ShopServiceNowProcedure}
+	shopServiceNowSpec = &parley.MethodSpec{
+		Procedure: ShopServiceNowProcedure,
+	}
 	// shopServicePriceSpec describes shop.v1.ShopService.Price.
-	shopServicePriceSpec = &parley.MethodSpec{Procedure: ShopServicePriceProcedure}
+	shopServicePriceSpec = &parley.MethodSpec{
+		Procedure: ShopServicePriceProcedure,
+	}
 	// shopServiceBuySpec describes shop.v1.ShopService.Buy.
-	shopServiceBuySpec = &parley.MethodSpec{Procedure: ShopServiceBuyProcedure}
+	shopServiceBuySpec = &parley.MethodSpec{
+		Procedure: ShopServiceBuyProcedure,
+	}
 )
 
 // ShopServiceClient is a client for the shop.v1.ShopService service.

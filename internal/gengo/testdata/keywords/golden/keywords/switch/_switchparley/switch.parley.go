@@ -9,6 +9,7 @@ package _switchparley
 
 import (
 	"context"
+
 	req1 "example.com/gen/keywords/v1/types"
 	"github.com/parleyrpc/parley/runtime/parley"
 )
@@ -38,7 +39,9 @@ const (
 // clients and servers in this file and must not be changed.
 var (
 	// switchCaseSpec describes keywords.sw.Switch.Case.
-	switchCaseSpec = &parley.MethodSpec{Procedure: SwitchCaseProcedure}
+	switchCaseSpec = &parley.MethodSpec{
+		Procedure: SwitchCaseProcedure,
+	}
 )
 
 // SwitchClient is a client for the keywords.sw.Switch service.

@@ -9,6 +9,7 @@ package keywordsv1parley
 
 import (
 	"context"
+
 	req1 "example.com/gen/keywords/v1/types"
 	"github.com/parleyrpc/parley/runtime/parley"
 )
@@ -82,31 +83,57 @@ const (
 // clients and servers in this file and must not be changed.
 var (
 	// typeTypeSpec describes keywords.v1.Type.Type.
-	typeTypeSpec = &parley.MethodSpec{Procedure: TypeTypeProcedure}
+	typeTypeSpec = &parley.MethodSpec{
+		Procedure: TypeTypeProcedure,
+	}
 	// typeStringSpec describes keywords.v1.Type.String.
-	typeStringSpec = &parley.MethodSpec{Procedure: TypeStringProcedure}
+	typeStringSpec = &parley.MethodSpec{
+		Procedure: TypeStringProcedure,
+	}
 	// typeFuncSpec describes keywords.v1.Type.func.
-	typeFuncSpec = &parley.MethodSpec{Procedure: TypeFuncProcedure}
+	typeFuncSpec = &parley.MethodSpec{
+		Procedure: TypeFuncProcedure,
+	}
 	// typeErrorSpec describes keywords.v1.Type.error.
-	typeErrorSpec = &parley.MethodSpec{Procedure: TypeErrorProcedure}
+	typeErrorSpec = &parley.MethodSpec{
+		Procedure: TypeErrorProcedure,
+	}
 	// typeGetItemSpec describes keywords.v1.Type.get_item.
-	typeGetItemSpec = &parley.MethodSpec{Procedure: TypeGetItemProcedure}
+	typeGetItemSpec = &parley.MethodSpec{
+		Procedure: TypeGetItemProcedure,
+	}
 	// typeGetItem_Spec describes keywords.v1.Type.GetItem.
-	typeGetItem_Spec = &parley.MethodSpec{Procedure: TypeGetItem_Procedure}
+	typeGetItem_Spec = &parley.MethodSpec{
+		Procedure: TypeGetItem_Procedure,
+	}
 	// fooBarSpec describes keywords.v1.Foo.Bar.
-	fooBarSpec = &parley.MethodSpec{Procedure: FooBarProcedure}
+	fooBarSpec = &parley.MethodSpec{
+		Procedure: FooBarProcedure,
+	}
 	// unimplementedFoo_BarSpec describes keywords.v1.UnimplementedFoo.Bar.
-	unimplementedFoo_BarSpec = &parley.MethodSpec{Procedure: UnimplementedFoo_BarProcedure}
+	unimplementedFoo_BarSpec = &parley.MethodSpec{
+		Procedure: UnimplementedFoo_BarProcedure,
+	}
 	// newFoo_BarSpec describes keywords.v1.NewFoo.Bar.
-	newFoo_BarSpec = &parley.MethodSpec{Procedure: NewFoo_BarProcedure}
+	newFoo_BarSpec = &parley.MethodSpec{
+		Procedure: NewFoo_BarProcedure,
+	}
 	// fooBarBazSpec describes keywords.v1.foo_bar.Baz.
-	fooBarBazSpec = &parley.MethodSpec{Procedure: FooBarBazProcedure}
+	fooBarBazSpec = &parley.MethodSpec{
+		Procedure: FooBarBazProcedure,
+	}
 	// fooBar_BazSpec describes keywords.v1.FooBar.Baz.
-	fooBar_BazSpec = &parley.MethodSpec{Procedure: FooBar_BazProcedure}
+	fooBar_BazSpec = &parley.MethodSpec{
+		Procedure: FooBar_BazProcedure,
+	}
 	// chatServiceJoinSpec describes keywords.v1.Chat.ServiceJoin.
-	chatServiceJoinSpec = &parley.MethodSpec{Procedure: ChatServiceJoinProcedure}
+	chatServiceJoinSpec = &parley.MethodSpec{
+		Procedure: ChatServiceJoinProcedure,
+	}
 	// chatService_JoinSpec describes keywords.v1.ChatService.Join.
-	chatService_JoinSpec = &parley.MethodSpec{Procedure: ChatService_JoinProcedure}
+	chatService_JoinSpec = &parley.MethodSpec{
+		Procedure: ChatService_JoinProcedure,
+	}
 )
 
 // TypeClient is a client for the keywords.v1.Type service.

@@ -9,6 +9,7 @@ package multiv1parley
 
 import (
 	"context"
+
 	multiv1 "example.com/gen/multi/v1"
 	"github.com/parleyrpc/parley/runtime/parley"
 )
@@ -39,7 +40,9 @@ const (
 // clients and servers in this file and must not be changed.
 var (
 	// alphaServiceStartSpec describes multi.v1.AlphaService.Start.
-	alphaServiceStartSpec = &parley.MethodSpec{Procedure: AlphaServiceStartProcedure}
+	alphaServiceStartSpec = &parley.MethodSpec{
+		Procedure: AlphaServiceStartProcedure,
+	}
 )
 
 // AlphaServiceClient is a client for the multi.v1.AlphaService service.

@@ -6,6 +6,7 @@ package multiv1parley
 
 import (
 	"context"
+
 	multiv1 "example.com/gen/multi/v1"
 	"github.com/parleyrpc/parley/runtime/parley"
 )
@@ -36,7 +37,9 @@ const (
 // clients and servers in this file and must not be changed.
 var (
 	// betaServiceRestartSpec describes multi.v1.BetaService.Restart.
-	betaServiceRestartSpec = &parley.MethodSpec{Procedure: BetaServiceRestartProcedure}
+	betaServiceRestartSpec = &parley.MethodSpec{
+		Procedure: BetaServiceRestartProcedure,
+	}
 )
 
 // BetaServiceClient is a client for the multi.v1.BetaService service.

@@ -9,9 +9,10 @@ package chatv1parley
 
 import (
 	"context"
+	"time"
+
 	chatv1 "example.com/gen/chat/v1"
 	"github.com/parleyrpc/parley/runtime/parley"
-	"time"
 )
 
 // This is a compile-time assertion that this file is built against a Parley
@@ -48,26 +49,30 @@ const (
 // These variables describe each method to the runtime. They are shared by the
 // clients and servers in this file and must not be changed.
 var (
-	// chatServiceJoinSpec describes chat.v1.ChatService.Join, whose calls get a 5s
+	// chatServiceJoinSpec describes chat.v1.ChatService.Join. Its calls get a 5s
 	// deadline when the caller sets none.
 	chatServiceJoinSpec = &parley.MethodSpec{
 		Procedure: ChatServiceJoinProcedure,
 		Timeout:   5 * time.Second,
 	}
-	// chatServicePostSpec describes chat.v1.ChatService.Post, which is idempotent.
+	// chatServicePostSpec describes chat.v1.ChatService.Post. It is idempotent, so
+	// calls may be retried after a reconnect.
 	chatServicePostSpec = &parley.MethodSpec{
-		Idempotency: parley.IdempotencyIdempotent,
 		Procedure:   ChatServicePostProcedure,
+		Idempotency: parley.IdempotencyIdempotent,
 	}
-	// chatServiceHistorySpec describes chat.v1.ChatService.History, whose calls get
-	// a 1.5s deadline when the caller sets none, which has no side effects.
+	// chatServiceHistorySpec describes chat.v1.ChatService.History. Its calls get a
+	// 1.5s deadline when the caller sets none. It has no side effects, so calls may
+	// be retried after a reconnect.
 	chatServiceHistorySpec = &parley.MethodSpec{
-		Idempotency: parley.IdempotencyNoSideEffects,
 		Procedure:   ChatServiceHistoryProcedure,
 		Timeout:     1500 * time.Millisecond,
+		Idempotency: parley.IdempotencyNoSideEffects,
 	}
 	// chatServiceLeaveSpec describes chat.v1.ChatService.Leave.
-	chatServiceLeaveSpec = &parley.MethodSpec{Procedure: ChatServiceLeaveProcedure}
+	chatServiceLeaveSpec = &parley.MethodSpec{
+		Procedure: ChatServiceLeaveProcedure,
+	}
 )
 
 // ChatServiceClient is a client for the chat.v1.ChatService service.

@@ -9,6 +9,7 @@ package v1parley
 
 import (
 	"context"
+
 	"example.com/gen/tsnames/other"
 	"example.com/gen/tsnames/v1"
 	"github.com/parleyrpc/parley/runtime/parley"
@@ -42,8 +43,9 @@ const (
 	EchoDeleteProcedure = "/tsnames.v1.Echo/delete"
 	// EchoCallProcedure is the procedure of the tsnames.v1.Echo.Call method.
 	EchoCallProcedure = "/tsnames.v1.Echo/Call"
-	// EchoCall_Procedure is the procedure of the tsnames.v1.Echo.call method.
-	EchoCall_Procedure = "/tsnames.v1.Echo/call"
+	// EchoDescribeProcedure is the procedure of the tsnames.v1.Echo.Describe
+	// method.
+	EchoDescribeProcedure = "/tsnames.v1.Echo/Describe"
 	// EchoItemsProcedure is the procedure of the tsnames.v1.Echo.Items method.
 	EchoItemsProcedure = "/tsnames.v1.Echo/Items"
 	// EchoConnectProcedure is the procedure of the tsnames.v1.Echo.Connect method.
@@ -54,25 +56,41 @@ const (
 // clients and servers in this file and must not be changed.
 var (
 	// echoConstructorSpec describes tsnames.v1.Echo.constructor.
-	echoConstructorSpec = &parley.MethodSpec{Procedure: EchoConstructorProcedure}
+	echoConstructorSpec = &parley.MethodSpec{
+		Procedure: EchoConstructorProcedure,
+	}
 	// echoToStringSpec describes tsnames.v1.Echo.toString.
-	echoToStringSpec = &parley.MethodSpec{Procedure: EchoToStringProcedure}
+	echoToStringSpec = &parley.MethodSpec{
+		Procedure: EchoToStringProcedure,
+	}
 	// echoDeleteSpec describes tsnames.v1.Echo.delete.
-	echoDeleteSpec = &parley.MethodSpec{Procedure: EchoDeleteProcedure}
+	echoDeleteSpec = &parley.MethodSpec{
+		Procedure: EchoDeleteProcedure,
+	}
 	// echoCallSpec describes tsnames.v1.Echo.Call.
-	echoCallSpec = &parley.MethodSpec{Procedure: EchoCallProcedure}
-	// echoCall_Spec describes tsnames.v1.Echo.call.
-	echoCall_Spec = &parley.MethodSpec{Procedure: EchoCall_Procedure}
+	echoCallSpec = &parley.MethodSpec{
+		Procedure: EchoCallProcedure,
+	}
+	// echoDescribeSpec describes tsnames.v1.Echo.Describe.
+	echoDescribeSpec = &parley.MethodSpec{
+		Procedure: EchoDescribeProcedure,
+	}
 	// echoItemsSpec describes tsnames.v1.Echo.Items.
-	echoItemsSpec = &parley.MethodSpec{Procedure: EchoItemsProcedure}
+	echoItemsSpec = &parley.MethodSpec{
+		Procedure: EchoItemsProcedure,
+	}
 	// echoConnectSpec describes tsnames.v1.Echo.Connect.
-	echoConnectSpec = &parley.MethodSpec{Procedure: EchoConnectProcedure}
+	echoConnectSpec = &parley.MethodSpec{
+		Procedure: EchoConnectProcedure,
+	}
 )
 
 // EchoClient is a client for the tsnames.v1.Echo service.
 //
-// Echo has methods named like built-in object properties, reserved words,
-// and two that differ only in the case of their first letter.
+// Echo has methods named like built-in object properties, reserved words
+// and the runtime's call. (Two methods differing only in the case of their
+// first letter, Call and call, would get call and call$ from us, but
+// protoc-gen-es 2.17 declares both as call in its service type.)
 type EchoClient interface {
 	// constructor would replace the class's constructor.
 	Constructor(ctx context.Context, req *v1.Promise) (*v1.Promise, error)
@@ -82,8 +100,8 @@ type EchoClient interface {
 	Delete(ctx context.Context, req *v1.Outer_Inner) (*v1.Outer, error)
 	// Call calls tsnames.v1.Echo.Call.
 	Call(ctx context.Context, req *v1.MessageInitShape) (*v1.CallOptions, error)
-	// Call_ calls tsnames.v1.Echo.call.
-	Call_(ctx context.Context, req *v1.MethodSpec) (*v1.EchoClient, error)
+	// Describe calls tsnames.v1.Echo.Describe.
+	Describe(ctx context.Context, req *v1.MethodSpec) (*v1.EchoClient, error)
 	// Items calls tsnames.v1.Echo.Items.
 	Items(ctx context.Context, req *v1.Item) (*other.Item, error)
 	// Connect calls tsnames.v1.Echo.Connect.
@@ -139,10 +157,10 @@ func (c *echoClient) Call(ctx context.Context, req *v1.MessageInitShape) (*v1.Ca
 	return res, nil
 }
 
-// Call_ calls tsnames.v1.Echo.call.
-func (c *echoClient) Call_(ctx context.Context, req *v1.MethodSpec) (*v1.EchoClient, error) {
+// Describe calls tsnames.v1.Echo.Describe.
+func (c *echoClient) Describe(ctx context.Context, req *v1.MethodSpec) (*v1.EchoClient, error) {
 	res := new(v1.EchoClient)
-	if err := c.conn.Invoke(ctx, echoCall_Spec, req, res); err != nil {
+	if err := c.conn.Invoke(ctx, echoDescribeSpec, req, res); err != nil {
 		return nil, err
 	}
 	return res, nil
@@ -171,8 +189,10 @@ func (c *echoClient) Connect(ctx context.Context, req *other.Connection) (*empty
 // UnimplementedEchoServer to keep compiling when methods are added to the
 // service.
 //
-// Echo has methods named like built-in object properties, reserved words,
-// and two that differ only in the case of their first letter.
+// Echo has methods named like built-in object properties, reserved words
+// and the runtime's call. (Two methods differing only in the case of their
+// first letter, Call and call, would get call and call$ from us, but
+// protoc-gen-es 2.17 declares both as call in its service type.)
 type EchoServer interface {
 	// constructor would replace the class's constructor.
 	Constructor(context.Context, *v1.Promise) (*v1.Promise, error)
@@ -182,8 +202,8 @@ type EchoServer interface {
 	Delete(context.Context, *v1.Outer_Inner) (*v1.Outer, error)
 	// Call handles tsnames.v1.Echo.Call.
 	Call(context.Context, *v1.MessageInitShape) (*v1.CallOptions, error)
-	// Call_ handles tsnames.v1.Echo.call.
-	Call_(context.Context, *v1.MethodSpec) (*v1.EchoClient, error)
+	// Describe handles tsnames.v1.Echo.Describe.
+	Describe(context.Context, *v1.MethodSpec) (*v1.EchoClient, error)
 	// Items handles tsnames.v1.Echo.Items.
 	Items(context.Context, *v1.Item) (*other.Item, error)
 	// Connect handles tsnames.v1.Echo.Connect.
@@ -199,7 +219,7 @@ func RegisterEchoServer(r parley.Registrar, impl EchoServer) {
 		parley.NewUnaryMethod(echoToStringSpec, impl.ToString),
 		parley.NewUnaryMethod(echoDeleteSpec, impl.Delete),
 		parley.NewUnaryMethod(echoCallSpec, impl.Call),
-		parley.NewUnaryMethod(echoCall_Spec, impl.Call_),
+		parley.NewUnaryMethod(echoDescribeSpec, impl.Describe),
 		parley.NewUnaryMethod(echoItemsSpec, impl.Items),
 		parley.NewUnaryMethod(echoConnectSpec, impl.Connect),
 	)
@@ -230,9 +250,9 @@ func (UnimplementedEchoServer) Call(context.Context, *v1.MessageInitShape) (*v1.
 	return nil, parley.NewError(parley.CodeUnimplemented, "tsnames.v1.Echo.Call is not implemented")
 }
 
-// Call_ returns a parley.CodeUnimplemented error.
-func (UnimplementedEchoServer) Call_(context.Context, *v1.MethodSpec) (*v1.EchoClient, error) {
-	return nil, parley.NewError(parley.CodeUnimplemented, "tsnames.v1.Echo.call is not implemented")
+// Describe returns a parley.CodeUnimplemented error.
+func (UnimplementedEchoServer) Describe(context.Context, *v1.MethodSpec) (*v1.EchoClient, error) {
+	return nil, parley.NewError(parley.CodeUnimplemented, "tsnames.v1.Echo.Describe is not implemented")
 }
 
 // Items returns a parley.CodeUnimplemented error.

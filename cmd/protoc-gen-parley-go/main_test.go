@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/pluginpb"
+
+	"github.com/parleyrpc/parley/internal/plugintest"
+)
+
+// TestPlugin runs the built plugin as protoc and buf do: a request on
+// stdin, a response on stdout.
+func TestPlugin(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the plugin")
+	}
+	bin := filepath.Join(t.TempDir(), "protoc-gen-parley-go")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+
+	run := func(t *testing.T, caseName, parameter string) *pluginpb.CodeGeneratorResponse {
+		t.Helper()
+		req, err := plugintest.Request(caseName, parameter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin)
+		cmd.Stdin = bytes.NewReader(in)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("plugin: %v", err)
+		}
+		resp := new(pluginpb.CodeGeneratorResponse)
+		if err := proto.Unmarshal(out, resp); err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+
+	t.Run("plain", func(t *testing.T) {
+		resp := run(t, "plain", "paths=source_relative")
+		if resp.Error != nil {
+			t.Fatal(resp.GetError())
+		}
+		if len(resp.File) != 1 || resp.File[0].GetName() != "chat/v1/chatv1parley/chat.parley.go" {
+			t.Fatalf("files: %v", resp.File)
+		}
+		if !strings.Contains(resp.File[0].GetContent(), "Timeout:   5 * time.Second,") {
+			t.Error("timeout_ms did not reach the output")
+		}
+	})
+	t.Run("module", func(t *testing.T) {
+		resp := run(t, "plain", "module=example.com/gen")
+		if len(resp.File) != 1 || resp.File[0].GetName() != "chat/v1/chatv1parley/chat.parley.go" {
+			t.Fatalf("files: %v", resp.File)
+		}
+	})
+	t.Run("streaming", func(t *testing.T) {
+		resp := run(t, "streaming", "")
+		want := "protoc-gen-parley-go: chat/v1/chat.proto: chat.v1.ChatService.Tail is a server-streaming method; streaming is not supported yet"
+		if !strings.Contains(resp.GetError(), want) {
+			t.Errorf("error %q, want it to contain %q", resp.GetError(), want)
+		}
+	})
+	t.Run("version", func(t *testing.T) {
+		out, err := exec.Command(bin, "--version").Output()
+		if err != nil || string(out) != "protoc-gen-parley-go v0.1.0\n" {
+			t.Errorf("--version: %q, %v", out, err)
+		}
+	})
+}

@@ -1,0 +1,139 @@
+package gengo
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/compiler/protogen"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/descriptorpb"
+
+	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
+	"github.com/parleyrpc/parley/internal/plugintest"
+)
+
+func buildCase(t *testing.T, caseName string) []*file {
+	t.Helper()
+	req, err := plugintest.Request(caseName, "paths=source_relative")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plugin, err := protogen.Options{}.New(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := buildModel(plugin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// TestModelReadsMethodOptions checks (parley.v1.method).timeout_ms and
+// idempotency_level reach the model from a compiled proto, not only
+// protoc's.
+func TestModelReadsMethodOptions(t *testing.T) {
+	files := buildCase(t, "plain")
+	if len(files) != 1 || len(files[0].services) != 1 {
+		t.Fatalf("got %d files, want one with one service", len(files))
+	}
+	f := files[0]
+	if f.filename != "chat/v1/chatv1parley/chat.parley.go" || f.importPath != "example.com/gen/chat/v1/chatv1parley" || f.goPackageName != "chatv1parley" {
+		t.Errorf("placed at %s, %s, package %s", f.filename, f.importPath, f.goPackageName)
+	}
+	want := map[string]struct {
+		timeout     time.Duration
+		idempotency idempotency
+	}{
+		"Join":    {5 * time.Second, idempotencyUnknown},
+		"Post":    {0, idempotencyIdempotent},
+		"History": {1500 * time.Millisecond, idempotencyNoSideEffects},
+		"Leave":   {0, idempotencyUnknown},
+	}
+	for _, m := range f.services[0].methods {
+		w := want[m.names.Method]
+		if m.timeout != w.timeout || m.idempotency != w.idempotency || m.kind != kindUnary {
+			t.Errorf("%s: timeout %v, idempotency %d, kind %v; want %v, %d, unary", m.names.Method, m.timeout, m.idempotency, m.kind, w.timeout, w.idempotency)
+		}
+	}
+}
+
+// TestResolvedOptionsReadsUnknownExtensions checks options whose Parley
+// extension arrived as unknown bytes still yield it.
+func TestResolvedOptionsReadsUnknownExtensions(t *testing.T) {
+	ext, err := proto.Marshal(&parleyv1.MethodOptions{TimeoutMs: 1234})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw []byte
+	raw = protowire.AppendTag(raw, protowire.Number(parleyv1.E_Method.Field), protowire.BytesType)
+	raw = protowire.AppendBytes(raw, ext)
+	opts := &descriptorpb.MethodOptions{Deprecated: proto.Bool(true)}
+	opts.ProtoReflect().SetUnknown(raw)
+
+	got := resolvedOptions(opts)
+	mo, ok := proto.GetExtension(got, parleyv1.E_Method).(*parleyv1.MethodOptions)
+	if !ok || mo.GetTimeoutMs() != 1234 {
+		t.Errorf("timeout_ms = %d, want 1234", mo.GetTimeoutMs())
+	}
+	if !got.(*descriptorpb.MethodOptions).GetDeprecated() {
+		t.Error("lost the other options")
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	for caseName, want := range map[string]string{
+		"streaming":  "protoc-gen-parley-go: chat/v1/chat.proto: chat.v1.ChatService.Tail is a server-streaming method; streaming is not supported yet",
+		"clientside": "protoc-gen-parley-go: chat/v1/chat.proto: chat.v1.ChatEvents.MessagePosted belongs to a service implemented by clients",
+	} {
+		req, err := plugintest.Request(caseName, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := plugintest.Run(req, protogen.Options{}, Generate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(resp.GetError(), want) {
+			t.Errorf("%s: error %q does not contain %q", caseName, resp.GetError(), want)
+		}
+		if len(resp.File) != 0 {
+			t.Errorf("%s: wrote %d files despite refusing", caseName, len(resp.File))
+		}
+	}
+}
+
+func TestUnexport(t *testing.T) {
+	for in, want := range map[string]string{
+		"ChatService": "chatService",
+		"URLService":  "urlService",
+		"URL":         "url",
+		"X":           "x",
+		"XFoo":        "xFoo",
+		"FooBar_":     "fooBar_",
+		"ÉtéService":  "étéService",
+	} {
+		if got := unexport(in); got != want {
+			t.Errorf("unexport(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestProtoLines(t *testing.T) {
+	long := strings.Repeat("word ", 30)
+	c := protogen.Comments(" First line.\n\n\n " + long + "\n   indented code " + long + "\n")
+	got := protoLines(c)
+	if got[0] != "First line." || got[1] != "" || got[2] == "" {
+		t.Errorf("paragraphs not kept: %q", got)
+	}
+	for _, line := range got {
+		if len(line) > wrapColumn && !strings.HasPrefix(line, "  indented") {
+			t.Errorf("line not wrapped: %q", line)
+		}
+	}
+	if last := got[len(got)-1]; !strings.HasPrefix(last, "  indented code") {
+		t.Errorf("indented line was changed: %q", last)
+	}
+}
