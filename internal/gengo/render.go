@@ -51,7 +51,7 @@ func renderServiceNames(out *jen.File, f *file) {
 	out.Const().DefsFunc(func(g *jen.Group) {
 		for _, s := range f.services {
 			g.Add(new(doc).
-				text(s.names.Name + " is the full name of the " + string(s.proto.Desc.FullName()) + " service.").
+				text(s.names.Name+" is the full name of the "+string(s.proto.Desc.FullName())+" service.").
 				deprecated(s.deprecated, f.proto.Desc.Path()).code())
 			g.Id(s.names.Name).Op("=").Lit(string(s.proto.Desc.FullName()))
 		}
@@ -65,7 +65,7 @@ func renderProcedures(out *jen.File, f *file) {
 		for _, s := range f.services {
 			for _, m := range s.methods {
 				g.Add(new(doc).
-					text(m.names.Procedure + " is the procedure of the " + string(m.proto.Desc.FullName()) + " method.").
+					text(m.names.Procedure+" is the procedure of the "+string(m.proto.Desc.FullName())+" method.").
 					deprecated(m.deprecated || s.deprecated, f.proto.Desc.Path()).code())
 				g.Id(m.names.Procedure).Op("=").Lit(procedure(m))
 			}
@@ -167,7 +167,7 @@ func renderClient(out *jen.File, f *file, s *service) {
 	src := f.proto.Desc.Path()
 
 	out.Add(new(doc).
-		text(n.Client + " is a client for the " + fullName + " service.").
+		text(n.Client+" is a client for the "+fullName+" service.").
 		proto(s.proto.Comments.Leading).
 		deprecated(s.deprecated, src).code())
 	out.Type().Id(n.Client).InterfaceFunc(func(g *jen.Group) {
@@ -179,8 +179,8 @@ func renderClient(out *jen.File, f *file, s *service) {
 	})
 
 	out.Add(new(doc).
-		text(n.NewClient + " returns a client for the " + fullName + " service that calls it over conn, usually the " +
-			"*parley.Conn from parley.Dial. The client is safe for concurrent use by multiple goroutines, and as many " +
+		text(n.NewClient+" returns a client for the "+fullName+" service that calls it over conn, usually the "+
+			"*parley.Conn from parley.Dial. The client is safe for concurrent use by multiple goroutines, and as many "+
 			"calls as conn allows run at once.").
 		deprecated(s.deprecated, src).code())
 	out.Func().Id(n.NewClient).Params(jen.Id("conn").Qual(string(parleyPackage), "Invoker")).Id(n.Client).Block(
@@ -210,8 +210,8 @@ func renderServer(out *jen.File, f *file, s *service) {
 	src := f.proto.Desc.Path()
 
 	out.Add(new(doc).
-		text(n.Server + " is the server side of the " + fullName + " service: implement it and register the " +
-			"implementation with " + n.Register + ". Embed " + n.Unimplemented + " to keep compiling when methods " +
+		text(n.Server+" is the server side of the "+fullName+" service: implement it and register the "+
+			"implementation with "+n.Register+". Embed "+n.Unimplemented+" to keep compiling when methods "+
 			"are added to the service.").
 		proto(s.proto.Comments.Leading).
 		deprecated(s.deprecated, src).code())
@@ -224,7 +224,7 @@ func renderServer(out *jen.File, f *file, s *service) {
 	})
 
 	out.Add(new(doc).
-		text(n.Register + " registers impl's methods with r, usually a *parley.Server. The server runs each call in " +
+		text(n.Register+" registers impl's methods with r, usually a *parley.Server. The server runs each call in "+
 			"its own goroutine, so impl must be safe for concurrent use.").
 		deprecated(s.deprecated, src).code())
 	out.Func().Id(n.Register).Params(
