@@ -132,19 +132,18 @@ func (binaryCodec) appendFrame(b []byte, f *frame, msg proto.Message) ([]byte, e
 		}
 		return proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(b, msg)
 	}
+	// Fields go out in the order Go's deterministic marshalling uses:
+	// plain fields by number, the oneof body last, map entries by key.
 	var inner int
-	var err error
 	switch f.kind {
 	case kindCall:
 		inner = sizeVarint(1, f.id) + sizeBytes(2, len(f.method)) + sizeBytes(3, size) + sizeVarint(5, uint64(f.timeoutMs)) + sizeMetadata(6, f.metadata)
 		b = appendHeader(b, f.kind, inner)
 		b = appendVarint(b, 1, f.id)
 		b = appendString(b, 2, f.method)
-		if b, err = appendPayload(b, 3); err != nil {
-			return b, err
-		}
 		b = appendVarint(b, 5, uint64(f.timeoutMs))
-		return appendMetadata(b, 6, f.metadata), nil
+		b = appendMetadata(b, 6, f.metadata)
+		return appendPayload(b, 3)
 	case kindReply:
 		inner = sizeVarint(1, f.id) + sizeMetadata(4, f.metadata)
 		if f.hasPayload || msg != nil {
@@ -152,12 +151,11 @@ func (binaryCodec) appendFrame(b []byte, f *frame, msg proto.Message) ([]byte, e
 		}
 		b = appendHeader(b, f.kind, inner)
 		b = appendVarint(b, 1, f.id)
+		b = appendMetadata(b, 4, f.metadata)
 		if f.hasPayload || msg != nil {
-			if b, err = appendPayload(b, 2); err != nil {
-				return b, err
-			}
+			return appendPayload(b, 2)
 		}
-		return appendMetadata(b, 4, f.metadata), nil
+		return b, nil
 	case kindError:
 		var details [][]byte
 		inner = sizeVarint(1, f.id) + sizeVarint(2, uint64(f.code)) + sizeBytes(3, len(f.message)) + sizeMetadata(5, f.metadata)
@@ -196,12 +194,10 @@ func (binaryCodec) appendFrame(b []byte, f *frame, msg proto.Message) ([]byte, e
 		inner = sizeBytes(1, len(f.method)) + sizeBytes(2, size) + sizeBytes(4, len(f.topic)) + sizeVarint(5, f.offset) + sizeBytes(6, len(f.epoch))
 		b = appendHeader(b, f.kind, inner)
 		b = appendString(b, 1, f.method)
-		if b, err = appendPayload(b, 2); err != nil {
-			return b, err
-		}
 		b = appendString(b, 4, f.topic)
 		b = appendVarint(b, 5, f.offset)
-		return appendString(b, 6, f.epoch), nil
+		b = appendString(b, 6, f.epoch)
+		return appendPayload(b, 2)
 	}
 	// The rare kinds go through the generated types.
 	pf, err := f.toProto(nil)
