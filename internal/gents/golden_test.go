@@ -120,6 +120,27 @@ func TestGoldenTypeCheck(t *testing.T) {
 	}
 }
 
+// TestGoldenRuns bundles testdata/smoke.ts, which drives the plain golden
+// client against a recording Connection, and runs it in Node. The runtime
+// imports are type-only, so the bundle needs no runtime.
+func TestGoldenRuns(t *testing.T) {
+	esbuild := nodeTool(t, "esbuild")
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Fatalf("node is not on PATH: %v", err)
+	}
+	bundle := filepath.Join(t.TempDir(), "smoke.mjs")
+	out, err := exec.Command(esbuild, filepath.Join(goldenRoot, "smoke.ts"), "--bundle", "--format=esm",
+		"--platform=node", "--log-level=warning", "--outfile="+bundle).CombinedOutput()
+	if err != nil {
+		t.Fatalf("esbuild: %v\n%s", err, out)
+	}
+	out, err = exec.Command(node, bundle).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "smoke ok") {
+		t.Fatalf("node %s: %v\n%s", bundle, err, out)
+	}
+}
+
 func runParley(t *testing.T, req *pluginpb.CodeGeneratorRequest, parameter string) *pluginpb.CodeGeneratorResponse {
 	t.Helper()
 	req = proto.CloneOf(req)

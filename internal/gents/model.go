@@ -84,26 +84,26 @@ type generator struct {
 // wktImportPaths is protobuf-es's wktPublicImportPaths: the well-known types
 // ship with @bufbuild/protobuf and are imported from there.
 var wktImportPaths = map[string]string{
-	"google/protobuf/compiler/plugin.proto":         "@bufbuild/protobuf/wkt",
-	"google/protobuf/any.proto":                     "@bufbuild/protobuf/wkt",
-	"google/protobuf/api.proto":                     "@bufbuild/protobuf/wkt/google/protobuf/api_pb.js",
-	"google/protobuf/c_sharp_features.proto":        "@bufbuild/protobuf/wkt/google/protobuf/c_sharp_features_pb.js",
-	"google/protobuf/cpp_features.proto":            "@bufbuild/protobuf/wkt/google/protobuf/cpp_features_pb.js",
-	"google/protobuf/cpp_file_options.proto":        "@bufbuild/protobuf/wkt/google/protobuf/cpp_file_options_pb.js",
-	"google/protobuf/cpp_options.proto":             "@bufbuild/protobuf/wkt/google/protobuf/cpp_options_pb.js",
-	"google/protobuf/descriptor.proto":              "@bufbuild/protobuf/wkt",
-	"google/protobuf/duration.proto":                "@bufbuild/protobuf/wkt",
-	"google/protobuf/empty.proto":                   "@bufbuild/protobuf/wkt",
-	"google/protobuf/field_mask.proto":              "@bufbuild/protobuf/wkt",
-	"google/protobuf/go_features.proto":             "@bufbuild/protobuf/wkt/google/protobuf/go_features_pb.js",
-	"google/protobuf/java_features.proto":           "@bufbuild/protobuf/wkt/google/protobuf/java_features_pb.js",
-	"google/protobuf/json_enumvalue_options.proto":  "@bufbuild/protobuf/wkt/google/protobuf/json_enumvalue_options_pb.js",
-	"google/protobuf/json_options.proto":            "@bufbuild/protobuf/wkt/google/protobuf/json_options_pb.js",
-	"google/protobuf/source_context.proto":          "@bufbuild/protobuf/wkt/google/protobuf/source_context_pb.js",
-	"google/protobuf/struct.proto":                  "@bufbuild/protobuf/wkt",
-	"google/protobuf/timestamp.proto":               "@bufbuild/protobuf/wkt",
-	"google/protobuf/type.proto":                    "@bufbuild/protobuf/wkt/google/protobuf/type_pb.js",
-	"google/protobuf/wrappers.proto":                "@bufbuild/protobuf/wkt",
+	"google/protobuf/compiler/plugin.proto":        "@bufbuild/protobuf/wkt",
+	"google/protobuf/any.proto":                    "@bufbuild/protobuf/wkt",
+	"google/protobuf/api.proto":                    "@bufbuild/protobuf/wkt/google/protobuf/api_pb.js",
+	"google/protobuf/c_sharp_features.proto":       "@bufbuild/protobuf/wkt/google/protobuf/c_sharp_features_pb.js",
+	"google/protobuf/cpp_features.proto":           "@bufbuild/protobuf/wkt/google/protobuf/cpp_features_pb.js",
+	"google/protobuf/cpp_file_options.proto":       "@bufbuild/protobuf/wkt/google/protobuf/cpp_file_options_pb.js",
+	"google/protobuf/cpp_options.proto":            "@bufbuild/protobuf/wkt/google/protobuf/cpp_options_pb.js",
+	"google/protobuf/descriptor.proto":             "@bufbuild/protobuf/wkt",
+	"google/protobuf/duration.proto":               "@bufbuild/protobuf/wkt",
+	"google/protobuf/empty.proto":                  "@bufbuild/protobuf/wkt",
+	"google/protobuf/field_mask.proto":             "@bufbuild/protobuf/wkt",
+	"google/protobuf/go_features.proto":            "@bufbuild/protobuf/wkt/google/protobuf/go_features_pb.js",
+	"google/protobuf/java_features.proto":          "@bufbuild/protobuf/wkt/google/protobuf/java_features_pb.js",
+	"google/protobuf/json_enumvalue_options.proto": "@bufbuild/protobuf/wkt/google/protobuf/json_enumvalue_options_pb.js",
+	"google/protobuf/json_options.proto":           "@bufbuild/protobuf/wkt/google/protobuf/json_options_pb.js",
+	"google/protobuf/source_context.proto":         "@bufbuild/protobuf/wkt/google/protobuf/source_context_pb.js",
+	"google/protobuf/struct.proto":                 "@bufbuild/protobuf/wkt",
+	"google/protobuf/timestamp.proto":              "@bufbuild/protobuf/wkt",
+	"google/protobuf/type.proto":                   "@bufbuild/protobuf/wkt/google/protobuf/type_pb.js",
+	"google/protobuf/wrappers.proto":               "@bufbuild/protobuf/wkt",
 }
 
 // imports collects the names a file imports, in order of first use, so the
@@ -184,7 +184,7 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 	// around them, as protoplugin does.
 	top := newScope(globalsWeUse)
 	type pending struct {
-		method *methodModel
+		method  *methodModel
 		in, out *importUse
 		inMD    protoreflect.MessageDescriptor
 	}
