@@ -180,9 +180,12 @@ export class Connection {
       }
     };
     ws.onmessage = (ev: { data: unknown }) => this.#receive(ev.data);
+    // A close event follows an error event; browsers say nothing about
+    // the error, the ws package says what went wrong.
+    let why = "";
+    ws.onerror = (ev: { message?: unknown }) => (why = typeof ev?.message == "string" ? ": " + ev.message : "");
     ws.onclose = (ev: { code: number; reason: string }) =>
-      this.#fail(new ParleyError("unavailable", `connection closed (${ev.code}${ev.reason ? " " + ev.reason : ""})`));
-    ws.onerror = () => {}; // A close event follows and says more.
+      this.#fail(new ParleyError("unavailable", `connection closed (${ev.code}${ev.reason ? " " + ev.reason : ""})${why}`));
     const wait = this.#defaultTimeout;
     if (wait > 0) {
       this.#welcomeTimer = setTimeout(

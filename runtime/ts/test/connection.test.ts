@@ -1,0 +1,463 @@
+// Connection against a scripted server on a real loopback socket.
+import { create, toBinary, toJson } from "@bufbuild/protobuf";
+import { StringValueSchema } from "@bufbuild/protobuf/wkt";
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import WebSocket from "ws";
+import { Connection, ParleyError, type ConnectionOptions, type ConnectionState } from "../src/index.js";
+import type { Frame } from "../src/frame.js";
+import { FakeServer, type FakeServerOptions, type Peer } from "./fakeserver.js";
+import { EchoRequestSchema, EchoResponseSchema } from "./gen/e2e/v1/echo_pb.js";
+import { Echo, Sleep } from "./specs.js";
+
+/** Asserts that p rejects with a ParleyError of the given code whose message matches. */
+async function rejectsWith(p: Promise<unknown>, code: string, message?: RegExp): Promise<ParleyError> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof ParleyError, `not a ParleyError: ${String(e)}`);
+    assert.equal(e.code, code, `code of ${e.message}`);
+    if (message) assert.match(e.message, message);
+    return e;
+  }
+  assert.fail(`resolved; want ${code}`);
+}
+
+/** Fails the test instead of hanging when p takes too long. */
+function within<T>(p: Promise<T>, ms = 2000): Promise<T> {
+  return Promise.race([p, sleep(ms).then(() => assert.fail(`still pending after ${ms} ms`))]);
+}
+
+/** Reads the next frame, asserting its kind. */
+async function expectFrame<K extends string>(peer: Peer, kind: K): Promise<Extract<Frame, Record<K, unknown>>[K]> {
+  const f = await within(peer.recv());
+  assert.ok(kind in f, `want ${kind}, got ${JSON.stringify(f)}`);
+  return (f as any)[kind];
+}
+
+const connect = (server: FakeServer, options: ConnectionOptions = {}) => new Connection(server.url, { WebSocket, ...options });
+
+/** Answers every Echo call on peer with its text reversed, in whatever order given. */
+function reply(peer: Peer, call: { id: number; payload?: Uint8Array; json?: unknown }) {
+  const req = peer.json
+    ? { text: (call.json as { text?: string }).text ?? "" }
+    : { text: new TextDecoder().decode(call.payload!.subarray(2)) };
+  const res = create(EchoResponseSchema, { text: [...req.text].reverse().join("") });
+  peer.send({ reply: peer.json ? { id: call.id, json: toJson(EchoResponseSchema, res) } : { id: call.id, payload: toBinary(EchoResponseSchema, res) } });
+}
+
+for (const protocol of ["proto", "json"] as const) {
+  describe(`${protocol}: calls`, () => {
+    let server: FakeServer;
+    before(async () => (server = await FakeServer.start()));
+    after(() => server.close());
+
+    test("handshake: Hello with agent and token, then open", async () => {
+      const states: ConnectionState["status"][] = [];
+      const conn = connect(server, { protocol, metadata: { room: "lobby" }, token: async () => "tok" });
+      conn.onStateChange((s) => states.push(s.status));
+      assert.equal(conn.state.status, "connecting");
+      const peer = await server.peer();
+      assert.equal(peer.ws.protocol, `parley.v1+${protocol}`);
+      assert.deepEqual(await peer.hello, { hello: { metadata: { room: "lobby", authorization: "Bearer tok" }, agent: "parley-ts/0.1.0" } });
+      await within(conn.ready);
+      const state = conn.state as ConnectionState;
+      assert.equal(state.status == "open" && state.session.sessionId, "s1");
+      conn.close();
+      assert.deepEqual(states, ["open", "closed"]);
+      assert.equal((await peer.closed).code, 1000);
+    });
+
+    test("many concurrent calls, answered in reverse order, each reach their caller", async () => {
+      const conn = connect(server, { protocol });
+      const peer = await server.peer();
+      const n = 100;
+      const results = Promise.all(
+        Array.from({ length: n }, (_, i) => conn.call(Echo, { text: `call ${i}` }).then((r) => r.text)),
+      );
+      const calls = [];
+      for (let i = 0; i < n; i++) calls.push(await expectFrame(peer, "call"));
+      assert.deepEqual(
+        calls.map((c) => c.id),
+        Array.from({ length: n }, (_, i) => 2 * i + 1),
+        "ids are odd and increasing",
+      );
+      assert.ok(calls.every((c) => c.method == "/e2e.v1.EchoService/Echo"));
+      for (const c of calls.reverse()) reply(peer, c);
+      assert.deepEqual(
+        await within(results),
+        Array.from({ length: n }, (_, i) => [...`call ${i}`].reverse().join("")),
+      );
+      conn.close();
+    });
+
+    test("a call made before the connection opens waits for the Welcome", async () => {
+      const s = await FakeServer.start({ welcome: false });
+      try {
+        const conn = connect(s, { protocol });
+        const res = conn.call(Echo, { text: "early" });
+        const peer = await s.peer();
+        await peer.hello;
+        await sleep(50);
+        peer.send({ welcome: {} });
+        reply(peer, await expectFrame(peer, "call"));
+        assert.equal((await within(res)).text, "ylrae");
+        conn.close();
+      } finally {
+        await s.close();
+      }
+    });
+
+    test("deadline: rejects with deadline_exceeded, sends Cancel, drops the late reply", async () => {
+      const conn = connect(server, { protocol });
+      const peer = await server.peer();
+      const started = performance.now();
+      const res = conn.call(Echo, { text: "slow" }, { timeoutMs: 100 });
+      const call = await expectFrame(peer, "call");
+      assert.ok(call.timeoutMs! > 0 && call.timeoutMs! <= 100, `timeout_ms ${call.timeoutMs}`);
+      await rejectsWith(res, "deadline_exceeded", /Echo: no reply within 100 ms/);
+      assert.ok(performance.now() - started >= 99);
+      assert.deepEqual(await expectFrame(peer, "cancel"), { id: call.id });
+      reply(peer, call); // Late: dropped.
+      const next = conn.call(Echo, { text: "ab" });
+      const c2 = await expectFrame(peer, "call");
+      assert.equal(c2.id, call.id + 2);
+      reply(peer, c2);
+      assert.equal((await within(next)).text, "ba");
+      conn.close();
+    });
+
+    test("deadline: the method's, else the connection's default", async () => {
+      const conn = connect(server, { protocol, defaultTimeoutMs: 150 });
+      const peer = await server.peer();
+      const withSpec = conn.call({ ...Echo, timeoutMs: 60 }, {});
+      const byDefault = conn.call(Echo, {});
+      const noDeadline = conn.call(Echo, {}, { timeoutMs: 0 });
+      const [a, b, c] = [await expectFrame(peer, "call"), await expectFrame(peer, "call"), await expectFrame(peer, "call")];
+      assert.ok(a.timeoutMs! <= 60 && a.timeoutMs! > 0);
+      assert.ok(b.timeoutMs! <= 150 && b.timeoutMs! > 60);
+      assert.equal(c.timeoutMs, undefined, "0 means no deadline on the wire");
+      await rejectsWith(withSpec, "deadline_exceeded", /within 60 ms/);
+      await rejectsWith(byDefault, "deadline_exceeded", /within 150 ms/);
+      reply(peer, c);
+      await within(noDeadline);
+      conn.close();
+    });
+
+    test("abort: rejects with canceled and sends Cancel; an aborted signal sends nothing", async () => {
+      const conn = connect(server, { protocol });
+      const peer = await server.peer();
+      const ac = new AbortController();
+      const res = conn.call(Echo, {}, { signal: ac.signal });
+      const call = await expectFrame(peer, "call");
+      ac.abort(new Error("user left"));
+      await rejectsWith(res, "canceled", /aborted: user left/);
+      assert.deepEqual(await expectFrame(peer, "cancel"), { id: call.id });
+      await rejectsWith(conn.call(Echo, {}, { signal: ac.signal }), "canceled");
+      const next = conn.call(Echo, { text: "x" });
+      const c2 = await expectFrame(peer, "call");
+      assert.equal(c2.id, call.id + 2, "the aborted call sent no frame");
+      reply(peer, c2);
+      await within(next);
+      conn.close();
+    });
+
+    test("an abort while waiting for the connection sends nothing", async () => {
+      const s = await FakeServer.start({ welcome: false });
+      try {
+        const conn = connect(s, { protocol });
+        const ac = new AbortController();
+        const res = conn.call(Echo, {}, { signal: ac.signal });
+        const peer = await s.peer();
+        await peer.hello;
+        ac.abort();
+        await rejectsWith(res, "canceled");
+        peer.send({ welcome: {} });
+        await conn.ready;
+        const next = conn.call(Echo, {});
+        assert.equal((await expectFrame(peer, "call")).id, 1);
+        conn.close();
+        await rejectsWith(next, "canceled", /closed by the client/);
+      } finally {
+        await s.close();
+      }
+    });
+
+    test("an Error frame rejects its call with the code, message, details and metadata", async () => {
+      const conn = connect(server, { protocol });
+      const peer = await server.peer();
+      const res = conn.call(Echo, {});
+      const call = await expectFrame(peer, "call");
+      const detail = create(StringValueSchema, { value: "why" });
+      peer.send({
+        error: {
+          id: call.id,
+          code: 5,
+          message: "no such room",
+          details: peer.json
+            ? [{ json: { "@type": "type.googleapis.com/google.protobuf.StringValue", value: "why" } }]
+            : [{ typeUrl: "type.googleapis.com/google.protobuf.StringValue", value: toBinary(StringValueSchema, detail) }],
+          metadata: { trace: "t1" },
+        },
+      });
+      const err = await rejectsWith(res, "not_found");
+      assert.equal(err.message, "not_found: no such room");
+      assert.equal(err.rawMessage, "no such room");
+      assert.deepEqual(err.metadata, { trace: "t1" });
+      assert.equal(err.details[0]?.type, "google.protobuf.StringValue");
+      assert.deepEqual(err.findDetails(StringValueSchema).map((d) => d.value), ["why"]);
+      // Unknown and unspecified codes read as unknown.
+      for (const code of [0, 99]) {
+        const r = conn.call(Echo, {});
+        peer.send({ error: { id: (await expectFrame(peer, "call")).id, code, message: "m" } });
+        await rejectsWith(r, "unknown");
+      }
+      conn.close();
+    });
+
+    test("an undecodable reply payload rejects that call only", async () => {
+      const conn = connect(server, { protocol });
+      const peer = await server.peer();
+      const res = conn.call(Echo, {});
+      const call = await expectFrame(peer, "call");
+      peer.send({ reply: peer.json ? { id: call.id, json: { text: 5 } } : { id: call.id, payload: new Uint8Array([0x0a, 0x05, 0x61]) } });
+      await rejectsWith(res, "internal", /Echo: undecodable reply from the server/);
+      const next = conn.call(Echo, { text: "ok" });
+      reply(peer, await expectFrame(peer, "call"));
+      assert.equal((await within(next)).text, "ko");
+      conn.close();
+    });
+
+    test("answers Ping with Pong, server calls with unimplemented, unknown kinds with an id with invalid_argument", async () => {
+      const conn = connect(server, { protocol });
+      const peer = await server.peer();
+      await conn.ready;
+      peer.send({ ping: { nonce: "18446744073709551615" } });
+      assert.deepEqual(await expectFrame(peer, "pong"), { nonce: "18446744073709551615" });
+      peer.send({ call: { id: 2, method: "/chat.v1.ChatEvents/ConfirmLeave", payload: new Uint8Array() } });
+      const e = await expectFrame(peer, "error");
+      assert.equal(e.id, 2);
+      assert.equal(e.code, 12);
+      // A kind from a later version: {"future": {"id": "4"}} / field 20 {id: 4}.
+      if (peer.json) peer.ws.send('{"future":{"id":"4"}}');
+      else peer.ws.send(new Uint8Array([0xa2, 1, 2, 8, 4]));
+      const e2 = await expectFrame(peer, "error");
+      assert.deepEqual([e2.id, e2.code], [4, 3]);
+      // Events and kinds without ids are ignored; the connection carries on.
+      peer.send({ event: { method: "/x.Y/Z", payload: new Uint8Array() } });
+      const res = conn.call(Echo, { text: "12" });
+      reply(peer, await expectFrame(peer, "call"));
+      assert.equal((await within(res)).text, "21");
+      conn.close();
+    });
+
+    test("GoAway: calls in flight finish, new calls fail with unavailable", async () => {
+      const conn = connect(server, { protocol });
+      const peer = await server.peer();
+      const inFlight = conn.call(Echo, { text: "ab" });
+      const call = await expectFrame(peer, "call");
+      peer.send({ goaway: { reason: "shutting down", lastId: call.id } });
+      await within(new Promise<void>((resolve) => conn.onStateChange(() => resolve())));
+      assert.equal(conn.state.status == "open" && conn.state.goingAway, "shutting down");
+      await rejectsWith(conn.call(Echo, {}), "unavailable", /going away: shutting down/);
+      reply(peer, call);
+      assert.equal((await within(inFlight)).text, "ba");
+      peer.ws.close(1001);
+      await within(new Promise<void>((resolve) => conn.onStateChange(() => resolve())));
+      const state = conn.state;
+      assert.equal(state.status == "closed" && state.error.code, "unavailable");
+      assert.match(state.status == "closed" ? state.error.message : "", /connection closed \(1001\)/);
+    });
+
+    test("a closed socket fails the calls in flight with unavailable", async () => {
+      const conn = connect(server, { protocol });
+      const peer = await server.peer();
+      const res = conn.call(Echo, {});
+      await expectFrame(peer, "call");
+      peer.ws.terminate();
+      await rejectsWith(within(res), "unavailable", /connection closed \(1006\)/);
+      await rejectsWith(conn.call(Echo, {}), "unavailable");
+    });
+
+    test("close() fails waiting and in-flight calls with canceled", async () => {
+      const conn = connect(server, { protocol });
+      const peer = await server.peer();
+      const res = conn.call(Echo, {});
+      await expectFrame(peer, "call");
+      conn.close();
+      conn.close();
+      await rejectsWith(res, "canceled", /closed by the client/);
+      const state = conn.state;
+      assert.equal(state.status == "closed" && state.error.code, "canceled");
+    });
+
+    test("the server's max_in_flight holds calls back until a slot is free", async () => {
+      const s = await FakeServer.start({ welcome: { maxInFlight: 2 } });
+      try {
+        const conn = connect(s, { protocol });
+        const peer = await s.peer();
+        const all = Promise.all([1, 2, 3, 4, 5].map((i) => conn.call(Echo, { text: String(i) })));
+        const a = await expectFrame(peer, "call");
+        const b = await expectFrame(peer, "call");
+        const third = peer.recv();
+        assert.equal(await Promise.race([third.then(() => "sent"), sleep(50).then(() => "held")]), "held");
+        reply(peer, a);
+        const c = (await within(third) as { call: { id: number } }).call;
+        assert.equal(c.id, 5);
+        reply(peer, b);
+        reply(peer, c);
+        reply(peer, await expectFrame(peer, "call"));
+        reply(peer, await expectFrame(peer, "call"));
+        assert.deepEqual((await within(all)).map((r) => r.text), ["1", "2", "3", "4", "5"]);
+        conn.close();
+      } finally {
+        await s.close();
+      }
+    });
+
+    test("a request larger than maxMessageBytes fails with resource_exhausted", async () => {
+      const conn = connect(server, { protocol, maxMessageBytes: 1000 });
+      const peer = await server.peer();
+      await rejectsWith(conn.call(Echo, { text: "x".repeat(2000) }), "resource_exhausted", /limit 1000/);
+      const res = conn.call(Echo, { text: "small" });
+      const call = await expectFrame(peer, "call");
+      assert.equal(call.id, 3, "the large call used id 1 but sent nothing");
+      reply(peer, call);
+      await within(res);
+      conn.close();
+    });
+  });
+
+  describe(`${protocol}: a misbehaving server gives a clear error, never a hang`, () => {
+    const garbage: [string, (peer: Peer) => void, RegExp][] = [
+      ["undecodable bytes", (p) => p.ws.send(p.json ? "{not json" : new Uint8Array([0xff, 0xff, 0xff])), /undecodable frame/],
+      [
+        "a message of the wrong type",
+        (p) => p.ws.send(p.json ? new Uint8Array([1, 2]) : '{"reply":{"id":"1"}}'),
+        protocol == "json" ? /a binary message on parley\.v1\+json/ : /a text message on parley\.v1\+proto/,
+      ],
+      ["a frame with no kind", (p) => p.ws.send(p.json ? "{}" : new Uint8Array()), /frame has no kind/],
+      ["a message over the size limit", (p) => p.send({ reply: { id: 1, payload: new Uint8Array(5000) } }), /more than the limit of 4096/],
+    ];
+    for (const [name, misbehave, message] of garbage) {
+      test(name, async () => {
+        const server = await FakeServer.start();
+        try {
+          const conn = connect(server, { protocol, maxMessageBytes: 4096 });
+          const peer = await server.peer();
+          const res = conn.call(Echo, {});
+          await expectFrame(peer, "call");
+          misbehave(peer);
+          await rejectsWith(within(res), "internal", message);
+          assert.match((await rejectsWith(conn.call(Echo, {}), "internal")).message, /protocol error/);
+          const e = await expectFrame(peer, "error");
+          assert.equal(e.id, 0);
+          assert.equal(e.code, 3);
+          assert.equal((await within(peer.closed)).code, 1002);
+        } finally {
+          await server.close();
+        }
+      });
+    }
+  });
+}
+
+describe("connection failures", () => {
+  test("a refused Hello fails the connection and its calls with the server's code and message", async () => {
+    const server = await FakeServer.start({ welcome: false });
+    try {
+      const conn = connect(server, { token: "bad" });
+      const res = conn.call(Echo, {});
+      const peer = await server.peer();
+      await peer.hello;
+      peer.send({ error: { id: 0, code: 16, message: "invalid token" } });
+      peer.ws.close(1008);
+      await rejectsWith(within(conn.ready), "unauthenticated", /^unauthenticated: invalid token$/);
+      await rejectsWith(res, "unauthenticated", /invalid token/);
+      assert.equal(conn.state.status, "closed");
+    } finally {
+      await server.close();
+    }
+  });
+
+  test("a token function that throws fails with unauthenticated", async () => {
+    const server = await FakeServer.start();
+    try {
+      const conn = connect(server, {
+        token: () => {
+          throw new Error("no session");
+        },
+      });
+      await rejectsWith(within(conn.ready), "unauthenticated", /token: Error: no session/);
+    } finally {
+      await server.close();
+    }
+  });
+
+  test("a server that accepts no subprotocol: unavailable, with why when the WebSocket says", async () => {
+    const server = await FakeServer.start({ accept: false });
+    try {
+      const conn = connect(server);
+      // ws fails the handshake itself (as browsers do), so the runtime's own
+      // check (a protocol error) never runs here.
+      await rejectsWith(within(conn.ready), "unavailable", /connection closed \(1006\): Server sent no subprotocol/);
+    } finally {
+      await server.close();
+    }
+  });
+
+  test("nothing listening: unavailable", async () => {
+    const conn = new Connection("ws://127.0.0.1:1/", { WebSocket });
+    await rejectsWith(within(conn.call(Echo, {})), "unavailable", /connection closed/);
+  });
+
+  test("no Welcome within the default timeout: unavailable", async () => {
+    const server = await FakeServer.start({ welcome: false });
+    try {
+      const conn = connect(server, { defaultTimeoutMs: 100 });
+      await rejectsWith(within(conn.ready), "unavailable", /no welcome from the server within 100 ms/);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+describe("ParleyError", () => {
+  test("instanceof holds across two copies of the library", async () => {
+    const other = (await import("../src/error.js?copy=2" as string)) as typeof import("../src/error.js");
+    assert.notEqual(other.ParleyError, ParleyError);
+    const e = new other.ParleyError("not_found", "x");
+    assert.ok(e instanceof ParleyError);
+    assert.ok(new ParleyError("internal", "y") instanceof other.ParleyError);
+    assert.ok(!(new Error("z") instanceof ParleyError));
+    class Sub extends ParleyError {}
+    assert.ok(new Sub("aborted", "") instanceof ParleyError);
+    assert.ok(!(new ParleyError("aborted", "") instanceof Sub));
+  });
+
+  test("from", () => {
+    const cause = new Error("boom");
+    const e = ParleyError.from(cause, "internal");
+    assert.equal(e.code, "internal");
+    assert.equal(e.message, "internal: boom");
+    assert.equal(e.cause, cause);
+    assert.equal(ParleyError.from(e), e);
+  });
+});
+
+test("the request may be a message or an init object", async () => {
+  const server = await FakeServer.start();
+  try {
+    const conn = connect(server);
+    const peer = await server.peer();
+    const a = conn.call(Echo, create(EchoRequestSchema, { text: "m" }));
+    const b = conn.call(Sleep, { ms: 5, token: "t" });
+    assert.deepEqual((await expectFrame(peer, "call")).payload, new Uint8Array([10, 1, 109]));
+    assert.deepEqual((await expectFrame(peer, "call")).payload, new Uint8Array([8, 5, 18, 1, 116]));
+    conn.close();
+    await Promise.allSettled([a, b]);
+  } finally {
+    await server.close();
+  }
+});

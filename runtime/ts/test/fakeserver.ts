@@ -1,0 +1,96 @@
+// A scripted Parley server for tests: a real `ws` WebSocketServer on
+// loopback whose test decides, frame by frame, what to answer.
+import type { AddressInfo } from "node:net";
+import { WebSocketServer, type WebSocket } from "ws";
+import { decodeBinary, decodeJson, encodeBinary, encodeJson, type Frame, type Welcome } from "../src/frame.js";
+
+export interface FakeServerOptions {
+  /** The subprotocol to accept; by default whichever Parley one is offered. false accepts none. */
+  accept?: string | false;
+  /** The Welcome answering Hello; false to leave Hello unanswered. Default {sessionId: "s1"}. */
+  welcome?: Welcome | false;
+}
+
+/** One client's socket, seen from the server. */
+export class Peer {
+  readonly hello: Promise<Frame>;
+  /** Resolves with the close code and reason when the socket closes. */
+  readonly closed: Promise<{ code: number; reason: string }>;
+  #frames: Frame[] = [];
+  #waiters: ((f: Frame) => void)[] = [];
+  /** The raw messages received, undecoded. */
+  readonly json: boolean;
+
+  constructor(
+    readonly ws: WebSocket,
+    options: FakeServerOptions,
+  ) {
+    this.json = ws.protocol == "parley.v1+json";
+    this.closed = new Promise((resolve) => ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() })));
+    ws.on("message", (data, isBinary) => {
+      const f = isBinary ? decodeBinary(new Uint8Array(data as Buffer)) : decodeJson(data.toString());
+      const w = this.#waiters.shift();
+      if (w) w(f);
+      else this.#frames.push(f);
+    });
+    this.hello = this.recv().then((f) => {
+      if (options.welcome !== false) this.send({ welcome: options.welcome ?? { sessionId: "s1" } });
+      return f;
+    });
+  }
+
+  /** The next frame the client sends. */
+  recv(): Promise<Frame> {
+    const f = this.#frames.shift();
+    return f ? Promise.resolve(f) : new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  /** Sends a frame in the socket's encoding. */
+  send(frame: Frame): void {
+    this.ws.send(this.json ? encodeJson(frame) : encodeBinary(frame));
+  }
+}
+
+export class FakeServer {
+  readonly url: string;
+  #wss: WebSocketServer;
+  #peers: Peer[] = [];
+  #waiters: ((p: Peer) => void)[] = [];
+
+  private constructor(wss: WebSocketServer, options: FakeServerOptions) {
+    this.#wss = wss;
+    this.url = `ws://127.0.0.1:${(wss.address() as AddressInfo).port}/`;
+    wss.on("connection", (ws) => {
+      const p = new Peer(ws, options);
+      const w = this.#waiters.shift();
+      if (w) w(p);
+      else this.#peers.push(p);
+    });
+  }
+
+  static start(options: FakeServerOptions = {}): Promise<FakeServer> {
+    return new Promise((resolve) => {
+      const wss = new WebSocketServer({
+        host: "127.0.0.1",
+        port: 0,
+        handleProtocols: (offered) => {
+          if (options.accept !== undefined) return options.accept;
+          for (const p of offered) if (p.startsWith("parley.v1+")) return p;
+          return false;
+        },
+      });
+      wss.on("listening", () => resolve(new FakeServer(wss, options)));
+    });
+  }
+
+  /** The next client to connect. */
+  peer(): Promise<Peer> {
+    const p = this.#peers.shift();
+    return p ? Promise.resolve(p) : new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  close(): Promise<void> {
+    for (const c of this.#wss.clients) c.terminate();
+    return new Promise((resolve) => this.#wss.close(() => resolve()));
+  }
+}
