@@ -1,6 +1,7 @@
 package gengo
 
 import (
+	"go/format"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/descriptorpb"
+	"google.golang.org/protobuf/types/pluginpb"
 
 	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
 	"github.com/parleyrpc/parley/internal/plugintest"
@@ -135,5 +137,41 @@ func TestProtoLines(t *testing.T) {
 	}
 	if last := got[len(got)-1]; !strings.HasPrefix(last, "  indented code") {
 		t.Errorf("indented line was changed: %q", last)
+	}
+}
+
+// TestEmptyService checks a service without methods yields a client and a
+// server with nothing in them, and no empty declaration blocks.
+func TestEmptyService(t *testing.T) {
+	req := &pluginpb.CodeGeneratorRequest{
+		FileToGenerate: []string{"empty/v1/empty.proto"},
+		ProtoFile: []*descriptorpb.FileDescriptorProto{{
+			Name:    proto.String("empty/v1/empty.proto"),
+			Package: proto.String("empty.v1"),
+			Syntax:  proto.String("proto3"),
+			Options: &descriptorpb.FileOptions{GoPackage: proto.String("example.com/gen/empty/v1;emptyv1")},
+			Service: []*descriptorpb.ServiceDescriptorProto{{Name: proto.String("EmptyService")}},
+		}},
+	}
+	resp, err := plugintest.Run(req, protogen.Options{}, Generate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Error != nil || len(resp.File) != 1 {
+		t.Fatalf("error %q, %d files", resp.GetError(), len(resp.File))
+	}
+	src := resp.File[0].GetContent()
+	if _, err := format.Source([]byte(src)); err != nil {
+		t.Fatalf("output does not parse: %v\n%s", err, src)
+	}
+	for _, unwanted := range []string{"const ()", "var ()", "\"context\""} {
+		if strings.Contains(src, unwanted) {
+			t.Errorf("output contains %s:\n%s", unwanted, src)
+		}
+	}
+	for _, wanted := range []string{"type EmptyServiceClient interface{}", "func RegisterEmptyServiceServer(r parley.Registrar, impl EmptyServiceServer) {"} {
+		if !strings.Contains(src, wanted) {
+			t.Errorf("output lacks %s:\n%s", wanted, src)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package gengo
 
 import (
 	"path"
+	"slices"
 	"time"
 
 	"github.com/dave/jennifer/jen"
@@ -59,6 +60,9 @@ func renderServiceNames(out *jen.File, f *file) {
 }
 
 func renderProcedures(out *jen.File, f *file) {
+	if !slices.ContainsFunc(f.services, func(s *service) bool { return len(s.methods) > 0 }) {
+		return
+	}
 	out.Add(new(doc).text("These constants are the procedures of the methods declared in " + f.proto.Desc.Path() +
 		": the names calls carry on the wire, and what interceptors see in a call's parley.CallInfo.").code())
 	out.Const().DefsFunc(func(g *jen.Group) {
