@@ -4,9 +4,10 @@
  * table that drives both encodings.
  *
  * Encoding follows Go's deterministic marshal, so frames round-trip byte for
- * byte: fields in field-number order, default values omitted (except a set
- * oneof body, which is always written), map entries in insertion order (Go
- * writes them sorted, and decoding keeps that order).
+ * byte: fields in field-number order except the oneof body, which comes
+ * last (as Go orders oneofs) and is always written when set; other default
+ * values omitted; map entries in insertion order (Go writes them sorted by
+ * key, and decoding keeps that order).
  *
  * uint64 ids, offsets and the last id are JavaScript numbers (they count
  * calls and events, far below 2^53); a ping nonce is any uint64, so it stays
@@ -90,9 +91,12 @@ const kindNumber = (kind: string) => schema.findIndex(([k]) => k == kind) + 1;
 /** Wire type per field type: varint for scalars, length-delimited otherwise. */
 const isVarint = (t: string) => "inucb".includes(t);
 
+/** Is the field a member of the oneof body? */
+const isBody = (t: string) => t == "p" || t == "j";
+
 const isDefault = (t: string, v: unknown) =>
   v === undefined ||
-  (t != "p" && t != "j" && (v === 0 || v === "" || (t == "n" && v === "0") || v === false || (typeof v == "object" && v !== null && Object.keys(v).length == 0)));
+  (!isBody(t) && (v === 0 || v === "" || (t == "n" && v === "0") || v === false || (typeof v == "object" && v !== null && Object.keys(v).length == 0)));
 
 // ---------------------------------------------------------------- binary
 
@@ -103,10 +107,11 @@ export function encodeBinary(frame: Frame): Uint8Array {
   if (!no) throw new Error(`cannot encode frame kind ${kind}`);
   const w = new BinaryWriter();
   w.tag(no, WireType.LengthDelimited).fork();
-  schema[no - 1]![1].forEach(([name, t], i) => {
+  // Go's deterministic marshal writes a oneof (the body) after the other fields.
+  const fields = schema[no - 1]![1].map(([name, t], i) => [name, t, i + 1] as const);
+  for (const [name, t, f] of [...fields.filter(([, t]) => !isBody(t)), ...fields.filter(([, t]) => isBody(t))]) {
     const v = msg[name];
-    if (isDefault(t, v)) return;
-    const f = i + 1;
+    if (isDefault(t, v)) continue;
     if (isVarint(t)) {
       w.tag(f, WireType.Varint).uint64(t == "b" ? +v : v);
     } else if (t == "s") {
@@ -135,7 +140,7 @@ export function encodeBinary(frame: Frame): Uint8Array {
         w.join();
       }
     }
-  });
+  }
   return w.join().finish();
 }
 

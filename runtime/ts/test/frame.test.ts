@@ -117,9 +117,11 @@ const cases: [string, Frame, MessageInitShape<typeof FrameSchema>][] = [
 describe("binary", () => {
   for (const [name, frame, init] of cases) {
     test(name, () => {
-      const want = toBinary(FrameSchema, create(FrameSchema, init));
-      assert.deepEqual(encodeBinary(frame), want, "encoding differs from protobuf-es");
-      assert.deepEqual(decodeBinary(want), frame);
+      // protobuf-es writes fields in number order, Go (and we) the oneof
+      // body last (the vectors test checks Go's bytes): compare messages.
+      const msg = create(FrameSchema, init);
+      assert.deepEqual(fromBinary(FrameSchema, encodeBinary(frame)), msg, "protobuf-es reads it differently");
+      assert.deepEqual(decodeBinary(toBinary(FrameSchema, msg)), frame);
     });
   }
 
@@ -186,9 +188,7 @@ describe("json", () => {
   }
 });
 
-test("protobuf-es decodes what we encode, and we what it encodes, for every case (binary)", () => {
-  for (const [, frame, init] of cases) {
-    const msg = fromBinary(FrameSchema, encodeBinary(frame));
-    assert.deepEqual(toBinary(FrameSchema, msg), toBinary(FrameSchema, create(FrameSchema, init)));
-  }
+test("the body goes after the other fields, as Go writes it", () => {
+  const b = encodeBinary({ reply: { id: 1, payload: new Uint8Array([7]), metadata: { k: "v" } } });
+  assert.deepEqual(b, bytes(34, 13, 8, 1, 34, 6, 10, 1, 107, 18, 1, 118, 18, 1, 7));
 });
