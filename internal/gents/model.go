@@ -169,9 +169,10 @@ func (im *imports) statements() []importStmt {
 }
 
 // buildFile models the output for one proto file, or returns nil when the
-// file declares no services.
+// file declares no methods. A service without methods gets no client: it
+// would have nothing to call.
 func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error) {
-	if fd.Services().Len() == 0 {
+	if !hasMethods(fd) {
 		return nil, nil
 	}
 	if err := refuseUnsupported(fd); err != nil {
@@ -213,8 +214,13 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 		}{ref, u})
 	}
 
+	var services []protoreflect.ServiceDescriptor // those modelled, in order
 	for i := 0; i < fd.Services().Len(); i++ {
 		sd := fd.Services().Get(i)
+		if sd.Methods().Len() == 0 {
+			continue
+		}
+		services = append(services, sd)
 		svcID := esIdentifier(sd)
 		s := serviceModel{
 			FullName:   string(sd.FullName()),
@@ -242,7 +248,7 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 	// Message references are resolved once every method sits in its final
 	// place (appending moves structs), then aliased.
 	for si := range m.Services {
-		sd := fd.Services().Get(si)
+		sd := services[si]
 		for mi := range m.Services[si].Methods {
 			md := sd.Methods().Get(mi)
 			meth := &m.Services[si].Methods[mi]
@@ -410,4 +416,13 @@ func upperFirst(s string) string {
 		return s
 	}
 	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+func hasMethods(fd protoreflect.FileDescriptor) bool {
+	for i := 0; i < fd.Services().Len(); i++ {
+		if fd.Services().Get(i).Methods().Len() > 0 {
+			return true
+		}
+	}
+	return false
 }

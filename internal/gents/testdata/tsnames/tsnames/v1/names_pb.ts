@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tsnames/v1/names.proto.
  */
 export const file_tsnames_v1_names: GenFile = /*@__PURE__*/
-  fileDesc("ChZ0c25hbWVzL3YxL25hbWVzLnByb3RvEgp0c25hbWVzLnYxIgkKB1Byb21pc2UiCwoJaW50ZXJmYWNlIggKBk9iamVjdCISChBNZXNzYWdlSW5pdFNoYXBlIg0KC0NhbGxPcHRpb25zIgwKCk1ldGhvZFNwZWMiDAoKRWNob0NsaWVudCIGCgRJdGVtIhAKBU91dGVyGgcKBUlubmVyMpUDCgRFY2hvEjcKC2NvbnN0cnVjdG9yEhMudHNuYW1lcy52MS5Qcm9taXNlGhMudHNuYW1lcy52MS5Qcm9taXNlEjUKCHRvU3RyaW5nEhUudHNuYW1lcy52MS5pbnRlcmZhY2UaEi50c25hbWVzLnYxLk9iamVjdBI0CgZkZWxldGUSFy50c25hbWVzLnYxLk91dGVyLklubmVyGhEudHNuYW1lcy52MS5PdXRlchI9CgRDYWxsEhwudHNuYW1lcy52MS5NZXNzYWdlSW5pdFNoYXBlGhcudHNuYW1lcy52MS5DYWxsT3B0aW9ucxI6CghEZXNjcmliZRIWLnRzbmFtZXMudjEuTWV0aG9kU3BlYxoWLnRzbmFtZXMudjEuRWNob0NsaWVudBIuCgVJdGVtcxIQLnRzbmFtZXMudjEuSXRlbRoTLnRzbmFtZXMub3RoZXIuSXRlbRI8CgdDb25uZWN0EhkudHNuYW1lcy5vdGhlci5Db25uZWN0aW9uGhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5YgZwcm90bzM", [file_google_protobuf_empty, file_tsnames_other_other]);
+  fileDesc("ChZ0c25hbWVzL3YxL25hbWVzLnByb3RvEgp0c25hbWVzLnYxIgkKB1Byb21pc2UiCwoJaW50ZXJmYWNlIggKBk9iamVjdCISChBNZXNzYWdlSW5pdFNoYXBlIg0KC0NhbGxPcHRpb25zIgwKCk1ldGhvZFNwZWMiDAoKRWNob0NsaWVudCIGCgRJdGVtIhAKBU91dGVyGgcKBUlubmVyMpUDCgRFY2hvEjcKC2NvbnN0cnVjdG9yEhMudHNuYW1lcy52MS5Qcm9taXNlGhMudHNuYW1lcy52MS5Qcm9taXNlEjUKCHRvU3RyaW5nEhUudHNuYW1lcy52MS5pbnRlcmZhY2UaEi50c25hbWVzLnYxLk9iamVjdBI0CgZkZWxldGUSFy50c25hbWVzLnYxLk91dGVyLklubmVyGhEudHNuYW1lcy52MS5PdXRlchI9CgRDYWxsEhwudHNuYW1lcy52MS5NZXNzYWdlSW5pdFNoYXBlGhcudHNuYW1lcy52MS5DYWxsT3B0aW9ucxI6CghEZXNjcmliZRIWLnRzbmFtZXMudjEuTWV0aG9kU3BlYxoWLnRzbmFtZXMudjEuRWNob0NsaWVudBIuCgVJdGVtcxIQLnRzbmFtZXMudjEuSXRlbRoTLnRzbmFtZXMub3RoZXIuSXRlbRI8CgdDb25uZWN0EhkudHNuYW1lcy5vdGhlci5Db25uZWN0aW9uGhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5MgkKB05vdGhpbmdiBnByb3RvMw", [file_google_protobuf_empty, file_tsnames_other_other]);
 
 /**
  * Shadows the global Promise in a return type unless aliased.
@@ -230,4 +230,13 @@ export const Echo: GenService<{
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tsnames_v1_names, 0);
+
+/**
+ * Nothing has no methods yet, so it gets no client.
+ *
+ * @generated from service tsnames.v1.Nothing
+ */
+export const Nothing: GenService<{
+}> = /*@__PURE__*/
+  serviceDesc(file_tsnames_v1_names, 1);
 
