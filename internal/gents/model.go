@@ -184,11 +184,6 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 	// Our own declarations claim their names first; imports are aliased
 	// around them, as protoplugin does.
 	top := newScope(globalsWeUse)
-	type pending struct {
-		method  *methodModel
-		in, out *importUse
-		inMD    protoreflect.MessageDescriptor
-	}
 	var im imports
 	// Runtime names first so the import block starts with them.
 	mis := im.use(protobufImport, "MessageInitShape", false)
@@ -196,22 +191,20 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 	connection := im.use(g.opts.RuntimeImport, "Connection", false)
 	methodSpec := im.use(g.opts.RuntimeImport, "MethodSpec", false)
 
-	type msgUses struct{ schema, shape *importUse }
-	var refs []struct {
-		ref  *messageRef
-		uses msgUses
+	// A message reference is filled in once every import has its alias.
+	type messageUse struct {
+		ref           *messageRef
+		schema, shape *importUse
 	}
+	var uses []messageUse
 	useMessage := func(ref *messageRef, md protoreflect.MessageDescriptor) {
 		from := g.importPath(m.Name, md.ParentFile())
 		names := g.namesOf(md.ParentFile())
-		u := msgUses{
+		uses = append(uses, messageUse{
+			ref:    ref,
 			schema: im.use(from, names.schema[md.FullName()], true),
 			shape:  im.use(from, names.shape[md.FullName()], false),
-		}
-		refs = append(refs, struct {
-			ref  *messageRef
-			uses msgUses
-		}{ref, u})
+		})
 	}
 
 	var services []protoreflect.ServiceDescriptor // those modelled, in order
@@ -259,8 +252,8 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 	for _, u := range im.names {
 		u.alias = top.alias(u.name)
 	}
-	for _, r := range refs {
-		r.ref.Schema, r.ref.Shape = r.uses.schema.alias, r.uses.shape.alias
+	for _, u := range uses {
+		u.ref.Schema, u.ref.Shape = u.schema.alias, u.shape.alias
 	}
 	m.MessageInitShape, m.CallOptions, m.Connection, m.MethodSpec = mis.alias, callOptions.alias, connection.alias, methodSpec.alias
 	m.Imports = im.statements()
@@ -313,10 +306,7 @@ func (g *generator) importPath(importer string, fd protoreflect.FileDescriptor) 
 		return p
 	}
 	target := strings.TrimSuffix(fd.Path(), ".proto") + "_pb"
-	rel, err := relPath(path.Dir(importer), target)
-	if err != nil {
-		rel = target
-	}
+	rel := relPath(path.Dir(importer), target)
 	switch g.opts.ImportExtension {
 	case "js":
 		rel += ".js"
@@ -327,7 +317,7 @@ func (g *generator) importPath(importer string, fd protoreflect.FileDescriptor) 
 }
 
 // relPath is target relative to dir, always starting with ./ or ../.
-func relPath(dir, target string) (string, error) {
+func relPath(dir, target string) string {
 	a := strings.Split(dir, "/")
 	if dir == "." || dir == "" {
 		a = nil
@@ -346,7 +336,7 @@ func relPath(dir, target string) (string, error) {
 	if !strings.HasPrefix(rel, "../") {
 		rel = "./" + rel
 	}
-	return rel, nil
+	return rel
 }
 
 type methodOpts struct {
