@@ -63,7 +63,7 @@ type endpoint struct {
 
 	mu           sync.Mutex
 	pending      map[uint64]*pendingCall
-	running      map[uint64]context.CancelCauseFunc
+	running      map[uint64]*incomingCall
 	inFlight     int
 	draining     bool   // refuse new incoming calls with unavailable
 	goneAway     string // the peer sent GoAway with this reason
@@ -85,7 +85,7 @@ func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *con
 		ctx: ctx, cancel: cancel,
 		q:          newSendQueue(cfg.sendQueueBytes),
 		pending:    make(map[uint64]*pendingCall),
-		running:    make(map[uint64]context.CancelCauseFunc),
+		running:    make(map[uint64]*incomingCall),
 		readerDone: make(chan struct{}),
 		done:       make(chan struct{}),
 	}
@@ -286,10 +286,15 @@ func (e *endpoint) dispatch(f *frame) {
 		e.complete(f)
 	case kindCancel:
 		e.mu.Lock()
-		cancel := e.running[f.id]
+		c := e.running[f.id]
+		if c != nil {
+			c.abandoned = true
+		}
 		e.mu.Unlock()
-		if cancel != nil {
-			cancel(errPeerCanceled)
+		// A caller that gave up at the deadline leaves the handler to its
+		// own copy of that deadline, so it sees deadline_exceeded.
+		if c != nil && (f.code != CodeDeadlineExceeded || !c.hasDeadline) {
+			c.cancel(errPeerCanceled)
 		}
 	case kindPing:
 		e.send(&frame{kind: kindPong, nonce: f.nonce}, nil)
@@ -354,7 +359,7 @@ func (e *endpoint) acceptCall(f *frame) {
 		return
 	}
 	ctx, cancel := context.WithCancelCause(e.ctx)
-	e.running[f.id] = cancel
+	e.running[f.id] = &incomingCall{cancel: cancel, hasDeadline: f.timeoutMs > 0}
 	e.inFlight++
 	e.lastAccepted = max(e.lastAccepted, f.id)
 	e.handlers.Add(1)
@@ -381,15 +386,15 @@ func (e *endpoint) runCall(ctx context.Context, cancel context.CancelCauseFunc, 
 		defer stop()
 	}
 	res, err := e.callSafely(ctx, ci, req)
-	peerCanceled := context.Cause(ctx) == errPeerCanceled
 	// Free the call's slot before answering: the client reuses it as soon
 	// as the answer arrives.
 	e.mu.Lock()
+	abandoned := e.running[ci.ID].abandoned
 	delete(e.running, ci.ID)
 	e.inFlight--
 	e.mu.Unlock()
 	cancel(nil)
-	if peerCanceled || e.ctx.Err() != nil {
+	if abandoned || e.ctx.Err() != nil {
 		return // the caller is gone; the wire stays quiet for this id
 	}
 	if err != nil {
@@ -486,6 +491,14 @@ func describeClose(err error) string {
 		return "connection closed"
 	}
 	return "connection lost: " + err.Error()
+}
+
+// incomingCall is a call the peer made that a handler is running. Its
+// fields are guarded by endpoint.mu.
+type incomingCall struct {
+	cancel      context.CancelCauseFunc
+	hasDeadline bool
+	abandoned   bool // the caller sent Cancel: send nothing more
 }
 
 // pendingCall is an outgoing call awaiting its outcome. The reader or a
@@ -606,7 +619,7 @@ func (e *endpoint) roundTrip(ctx context.Context, spec *MethodSpec, req, res pro
 	}
 	if err != nil {
 		putBuf(b)
-		if !e.abandon(id, pc) {
+		if !e.abandon(id, pc, CodeCanceled) {
 			err = <-pc.done
 		}
 		if errors.Is(err, errQueueClosed) {
@@ -623,12 +636,12 @@ func (e *endpoint) roundTrip(ctx context.Context, spec *MethodSpec, req, res pro
 	case err = <-pc.done:
 	case <-ctx.Done():
 		err = asError(ctx.Err())
-		if !e.abandon(id, pc) {
+		if !e.abandon(id, pc, CodeOf(err)) {
 			err = <-pc.done
 		}
 	case <-timerC:
 		err = NewError(CodeDeadlineExceeded, fmt.Sprintf("%s did not answer within %v", spec.Procedure, timeout))
-		if !e.abandon(id, pc) {
+		if !e.abandon(id, pc, CodeDeadlineExceeded) {
 			err = <-pc.done
 		}
 	}
@@ -640,7 +653,7 @@ func (e *endpoint) roundTrip(ctx context.Context, spec *MethodSpec, req, res pro
 // abandon removes a call the caller gives up on and tells the peer. It
 // reports false when the outcome is already on its way, which the caller
 // must then receive.
-func (e *endpoint) abandon(id uint64, pc *pendingCall) bool {
+func (e *endpoint) abandon(id uint64, pc *pendingCall, why Code) bool {
 	e.mu.Lock()
 	if e.pending[id] != pc {
 		e.mu.Unlock()
@@ -649,7 +662,7 @@ func (e *endpoint) abandon(id uint64, pc *pendingCall) bool {
 	delete(e.pending, id)
 	e.mu.Unlock()
 	b := getBuf()
-	*b, _ = e.codec.appendFrame((*b)[:0], &frame{kind: kindCancel, id: id}, nil)
+	*b, _ = e.codec.appendFrame((*b)[:0], &frame{kind: kindCancel, id: id, code: why}, nil)
 	if e.q.push(e.ctx, b, false) != nil {
 		putBuf(b) // closed or full: the peer will see the deadline itself
 	}

@@ -176,7 +176,11 @@ func (binaryCodec) appendFrame(b []byte, f *frame, msg proto.Message) ([]byte, e
 			b = protowire.AppendBytes(b, db)
 		}
 		return appendMetadata(b, 5, f.metadata), nil
-	case kindCancel, kindEnd:
+	case kindCancel:
+		b = appendHeader(b, f.kind, sizeVarint(1, f.id)+sizeVarint(2, uint64(f.code)))
+		b = appendVarint(b, 1, f.id)
+		return appendVarint(b, 2, uint64(f.code)), nil
+	case kindEnd:
 		b = appendHeader(b, f.kind, sizeVarint(1, f.id))
 		return appendVarint(b, 1, f.id), nil
 	case kindCredit:
@@ -363,7 +367,14 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 			case 5:
 				return f.decodeMetadataEntry(b)
 			}
-		case kindCancel, kindEnd:
+		case kindCancel:
+			switch num {
+			case 1:
+				f.id = v
+			case 2:
+				f.code = Code(v)
+			}
+		case kindEnd:
 			if num == 1 {
 				f.id = v
 			}
@@ -550,7 +561,7 @@ func (f *frame) toProto(payload *structpb.Value) (*parleyv1.Frame, error) {
 			Id: f.id, Code: parleyv1.Code(f.code), Message: f.message, Details: f.details, Metadata: f.metadata,
 		}}
 	case kindCancel:
-		pf.Kind = &parleyv1.Frame_Cancel{Cancel: &parleyv1.Cancel{Id: f.id}}
+		pf.Kind = &parleyv1.Frame_Cancel{Cancel: &parleyv1.Cancel{Id: f.id, Code: parleyv1.Code(f.code)}}
 	case kindEnd:
 		pf.Kind = &parleyv1.Frame_End{End: &parleyv1.StreamEnd{Id: f.id}}
 	case kindCredit:
@@ -617,7 +628,7 @@ func (f *frame) fromProto(pf *parleyv1.Frame) error {
 		e := k.Error
 		f.kind, f.id, f.code, f.message, f.details, f.metadata = kindError, e.GetId(), Code(e.GetCode()), e.GetMessage(), e.GetDetails(), e.GetMetadata()
 	case *parleyv1.Frame_Cancel:
-		f.kind, f.id = kindCancel, k.Cancel.GetId()
+		f.kind, f.id, f.code = kindCancel, k.Cancel.GetId(), Code(k.Cancel.GetCode())
 	case *parleyv1.Frame_End:
 		f.kind, f.id = kindEnd, k.End.GetId()
 	case *parleyv1.Frame_Credit:

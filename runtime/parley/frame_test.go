@@ -60,6 +60,7 @@ func testFrames(t *testing.T) []struct {
 		{"error_details", frame{kind: kindError, id: 9, code: CodeInvalidArgument, message: "bad", details: []*anypb.Any{detail}}, nil},
 		{"error_connection", frame{kind: kindError, code: CodeUnauthenticated, message: "token expired"}, nil},
 		{"cancel", frame{kind: kindCancel, id: 11}, nil},
+		{"cancel_deadline", frame{kind: kindCancel, id: 15, code: CodeDeadlineExceeded}, nil},
 		{"event", frame{kind: kindEvent, method: "/chat.v1.ChatEvents/MessagePosted", hasPayload: true, topic: "room:lobby", offset: 17, epoch: "e1"}, wrapperspb.String("posted")},
 		{"item", frame{kind: kindItem, id: 13, hasPayload: true}, wrapperspb.String("item")},
 		{"end", frame{kind: kindEnd, id: 13}, nil},

@@ -104,7 +104,8 @@ func (q *sendQueue) close() {
 	q.mu.Lock()
 	if !q.closed {
 		q.closed = true
-		close(q.space)
+		close(q.space) // wakes blocked pushes, which then see closed
+		q.space = make(chan struct{})
 	}
 	q.mu.Unlock()
 	select {

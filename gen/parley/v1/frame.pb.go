@@ -935,14 +935,19 @@ func (x *Error) GetMetadata() map[string]string {
 	return nil
 }
 
-// Cancel tells the peer the caller no longer wants the call's result (it
-// timed out or was cancelled). The peer cancels the handler's context and
-// sends nothing more for the id. Cancelling an unknown or finished id is not
-// an error.
+// Cancel tells the peer the caller no longer wants the call's result. The
+// peer sends nothing more for the id and ends the handler's context: at
+// once when the caller cancelled, or at the deadline the handler already
+// has when the caller gave up because that deadline passed (so the handler
+// sees deadline_exceeded, not canceled). Cancelling an unknown or finished
+// id is not an error.
 type Cancel struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The id of the call to cancel.
-	Id            uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Why the caller gave up: CODE_CANCELED (the default when unset) or
+	// CODE_DEADLINE_EXCEEDED.
+	Code          Code `protobuf:"varint,2,opt,name=code,proto3,enum=parley.v1.Code" json:"code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -982,6 +987,13 @@ func (x *Cancel) GetId() uint64 {
 		return x.Id
 	}
 	return 0
+}
+
+func (x *Cancel) GetCode() Code {
+	if x != nil {
+		return x.Code
+	}
+	return Code_CODE_UNSPECIFIED
 }
 
 // Event is a message the server pushes to a client, never answered: an
@@ -1536,9 +1548,10 @@ const file_parley_v1_frame_proto_rawDesc = "" +
 	"\bmetadata\x18\x05 \x03(\v2\x1e.parley.v1.Error.MetadataEntryR\bmetadata\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x18\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"=\n" +
 	"\x06Cancel\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x04R\x02id\"\xb5\x01\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
+	"\x04code\x18\x02 \x01(\x0e2\x0f.parley.v1.CodeR\x04code\"\xb5\x01\n" +
 	"\x05Event\x12\x16\n" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12\x1a\n" +
 	"\apayload\x18\x02 \x01(\fH\x00R\apayload\x12,\n" +
@@ -1648,13 +1661,14 @@ var file_parley_v1_frame_proto_depIdxs = []int32{
 	0,  // 20: parley.v1.Error.code:type_name -> parley.v1.Code
 	22, // 21: parley.v1.Error.details:type_name -> google.protobuf.Any
 	20, // 22: parley.v1.Error.metadata:type_name -> parley.v1.Error.MetadataEntry
-	21, // 23: parley.v1.Event.json:type_name -> google.protobuf.Value
-	21, // 24: parley.v1.StreamItem.json:type_name -> google.protobuf.Value
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	0,  // 23: parley.v1.Cancel.code:type_name -> parley.v1.Code
+	21, // 24: parley.v1.Event.json:type_name -> google.protobuf.Value
+	21, // 25: parley.v1.StreamItem.json:type_name -> google.protobuf.Value
+	26, // [26:26] is the sub-list for method output_type
+	26, // [26:26] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_frame_proto_init() }
