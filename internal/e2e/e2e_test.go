@@ -488,4 +488,3 @@ func TestGoAwayRefusesNewCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-

@@ -235,8 +235,8 @@ func (e *endpoint) readLoop() {
 			buf = make([]byte, 0, 4096) // do not pin one large message's memory
 		}
 	}
-	close(e.readerDone)
 	e.fail(err)
+	close(e.readerDone)
 }
 
 func messageTypeName(t int) string {

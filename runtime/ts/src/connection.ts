@@ -330,7 +330,9 @@ export class Connection {
       const id = (p.id = this.#nextId);
       this.#nextId += 2;
       this.#inflight.set(id, p);
-      const timeoutMs = p.deadline === undefined ? 0 : Math.min(Math.max(1, Math.ceil(p.deadline - performance.now())), 0xffffffff);
+      // Rounded down, so the server's deadline falls before ours and its
+      // handler sees deadline_exceeded rather than our Cancel.
+      const timeoutMs = p.deadline === undefined ? 0 : Math.min(Math.max(1, Math.floor(p.deadline - performance.now())), 0xffffffff);
       const size = this.#send({ call: { id, method: p.spec.procedure, ...p.body, timeoutMs, metadata: p.metadata } });
       if (size > this.#maxSend) {
         p.id = 0; // Never sent: nothing to cancel.

@@ -1,0 +1,143 @@
+// End to end against the real Go server (internal/e2e/cmd/e2eserver), over
+// loopback, in both encodings. The server is built once with `go build`; if
+// that fails, the tests fail: they never skip.
+import assert from "node:assert/strict";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import WebSocket from "ws";
+import { Connection, ParleyError, type Code } from "../src/index.js";
+import { Echo, Fail, Outcome, Panic, Sleep, SleepWithDefault } from "./specs.js";
+
+const root = fileURLToPath(new URL("../../../../", import.meta.url));
+
+let url: string;
+let server: ChildProcess;
+let dir: string;
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), "parley-e2e-"));
+  const bin = join(dir, "e2eserver");
+  execFileSync("go", ["build", "-o", bin, "./internal/e2e/cmd/e2eserver"], { cwd: root, stdio: "inherit" });
+  // The server exits when its stdin closes, so it cannot outlive the tests.
+  server = spawn(bin, [], { stdio: ["pipe", "pipe", "inherit"] });
+  const lines = createInterface({ input: server.stdout! });
+  url = await Promise.race([
+    new Promise<string>((resolve) => lines.once("line", resolve)),
+    new Promise<never>((_, reject) => server.once("exit", (code) => reject(new Error(`e2eserver exited with ${code}`)))),
+    sleep(30_000).then(() => {
+      throw new Error("e2eserver printed no URL within 30 s");
+    }),
+  ]);
+  assert.match(url, /^ws:\/\//);
+});
+
+after(async () => {
+  server?.stdin?.end();
+  if (server && server.exitCode === null) {
+    await Promise.race([new Promise((resolve) => server.once("exit", resolve)), sleep(5000).then(() => server.kill())]);
+  }
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+async function rejectsWith(p: Promise<unknown>, code: Code, message?: RegExp): Promise<ParleyError> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof ParleyError, `not a ParleyError: ${String(e)}`);
+    assert.equal(e.code, code, `code of ${e.message}`);
+    if (message) assert.match(e.rawMessage, message);
+    return e;
+  }
+  assert.fail(`resolved; want ${code}`);
+}
+
+const codes: Code[] = [
+  "canceled", "unknown", "invalid_argument", "deadline_exceeded", "not_found", "already_exists",
+  "permission_denied", "resource_exhausted", "failed_precondition", "aborted", "out_of_range",
+  "unimplemented", "internal", "unavailable", "data_loss", "unauthenticated",
+];
+
+for (const protocol of ["proto", "json"] as const) {
+  describe(`e2e ${protocol}`, () => {
+    let conn: Connection;
+    before(async () => {
+      conn = new Connection(url, { WebSocket, protocol });
+      await conn.ready;
+    });
+    after(() => conn.close());
+
+    test("concurrent calls are all correlated", async () => {
+      const n = 500;
+      const res = await Promise.all(
+        Array.from({ length: n }, (_, i) => conn.call(Echo, { text: `#${i}`, data: new Uint8Array([i & 0xff, i >> 8]) })),
+      );
+      res.forEach((r, i) => {
+        assert.equal(r.text, `#${i}`);
+        assert.deepEqual([...r.data], [i & 0xff, i >> 8]);
+      });
+    });
+
+    test("the method's default deadline reaches the handler", async () => {
+      const res = await conn.call(SleepWithDefault, { ms: 1 });
+      assert.ok(res.deadlineMs > 200n && res.deadlineMs <= 300n, `handler saw ${res.deadlineMs} ms`);
+      const timed = await conn.call(Sleep, { ms: 1 }, { timeoutMs: 2000 });
+      assert.ok(timed.deadlineMs > 1500n && timed.deadlineMs <= 2000n, `handler saw ${timed.deadlineMs} ms`);
+      const none = await conn.call(Sleep, { ms: 1 }, { timeoutMs: 0 });
+      assert.equal(none.deadlineMs, 0n);
+    });
+
+    test("at the deadline the call fails and the handler sees deadline_exceeded", async () => {
+      const token = `deadline-${protocol}-${Date.now()}`;
+      const start = performance.now();
+      await rejectsWith(conn.call(SleepWithDefault, { ms: 10_000, token }), "deadline_exceeded");
+      const took = performance.now() - start;
+      assert.ok(took >= 299 && took < 1000, `failed after ${took} ms, want about 300`);
+      const out = await conn.call(Outcome, { token });
+      assert.equal(out.outcome, "deadline_exceeded");
+      assert.ok(out.deadlineMs > 200n && out.deadlineMs <= 300n, `handler saw ${out.deadlineMs} ms`);
+    });
+
+    test("aborting cancels the handler's context", async () => {
+      const token = `abort-${protocol}-${Date.now()}`;
+      const ac = new AbortController();
+      const res = conn.call(Sleep, { ms: 10_000, token }, { signal: ac.signal });
+      await sleep(50);
+      ac.abort();
+      await rejectsWith(res, "canceled");
+      const out = await conn.call(Outcome, { token });
+      assert.equal(out.outcome, "canceled");
+    });
+
+    test("every error code arrives with its message", async () => {
+      for (const code of codes) {
+        await rejectsWith(conn.call(Fail, { code, message: `because ${code}` }), code, new RegExp(`^because ${code}$`));
+      }
+    });
+
+    test("a panic is internal, and the socket stays usable", async () => {
+      await rejectsWith(conn.call(Panic, {}), "internal");
+      await rejectsWith(conn.call({ ...Panic, procedure: "/e2e.v1.EchoService/Nope" }, {}), "unimplemented");
+      assert.equal((await conn.call(Echo, { text: "still here" })).text, "still here");
+      assert.equal(conn.state.status, "open");
+    });
+  });
+}
+
+test("e2e: a misbehaving server gives a clear error, not a hang", async () => {
+  // The real server answers a reply whose payload is of the wrong type;
+  // decoding Echo's reply as an Outcome response fails on the client.
+  const conn = new Connection(url, { WebSocket });
+  try {
+    const wrong = { ...Echo, output: Outcome.output };
+    await rejectsWith(conn.call(wrong, { data: new Uint8Array([0xff, 0xff]) }), "internal", /undecodable reply/);
+    assert.equal((await conn.call(Echo, { text: "ok" })).text, "ok");
+  } finally {
+    conn.close();
+  }
+});
