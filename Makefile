@@ -1,0 +1,51 @@
+# Parley's build. The two commands a newcomer needs:
+#   make example   generate code and run the hello example (in-process)
+#   make test      every test: Go (with -race), generators' goldens,
+#                  TypeScript (Node and a real Chromium)
+# .ci/run runs `make check-generated test` on a clean clone.
+
+BUF := go tool -modfile=tools/go.mod buf
+
+.PHONY: example generate check-generated test test-go test-ts lint bench fuzz
+
+example: generate
+	go run ./examples/hello
+
+## generate: regenerate gen/, the e2e service and every example.
+generate: node_modules
+	$(BUF) generate
+	$(BUF) generate --template internal/e2e/buf.gen.yaml
+	$(BUF) generate --template examples/hello/buf.gen.yaml
+	npm run --silent generate:test -w @parleyrpc/runtime
+
+## check-generated: fail when checked-in generated code is stale.
+check-generated: generate
+	@git add -N . && git diff --exit-code --stat -- . ':!package-lock.json' || \
+		(echo "generated code is stale: run 'make generate' and commit" && exit 1)
+
+test: test-go test-ts
+
+test-go: lint
+	go test -race -count=1 ./...
+
+lint: node_modules
+	go vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go') && exit 1)
+
+test-ts: node_modules
+	npm run --silent build -w @parleyrpc/runtime
+	npx tsc -p runtime/ts/tsconfig.test.json --noEmit
+	npm test -w @parleyrpc/runtime
+	npm run --silent test:e2e -w @parleyrpc/runtime
+
+node_modules: package-lock.json
+	npm ci --no-audit --no-fund
+	@touch node_modules
+
+## bench: the unary benchmark, Parley beside raw gorilla and grpc-go.
+bench:
+	cd bench && go run ./cmd/parley-bench
+
+## fuzz: run the frame fuzz target for a while (CI runs its seed corpus).
+fuzz:
+	go test -run '^$$' -fuzz FuzzDecodeFrame -fuzztime 60s ./runtime/parley
