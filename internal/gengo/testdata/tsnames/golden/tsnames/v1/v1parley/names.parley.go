@@ -27,6 +27,8 @@ const _ = parley.IsAtLeastVersion0_1_0
 const (
 	// EchoName is the full name of the tsnames.v1.Echo service.
 	EchoName = "tsnames.v1.Echo"
+	// NothingName is the full name of the tsnames.v1.Nothing service.
+	NothingName = "tsnames.v1.Nothing"
 )
 
 // These constants are the procedures of the methods declared in
@@ -264,3 +266,41 @@ func (UnimplementedEchoServer) Items(context.Context, *v1.Item) (*other.Item, er
 func (UnimplementedEchoServer) Connect(context.Context, *other.Connection) (*emptypb.Empty, error) {
 	return nil, parley.NewError(parley.CodeUnimplemented, "tsnames.v1.Echo.Connect is not implemented")
 }
+
+// NothingClient is a client for the tsnames.v1.Nothing service.
+//
+// Nothing has no methods yet, so it gets no client.
+type NothingClient interface{}
+
+// NewNothingClient returns a client for the tsnames.v1.Nothing service that
+// calls it over conn, usually the *parley.Conn from parley.Dial. The client is
+// safe for concurrent use by multiple goroutines, and as many calls as conn
+// allows run at once.
+func NewNothingClient(conn parley.Invoker) NothingClient {
+	return &nothingClient{conn: conn}
+}
+
+// nothingClient implements NothingClient over a parley.Invoker.
+type nothingClient struct {
+	conn parley.Invoker
+}
+
+// NothingServer is the server side of the tsnames.v1.Nothing service: implement
+// it and register the implementation with RegisterNothingServer. Embed
+// UnimplementedNothingServer to keep compiling when methods are added to the
+// service.
+//
+// Nothing has no methods yet, so it gets no client.
+type NothingServer interface{}
+
+// RegisterNothingServer registers impl's methods with r, usually a
+// *parley.Server. The server runs each call in its own goroutine, so impl must
+// be safe for concurrent use.
+func RegisterNothingServer(r parley.Registrar, impl NothingServer) {
+	r.Register()
+}
+
+// UnimplementedNothingServer answers every method of tsnames.v1.Nothing with
+// parley.CodeUnimplemented. Embed it in an implementation of NothingServer that
+// does not implement every method yet.
+type UnimplementedNothingServer struct{}
