@@ -136,6 +136,26 @@ func (c *Conn) Invoke(ctx context.Context, spec *MethodSpec, req, res proto.Mess
 	return c.e.invoke(ctx, spec, req, res)
 }
 
+// NewStream opens a streaming call. Generated clients wrap it in typed
+// streams.
+func (c *Conn) NewStream(ctx context.Context, spec *MethodSpec) (*Stream, error) {
+	return c.e.newStream(ctx, spec)
+}
+
+// Register adds handlers for methods the server calls on this client:
+// events and calls of services marked `implemented_by = CLIENT`. Generated
+// RegisterXHandler functions call it. Events that arrive for a method with
+// no handler are dropped (logged at debug level); calls get
+// CodeUnimplemented. Registering a procedure twice panics.
+func (c *Conn) Register(methods ...*Method) {
+	c.e.register(methods...)
+}
+
+var (
+	_ Invoker   = (*Conn)(nil)
+	_ Registrar = (*Conn)(nil)
+)
+
 // SessionID returns the session id the server assigned.
 func (c *Conn) SessionID() string { return c.welcome.GetSessionId() }
 

@@ -62,6 +62,7 @@ type endpoint struct {
 	sem     chan struct{} // bounds outgoing calls; nil for no bound
 
 	mu           sync.Mutex
+	local        map[string]*Method // handlers a client registered
 	pending      map[uint64]*pendingCall
 	running      map[uint64]*incomingCall
 	inFlight     int

@@ -22,6 +22,41 @@ const (
 	IdempotencyIdempotent
 )
 
+// StreamKind is the shape of a method's exchange, from `stream` in the
+// proto.
+type StreamKind uint8
+
+const (
+	// StreamNone is a unary method: one request, one response.
+	StreamNone StreamKind = iota
+	// StreamClient is client streaming: many requests, one response.
+	StreamClient
+	// StreamServer is server streaming: one request, many responses.
+	StreamServer
+	// StreamBidi is bidirectional streaming: many of each, interleaved.
+	StreamBidi
+)
+
+func (k StreamKind) String() string {
+	switch k {
+	case StreamNone:
+		return "unary"
+	case StreamClient:
+		return "client streaming"
+	case StreamServer:
+		return "server streaming"
+	case StreamBidi:
+		return "bidirectional streaming"
+	}
+	return "unknown"
+}
+
+// streamsRequests reports whether requests come as stream items.
+func (k StreamKind) streamsRequests() bool { return k == StreamClient || k == StreamBidi }
+
+// streamsResponses reports whether responses come as stream items.
+func (k StreamKind) streamsResponses() bool { return k == StreamServer || k == StreamBidi }
+
 // MethodSpec describes a method to the runtime. Generated code declares one
 // per method; it is read-only once built.
 type MethodSpec struct {
@@ -33,18 +68,26 @@ type MethodSpec struct {
 	Timeout time.Duration
 	// Idempotency comes from `option idempotency_level`.
 	Idempotency Idempotency
+	// Kind is the method's streaming kind.
+	Kind StreamKind
 }
 
-// Invoker calls methods on a peer. A client *Conn is one; generated clients
+// Invoker calls methods on a peer. A client's *Conn is one, calling the
+// server; a server's *Peer is one, calling that client. Generated clients
 // are built on it.
 type Invoker interface {
-	// Invoke calls spec's method with req and decodes the reply into res.
-	// It returns an error for which CodeOf gives the call's code.
+	// Invoke calls spec's unary method with req and decodes the reply into
+	// res. It returns an error for which CodeOf gives the call's code.
 	Invoke(ctx context.Context, spec *MethodSpec, req, res proto.Message) error
+	// NewStream opens a call of spec's streaming method. Generated code
+	// wraps it in a typed stream (CallServerStream, CallClientStream,
+	// CallBidiStream).
+	NewStream(ctx context.Context, spec *MethodSpec) (*Stream, error)
 }
 
 // Registrar is where generated code registers a service's methods: a
-// *Server for services clients call.
+// *Server for services clients call, a client's *Conn for services the
+// server calls (`implemented_by = CLIENT`).
 type Registrar interface {
 	// Register adds methods. Registering a procedure twice panics, as
 	// http.ServeMux does for a pattern.
@@ -65,8 +108,12 @@ type Interceptor func(next UnaryFunc) UnaryFunc
 // NewUnaryMethod.
 type Method struct {
 	spec   *MethodSpec
-	newReq func() proto.Message
-	call   UnaryFunc
+	newReq func() proto.Message // unary methods and events
+	call   UnaryFunc            // unary methods and events
+	// stream runs a streaming method; its result is the response a
+	// client-streaming method sends in Reply, else nil.
+	stream func(ctx context.Context, s *Stream) (proto.Message, error)
+	event  bool // an event: the peer expects no reply
 }
 
 // Spec returns the method's description.
