@@ -35,6 +35,8 @@ type CallInfo struct {
 	// Metadata is the call's request metadata. Client interceptors may add
 	// to it; handlers read what the client sent.
 	Metadata map[string]string
+	// Peer is the connection a server handler serves; nil on clients.
+	Peer *Peer
 }
 
 type callInfoKey struct{}

@@ -68,6 +68,10 @@ func Dial(ctx context.Context, url string, opts ...ClientOption) (*Conn, error) 
 	if n := welcome.GetMaxInFlight(); n > 0 {
 		e.sem = make(chan struct{}, n)
 	}
+	if w := welcome.GetStreamWindow(); w > 0 {
+		e.peerWindow = w
+	}
+	e.methods = e.lookupLocal
 	e.start()
 	go e.readLoop()
 	return &Conn{e: e, welcome: welcome}, nil
@@ -92,7 +96,7 @@ func dialError(err error, resp *http.Response) error {
 }
 
 func clientHandshake(ctx context.Context, e *endpoint) (*parleyv1.Welcome, error) {
-	hello := &parleyv1.Hello{Metadata: e.cfg.metadata, Agent: agent}
+	hello := &parleyv1.Hello{Metadata: e.cfg.metadata, Agent: agent, StreamWindow: e.cfg.streamWindow}
 	b, err := e.codec.appendFrame(nil, &frame{kind: kindHello, hello: hello}, nil)
 	if err != nil {
 		return nil, err

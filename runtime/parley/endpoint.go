@@ -52,6 +52,8 @@ type endpoint struct {
 
 	// methods finds the implementation of an incoming call, or nil.
 	methods func(procedure string) *Method
+	peer    *Peer         // the server's handle on this connection; nil on clients
+	events  *eventRunner  // runs a client's event handlers in order
 	handle  UnaryFunc // the interceptor chain ending in the method
 
 	ctx    context.Context // ends when the socket closes
@@ -64,6 +66,9 @@ type endpoint struct {
 	mu           sync.Mutex
 	local        map[string]*Method // handlers a client registered
 	pending      map[uint64]*pendingCall
+	streams      map[uint64]*stream // open streams, both directions
+	openStreams  int                // streams the peer opened
+	peerWindow   uint32             // the peer's stream window: our initial credit
 	running      map[uint64]*incomingCall
 	inFlight     int
 	draining     bool   // refuse new incoming calls with unavailable
@@ -86,10 +91,13 @@ func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *con
 		ctx: ctx, cancel: cancel,
 		q:          newSendQueue(cfg.sendQueueBytes),
 		pending:    make(map[uint64]*pendingCall),
+		streams:    make(map[uint64]*stream),
+		peerWindow: DefaultStreamWindow,
 		running:    make(map[uint64]*incomingCall),
 		readerDone: make(chan struct{}),
 		done:       make(chan struct{}),
 	}
+	e.events = &eventRunner{e: e}
 	e.handle = chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
 		ci, _ := CallInfoFromContext(ctx)
 		return e.methods(ci.Spec.Procedure).call(ctx, req)
@@ -284,7 +292,31 @@ func (e *endpoint) dispatch(f *frame) {
 	case kindCall:
 		e.acceptCall(f)
 	case kindReply, kindError:
+		e.mu.Lock()
+		s := e.streams[f.id]
+		e.mu.Unlock()
+		if s != nil && s.caller {
+			s.complete(f)
+			return
+		}
 		e.complete(f)
+	case kindItem, kindEnd, kindCredit:
+		e.mu.Lock()
+		s := e.streams[f.id]
+		e.mu.Unlock()
+		if s == nil {
+			return // a stream that already ended
+		}
+		switch f.kind {
+		case kindItem:
+			s.deliver(f.payload)
+		case kindEnd:
+			if !s.caller {
+				s.endRecv()
+			}
+		case kindCredit:
+			s.addCredit(f.items)
+		}
 	case kindCancel:
 		e.mu.Lock()
 		c := e.running[f.id]
@@ -307,12 +339,8 @@ func (e *endpoint) dispatch(f *frame) {
 		e.log.Info("parley: peer is going away", "side", e.side, "reason", f.message)
 	case kindHello, kindWelcome:
 		e.closeWith(closeProtocol, f.kind.String()+" after the handshake")
-	case kindItem, kindEnd, kindCredit:
-		// Streams are not supported yet: answer the id so its caller
-		// does not wait forever.
-		e.sendError(f.id, NewError(CodeUnimplemented, "streaming is not supported by this peer"))
 	case kindEvent:
-		e.log.Debug("parley: event dropped: no handler", "side", e.side, "method", f.method)
+		e.acceptEvent(f)
 	default:
 		e.log.Debug("parley: unknown frame kind ignored", "side", e.side, "kind", f.kind)
 	}
@@ -335,6 +363,22 @@ func (e *endpoint) acceptCall(f *frame) {
 	}
 	if m == nil {
 		e.sendError(f.id, Errorf(CodeUnimplemented, "method %q is not implemented", f.method))
+		return
+	}
+	if m.event {
+		e.sendError(f.id, Errorf(CodeInvalidArgument, "%s is an event: it is published, not called", f.method))
+		return
+	}
+	ci := &CallInfo{Spec: m.spec, Side: e.side, ID: f.id, Metadata: f.metadata, Peer: e.peer}
+	if m.stream != nil {
+		e.mu.Lock()
+		draining := e.draining
+		e.mu.Unlock()
+		if draining {
+			e.sendError(f.id, NewError(CodeUnavailable, "server is shutting down"))
+			return
+		}
+		e.acceptStream(f, m, ci)
 		return
 	}
 	req := m.newReq()
@@ -366,7 +410,6 @@ func (e *endpoint) acceptCall(f *frame) {
 	e.handlers.Add(1)
 	e.mu.Unlock()
 
-	ci := &CallInfo{Spec: m.spec, Side: e.side, ID: f.id, Metadata: f.metadata}
 	go e.runCall(ctx, cancel, ci, f.timeoutMs, req)
 }
 
@@ -474,6 +517,8 @@ func (e *endpoint) fail(cause error) {
 	e.closing = true
 	pending := e.pending
 	e.pending = make(map[uint64]*pendingCall)
+	streams := e.streams
+	e.streams = make(map[uint64]*stream)
 	e.mu.Unlock()
 	e.q.close()
 	e.cancel(closeErr)
@@ -481,6 +526,10 @@ func (e *endpoint) fail(cause error) {
 	for _, pc := range pending {
 		pc.done <- closeErr
 	}
+	for _, s := range streams {
+		s.finish(closeErr)
+	}
+	e.events.close()
 }
 
 func describeClose(err error) string {

@@ -100,22 +100,20 @@ type Principal struct {
 	Claims map[string]any
 }
 
-type principalKey struct{}
-
 // PrincipalFromContext returns the principal of the connection a handler
 // serves, if the server authenticates.
 func PrincipalFromContext(ctx context.Context) (*Principal, bool) {
 	if p, ok := PeerFromContext(ctx); ok && p.principal != nil {
 		return p.principal, true
 	}
-	p, ok := ctx.Value(principalKey{}).(*Principal)
-	return p, ok
+	return nil, false
 }
-
-type peerKey struct{}
 
 // PeerFromContext returns the connection a server handler serves.
 func PeerFromContext(ctx context.Context) (*Peer, bool) {
-	p, ok := ctx.Value(peerKey{}).(*Peer)
-	return p, ok
+	ci, ok := CallInfoFromContext(ctx)
+	if !ok || ci.Peer == nil {
+		return nil, false
+	}
+	return ci.Peer, true
 }

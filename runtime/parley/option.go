@@ -45,6 +45,8 @@ type config struct {
 	pingInterval     time.Duration
 	pongTimeout      time.Duration
 	handshakeTimeout time.Duration
+	streamWindow     uint32
+	maxStreams       int
 	interceptors     []Interceptor
 	logger           *slog.Logger
 
@@ -67,6 +69,8 @@ func defaultConfig() config {
 		pingInterval:     DefaultPingInterval,
 		pongTimeout:      DefaultPongTimeout,
 		handshakeTimeout: DefaultHandshakeTimeout,
+		streamWindow:     DefaultStreamWindow,
+		maxStreams:       DefaultMaxStreams,
 		callTimeout:      DefaultCallTimeout,
 		subprotocol:      SubprotocolProto,
 		logger:           slog.New(slog.DiscardHandler),
@@ -137,6 +141,20 @@ func WithInterceptors(interceptors ...Interceptor) Option {
 // WithLogger sets the structured logger. The default discards everything.
 func WithLogger(l *slog.Logger) Option {
 	return option(func(c *config) { c.logger = l })
+}
+
+// WithStreamWindow sets how many items this side accepts per stream before
+// it grants the sender more (DefaultStreamWindow). It bounds a stream's
+// receive buffer to that many items, and lets a stalled stream stall only
+// itself.
+func WithStreamWindow(items int) Option {
+	return option(func(c *config) { c.streamWindow = uint32(max(1, items)) })
+}
+
+// WithMaxStreams sets how many streams a server keeps open at once per
+// connection (DefaultMaxStreams); more fail with resource_exhausted.
+func WithMaxStreams(n int) ServerOption {
+	return serverOption(func(c *config) { c.maxStreams = n })
 }
 
 // WithMaxInFlight sets how many calls a server runs at once per connection

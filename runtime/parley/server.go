@@ -178,13 +178,19 @@ func (s *Server) handshake(e *endpoint) error {
 		s.refuse(e, NewError(CodeInvalidArgument, err.Error()), closeProtocol)
 		return err
 	}
+	if w := f.hello.GetStreamWindow(); w > 0 {
+		e.peerWindow = w
+	}
 	w := &parleyv1.Welcome{
 		SessionId:       newSessionID(),
 		MaxMessageBytes: uint32(s.cfg.maxMessageBytes),
 		MaxInFlight:     uint32(s.cfg.maxInFlight),
 		PingIntervalMs:  uint32(s.cfg.pingInterval.Milliseconds()),
 		Agent:           agent,
+		StreamWindow:    s.cfg.streamWindow,
+		MaxStreams:      uint32(s.cfg.maxStreams),
 	}
+	e.peer = &Peer{e: e, id: w.SessionId, server: s}
 	b, err := e.codec.appendFrame(nil, &frame{kind: kindWelcome, welcome: w}, nil)
 	if err != nil {
 		return err

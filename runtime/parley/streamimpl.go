@@ -2,23 +2,481 @@ package parley
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
 )
 
-// stream is the state of one streaming call on an endpoint.
+// DefaultStreamWindow is how many items a receiver accepts per stream
+// before it grants more credit, and DefaultMaxStreams how many streams a
+// server keeps open per connection. Options WithStreamWindow and
+// WithMaxStreams change them.
+const (
+	DefaultStreamWindow = 64
+	DefaultMaxStreams   = 100
+)
+
+// stream is one streaming call on an endpoint, from either end: the caller
+// (who opened it) or the callee (whose handler serves it).
+//
+// The reader goroutine fills the receive queue and grants send credit;
+// the application's goroutines send and receive. Items are received only
+// within the credit this side granted, so the queue never holds more than
+// window items. mu guards every field below it.
 type stream struct {
-	e    *endpoint
-	id   uint64
-	spec *MethodSpec
-	ctx  context.Context
+	e      *endpoint
+	id     uint64
+	spec   *MethodSpec
+	caller bool
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	window uint32 // the credit this side grants the peer
+	// stop unregisters the caller's context watcher; stopTimer releases
+	// the method's default deadline.
+	stop      func() bool
+	stopTimer context.CancelFunc
+
+	// sendMu serializes senders so one item's credit and frame go together.
+	sendMu sync.Mutex
+
+	mu         sync.Mutex
+	recvq      [][]byte // received payloads (copies), oldest first
+	recvEnd    bool     // nothing more will be queued
+	recvErr    error    // returned once the queue is drained: io.EOF or the call's error
+	consumed   uint32   // items taken since the last Credit sent
+	credit     int64    // items this side may still send
+	sendClosed bool     // CloseSend was called
+	done       bool     // the call is over; sends fail
+	opened     bool     // the Call frame went out (callers only)
+	notify     chan struct{}
+	creditCh   chan struct{}
 }
 
-func (s *stream) send(m interface{}) error { return NewError(CodeUnimplemented, "streams are not implemented yet") }
-func (s *stream) recv(m interface{}) error { return NewError(CodeUnimplemented, "streams are not implemented yet") }
-func (s *stream) closeSend() error         { return nil }
-func (s *stream) abandon(Code)             {}
+func wake(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
 
+// newStream opens a streaming call from this side.
 func (e *endpoint) newStream(ctx context.Context, spec *MethodSpec) (*Stream, error) {
-	return nil, NewError(CodeUnimplemented, "streams are not implemented yet")
+	if spec.Kind == StreamNone {
+		return nil, Errorf(CodeInternal, "%s is unary: use Invoke", spec.Procedure)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, asError(err)
+	}
+	sctx, cancel := context.WithCancelCause(ctx)
+	stopTimer := context.CancelFunc(func() {})
+	if _, ok := ctx.Deadline(); !ok && spec.Timeout > 0 {
+		sctx, stopTimer = context.WithTimeout(sctx, spec.Timeout)
+	}
+	s := &stream{
+		e: e, id: e.nextID(), spec: spec, caller: true,
+		ctx: sctx, cancel: cancel, stopTimer: stopTimer,
+		window: e.cfg.streamWindow, credit: int64(e.peerWindow),
+		notify: make(chan struct{}, 1), creditCh: make(chan struct{}, 1),
+	}
+	e.mu.Lock()
+	if e.closeErr != nil || e.goneAway != "" {
+		err := e.closeErr
+		if err == nil {
+			err = Errorf(CodeUnavailable, "server is going away: %s", e.goneAway)
+		}
+		e.mu.Unlock()
+		stopTimer()
+		cancel(err)
+		return nil, err
+	}
+	e.streams[s.id] = s
+	e.mu.Unlock()
+	// The caller giving up (its ctx ending) abandons the call.
+	s.stop = context.AfterFunc(sctx, func() {
+		code := CodeOf(context.Cause(sctx))
+		if code == CodeUnknown {
+			code = CodeCanceled
+		}
+		s.abandon(code)
+	})
+	if !spec.Kind.streamsRequests() {
+		// The request travels in the Call frame: the first SendMsg opens.
+		return &Stream{s: s}, nil
+	}
+	if err := s.open(nil); err != nil {
+		return nil, err
+	}
+	return &Stream{s: s}, nil
+}
+
+// open sends the Call frame, with req as its payload when the request is
+// not streamed.
+func (s *stream) open(req proto.Message) error {
+	s.mu.Lock()
+	s.opened = true
+	s.mu.Unlock()
+	var timeoutMs uint32
+	if dl, ok := s.ctx.Deadline(); ok {
+		timeoutMs = uint32(max(1, min(time.Until(dl).Milliseconds()+1, 1<<32-1)))
+	}
+	f := frame{kind: kindCall, id: s.id, method: s.spec.Procedure, timeoutMs: timeoutMs, hasPayload: req != nil}
+	if err := s.e.sendCtx(s.ctx, &f, req); err != nil {
+		s.abandon(CodeOf(err))
+		return err
+	}
+	return nil
+}
+
+// send sends one item, waiting for credit.
+func (s *stream) send(m proto.Message) error {
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	if s.caller && !s.spec.Kind.streamsRequests() {
+		s.mu.Lock()
+		opened := s.opened
+		s.mu.Unlock()
+		if opened {
+			return Errorf(CodeInternal, "%s takes one request", s.spec.Procedure)
+		}
+		return s.open(m)
+	}
+	if !s.caller && !s.spec.Kind.streamsResponses() {
+		return Errorf(CodeInternal, "%s sends one response: return it from the handler", s.spec.Procedure)
+	}
+	for {
+		s.mu.Lock()
+		switch {
+		case s.sendClosed:
+			s.mu.Unlock()
+			return Errorf(CodeInternal, "send after CloseSend on %s", s.spec.Procedure)
+		case s.done:
+			s.mu.Unlock()
+			return io.EOF
+		case s.credit > 0:
+			s.credit--
+			s.mu.Unlock()
+			return s.e.sendCtx(s.ctx, &frame{kind: kindItem, id: s.id, hasPayload: true}, m)
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.creditCh:
+		case <-s.ctx.Done():
+			return s.ctxErr()
+		}
+	}
+}
+
+func (s *stream) ctxErr() error {
+	if cause := context.Cause(s.ctx); cause != nil {
+		if _, ok := cause.(*Error); ok {
+			return cause
+		}
+	}
+	return asError(s.ctx.Err())
+}
+
+// recv receives one item into m.
+func (s *stream) recv(m proto.Message) error {
+	for {
+		s.mu.Lock()
+		if len(s.recvq) > 0 {
+			payload := s.recvq[0]
+			s.recvq[0] = nil
+			s.recvq = s.recvq[1:]
+			s.consumed++
+			grant := uint32(0)
+			if !s.recvEnd && s.consumed >= max(1, s.window/2) {
+				grant, s.consumed = s.consumed, 0
+			}
+			s.mu.Unlock()
+			if grant > 0 {
+				s.e.sendCtx(s.ctx, &frame{kind: kindCredit, id: s.id, items: grant}, nil) //nolint:errcheck // a failed send ends the stream anyway
+			}
+			if err := s.e.codec.unmarshal(payload, m); err != nil {
+				err = Errorf(CodeInvalidArgument, "decoding a stream item of %s: %v", s.spec.Procedure, err)
+				if !s.caller {
+					return err
+				}
+				s.abandon(CodeCanceled)
+				return err
+			}
+			return nil
+		}
+		if s.recvEnd {
+			err := s.recvErr
+			s.mu.Unlock()
+			return err
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.notify:
+		case <-s.ctx.Done():
+			// Deliver what is queued first; then the end.
+			s.mu.Lock()
+			queued := len(s.recvq) > 0 || s.recvEnd
+			s.mu.Unlock()
+			if !queued {
+				return s.ctxErr()
+			}
+		}
+	}
+}
+
+// closeSend half-closes the caller's requests.
+func (s *stream) closeSend() error {
+	if !s.caller {
+		return nil
+	}
+	if !s.spec.Kind.streamsRequests() {
+		s.mu.Lock()
+		opened := s.opened
+		s.mu.Unlock()
+		if !opened {
+			return Errorf(CodeInternal, "%s needs its request before CloseSend", s.spec.Procedure)
+		}
+		return nil // the Call frame carried the one request
+	}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	s.mu.Lock()
+	if s.sendClosed || s.done {
+		s.mu.Unlock()
+		return nil
+	}
+	s.sendClosed = true
+	s.mu.Unlock()
+	return s.e.sendCtx(s.ctx, &frame{kind: kindEnd, id: s.id}, nil)
+}
+
+// deliver queues a received item. It runs on the reader goroutine.
+func (s *stream) deliver(payload []byte) {
+	s.mu.Lock()
+	if s.recvEnd || s.done {
+		s.mu.Unlock()
+		return
+	}
+	if uint32(len(s.recvq))+s.consumed >= s.window {
+		s.mu.Unlock()
+		s.violate(Errorf(CodeResourceExhausted, "the peer sent stream items beyond its credit on %s", s.spec.Procedure))
+		return
+	}
+	s.recvq = append(s.recvq, append([]byte(nil), payload...))
+	s.mu.Unlock()
+	wake(s.notify)
+}
+
+// violate ends a stream whose peer broke the flow-control rules.
+func (s *stream) violate(err *Error) {
+	if s.caller {
+		s.finish(err)
+		s.abandonWire(CodeCanceled)
+		return
+	}
+	s.e.mu.Lock()
+	if c := s.e.running[s.id]; c != nil {
+		c.abandoned = true
+	}
+	s.e.mu.Unlock()
+	s.finish(err)
+	s.e.sendError(s.id, err)
+}
+
+// endRecv marks the peer's direction ended (StreamEnd from a caller).
+func (s *stream) endRecv() {
+	s.mu.Lock()
+	if !s.recvEnd {
+		s.recvEnd, s.recvErr = true, io.EOF
+	}
+	s.mu.Unlock()
+	wake(s.notify)
+}
+
+// addCredit grants this side more sends.
+func (s *stream) addCredit(n uint32) {
+	s.mu.Lock()
+	s.credit += int64(n)
+	s.mu.Unlock()
+	wake(s.creditCh)
+}
+
+// complete ends a caller's stream with the callee's Reply or Error.
+func (s *stream) complete(f *frame) {
+	s.e.mu.Lock()
+	delete(s.e.streams, s.id)
+	s.e.mu.Unlock()
+	s.mu.Lock()
+	if f.kind == kindReply && f.hasPayload {
+		s.recvq = append(s.recvq, append([]byte(nil), f.payload...))
+	}
+	s.mu.Unlock()
+	if f.kind == kindError {
+		code := f.code
+		if code < minCode || code > maxCode {
+			code = CodeUnknown
+		}
+		s.finish(&Error{code: code, message: f.message, details: f.details})
+	} else {
+		s.finish(io.EOF)
+	}
+}
+
+// finish records the call's outcome: receivers get err after the queued
+// items, senders get io.EOF.
+func (s *stream) finish(err error) {
+	s.mu.Lock()
+	if s.done {
+		s.mu.Unlock()
+		return
+	}
+	s.done = true
+	if !s.recvEnd || err != io.EOF {
+		s.recvEnd, s.recvErr = true, err
+	}
+	s.mu.Unlock()
+	if s.stop != nil {
+		s.stop()
+	}
+	if s.stopTimer != nil {
+		defer s.stopTimer()
+	}
+	wake(s.notify)
+	wake(s.creditCh)
+	if err == io.EOF {
+		s.cancel(nil) // a finished call's context ends too
+	} else {
+		s.cancel(err)
+	}
+}
+
+// abandon gives up a caller's stream: the peer is told, and local
+// receivers get why.
+func (s *stream) abandon(why Code) {
+	if !s.caller {
+		return
+	}
+	s.mu.Lock()
+	done, opened := s.done, s.opened
+	s.mu.Unlock()
+	if done {
+		return
+	}
+	s.e.mu.Lock()
+	delete(s.e.streams, s.id)
+	s.e.mu.Unlock()
+	var err *Error
+	if why == CodeDeadlineExceeded {
+		err = Errorf(CodeDeadlineExceeded, "%s: deadline exceeded", s.spec.Procedure)
+	} else {
+		err = Errorf(why, "%s: the caller ended the stream", s.spec.Procedure)
+	}
+	if cause, ok := context.Cause(s.ctx).(*Error); ok {
+		err = cause
+	}
+	s.finish(err)
+	if opened {
+		s.abandonWire(why)
+	}
+}
+
+func (s *stream) abandonWire(why Code) {
+	s.e.mu.Lock()
+	delete(s.e.streams, s.id)
+	s.e.mu.Unlock()
+	b := getBuf()
+	*b, _ = s.e.codec.appendFrame((*b)[:0], &frame{kind: kindCancel, id: s.id, code: why}, nil)
+	if s.e.q.push(s.e.ctx, b, false) != nil {
+		putBuf(b)
+	}
+}
+
+// acceptStream starts the handler of an incoming streaming call. It runs on
+// the reader goroutine, after acceptCall's checks.
+func (e *endpoint) acceptStream(f *frame, m *Method, ci *CallInfo) {
+	e.mu.Lock()
+	if e.openStreams >= e.cfg.maxStreams {
+		e.mu.Unlock()
+		e.sendError(f.id, Errorf(CodeResourceExhausted, "more than %d streams open on this connection", e.cfg.maxStreams))
+		return
+	}
+	ctx, cancel := context.WithCancelCause(e.ctx)
+	stopTimer := context.CancelFunc(func() {})
+	if f.timeoutMs > 0 {
+		ctx, stopTimer = context.WithTimeout(ctx, time.Duration(f.timeoutMs)*time.Millisecond)
+	}
+	s := &stream{
+		e: e, id: f.id, spec: m.spec, ctx: withCallInfo(ctx, ci), cancel: cancel, stopTimer: stopTimer,
+		window: e.cfg.streamWindow, credit: int64(e.peerWindow),
+		notify: make(chan struct{}, 1), creditCh: make(chan struct{}, 1),
+	}
+	if !m.spec.Kind.streamsRequests() {
+		// The one request came in the Call frame.
+		s.recvq = [][]byte{append([]byte(nil), f.payload...)}
+		s.recvEnd, s.recvErr = true, io.EOF
+	}
+	e.streams[f.id] = s
+	e.running[f.id] = &incomingCall{cancel: cancel, hasDeadline: f.timeoutMs > 0}
+	e.openStreams++
+	e.lastAccepted = max(e.lastAccepted, f.id)
+	e.handlers.Add(1)
+	e.mu.Unlock()
+	go e.runStream(s, m, ci)
+}
+
+func (e *endpoint) runStream(s *stream, m *Method, ci *CallInfo) {
+	defer e.handlers.Done()
+	res, err := e.runStreamSafely(s.ctx, m, s, ci)
+	e.mu.Lock()
+	abandoned := e.running[s.id].abandoned
+	delete(e.running, s.id)
+	delete(e.streams, s.id)
+	e.openStreams--
+	e.mu.Unlock()
+	s.finish(io.EOF)
+	if abandoned || e.ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		e.sendError(s.id, asError(err))
+		return
+	}
+	e.send(&frame{kind: kindReply, id: s.id, hasPayload: res != nil}, res)
+}
+
+func (e *endpoint) runStreamSafely(ctx context.Context, m *Method, s *stream, ci *CallInfo) (res proto.Message, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			e.log.Error("parley: handler panicked", "method", ci.Spec.Procedure, "panic", fmt.Sprint(r))
+			res, err = nil, Errorf(CodeInternal, "%s panicked", ci.Spec.Procedure)
+		}
+	}()
+	return m.stream(ctx, &Stream{s: s})
+}
+
+// sendCtx encodes and queues a frame, waiting for room until ctx ends.
+func (e *endpoint) sendCtx(ctx context.Context, f *frame, msg proto.Message) error {
+	b := getBuf()
+	var err error
+	*b, err = e.codec.appendFrame((*b)[:0], f, msg)
+	if err != nil {
+		putBuf(b)
+		return Errorf(CodeInternal, "encoding a %v frame: %v", f.kind, err)
+	}
+	if err := e.q.push(ctx, b, true); err != nil {
+		putBuf(b)
+		if err == errQueueClosed {
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			if e.closeErr != nil {
+				return e.closeErr
+			}
+			return NewError(CodeUnavailable, "connection closed")
+		}
+		return asError(err)
+	}
+	return nil
 }
 
 // register adds local handlers to a client endpoint.

@@ -429,7 +429,11 @@ type Hello struct {
 	// per topic (see Event.topic). The server replays what follows.
 	Offsets map[string]uint64 `protobuf:"bytes,4,rep,name=offsets,proto3" json:"offsets,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// The client implementation and version, for logs ("parley-go/0.1.0").
-	Agent         string `protobuf:"bytes,5,opt,name=agent,proto3" json:"agent,omitempty"`
+	Agent string `protobuf:"bytes,5,opt,name=agent,proto3" json:"agent,omitempty"`
+	// How many stream items the client accepts per stream before it grants
+	// more with Credit: the server's initial send credit on every stream.
+	// 0 means the default, 64.
+	StreamWindow  uint32 `protobuf:"varint,6,opt,name=stream_window,json=streamWindow,proto3" json:"stream_window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -499,6 +503,13 @@ func (x *Hello) GetAgent() string {
 	return ""
 }
 
+func (x *Hello) GetStreamWindow() uint32 {
+	if x != nil {
+		return x.StreamWindow
+	}
+	return 0
+}
+
 // Welcome accepts a Hello.
 type Welcome struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -524,7 +535,14 @@ type Welcome struct {
 	// The server implementation and version ("parley-go/0.1.0").
 	Agent string `protobuf:"bytes,8,opt,name=agent,proto3" json:"agent,omitempty"`
 	// Application metadata the server returns to the client.
-	Metadata      map[string]string `protobuf:"bytes,9,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Metadata map[string]string `protobuf:"bytes,9,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// How many stream items the server accepts per stream before it grants
+	// more with Credit: the client's initial send credit on every stream.
+	// 0 means the default, 64.
+	StreamWindow uint32 `protobuf:"varint,10,opt,name=stream_window,json=streamWindow,proto3" json:"stream_window,omitempty"`
+	// The most streams the server keeps open at once for this connection;
+	// more fail with resource_exhausted.
+	MaxStreams    uint32 `protobuf:"varint,11,opt,name=max_streams,json=maxStreams,proto3" json:"max_streams,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -620,6 +638,20 @@ func (x *Welcome) GetMetadata() map[string]string {
 		return x.Metadata
 	}
 	return nil
+}
+
+func (x *Welcome) GetStreamWindow() uint32 {
+	if x != nil {
+		return x.StreamWindow
+	}
+	return 0
+}
+
+func (x *Welcome) GetMaxStreams() uint32 {
+	if x != nil {
+		return x.MaxStreams
+	}
+	return 0
 }
 
 // Call opens a call of a method on the peer.
@@ -1261,10 +1293,13 @@ func (x *StreamEnd) GetId() uint64 {
 	return 0
 }
 
-// Credit lets the peer send more StreamItem frames on a call. Each side
-// starts with the initial window both agreed to and may never have more
-// unacknowledged items in flight than it was granted. A peer that sends
-// beyond its credit is stopped with resource_exhausted.
+// Credit lets the peer send more StreamItem frames on a call. A sender
+// starts every stream with the receiver's window as credit (the client's
+// from Hello.stream_window, the server's from Welcome.stream_window), spends
+// one per StreamItem and may never send without credit; the receiver grants
+// more as its application consumes items. A peer that sends beyond its
+// credit has its call ended with resource_exhausted. The request carried in
+// a server-streaming Call costs no credit.
 type Credit struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The call id.
@@ -1491,20 +1526,21 @@ const file_parley_v1_frame_proto_rawDesc = "" +
 	"\x06goaway\x18\v \x01(\v2\x11.parley.v1.GoAwayH\x00R\x06goaway\x12%\n" +
 	"\x04ping\x18\f \x01(\v2\x0f.parley.v1.PingH\x00R\x04ping\x12%\n" +
 	"\x04pong\x18\r \x01(\v2\x0f.parley.v1.PongH\x00R\x04pongB\x06\n" +
-	"\x04kind\"\xcd\x02\n" +
+	"\x04kind\"\xf2\x02\n" +
 	"\x05Hello\x12:\n" +
 	"\bmetadata\x18\x01 \x03(\v2\x1e.parley.v1.Hello.MetadataEntryR\bmetadata\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x02 \x01(\tR\tsessionId\x12!\n" +
 	"\fresume_token\x18\x03 \x01(\tR\vresumeToken\x127\n" +
 	"\aoffsets\x18\x04 \x03(\v2\x1d.parley.v1.Hello.OffsetsEntryR\aoffsets\x12\x14\n" +
-	"\x05agent\x18\x05 \x01(\tR\x05agent\x1a;\n" +
+	"\x05agent\x18\x05 \x01(\tR\x05agent\x12#\n" +
+	"\rstream_window\x18\x06 \x01(\rR\fstreamWindow\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
 	"\fOffsetsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x9a\x03\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xe0\x03\n" +
 	"\aWelcome\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12!\n" +
@@ -1515,7 +1551,11 @@ const file_parley_v1_frame_proto_rawDesc = "" +
 	"\rmax_in_flight\x18\x06 \x01(\rR\vmaxInFlight\x12(\n" +
 	"\x10ping_interval_ms\x18\a \x01(\rR\x0epingIntervalMs\x12\x14\n" +
 	"\x05agent\x18\b \x01(\tR\x05agent\x12<\n" +
-	"\bmetadata\x18\t \x03(\v2 .parley.v1.Welcome.MetadataEntryR\bmetadata\x1a;\n" +
+	"\bmetadata\x18\t \x03(\v2 .parley.v1.Welcome.MetadataEntryR\bmetadata\x12#\n" +
+	"\rstream_window\x18\n" +
+	" \x01(\rR\fstreamWindow\x12\x1f\n" +
+	"\vmax_streams\x18\v \x01(\rR\n" +
+	"maxStreams\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x97\x02\n" +
