@@ -52,9 +52,9 @@ type endpoint struct {
 
 	// methods finds the implementation of an incoming call, or nil.
 	methods func(procedure string) *Method
-	peer    *Peer         // the server's handle on this connection; nil on clients
-	events  *eventRunner  // runs a client's event handlers in order
-	handle  UnaryFunc // the interceptor chain ending in the method
+	peer    *Peer        // the server's handle on this connection; nil on clients
+	events  *eventRunner // runs a client's event handlers in order
+	handle  UnaryFunc    // the interceptor chain ending in the method
 
 	ctx    context.Context // ends when the socket closes
 	cancel context.CancelCauseFunc

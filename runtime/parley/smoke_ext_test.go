@@ -10,9 +10,14 @@ import (
 
 	e2ev1 "github.com/parleyrpc/parley/internal/e2e/gen/e2e/v1"
 	"github.com/parleyrpc/parley/runtime/parley"
+	"go.uber.org/goleak"
 )
 
 var echoSpec = &parley.MethodSpec{Procedure: "/e2e.v1.EchoService/Echo"}
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
 
 func TestSmoke(t *testing.T) {
 	srv := parley.NewServer()

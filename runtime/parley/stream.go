@@ -56,7 +56,9 @@ type ClientStreamClient[Req, Res any] struct{ s *Stream }
 
 // Send sends one request, waiting for credit. It returns io.EOF if the
 // server already ended the call; CloseAndRecv then returns its outcome.
-func (c *ClientStreamClient[Req, Res]) Send(req *Req) error { return c.s.SendMsg(any(req).(proto.Message)) }
+func (c *ClientStreamClient[Req, Res]) Send(req *Req) error {
+	return c.s.SendMsg(any(req).(proto.Message))
+}
 
 // CloseAndRecv ends the requests and waits for the response.
 func (c *ClientStreamClient[Req, Res]) CloseAndRecv() (*Res, error) {
@@ -82,7 +84,9 @@ type BidiStreamClient[Req, Res any] struct{ s *Stream }
 
 // Send sends one request, waiting for credit. It returns io.EOF if the
 // server already ended the call; Recv then returns its outcome.
-func (c *BidiStreamClient[Req, Res]) Send(req *Req) error { return c.s.SendMsg(any(req).(proto.Message)) }
+func (c *BidiStreamClient[Req, Res]) Send(req *Req) error {
+	return c.s.SendMsg(any(req).(proto.Message))
+}
 
 // CloseSend ends the requests; responses keep coming.
 func (c *BidiStreamClient[Req, Res]) CloseSend() error { return c.s.CloseSend() }

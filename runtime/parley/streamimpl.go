@@ -182,6 +182,13 @@ func (s *stream) ctxErr() error {
 func (s *stream) recv(m proto.Message) error {
 	for {
 		s.mu.Lock()
+		if !s.done && s.ctx.Err() != nil {
+			// Cancelled or past the deadline: what is queued no longer
+			// matters. (A finished call's context ends too, but its queued
+			// items are still delivered.)
+			s.mu.Unlock()
+			return s.ctxErr()
+		}
 		if len(s.recvq) > 0 {
 			payload := s.recvq[0]
 			s.recvq[0] = nil
@@ -214,13 +221,6 @@ func (s *stream) recv(m proto.Message) error {
 		select {
 		case <-s.notify:
 		case <-s.ctx.Done():
-			// Deliver what is queued first; then the end.
-			s.mu.Lock()
-			queued := len(s.recvq) > 0 || s.recvEnd
-			s.mu.Unlock()
-			if !queued {
-				return s.ctxErr()
-			}
 		}
 	}
 }
@@ -375,6 +375,9 @@ func (s *stream) abandon(why Code) {
 	if cause, ok := context.Cause(s.ctx).(*Error); ok {
 		err = cause
 	}
+	s.mu.Lock()
+	s.recvq = nil // the caller gave up: drop what it did not read
+	s.mu.Unlock()
 	s.finish(err)
 	if opened {
 		s.abandonWire(why)

@@ -1,0 +1,430 @@
+package parley_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"google.golang.org/protobuf/proto"
+
+	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
+	e2ev1 "github.com/parleyrpc/parley/internal/e2e/gen/e2e/v1"
+	"github.com/parleyrpc/parley/runtime/parley"
+)
+
+// Hand-written specs stand in for generated code here, so these tests
+// exercise the runtime alone.
+var (
+	countSpec  = &parley.MethodSpec{Procedure: "/test.Streams/Count", Kind: parley.StreamServer}
+	sumSpec    = &parley.MethodSpec{Procedure: "/test.Streams/Sum", Kind: parley.StreamClient}
+	echoesSpec = &parley.MethodSpec{Procedure: "/test.Streams/Echoes", Kind: parley.StreamBidi}
+	unarySpec  = &parley.MethodSpec{Procedure: "/test.Streams/Unary"}
+)
+
+type streamServer struct {
+	started chan string // handler names, as they start
+	ended   chan error  // handler context errors, as they end
+}
+
+func newStreamServer(t *testing.T, opts ...parley.ServerOption) (*streamServer, string) {
+	t.Helper()
+	ss := &streamServer{started: make(chan string, 1000), ended: make(chan error, 1000)}
+	srv := parley.NewServer(opts...)
+	// Count sends req.Ms items, numbered in Text, then ends; Token "fail"
+	// fails after them.
+	srv.Register(parley.NewServerStreamMethod(countSpec, func(ctx context.Context, req *e2ev1.SleepRequest, s *parley.ServerStream[e2ev1.EchoResponse]) error {
+		ss.started <- "count"
+		defer func() { ss.ended <- ctx.Err() }()
+		for i := range int(req.GetMs()) {
+			if err := s.Send(&e2ev1.EchoResponse{Text: fmt.Sprint(i)}); err != nil {
+				return err
+			}
+		}
+		if req.GetToken() == "fail" {
+			return parley.NewError(parley.CodeDataLoss, "failed after the items")
+		}
+		if req.GetToken() == "hang" {
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return nil
+	}))
+	srv.Register(parley.NewClientStreamMethod(sumSpec, func(ctx context.Context, s *parley.ClientStream[e2ev1.EchoRequest]) (*e2ev1.EchoResponse, error) {
+		ss.started <- "sum"
+		var parts []string
+		for {
+			req, err := s.Recv()
+			if errors.Is(err, io.EOF) {
+				return &e2ev1.EchoResponse{Text: strings.Join(parts, ",")}, nil
+			}
+			if err != nil {
+				ss.ended <- err
+				return nil, err
+			}
+			parts = append(parts, req.GetText())
+		}
+	}))
+	srv.Register(parley.NewBidiStreamMethod(echoesSpec, func(ctx context.Context, s *parley.BidiStream[e2ev1.EchoRequest, e2ev1.EchoResponse]) error {
+		ss.started <- "echoes"
+		defer func() { ss.ended <- ctx.Err() }()
+		for {
+			req, err := s.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if req.GetText() == "stall" {
+				<-ctx.Done()
+				return ctx.Err()
+			}
+			if err := s.Send(&e2ev1.EchoResponse{Text: req.GetText(), Data: req.GetData()}); err != nil {
+				return err
+			}
+		}
+	}))
+	srv.Register(parley.NewUnaryMethod(unarySpec, func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+		return &e2ev1.EchoResponse{Text: r.Text}, nil
+	}))
+	hs := httptest.NewServer(srv)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		hs.Close()
+	})
+	return ss, "ws" + strings.TrimPrefix(hs.URL, "http")
+}
+
+func dialT(t *testing.T, url string, opts ...parley.ClientOption) *parley.Conn {
+	t.Helper()
+	conn, err := parley.Dial(context.Background(), url, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+func TestStreamKindsRoundTrip(t *testing.T) {
+	_, url := newStreamServer(t)
+	for _, opts := range [][]parley.ClientOption{nil, {parley.WithJSON()}} {
+		conn := dialT(t, url, opts...)
+		ctx := context.Background()
+
+		// Server streaming, longer than the window.
+		n := 3*parley.DefaultStreamWindow + 5
+		ss, err := parley.CallServerStream[e2ev1.EchoResponse](ctx, conn, countSpec, &e2ev1.SleepRequest{Ms: uint32(n)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			res, err := ss.Recv()
+			if err != nil {
+				t.Fatalf("item %d: %v", i, err)
+			}
+			if res.GetText() != fmt.Sprint(i) {
+				t.Fatalf("item %d is %q", i, res.GetText())
+			}
+		}
+		if _, err := ss.Recv(); !errors.Is(err, io.EOF) {
+			t.Fatalf("after the last item: %v, want io.EOF", err)
+		}
+
+		// Client streaming.
+		cs, err := parley.CallClientStream[e2ev1.EchoRequest, e2ev1.EchoResponse](ctx, conn, sumSpec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for i := range 200 {
+			want = append(want, fmt.Sprint(i))
+			if err := cs.Send(&e2ev1.EchoRequest{Text: fmt.Sprint(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res, err := cs.CloseAndRecv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.GetText() != strings.Join(want, ",") {
+			t.Fatalf("sum got %q", res.GetText())
+		}
+
+		// Bidi: interleaved sends and receives.
+		bs, err := parley.CallBidiStream[e2ev1.EchoRequest, e2ev1.EchoResponse](ctx, conn, echoesSpec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 300 {
+			if err := bs.Send(&e2ev1.EchoRequest{Text: fmt.Sprint(i)}); err != nil {
+				t.Fatal(err)
+			}
+			res, err := bs.Recv()
+			if err != nil || res.GetText() != fmt.Sprint(i) {
+				t.Fatalf("echo %d: %v %v", i, res, err)
+			}
+		}
+		if err := bs.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bs.Recv(); !errors.Is(err, io.EOF) {
+			t.Fatalf("after CloseSend: %v, want io.EOF", err)
+		}
+	}
+}
+
+// TestStreamsInterleaveWithUnary runs 100 bidi streams and unary calls at
+// once on one socket.
+func TestStreamsInterleaveWithUnary(t *testing.T) {
+	_, url := newStreamServer(t)
+	conn := dialT(t, url)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i := range 100 {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			bs, err := parley.CallBidiStream[e2ev1.EchoRequest, e2ev1.EchoResponse](ctx, conn, echoesSpec)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for j := range 50 {
+				text := fmt.Sprintf("%d/%d", i, j)
+				if err := bs.Send(&e2ev1.EchoRequest{Text: text}); err != nil {
+					t.Error(err)
+					return
+				}
+				res, err := bs.Recv()
+				if err != nil || res.GetText() != text {
+					t.Errorf("stream %d got %v, %v; want %s", i, res, err, text)
+					return
+				}
+			}
+			_ = bs.CloseSend()
+			if _, err := bs.Recv(); !errors.Is(err, io.EOF) {
+				t.Errorf("stream %d end: %v", i, err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for j := range 20 {
+				res := new(e2ev1.EchoResponse)
+				text := fmt.Sprintf("u%d/%d", i, j)
+				if err := conn.Invoke(ctx, unarySpec, &e2ev1.EchoRequest{Text: text}, res); err != nil || res.GetText() != text {
+					t.Errorf("unary got %v, %v", res, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// TestStalledStreamStallsOnlyItself: a stream whose reader never reads
+// fills its window and stops; another stream and unary calls on the same
+// socket go on, and the stalled handler waits in Send (bounded memory).
+func TestStalledStreamStallsOnlyItself(t *testing.T) {
+	ss, url := newStreamServer(t)
+	conn := dialT(t, url)
+	ctx, cancel := context.WithCancel(context.Background())
+	stalled, err := parley.CallServerStream[e2ev1.EchoResponse](ctx, conn, countSpec, &e2ev1.SleepRequest{Ms: 1_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-ss.started
+	// Never read stalled; meanwhile another stream completes.
+	start := time.Now()
+	other, err := parley.CallServerStream[e2ev1.EchoResponse](context.Background(), conn, countSpec, &e2ev1.SleepRequest{Ms: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if _, err := other.Recv(); errors.Is(err, io.EOF) {
+			if i != 1000 {
+				t.Fatalf("got %d items, want 1000", i)
+			}
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("1000 items on a second stream took %v beside a stalled one", time.Since(start))
+	cancel()
+	if _, err := stalled.Recv(); parley.CodeOf(err) != parley.CodeCanceled {
+		t.Fatalf("stalled stream after cancel: %v", err)
+	}
+}
+
+// TestStreamEndings checks server errors mid-stream, client cancellation
+// and deadlines reach the other side with the right code.
+func TestStreamEndings(t *testing.T) {
+	ss, url := newStreamServer(t)
+	conn := dialT(t, url)
+
+	// Server error after some items: items first, then the error.
+	s, err := parley.CallServerStream[e2ev1.EchoResponse](context.Background(), conn, countSpec, &e2ev1.SleepRequest{Ms: 3, Token: "fail"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := s.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Recv(); parley.CodeOf(err) != parley.CodeDataLoss {
+		t.Fatalf("got %v, want data_loss", err)
+	}
+	<-ss.started
+	<-ss.ended
+
+	// Cancel mid-stream reaches the handler.
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err = parley.CallServerStream[e2ev1.EchoResponse](ctx, conn, countSpec, &e2ev1.SleepRequest{Ms: 1, Token: "hang"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	<-ss.started
+	cancel()
+	if err := <-ss.ended; !errors.Is(err, context.Canceled) {
+		t.Fatalf("handler context ended with %v, want canceled", err)
+	}
+	if _, err := s.Recv(); parley.CodeOf(err) != parley.CodeCanceled {
+		t.Fatalf("client got %v, want canceled", err)
+	}
+
+	// A deadline mid-stream ends both sides with deadline_exceeded.
+	ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	s, err = parley.CallServerStream[e2ev1.EchoResponse](ctx, conn, countSpec, &e2ev1.SleepRequest{Ms: 1, Token: "hang"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-ss.started
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); parley.CodeOf(err) != parley.CodeDeadlineExceeded {
+		t.Fatalf("client got %v, want deadline_exceeded", err)
+	}
+	if err := <-ss.ended; !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("handler context ended with %v, want deadline exceeded", err)
+	}
+}
+
+// TestSocketClosedMidStream: closing the connection ends open streams.
+func TestSocketClosedMidStream(t *testing.T) {
+	ss, url := newStreamServer(t)
+	conn, err := parley.Dial(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs, err := parley.CallBidiStream[e2ev1.EchoRequest, e2ev1.EchoResponse](context.Background(), conn, echoesSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bs.Send(&e2ev1.EchoRequest{Text: "stall"}); err != nil {
+		t.Fatal(err)
+	}
+	<-ss.started
+	_ = conn.Close()
+	if _, err := bs.Recv(); parley.CodeOf(err) != parley.CodeCanceled && parley.CodeOf(err) != parley.CodeUnavailable {
+		t.Fatalf("got %v, want the stream ended by the close", err)
+	}
+	if err := <-ss.ended; err == nil {
+		t.Fatal("handler context still alive after the socket closed")
+	}
+}
+
+// TestMaxStreams refuses streams beyond the limit.
+func TestMaxStreams(t *testing.T) {
+	ss, url := newStreamServer(t, parley.WithMaxStreams(2))
+	conn := dialT(t, url)
+	var open []*parley.BidiStreamClient[e2ev1.EchoRequest, e2ev1.EchoResponse]
+	for range 2 {
+		bs, err := parley.CallBidiStream[e2ev1.EchoRequest, e2ev1.EchoResponse](context.Background(), conn, echoesSpec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, bs)
+		<-ss.started
+	}
+	third, err := parley.CallBidiStream[e2ev1.EchoRequest, e2ev1.EchoResponse](context.Background(), conn, echoesSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := third.Recv(); parley.CodeOf(err) != parley.CodeResourceExhausted {
+		t.Fatalf("third stream: %v, want resource_exhausted", err)
+	}
+	for _, bs := range open {
+		_ = bs.CloseSend()
+		if _, err := bs.Recv(); !errors.Is(err, io.EOF) {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestPeerIgnoringCreditIsStopped: a raw client that floods a stream past
+// the server's window gets resource_exhausted for that stream instead of
+// the server buffering without bound.
+func TestPeerIgnoringCreditIsStopped(t *testing.T) {
+	_, url := newStreamServer(t, parley.WithStreamWindow(8))
+	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
+	if err == nil {
+		t.Fatal("dial without a subprotocol succeeded")
+	}
+	d := websocket.Dialer{Subprotocols: []string{parley.SubprotocolProto}}
+	ws, _, err = d.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	write := func(f *parleyv1.Frame) {
+		t.Helper()
+		b, err := proto.Marshal(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(&parleyv1.Frame{Kind: &parleyv1.Frame_Hello{Hello: &parleyv1.Hello{}}})
+	if _, _, err := ws.ReadMessage(); err != nil {
+		t.Fatal(err)
+	}
+	write(&parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: sumSpec.Procedure}}})
+	item, _ := proto.Marshal(&e2ev1.EchoRequest{Text: "x"})
+	for range 100 {
+		write(&parleyv1.Frame{Kind: &parleyv1.Frame_Item{Item: &parleyv1.StreamItem{Id: 1, Body: &parleyv1.StreamItem_Payload{Payload: item}}}})
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		_, data, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f parleyv1.Frame
+		if err := proto.Unmarshal(data, &f); err != nil {
+			t.Fatal(err)
+		}
+		if e := f.GetError(); e != nil {
+			if e.GetId() != 1 || e.GetCode() != parleyv1.Code_CODE_RESOURCE_EXHAUSTED {
+				t.Fatalf("got %v, want resource_exhausted for stream 1", e)
+			}
+			return
+		}
+	}
+}
