@@ -37,6 +37,9 @@ type CallInfo struct {
 	Metadata map[string]string
 	// Peer is the connection a server handler serves; nil on clients.
 	Peer *Peer
+	// Event is set when the call is an event: published by the server
+	// (Server.Publish) or handled by a client. Events have no response.
+	Event bool
 }
 
 type callInfoKey struct{}

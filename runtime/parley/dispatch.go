@@ -81,7 +81,7 @@ func (e *endpoint) acceptEvent(f *frame) {
 			return
 		}
 	}
-	e.events.push(queuedEvent{m: m, req: req, ci: &CallInfo{Spec: m.spec, Side: e.side}})
+	e.events.push(queuedEvent{m: m, req: req, ci: &CallInfo{Spec: m.spec, Side: e.side, Event: true}})
 }
 
 func (e *endpoint) runEvent(ev queuedEvent) {

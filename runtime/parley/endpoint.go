@@ -136,7 +136,7 @@ func (e *endpoint) writeLoop() {
 	}()
 	ping := time.NewTicker(e.cfg.pingInterval)
 	defer ping.Stop()
-	var batch []*[]byte
+	var batch []outFrame
 	for {
 		select {
 		case <-e.q.wake:
@@ -184,16 +184,18 @@ func (e *endpoint) writeLoop() {
 
 var errWriteTimeout = errors.New("write timed out")
 
-func (e *endpoint) writeBatch(batch []*[]byte) error {
+func (e *endpoint) writeBatch(batch []outFrame) error {
 	_ = e.ws.SetWriteDeadline(time.Now().Add(e.cfg.writeTimeout))
 	e.bc.begin()
 	var err error
-	for i, b := range batch {
+	for i, f := range batch {
 		if err == nil {
-			err = e.ws.WriteMessage(e.codec.messageType(), *b)
+			err = e.ws.WriteMessage(e.codec.messageType(), *f.b)
 		}
-		putBuf(b)
-		batch[i] = nil
+		if f.pooled {
+			putBuf(f.b)
+		}
+		batch[i] = outFrame{}
 	}
 	if ferr := e.bc.flush(); err == nil {
 		err = ferr
@@ -497,6 +499,14 @@ func (e *endpoint) closeWith(code int, reason string) {
 	}
 	e.mu.Unlock()
 	e.q.close()
+}
+
+// abort closes at once: frames still queued are dropped, and the close
+// frame goes out next.
+func (e *endpoint) abort(code int, reason string) {
+	e.q.discard()
+	e.closeWith(code, reason)
+	e.q.discard()
 }
 
 func closeMessage(code int, reason string) string {

@@ -1,6 +1,7 @@
 package parley
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"time"
@@ -52,6 +53,10 @@ type config struct {
 
 	// server only
 	allowedOrigins []string
+	authenticate   AuthenticateFunc
+	broker         Broker
+	onOnline       func(userID string)
+	onOffline      func(userID string)
 
 	// client only
 	callTimeout time.Duration
@@ -169,6 +174,43 @@ func WithMaxInFlight(n int) ServerOption {
 // Each entry is an origin such as "https://app.example.com", or "*" for any.
 func WithAllowedOrigins(origins ...string) ServerOption {
 	return serverOption(func(c *config) { c.allowedOrigins = append(c.allowedOrigins, origins...) })
+}
+
+// AuthenticateFunc decides who a connection is, once, during its
+// handshake. It returns the principal, or an error to refuse the
+// connection: the client then fails to connect with the error's code
+// (CodeUnauthenticated unless the error is a *Error with another) and
+// message.
+type AuthenticateFunc func(ctx context.Context, req *AuthRequest) (*Principal, error)
+
+// AuthRequest is what an AuthenticateFunc sees.
+type AuthRequest struct {
+	// HTTP is the WebSocket upgrade request: headers, cookies, remote
+	// address. Its body is not readable.
+	HTTP *http.Request
+	// Metadata is the client's Hello metadata. Browsers cannot set headers
+	// on a WebSocket, so tokens travel here ("authorization": "Bearer ...").
+	Metadata map[string]string
+}
+
+// WithAuthenticate sets the hook that authenticates every connection. With
+// none, connections have no principal.
+func WithAuthenticate(fn AuthenticateFunc) ServerOption {
+	return serverOption(func(c *config) { c.authenticate = fn })
+}
+
+// WithBroker sets the broker that shares events, presence and rooms between
+// nodes. The default is a LocalBroker: one process, nothing to run.
+func WithBroker(b Broker) ServerOption {
+	return serverOption(func(c *config) { c.broker = b })
+}
+
+// WithPresenceHooks sets functions called when a user's first connection
+// opens (online) and their last one closes (offline), across the cluster
+// with a shared broker. They run one at a time, in the order the
+// transitions happened, on a goroutine of their own; either may be nil.
+func WithPresenceHooks(online, offline func(userID string)) ServerOption {
+	return serverOption(func(c *config) { c.onOnline, c.onOffline = online, offline })
 }
 
 // WithCallTimeout sets a client call's deadline for when neither its

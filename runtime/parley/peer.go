@@ -41,3 +41,28 @@ func (p *Peer) NewStream(ctx context.Context, spec *MethodSpec) (*Stream, error)
 }
 
 var _ Invoker = (*Peer)(nil)
+
+func (p *Peer) userID() string {
+	if p.principal == nil {
+		return ""
+	}
+	return p.principal.UserID
+}
+
+func (p *Peer) member() Member { return Member{ConnID: p.id, UserID: p.userID()} }
+
+// Join puts the connection in room: events ToRoom(room) reach it until it
+// leaves or closes. Only the server decides membership, typically in an
+// RPC handler; clients cannot join by themselves.
+func (p *Peer) Join(ctx context.Context, room string) error { return p.server.hub.join(ctx, p.e, room) }
+
+// Leave takes the connection out of room.
+func (p *Peer) Leave(ctx context.Context, room string) error {
+	return p.server.hub.leave(ctx, p.e, room)
+}
+
+// Rooms lists the rooms the connection is in, sorted.
+func (p *Peer) Rooms() []string { return p.server.hub.roomsOf(p.e) }
+
+// Close closes the connection with a normal close and the given reason.
+func (p *Peer) Close(reason string) { p.e.closeWith(closeNormal, reason) }

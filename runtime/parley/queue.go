@@ -38,7 +38,7 @@ var errSlowConsumer = errors.New("parley: send queue full")
 // mu.
 type sendQueue struct {
 	mu       sync.Mutex
-	frames   []*[]byte
+	frames   []outFrame
 	bytes    int
 	maxBytes int
 	closed   bool
@@ -50,10 +50,23 @@ func newSendQueue(maxBytes int) *sendQueue {
 	return &sendQueue{maxBytes: maxBytes, wake: make(chan struct{}, 1), space: make(chan struct{})}
 }
 
-// push queues b. With block set it waits for room until ctx ends;
-// otherwise a full queue returns errSlowConsumer. On success the queue owns
-// b; on failure the caller still does.
+// outFrame is an encoded frame waiting to be written. A pooled frame
+// returns to bufPool once written; a shared one (an event encoded once for
+// many connections) is only read.
+type outFrame struct {
+	b      *[]byte
+	pooled bool
+}
+
+// push queues b, a pooled buffer. With block set it waits for room until
+// ctx ends; otherwise a full queue returns errSlowConsumer. On success the
+// queue owns b; on failure the caller still does.
 func (q *sendQueue) push(ctx context.Context, b *[]byte, block bool) error {
+	return q.pushFrame(ctx, outFrame{b: b, pooled: true}, block)
+}
+
+func (q *sendQueue) pushFrame(ctx context.Context, f outFrame, block bool) error {
+	b := f.b
 	q.mu.Lock()
 	for !q.closed && q.bytes > 0 && q.bytes+len(*b) > q.maxBytes {
 		if !block {
@@ -73,7 +86,7 @@ func (q *sendQueue) push(ctx context.Context, b *[]byte, block bool) error {
 		q.mu.Unlock()
 		return errQueueClosed
 	}
-	q.frames = append(q.frames, b)
+	q.frames = append(q.frames, f)
 	q.bytes += len(*b)
 	q.mu.Unlock()
 	select {
@@ -85,7 +98,7 @@ func (q *sendQueue) push(ctx context.Context, b *[]byte, block bool) error {
 
 // take moves every queued frame into batch (reusing its storage) and
 // reports whether the queue is closed.
-func (q *sendQueue) take(batch []*[]byte) ([]*[]byte, bool) {
+func (q *sendQueue) take(batch []outFrame) ([]outFrame, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	batch = append(batch[:0], q.frames...)
@@ -189,4 +202,18 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	w.conn = &batchConn{Conn: c}
 	return w.conn, rw, nil
+}
+
+// discard drops every queued frame; the connection is being aborted.
+func (q *sendQueue) discard() {
+	q.mu.Lock()
+	for _, f := range q.frames {
+		if f.pooled {
+			putBuf(f.b)
+		}
+	}
+	clear(q.frames)
+	q.frames = q.frames[:0]
+	q.bytes = 0
+	q.mu.Unlock()
 }

@@ -30,6 +30,8 @@ const agent = "parley-go/" + Version
 type Server struct {
 	cfg      config
 	upgrader websocket.Upgrader
+	broker   Broker
+	hub      *hub
 
 	methodsMu sync.RWMutex
 	methods   map[string]*Method
@@ -49,6 +51,14 @@ func NewServer(opts ...ServerOption) *Server {
 	}
 	for _, o := range opts {
 		o.applyToServer(&s.cfg)
+	}
+	s.broker = s.cfg.broker
+	if s.broker == nil {
+		s.broker = NewLocalBroker()
+	}
+	s.hub = newHub(s)
+	if err := s.broker.Subscribe(s.hub.deliver); err != nil {
+		s.cfg.logger.Error("parley: subscribing to the broker", "err", err)
 	}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: s.cfg.handshakeTimeout,
@@ -136,7 +146,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	e := newEndpoint(ws, hw.conn, c, SideServer, &s.cfg)
 	e.methods = s.lookup
-	if err := s.handshake(e); err != nil {
+	if err := s.handshake(e, r); err != nil {
 		s.cfg.logger.Info("parley: handshake failed", "remote", r.RemoteAddr, "err", err)
 		_ = ws.Close()
 		return
@@ -149,7 +159,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.conns[e] = struct{}{}
 	s.mu.Unlock()
+	s.hub.add(e)
 	defer func() {
+		s.hub.remove(e)
 		s.mu.Lock()
 		delete(s.conns, e)
 		s.mu.Unlock()
@@ -161,8 +173,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e.handlers.Wait()
 }
 
-// handshake reads Hello and answers Welcome.
-func (s *Server) handshake(e *endpoint) error {
+// handshake reads Hello, authenticates, and answers Welcome.
+func (s *Server) handshake(e *endpoint, r *http.Request) error {
 	_ = e.ws.SetReadDeadline(time.Now().Add(s.cfg.handshakeTimeout))
 	typ, data, err := e.ws.ReadMessage()
 	if err != nil {
@@ -181,6 +193,20 @@ func (s *Server) handshake(e *endpoint) error {
 	if w := f.hello.GetStreamWindow(); w > 0 {
 		e.peerWindow = w
 	}
+	var principal *Principal
+	if s.cfg.authenticate != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.handshakeTimeout)
+		principal, err = s.authenticate(ctx, r, f.hello.GetMetadata())
+		cancel()
+		if err != nil {
+			perr := asError(err)
+			if CodeOf(err) == CodeUnknown {
+				perr = NewError(CodeUnauthenticated, err.Error())
+			}
+			s.refuse(e, perr, websocket.ClosePolicyViolation)
+			return err
+		}
+	}
 	w := &parleyv1.Welcome{
 		SessionId:       newSessionID(),
 		MaxMessageBytes: uint32(s.cfg.maxMessageBytes),
@@ -190,7 +216,7 @@ func (s *Server) handshake(e *endpoint) error {
 		StreamWindow:    s.cfg.streamWindow,
 		MaxStreams:      uint32(s.cfg.maxStreams),
 	}
-	e.peer = &Peer{e: e, id: w.SessionId, server: s}
+	e.peer = &Peer{e: e, id: w.SessionId, server: s, principal: principal}
 	b, err := e.codec.appendFrame(nil, &frame{kind: kindWelcome, welcome: w}, nil)
 	if err != nil {
 		return err
@@ -209,6 +235,22 @@ func (s *Server) refuse(e *endpoint, err *Error, closeCode int) {
 		_ = e.ws.WriteMessage(e.codec.messageType(), b)
 	}
 	_ = e.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(closeCode, truncateReason(err.message)), deadline)
+}
+
+// authenticate runs the hook, turning a panic or a missing principal into
+// a refusal.
+func (s *Server) authenticate(ctx context.Context, r *http.Request, md map[string]string) (p *Principal, err error) {
+	defer func() {
+		if rec := recover(); rec != nil {
+			s.cfg.logger.Error("parley: authenticate hook panicked", "panic", fmt.Sprint(rec))
+			p, err = nil, NewError(CodeInternal, "authentication failed")
+		}
+	}()
+	p, err = s.cfg.authenticate(ctx, &AuthRequest{HTTP: r, Metadata: md})
+	if err == nil && p == nil {
+		err = NewError(CodeUnauthenticated, "not authenticated")
+	}
+	return p, err
 }
 
 func newSessionID() string {
