@@ -96,6 +96,10 @@ export interface Session {
   readonly pingIntervalMs: number;
   readonly agent: string;
   readonly metadata: Readonly<Record<string, string>>;
+  /** How many stream items the server accepts per stream before granting more; 0 for the default. */
+  readonly streamWindow: number;
+  /** The most streams the server keeps open at once for this connection; 0 when it set none. */
+  readonly maxStreams: number;
 }
 
 /**
@@ -265,9 +269,12 @@ export class Connection {
           signal?.removeEventListener("abort", onAbort);
           if (p.id) {
             this.#inflight.delete(p.id);
-            // The caller gave up: tell the server, whose handler may still run.
-            if (error && (error.code == "deadline_exceeded" || error.code == "canceled") && this.#state.status == "open") {
-              this.#send({ cancel: { id: p.id } });
+            // The caller gave up: tell the server, whose handler may still
+            // run, and why, so that at a deadline the handler sees
+            // deadline_exceeded (by its own deadline), not canceled.
+            const code = error?.code;
+            if ((code == "canceled" || code == "deadline_exceeded") && this.#state.status == "open") {
+              this.#send({ cancel: { id: p.id, code: code == "canceled" ? 0 : codeToNumber(code) } });
             }
           } else {
             this.#queue = this.#queue.filter((q) => q != p);
@@ -330,8 +337,7 @@ export class Connection {
       const id = (p.id = this.#nextId);
       this.#nextId += 2;
       this.#inflight.set(id, p);
-      // Rounded down, so the server's deadline falls before ours and its
-      // handler sees deadline_exceeded rather than our Cancel.
+      // The remaining time, rounded down: the handler never outlives us.
       const timeoutMs = p.deadline === undefined ? 0 : Math.min(Math.max(1, Math.floor(p.deadline - performance.now())), 0xffffffff);
       const size = this.#send({ call: { id, method: p.spec.procedure, ...p.body, timeoutMs, metadata: p.metadata } });
       if (size > this.#maxSend) {
@@ -472,6 +478,8 @@ function session(w: Welcome): Session {
     pingIntervalMs: 0,
     agent: "",
     metadata: {},
+    streamWindow: 0,
+    maxStreams: 0,
     ...w,
   };
 }

@@ -30,10 +30,11 @@ export interface Body {
 /** A `google.protobuf.Any` in an Error frame. */
 export type AnyDetail = { typeUrl: string; value: Uint8Array } | { json: JsonObject };
 
-export interface Hello { metadata?: Strings; sessionId?: string; resumeToken?: string; offsets?: Record<string, number>; agent?: string }
+export interface Hello { metadata?: Strings; sessionId?: string; resumeToken?: string; offsets?: Record<string, number>; agent?: string; streamWindow?: number }
 export interface Welcome {
   sessionId?: string; resumeToken?: string; resumed?: boolean; resumeWindowMs?: number;
   maxMessageBytes?: number; maxInFlight?: number; pingIntervalMs?: number; agent?: string; metadata?: Strings;
+  streamWindow?: number; maxStreams?: number;
 }
 export interface Call extends Body { id: number; method?: string; timeoutMs?: number; metadata?: Strings }
 export interface Reply extends Body { id: number; metadata?: Strings }
@@ -48,7 +49,8 @@ export type Frame =
   | { call: Call }
   | { reply: Reply }
   | { error: ErrorFrame }
-  | { cancel: { id: number } }
+  /** code: why the caller gave up, canceled (1, the default) or deadline_exceeded (4). */
+  | { cancel: { id: number; code?: number } }
   | { event: Event }
   | { item: Body & { id: number } }
   | { end: { id: number } }
@@ -66,12 +68,12 @@ export type Frame =
 //   j google.protobuf.Value (oneof)   m map<string,string>
 //   o map<string,uint64>   a repeated google.protobuf.Any
 const schema = (
-  "hello metadata:m sessionId:s resumeToken:s offsets:o agent:s|" +
-  "welcome sessionId:s resumeToken:s resumed:b resumeWindowMs:u maxMessageBytes:u maxInFlight:u pingIntervalMs:u agent:s metadata:m|" +
+  "hello metadata:m sessionId:s resumeToken:s offsets:o agent:s streamWindow:u|" +
+  "welcome sessionId:s resumeToken:s resumed:b resumeWindowMs:u maxMessageBytes:u maxInFlight:u pingIntervalMs:u agent:s metadata:m streamWindow:u maxStreams:u|" +
   "call id:i method:s payload:p json:j timeoutMs:u metadata:m|" +
   "reply id:i payload:p json:j metadata:m|" +
   "error id:i code:c message:s details:a metadata:m|" +
-  "cancel id:i|" +
+  "cancel id:i code:c|" +
   "event method:s payload:p json:j topic:s offset:i epoch:s|" +
   "item id:i payload:p json:j|" +
   "end id:i|" +

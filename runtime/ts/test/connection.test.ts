@@ -118,7 +118,7 @@ for (const protocol of ["proto", "json"] as const) {
       assert.ok(call.timeoutMs! > 0 && call.timeoutMs! <= 100, `timeout_ms ${call.timeoutMs}`);
       await rejectsWith(res, "deadline_exceeded", /Echo: no reply within 100 ms/);
       assert.ok(performance.now() - started >= 99);
-      assert.deepEqual(await expectFrame(peer, "cancel"), { id: call.id });
+      assert.deepEqual(await expectFrame(peer, "cancel"), { id: call.id, code: 4 }, "Cancel says deadline_exceeded");
       reply(peer, call); // Late: dropped.
       const next = conn.call(Echo, { text: "ab" });
       const c2 = await expectFrame(peer, "call");

@@ -1,6 +1,7 @@
 // End to end against the real Go server (internal/e2e/cmd/e2eserver), over
-// loopback, in both encodings. The server is built once with `go build`; if
-// that fails, the tests fail: they never skip.
+// loopback, in both encodings. The server is built once with `go build` (or
+// taken from PARLEY_E2E_SERVER); if that fails, the tests fail: they never
+// skip.
 import assert from "node:assert/strict";
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -22,8 +23,12 @@ let dir: string;
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), "parley-e2e-"));
-  const bin = join(dir, "e2eserver");
-  execFileSync("go", ["build", "-o", bin, "./internal/e2e/cmd/e2eserver"], { cwd: root, stdio: "inherit" });
+  // PARLEY_E2E_SERVER names an e2eserver binary built elsewhere.
+  let bin = process.env["PARLEY_E2E_SERVER"];
+  if (!bin) {
+    bin = join(dir, "e2eserver");
+    execFileSync("go", ["build", "-o", bin, "./internal/e2e/cmd/e2eserver"], { cwd: root, stdio: "inherit" });
+  }
   // The server exits when its stdin closes, so it cannot outlive the tests.
   server = spawn(bin, [], { stdio: ["pipe", "pipe", "inherit"] });
   const lines = createInterface({ input: server.stdout! });

@@ -101,6 +101,7 @@ const cases: [string, Frame, MessageInitShape<typeof FrameSchema>][] = [
   ],
   ["connection error", { error: { id: 0, code: 16, message: "bad token" } }, { kind: { case: "error", value: { code: PbCode.UNAUTHENTICATED, message: "bad token" } } }],
   ["cancel", { cancel: { id: 13 } }, { kind: { case: "cancel", value: { id: 13n } } }],
+  ["cancel at a deadline", { cancel: { id: 15, code: 4 } }, { kind: { case: "cancel", value: { id: 15n, code: PbCode.DEADLINE_EXCEEDED } } }],
   [
     "event",
     { event: { method: "/chat.v1.ChatEvents/MessagePosted", payload: bytes(8, 1), topic: "room:lobby", offset: 42, epoch: "e1" } },

@@ -47,7 +47,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/frame.proto.
  */
 export const file_parley_v1_frame: GenFile = /*@__PURE__*/
-  fileDesc("ChVwYXJsZXkvdjEvZnJhbWUucHJvdG8SCXBhcmxleS52MSLgAwoFRnJhbWUSIQoFaGVsbG8YASABKAsyEC5wYXJsZXkudjEuSGVsbG9IABIlCgd3ZWxjb21lGAIgASgLMhIucGFybGV5LnYxLldlbGNvbWVIABIfCgRjYWxsGAMgASgLMg8ucGFybGV5LnYxLkNhbGxIABIhCgVyZXBseRgEIAEoCzIQLnBhcmxleS52MS5SZXBseUgAEiEKBWVycm9yGAUgASgLMhAucGFybGV5LnYxLkVycm9ySAASIwoGY2FuY2VsGAYgASgLMhEucGFybGV5LnYxLkNhbmNlbEgAEiEKBWV2ZW50GAcgASgLMhAucGFybGV5LnYxLkV2ZW50SAASJQoEaXRlbRgIIAEoCzIVLnBhcmxleS52MS5TdHJlYW1JdGVtSAASIwoDZW5kGAkgASgLMhQucGFybGV5LnYxLlN0cmVhbUVuZEgAEiMKBmNyZWRpdBgKIAEoCzIRLnBhcmxleS52MS5DcmVkaXRIABIjCgZnb2F3YXkYCyABKAsyES5wYXJsZXkudjEuR29Bd2F5SAASHwoEcGluZxgMIAEoCzIPLnBhcmxleS52MS5QaW5nSAASHwoEcG9uZxgNIAEoCzIPLnBhcmxleS52MS5Qb25nSABCBgoEa2luZCKDAgoFSGVsbG8SMAoIbWV0YWRhdGEYASADKAsyHi5wYXJsZXkudjEuSGVsbG8uTWV0YWRhdGFFbnRyeRISCgpzZXNzaW9uX2lkGAIgASgJEhQKDHJlc3VtZV90b2tlbhgDIAEoCRIuCgdvZmZzZXRzGAQgAygLMh0ucGFybGV5LnYxLkhlbGxvLk9mZnNldHNFbnRyeRINCgVhZ2VudBgFIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaLgoMT2Zmc2V0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEingIKB1dlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRIUCgxyZXN1bWVfdG9rZW4YAiABKAkSDwoHcmVzdW1lZBgDIAEoCBIYChByZXN1bWVfd2luZG93X21zGAQgASgNEhkKEW1heF9tZXNzYWdlX2J5dGVzGAUgASgNEhUKDW1heF9pbl9mbGlnaHQYBiABKA0SGAoQcGluZ19pbnRlcnZhbF9tcxgHIAEoDRINCgVhZ2VudBgIIAEoCRIyCghtZXRhZGF0YRgJIAMoCzIgLnBhcmxleS52MS5XZWxjb21lLk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBItsBCgRDYWxsEgoKAmlkGAEgASgEEg4KBm1ldGhvZBgCIAEoCRIRCgdwYXlsb2FkGAMgASgMSAASJgoEanNvbhgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZUgAEhIKCnRpbWVvdXRfbXMYBSABKA0SLwoIbWV0YWRhdGEYBiADKAsyHS5wYXJsZXkudjEuQ2FsbC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIGCgRib2R5IrkBCgVSZXBseRIKCgJpZBgBIAEoBBIRCgdwYXlsb2FkGAIgASgMSAASJgoEanNvbhgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZUgAEjAKCG1ldGFkYXRhGAQgAygLMh4ucGFybGV5LnYxLlJlcGx5Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgYKBGJvZHkizQEKBUVycm9yEgoKAmlkGAEgASgEEh0KBGNvZGUYAiABKA4yDy5wYXJsZXkudjEuQ29kZRIPCgdtZXNzYWdlGAMgASgJEiUKB2RldGFpbHMYBCADKAsyFC5nb29nbGUucHJvdG9idWYuQW55EjAKCG1ldGFkYXRhGAUgAygLMh4ucGFybGV5LnYxLkVycm9yLk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIhQKBkNhbmNlbBIKCgJpZBgBIAEoBCKIAQoFRXZlbnQSDgoGbWV0aG9kGAEgASgJEhEKB3BheWxvYWQYAiABKAxIABImCgRqc29uGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlSAASDQoFdG9waWMYBCABKAkSDgoGb2Zmc2V0GAUgASgEEg0KBWVwb2NoGAYgASgJQgYKBGJvZHkiWwoKU3RyZWFtSXRlbRIKCgJpZBgBIAEoBBIRCgdwYXlsb2FkGAIgASgMSAASJgoEanNvbhgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZUgAQgYKBGJvZHkiFwoJU3RyZWFtRW5kEgoKAmlkGAEgASgEIiMKBkNyZWRpdBIKCgJpZBgBIAEoBBINCgVpdGVtcxgCIAEoDSIpCgZHb0F3YXkSDgoGcmVhc29uGAEgASgJEg8KB2xhc3RfaWQYAiABKAQiFQoEUGluZxINCgVub25jZRgBIAEoBCIVCgRQb25nEg0KBW5vbmNlGAEgASgEKpQDCgRDb2RlEhQKEENPREVfVU5TUEVDSUZJRUQQABIRCg1DT0RFX0NBTkNFTEVEEAESEAoMQ09ERV9VTktOT1dOEAISGQoVQ09ERV9JTlZBTElEX0FSR1VNRU5UEAMSGgoWQ09ERV9ERUFETElORV9FWENFRURFRBAEEhIKDkNPREVfTk9UX0ZPVU5EEAUSFwoTQ09ERV9BTFJFQURZX0VYSVNUUxAGEhoKFkNPREVfUEVSTUlTU0lPTl9ERU5JRUQQBxIbChdDT0RFX1JFU09VUkNFX0VYSEFVU1RFRBAIEhwKGENPREVfRkFJTEVEX1BSRUNPTkRJVElPThAJEhAKDENPREVfQUJPUlRFRBAKEhUKEUNPREVfT1VUX09GX1JBTkdFEAsSFgoSQ09ERV9VTklNUExFTUVOVEVEEAwSEQoNQ09ERV9JTlRFUk5BTBANEhQKEENPREVfVU5BVkFJTEFCTEUQDhISCg5DT0RFX0RBVEFfTE9TUxAPEhgKFENPREVfVU5BVVRIRU5USUNBVEVEEBBCNFoyZ2l0aHViLmNvbS9wYXJsZXlycGMvcGFybGV5L2dlbi9wYXJsZXkvdjE7cGFybGV5djFiBnByb3RvMw", [file_google_protobuf_any, file_google_protobuf_struct]);
+  fileDesc("ChVwYXJsZXkvdjEvZnJhbWUucHJvdG8SCXBhcmxleS52MSLgAwoFRnJhbWUSIQoFaGVsbG8YASABKAsyEC5wYXJsZXkudjEuSGVsbG9IABIlCgd3ZWxjb21lGAIgASgLMhIucGFybGV5LnYxLldlbGNvbWVIABIfCgRjYWxsGAMgASgLMg8ucGFybGV5LnYxLkNhbGxIABIhCgVyZXBseRgEIAEoCzIQLnBhcmxleS52MS5SZXBseUgAEiEKBWVycm9yGAUgASgLMhAucGFybGV5LnYxLkVycm9ySAASIwoGY2FuY2VsGAYgASgLMhEucGFybGV5LnYxLkNhbmNlbEgAEiEKBWV2ZW50GAcgASgLMhAucGFybGV5LnYxLkV2ZW50SAASJQoEaXRlbRgIIAEoCzIVLnBhcmxleS52MS5TdHJlYW1JdGVtSAASIwoDZW5kGAkgASgLMhQucGFybGV5LnYxLlN0cmVhbUVuZEgAEiMKBmNyZWRpdBgKIAEoCzIRLnBhcmxleS52MS5DcmVkaXRIABIjCgZnb2F3YXkYCyABKAsyES5wYXJsZXkudjEuR29Bd2F5SAASHwoEcGluZxgMIAEoCzIPLnBhcmxleS52MS5QaW5nSAASHwoEcG9uZxgNIAEoCzIPLnBhcmxleS52MS5Qb25nSABCBgoEa2luZCKaAgoFSGVsbG8SMAoIbWV0YWRhdGEYASADKAsyHi5wYXJsZXkudjEuSGVsbG8uTWV0YWRhdGFFbnRyeRISCgpzZXNzaW9uX2lkGAIgASgJEhQKDHJlc3VtZV90b2tlbhgDIAEoCRIuCgdvZmZzZXRzGAQgAygLMh0ucGFybGV5LnYxLkhlbGxvLk9mZnNldHNFbnRyeRINCgVhZ2VudBgFIAEoCRIVCg1zdHJlYW1fd2luZG93GAYgASgNGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARouCgxPZmZzZXRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ASLKAgoHV2VsY29tZRISCgpzZXNzaW9uX2lkGAEgASgJEhQKDHJlc3VtZV90b2tlbhgCIAEoCRIPCgdyZXN1bWVkGAMgASgIEhgKEHJlc3VtZV93aW5kb3dfbXMYBCABKA0SGQoRbWF4X21lc3NhZ2VfYnl0ZXMYBSABKA0SFQoNbWF4X2luX2ZsaWdodBgGIAEoDRIYChBwaW5nX2ludGVydmFsX21zGAcgASgNEg0KBWFnZW50GAggASgJEjIKCG1ldGFkYXRhGAkgAygLMiAucGFybGV5LnYxLldlbGNvbWUuTWV0YWRhdGFFbnRyeRIVCg1zdHJlYW1fd2luZG93GAogASgNEhMKC21heF9zdHJlYW1zGAsgASgNGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLbAQoEQ2FsbBIKCgJpZBgBIAEoBBIOCgZtZXRob2QYAiABKAkSEQoHcGF5bG9hZBgDIAEoDEgAEiYKBGpzb24YBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWVIABISCgp0aW1lb3V0X21zGAUgASgNEi8KCG1ldGFkYXRhGAYgAygLMh0ucGFybGV5LnYxLkNhbGwuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCBgoEYm9keSK5AQoFUmVwbHkSCgoCaWQYASABKAQSEQoHcGF5bG9hZBgCIAEoDEgAEiYKBGpzb24YAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWVIABIwCghtZXRhZGF0YRgEIAMoCzIeLnBhcmxleS52MS5SZXBseS5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIGCgRib2R5Is0BCgVFcnJvchIKCgJpZBgBIAEoBBIdCgRjb2RlGAIgASgOMg8ucGFybGV5LnYxLkNvZGUSDwoHbWVzc2FnZRgDIAEoCRIlCgdkZXRhaWxzGAQgAygLMhQuZ29vZ2xlLnByb3RvYnVmLkFueRIwCghtZXRhZGF0YRgFIAMoCzIeLnBhcmxleS52MS5FcnJvci5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIzCgZDYW5jZWwSCgoCaWQYASABKAQSHQoEY29kZRgCIAEoDjIPLnBhcmxleS52MS5Db2RlIogBCgVFdmVudBIOCgZtZXRob2QYASABKAkSEQoHcGF5bG9hZBgCIAEoDEgAEiYKBGpzb24YAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWVIABINCgV0b3BpYxgEIAEoCRIOCgZvZmZzZXQYBSABKAQSDQoFZXBvY2gYBiABKAlCBgoEYm9keSJbCgpTdHJlYW1JdGVtEgoKAmlkGAEgASgEEhEKB3BheWxvYWQYAiABKAxIABImCgRqc29uGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlSABCBgoEYm9keSIXCglTdHJlYW1FbmQSCgoCaWQYASABKAQiIwoGQ3JlZGl0EgoKAmlkGAEgASgEEg0KBWl0ZW1zGAIgASgNIikKBkdvQXdheRIOCgZyZWFzb24YASABKAkSDwoHbGFzdF9pZBgCIAEoBCIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIhUKBFBvbmcSDQoFbm9uY2UYASABKAQqlAMKBENvZGUSFAoQQ09ERV9VTlNQRUNJRklFRBAAEhEKDUNPREVfQ0FOQ0VMRUQQARIQCgxDT0RFX1VOS05PV04QAhIZChVDT0RFX0lOVkFMSURfQVJHVU1FTlQQAxIaChZDT0RFX0RFQURMSU5FX0VYQ0VFREVEEAQSEgoOQ09ERV9OT1RfRk9VTkQQBRIXChNDT0RFX0FMUkVBRFlfRVhJU1RTEAYSGgoWQ09ERV9QRVJNSVNTSU9OX0RFTklFRBAHEhsKF0NPREVfUkVTT1VSQ0VfRVhIQVVTVEVEEAgSHAoYQ09ERV9GQUlMRURfUFJFQ09ORElUSU9OEAkSEAoMQ09ERV9BQk9SVEVEEAoSFQoRQ09ERV9PVVRfT0ZfUkFOR0UQCxIWChJDT0RFX1VOSU1QTEVNRU5URUQQDBIRCg1DT0RFX0lOVEVSTkFMEA0SFAoQQ09ERV9VTkFWQUlMQUJMRRAOEhIKDkNPREVfREFUQV9MT1NTEA8SGAoUQ09ERV9VTkFVVEhFTlRJQ0FURUQQEEI0WjJnaXRodWIuY29tL3BhcmxleXJwYy9wYXJsZXkvZ2VuL3BhcmxleS92MTtwYXJsZXl2MWIGcHJvdG8z", [file_google_protobuf_any, file_google_protobuf_struct]);
 
 /**
  * Frame is the envelope of every WebSocket message.
@@ -192,6 +192,15 @@ export type Hello = Message<"parley.v1.Hello"> & {
    * @generated from field: string agent = 5;
    */
   agent: string;
+
+  /**
+   * How many stream items the client accepts per stream before it grants
+   * more with Credit: the server's initial send credit on every stream.
+   * 0 means the default, 64.
+   *
+   * @generated from field: uint32 stream_window = 6;
+   */
+  streamWindow: number;
 };
 
 /**
@@ -274,6 +283,23 @@ export type Welcome = Message<"parley.v1.Welcome"> & {
    * @generated from field: map<string, string> metadata = 9;
    */
   metadata: { [key: string]: string };
+
+  /**
+   * How many stream items the server accepts per stream before it grants
+   * more with Credit: the client's initial send credit on every stream.
+   * 0 means the default, 64.
+   *
+   * @generated from field: uint32 stream_window = 10;
+   */
+  streamWindow: number;
+
+  /**
+   * The most streams the server keeps open at once for this connection;
+   * more fail with resource_exhausted.
+   *
+   * @generated from field: uint32 max_streams = 11;
+   */
+  maxStreams: number;
 };
 
 /**
@@ -450,10 +476,12 @@ export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
   messageDesc(file_parley_v1_frame, 5);
 
 /**
- * Cancel tells the peer the caller no longer wants the call's result (it
- * timed out or was cancelled). The peer cancels the handler's context and
- * sends nothing more for the id. Cancelling an unknown or finished id is not
- * an error.
+ * Cancel tells the peer the caller no longer wants the call's result. The
+ * peer sends nothing more for the id and ends the handler's context: at
+ * once when the caller cancelled, or at the deadline the handler already
+ * has when the caller gave up because that deadline passed (so the handler
+ * sees deadline_exceeded, not canceled). Cancelling an unknown or finished
+ * id is not an error.
  *
  * @generated from message parley.v1.Cancel
  */
@@ -464,6 +492,14 @@ export type Cancel = Message<"parley.v1.Cancel"> & {
    * @generated from field: uint64 id = 1;
    */
   id: bigint;
+
+  /**
+   * Why the caller gave up: CODE_CANCELED (the default when unset) or
+   * CODE_DEADLINE_EXCEEDED.
+   *
+   * @generated from field: parley.v1.Code code = 2;
+   */
+  code: Code;
 };
 
 /**
@@ -600,10 +636,13 @@ export const StreamEndSchema: GenMessage<StreamEnd> = /*@__PURE__*/
   messageDesc(file_parley_v1_frame, 9);
 
 /**
- * Credit lets the peer send more StreamItem frames on a call. Each side
- * starts with the initial window both agreed to and may never have more
- * unacknowledged items in flight than it was granted. A peer that sends
- * beyond its credit is stopped with resource_exhausted.
+ * Credit lets the peer send more StreamItem frames on a call. A sender
+ * starts every stream with the receiver's window as credit (the client's
+ * from Hello.stream_window, the server's from Welcome.stream_window), spends
+ * one per StreamItem and may never send without credit; the receiver grants
+ * more as its application consumes items. A peer that sends beyond its
+ * credit has its call ended with resource_exhausted. The request carried in
+ * a server-streaming Call costs no credit.
  *
  * @generated from message parley.v1.Credit
  */
