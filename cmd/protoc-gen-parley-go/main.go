@@ -1,6 +1,8 @@
 // Command protoc-gen-parley-go is a protoc and buf plugin that generates
 // Parley's Go clients and server interfaces for the services of proto
-// files. Messages come from protoc-gen-go; this plugin writes, for
+// files, and for services implemented by clients
+// (`option (parley.v1.service).implemented_by = CLIENT`) the server's event
+// publishers and clients and the client's handler interfaces. Messages come from protoc-gen-go; this plugin writes, for
 // chat/v1/chat.proto with go_package example.com/gen/chat/v1;chatv1, the
 // package example.com/gen/chat/v1/chatv1parley in
 // chat/v1/chatv1parley/chat.parley.go.

@@ -67,9 +67,30 @@ func TestPlugin(t *testing.T) {
 	})
 	t.Run("streaming", func(t *testing.T) {
 		resp := run(t, "streaming", "")
-		want := "protoc-gen-parley-go: chat/v1/chat.proto: chat.v1.ChatService.Tail is a server-streaming method; streaming is not supported yet"
+		if resp.Error != nil {
+			t.Fatal(resp.GetError())
+		}
+		if len(resp.File) != 1 || !strings.Contains(resp.File[0].GetContent(), "Kind:      parley.StreamServer,") {
+			t.Errorf("no server-streaming spec in %v", resp.File)
+		}
+	})
+	t.Run("clientside", func(t *testing.T) {
+		resp := run(t, "clientside", "")
+		if resp.Error != nil {
+			t.Fatal(resp.GetError())
+		}
+		if len(resp.File) != 1 || !strings.Contains(resp.File[0].GetContent(), "func RegisterChatEventsHandler(r parley.Registrar, h ChatEventsHandler) {") {
+			t.Errorf("no handler registration in %v", resp.File)
+		}
+	})
+	t.Run("clientstreaming", func(t *testing.T) {
+		resp := run(t, "clientstreaming", "")
+		want := "protoc-gen-parley-go: chat/v1/chat.proto: chat.v1.ChatEvents.Watch is a server-streaming method in a service implemented by clients"
 		if !strings.Contains(resp.GetError(), want) {
 			t.Errorf("error %q, want it to contain %q", resp.GetError(), want)
+		}
+		if len(resp.File) != 0 {
+			t.Errorf("wrote %d files despite refusing", len(resp.File))
 		}
 	})
 	t.Run("version", func(t *testing.T) {

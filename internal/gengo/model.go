@@ -43,7 +43,7 @@ const (
 	// sideServer: clients call the service, the server implements it.
 	sideServer side = iota
 	// sideClient: the server calls the service, clients implement it
-	// (events and server-to-client calls). Not generated yet.
+	// (events and server-to-client calls).
 	sideClient
 )
 
@@ -90,10 +90,26 @@ const (
 	idempotencyIdempotent
 )
 
+// events returns the methods of a client-implemented service that are
+// events: the server publishes them to a target and awaits no reply.
+func (s *service) events() []*method {
+	return slices.DeleteFunc(slices.Clone(s.methods), func(m *method) bool { return !m.event })
+}
+
+// calls returns the methods that are called and answered: every method of
+// a server-implemented service, the non-events of a client-implemented one.
+func (s *service) calls() []*method {
+	return slices.DeleteFunc(slices.Clone(s.methods), func(m *method) bool { return m.event })
+}
+
 // method is one proto method and what the runtime needs to know about it.
 type method struct {
-	proto       *protogen.Method
-	kind        methodKind
+	proto *protogen.Method
+	kind  methodKind
+	// event is set for a unary method of a client-implemented service that
+	// returns google.protobuf.Empty: the server publishes it to a target
+	// (one connection, a user, a room, everyone) and no reply comes back.
+	event       bool
 	deprecated  bool
 	timeout     time.Duration
 	idempotency idempotency
@@ -102,7 +118,8 @@ type method struct {
 
 // buildModel returns the files to generate, with names decided. It
 // refuses, with one error naming every offending method, any construct the
-// generator cannot emit yet.
+// generator cannot emit: today, streaming methods in services implemented
+// by clients.
 func buildModel(plugin *protogen.Plugin) ([]*file, error) {
 	var (
 		files []*file
@@ -160,20 +177,29 @@ func newService(ps *protogen.Service) (*service, error) {
 	var errs []error
 	for _, pm := range ps.Methods {
 		m := newMethod(pm)
-		switch {
-		case s.side == sideClient:
-			errs = append(errs, refusal(pm, "belongs to a service implemented by clients "+
-				"(option (parley.v1.service).implemented_by = CLIENT); client-implemented services are not supported yet"))
-		case m.kind != kindUnary:
-			errs = append(errs, refusal(pm, "is a "+m.kind.String()+" method; streaming is not supported yet"))
+		if s.side == sideClient {
+			if m.kind != kindUnary {
+				errs = append(errs, refusal(pm, "is a "+m.kind.String()+" method in a service implemented by clients "+
+					"(option (parley.v1.service).implemented_by = CLIENT); streaming methods in client-implemented services are not supported"))
+			}
+			m.event = m.kind == kindUnary && pm.Output.Desc.FullName() == emptyMessage
 		}
 		s.methods = append(s.methods, m)
 	}
-	if s.side == sideClient && len(ps.Methods) == 0 {
-		errs = append(errs, fmt.Errorf("%s: %s: %s is implemented by clients (option (parley.v1.service).implemented_by = CLIENT); client-implemented services are not supported yet",
-			PluginName, ps.Desc.ParentFile().Path(), ps.Desc.FullName()))
-	}
 	return s, errors.Join(errs...)
+}
+
+// emptyMessage is the response type that makes a method of a
+// client-implemented service an event.
+const emptyMessage protoreflect.FullName = "google.protobuf.Empty"
+
+// messages returns the message types m's generated code refers to: an
+// event's google.protobuf.Empty response never appears.
+func (m *method) messages() []*protogen.Message {
+	if m.event {
+		return []*protogen.Message{m.proto.Input}
+	}
+	return []*protogen.Message{m.proto.Input, m.proto.Output}
 }
 
 func refusal(pm *protogen.Method, why string) error {

@@ -2,6 +2,7 @@ package gengo
 
 import (
 	"go/format"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,8 +88,9 @@ func TestResolvedOptionsReadsUnknownExtensions(t *testing.T) {
 
 func TestRefusals(t *testing.T) {
 	for caseName, want := range map[string]string{
-		"streaming":  "protoc-gen-parley-go: chat/v1/chat.proto: chat.v1.ChatService.Tail is a server-streaming method; streaming is not supported yet",
-		"clientside": "protoc-gen-parley-go: chat/v1/chat.proto: chat.v1.ChatEvents.MessagePosted belongs to a service implemented by clients",
+		"clientstreaming": "protoc-gen-parley-go: chat/v1/chat.proto: chat.v1.ChatEvents.Watch is a server-streaming method in a service implemented by clients " +
+			"(option (parley.v1.service).implemented_by = CLIENT); streaming methods in client-implemented services are not supported\n" +
+			"protoc-gen-parley-go: chat/v1/chat.proto: chat.v1.ChatEvents.Talk is a bidirectional-streaming method in a service implemented by clients",
 	} {
 		req, err := plugintest.Request(caseName, "")
 		if err != nil {
@@ -104,6 +106,75 @@ func TestRefusals(t *testing.T) {
 		if len(resp.File) != 0 {
 			t.Errorf("%s: wrote %d files despite refusing", caseName, len(resp.File))
 		}
+	}
+}
+
+// TestModelReadsKindsAndEvents checks streaming kinds, sides and events
+// reach the model: an event is a unary method of a client-implemented
+// service returning google.protobuf.Empty, and nothing else is.
+func TestModelReadsKindsAndEvents(t *testing.T) {
+	files := buildCase(t, "mixed")
+	if len(files) != 1 || len(files[0].services) != 2 {
+		t.Fatalf("got %d files, want one with two services", len(files))
+	}
+	type want struct {
+		kind  methodKind
+		event bool
+	}
+	for i, w := range []struct {
+		side    side
+		methods map[string]want
+	}{
+		{sideServer, map[string]want{
+			"Join": {kindUnary, false}, "Tail": {kindServerStreaming, false}, "Upload": {kindClientStreaming, false},
+			"Chat": {kindBidiStreaming, false}, "Ping": {kindUnary, false},
+		}},
+		{sideClient, map[string]want{
+			"MessagePosted": {kindUnary, true}, "ConfirmLeave": {kindUnary, false},
+			"Kicked": {kindUnary, true}, "Status": {kindUnary, false},
+		}},
+	} {
+		s := files[0].services[i]
+		if s.side != w.side {
+			t.Errorf("%s: side %d, want %d", s.names.Base, s.side, w.side)
+		}
+		if len(s.methods) != len(w.methods) {
+			t.Errorf("%s: %d methods, want %d", s.names.Base, len(s.methods), len(w.methods))
+		}
+		for _, m := range s.methods {
+			if got := (want{m.kind, m.event}); got != w.methods[m.names.Method] {
+				t.Errorf("%s.%s: %+v, want %+v", s.names.Base, m.names.Method, got, w.methods[m.names.Method])
+			}
+		}
+		if got := len(s.events()) + len(s.calls()); got != len(s.methods) {
+			t.Errorf("%s: %d events and calls, want %d", s.names.Base, got, len(s.methods))
+		}
+	}
+}
+
+// TestClientServiceNames checks the identifiers of client-implemented
+// services, and that derived names which collide are escaped on the later
+// service.
+func TestClientServiceNames(t *testing.T) {
+	files := buildCase(t, "eventclash")
+	got := map[string]serviceNames{}
+	for _, s := range files[0].services {
+		got[string(s.proto.Desc.Name())] = s.names
+	}
+	for service, want := range map[string][]string{
+		"Alerts":              {"AlertsPublisher", "NewAlertsPublisher", "AlertsClient", "AlertsHandler", "RegisterAlertsHandler", "UnimplementedAlertsHandler"},
+		"NewAlerts":           {"NewAlerts_Publisher", "NewNewAlerts_Publisher", "NewAlerts_Client", "NewAlerts_Handler", "RegisterNewAlerts_Handler", "UnimplementedNewAlerts_Handler"},
+		"RegisterAlerts":      {"RegisterAlerts_Publisher", "NewRegisterAlerts_Publisher", "RegisterAlerts_Client", "RegisterAlerts_Handler", "RegisterRegisterAlerts_Handler", "UnimplementedRegisterAlerts_Handler"},
+		"UnimplementedAlerts": {"UnimplementedAlerts_Publisher", "NewUnimplementedAlerts_Publisher", "UnimplementedAlerts_Client", "UnimplementedAlerts_Handler", "RegisterUnimplementedAlerts_Handler", "UnimplementedUnimplementedAlerts_Handler"},
+		"RoomPublisher":       {"", "", "RoomPublisherClient", "", "", ""},
+	} {
+		n := got[service]
+		if have := []string{n.Publisher, n.NewPublisher, n.Client, n.Handler, n.RegisterHandler, n.UnimplementedHandler}; !slices.Equal(have, want) {
+			t.Errorf("%s: names %q, want %q", service, have, want)
+		}
+	}
+	if aliases := files[0].aliases; aliases["example.com/gen/clash/v1/event"] != "event1" {
+		t.Errorf("the message package event is imported as %q, want event1 (event is a parameter)", aliases["example.com/gen/clash/v1/event"])
 	}
 }
 
@@ -170,6 +241,44 @@ func TestEmptyService(t *testing.T) {
 		}
 	}
 	for _, wanted := range []string{"type EmptyServiceClient interface{}", "func RegisterEmptyServiceServer(r parley.Registrar, impl EmptyServiceServer) {"} {
+		if !strings.Contains(src, wanted) {
+			t.Errorf("output lacks %s:\n%s", wanted, src)
+		}
+	}
+}
+
+// TestEmptyClientService checks a client-implemented service without
+// methods yields an empty handler side and neither publisher nor client.
+func TestEmptyClientService(t *testing.T) {
+	opts := &descriptorpb.ServiceOptions{}
+	proto.SetExtension(opts, parleyv1.E_Service, &parleyv1.ServiceOptions{ImplementedBy: parleyv1.Side_CLIENT})
+	req := &pluginpb.CodeGeneratorRequest{
+		FileToGenerate: []string{"empty/v1/empty.proto"},
+		ProtoFile: []*descriptorpb.FileDescriptorProto{{
+			Name:    proto.String("empty/v1/empty.proto"),
+			Package: proto.String("empty.v1"),
+			Syntax:  proto.String("proto3"),
+			Options: &descriptorpb.FileOptions{GoPackage: proto.String("example.com/gen/empty/v1;emptyv1")},
+			Service: []*descriptorpb.ServiceDescriptorProto{{Name: proto.String("EmptyEvents"), Options: opts}},
+		}},
+	}
+	resp, err := plugintest.Run(req, protogen.Options{}, Generate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Error != nil || len(resp.File) != 1 {
+		t.Fatalf("error %q, %d files", resp.GetError(), len(resp.File))
+	}
+	src := resp.File[0].GetContent()
+	if _, err := format.Source([]byte(src)); err != nil {
+		t.Fatalf("output does not parse: %v\n%s", err, src)
+	}
+	for _, unwanted := range []string{"const ()", "var ()", "\"context\"", "Publisher", "EmptyEventsClient"} {
+		if strings.Contains(src, unwanted) {
+			t.Errorf("output contains %s:\n%s", unwanted, src)
+		}
+	}
+	for _, wanted := range []string{"type EmptyEventsHandler interface{}", "func RegisterEmptyEventsHandler(r parley.Registrar, h EmptyEventsHandler) {", "type UnimplementedEmptyEventsHandler struct{}"} {
 		if !strings.Contains(src, wanted) {
 			t.Errorf("output lacks %s:\n%s", wanted, src)
 		}

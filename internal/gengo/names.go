@@ -22,26 +22,45 @@ import (
 //     the later one gets a trailing underscore, GetItem_.
 //   - Two services whose identifiers collide anywhere in the generated
 //     package (FooBar and foo_bar; Foo and UnimplementedFoo, whose server
-//     interface is Foo's UnimplementedFooServer): the later service, in
-//     file then declaration order, gets a trailing underscore on its base
-//     name (FooBar_Client, UnimplementedFoo_Server), repeated until nothing
-//     collides. The first keeps the names users expect.
+//     interface is Foo's UnimplementedFooServer; client-implemented Foo
+//     and NewFoo, whose publisher is Foo's NewFooPublisher): the later
+//     service, in file then declaration order, gets a trailing underscore
+//     on its base name (FooBar_Client, UnimplementedFoo_Server,
+//     NewFoo_Publisher), repeated until nothing collides. The first keeps
+//     the names users expect. A service reserves every identifier its side
+//     may declare (all), whether or not it declares it.
+//   - Method names never collide with the generated types' own members:
+//     those are unexported (the client's conn, the publisher's p), and
+//     method names are exported.
 //   - An imported message package whose name would be shadowed by a
 //     generated identifier or a parameter (a package named req), or that
 //     repeats another's name, gets a numeric suffix: req1.
 
-// serviceNames are the identifiers generated for a service.
+// serviceNames are the identifiers generated for a service. Which of them
+// a service declares depends on its side (all reserves them).
 type serviceNames struct {
 	// Base is the service's Go name after escaping: "ChatService".
 	Base string
 	// Name is the constant holding the service's full name.
 	Name string
 	// Client is the client interface; NewClient its constructor;
-	// clientImpl the unexported type implementing it.
+	// clientImpl the unexported type implementing it. A client-implemented
+	// service's client calls its non-event methods on one connection.
 	Client, NewClient, clientImpl string
+
+	// Server-implemented services only:
 	// Server is the interface an application implements; Register the
 	// function that registers it; Unimplemented the struct to embed.
 	Server, Register, Unimplemented string
+
+	// Client-implemented services only:
+	// Publisher is the struct that sends the service's events, NewPublisher
+	// its constructor; Handler is the interface a client application
+	// implements, RegisterHandler the function that registers it on a
+	// connection, UnimplementedHandler the struct to embed.
+	Publisher, NewPublisher, Handler, RegisterHandler, UnimplementedHandler string
+
+	side side
 }
 
 // methodNames are the identifiers generated for a method.
@@ -56,7 +75,7 @@ type methodNames struct {
 
 // Identifiers the generated functions use for parameters, receivers and
 // locals, which would shadow an import of the same name.
-var localNames = []string{"c", "conn", "ctx", "err", "impl", "r", "req", "res"}
+var localNames = []string{"c", "conn", "ctx", "err", "event", "h", "impl", "p", "r", "req", "res", "target"}
 
 // Imports every generated file may use, by their own names. A message
 // package with one of these names is renamed instead.
@@ -68,21 +87,43 @@ const (
 
 var fixedImportNames = []string{"context", "time", "parley"}
 
-func newServiceNames(base string) serviceNames {
-	return serviceNames{
-		Base:          base,
-		Name:          base + "Name",
-		Client:        base + "Client",
-		NewClient:     "New" + base + "Client",
-		clientImpl:    unexport(base) + "Client",
-		Server:        base + "Server",
-		Register:      "Register" + base + "Server",
-		Unimplemented: "Unimplemented" + base + "Server",
+func newServiceNames(base string, sd side) serviceNames {
+	n := serviceNames{
+		Base:       base,
+		Name:       base + "Name",
+		Client:     base + "Client",
+		NewClient:  "New" + base + "Client",
+		clientImpl: unexport(base) + "Client",
+		side:       sd,
 	}
+	switch sd {
+	case sideServer:
+		n.Server = base + "Server"
+		n.Register = "Register" + base + "Server"
+		n.Unimplemented = "Unimplemented" + base + "Server"
+	case sideClient:
+		n.Publisher = base + "Publisher"
+		n.NewPublisher = "New" + base + "Publisher"
+		n.Handler = base + "Handler"
+		n.RegisterHandler = "Register" + base + "Handler"
+		n.UnimplementedHandler = "Unimplemented" + base + "Handler"
+	}
+	return n
 }
 
+// all returns the package-level identifiers the service may declare. A
+// client-implemented service reserves its client and its publisher even
+// when it has no calls or no events, so that adding a method to a service
+// never renames another service's identifiers.
 func (n serviceNames) all() []string {
-	return []string{n.Name, n.Client, n.NewClient, n.clientImpl, n.Server, n.Register, n.Unimplemented}
+	ids := []string{n.Name, n.Client, n.NewClient, n.clientImpl}
+	switch n.side {
+	case sideServer:
+		ids = append(ids, n.Server, n.Register, n.Unimplemented)
+	case sideClient:
+		ids = append(ids, n.Publisher, n.NewPublisher, n.Handler, n.RegisterHandler, n.UnimplementedHandler)
+	}
+	return ids
 }
 
 func newMethodNames(service, method string) methodNames {
@@ -136,7 +177,7 @@ func nameService(s *service, declared map[string]bool) {
 
 	base := s.proto.GoName
 	for {
-		s.names = newServiceNames(base)
+		s.names = newServiceNames(base, s.side)
 		ids := s.names.all()
 		for i, m := range s.methods {
 			m.names = newMethodNames(base, methodGoNames[i])
@@ -195,8 +236,9 @@ func importNames(plugin *protogen.Plugin, f *file, declared map[string]bool) map
 	}
 	for _, s := range f.services {
 		for _, m := range s.methods {
-			add(m.proto.Input)
-			add(m.proto.Output)
+			for _, msg := range m.messages() {
+				add(msg)
+			}
 		}
 	}
 	return aliases
