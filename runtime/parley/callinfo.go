@@ -40,6 +40,8 @@ type CallInfo struct {
 	// Event is set when the call is an event: published by the server
 	// (Server.Publish) or handled by a client. Events have no response.
 	Event bool
+
+	method *Method // the local implementation, for incoming calls
 }
 
 type callInfoKey struct{}

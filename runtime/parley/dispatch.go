@@ -68,20 +68,20 @@ func (r *eventRunner) close() {
 func (e *endpoint) acceptEvent(f *frame) {
 	var m *Method
 	if e.methods != nil {
-		m = e.methods(f.method)
+		m = e.methods(f.procedure())
 	}
 	if m == nil || !m.event {
-		e.log.Debug("parley: event dropped: no handler", "side", e.side, "method", f.method)
+		e.log.Debug("parley: event dropped: no handler", "side", e.side, "method", string(f.procedure()))
 		return
 	}
 	req := m.newReq()
 	if f.hasPayload {
 		if err := e.codec.unmarshal(f.payload, req); err != nil {
-			e.log.Warn("parley: event dropped: undecodable payload", "method", f.method, "err", err)
+			e.log.Warn("parley: event dropped: undecodable payload", "method", m.spec.Procedure, "err", err)
 			return
 		}
 	}
-	e.events.push(queuedEvent{m: m, req: req, ci: &CallInfo{Spec: m.spec, Side: e.side, Event: true}})
+	e.events.push(queuedEvent{m: m, req: req, ci: &CallInfo{Spec: m.spec, Side: e.side, Event: true, method: m}})
 }
 
 func (e *endpoint) runEvent(ev queuedEvent) {
@@ -97,8 +97,8 @@ func (e *endpoint) runEvent(ev queuedEvent) {
 }
 
 // lookupLocal finds a handler a client registered.
-func (e *endpoint) lookupLocal(procedure string) *Method {
+func (e *endpoint) lookupLocal(procedure []byte) *Method {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.local[procedure]
+	return e.local[string(procedure)]
 }

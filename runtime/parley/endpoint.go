@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -51,7 +52,7 @@ type endpoint struct {
 	log   *slog.Logger
 
 	// methods finds the implementation of an incoming call, or nil.
-	methods func(procedure string) *Method
+	methods func(procedure []byte) *Method
 	peer    *Peer        // the server's handle on this connection; nil on clients
 	events  *eventRunner // runs a client's event handlers in order
 	handle  UnaryFunc    // the interceptor chain ending in the method
@@ -100,7 +101,7 @@ func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *con
 	e.events = &eventRunner{e: e}
 	e.handle = chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
 		ci, _ := CallInfoFromContext(ctx)
-		return e.methods(ci.Spec.Procedure).call(ctx, req)
+		return ci.method.call(ctx, req)
 	}, cfg.interceptors)
 	ws.SetReadLimit(int64(cfg.maxMessageBytes))
 	return e
@@ -150,6 +151,10 @@ func (e *endpoint) writeLoop() {
 			// The socket is gone; nothing more can be written.
 			return
 		}
+		// Let the goroutines woken with this one (handlers answering the
+		// same read, callers sending at once) queue their frames too, so
+		// that one write carries them all.
+		runtime.Gosched()
 		var closed bool
 		batch, closed = e.q.take(batch)
 		if len(batch) > 0 {
@@ -361,18 +366,18 @@ func (e *endpoint) acceptCall(f *frame) {
 	}
 	var m *Method
 	if e.methods != nil {
-		m = e.methods(f.method)
+		m = e.methods(f.procedure())
 	}
 	if m == nil {
-		e.sendError(f.id, Errorf(CodeUnimplemented, "method %q is not implemented", f.method))
+		e.sendError(f.id, Errorf(CodeUnimplemented, "method %q is not implemented", f.procedure()))
 		return
 	}
 	if m.event {
-		e.sendError(f.id, Errorf(CodeInvalidArgument, "%s is an event: it is published, not called", f.method))
+		e.sendError(f.id, Errorf(CodeInvalidArgument, "%s is an event: it is published, not called", m.spec.Procedure))
 		return
 	}
-	ci := &CallInfo{Spec: m.spec, Side: e.side, ID: f.id, Metadata: f.metadata, Peer: e.peer}
 	if m.stream != nil {
+		ci := &CallInfo{Spec: m.spec, Side: e.side, ID: f.id, Metadata: f.metadata, Peer: e.peer, method: m}
 		e.mu.Lock()
 		draining := e.draining
 		e.mu.Unlock()
@@ -386,7 +391,7 @@ func (e *endpoint) acceptCall(f *frame) {
 	req := m.newReq()
 	if f.hasPayload {
 		if err := e.codec.unmarshal(f.payload, req); err != nil {
-			e.sendError(f.id, Errorf(CodeInvalidArgument, "decoding the request of %s: %v", f.method, err))
+			e.sendError(f.id, Errorf(CodeInvalidArgument, "decoding the request of %s: %v", m.spec.Procedure, err))
 			return
 		}
 	}
@@ -405,14 +410,17 @@ func (e *endpoint) acceptCall(f *frame) {
 		e.sendError(f.id, Errorf(CodeInvalidArgument, "call id %d is already in flight", f.id))
 		return
 	}
-	ctx, cancel := context.WithCancelCause(e.ctx)
-	e.running[f.id] = &incomingCall{cancel: cancel, hasDeadline: f.timeoutMs > 0}
+	c := &callCtx{ci: CallInfo{Spec: m.spec, Side: e.side, ID: f.id, Metadata: f.metadata, Peer: e.peer, method: m}, parent: e.ctx, req: req}
+	if f.timeoutMs > 0 {
+		c.hasDeadline, c.deadline = true, time.Now().Add(time.Duration(f.timeoutMs)*time.Millisecond)
+	}
+	e.running[f.id] = &incomingCall{call: c, hasDeadline: c.hasDeadline}
 	e.inFlight++
 	e.lastAccepted = max(e.lastAccepted, f.id)
 	e.handlers.Add(1)
 	e.mu.Unlock()
 
-	go e.runCall(ctx, cancel, ci, f.timeoutMs, req)
+	go e.runCall(c)
 }
 
 func peerSide(s Side) Side {
@@ -423,31 +431,26 @@ func peerSide(s Side) Side {
 }
 
 // runCall runs one incoming call and sends its outcome.
-func (e *endpoint) runCall(ctx context.Context, cancel context.CancelCauseFunc, ci *CallInfo, timeoutMs uint32, req proto.Message) {
+func (e *endpoint) runCall(c *callCtx) {
 	defer e.handlers.Done()
-	ctx = withCallInfo(ctx, ci)
-	if timeoutMs > 0 {
-		var stop context.CancelFunc
-		ctx, stop = context.WithTimeout(ctx, time.Duration(timeoutMs)*time.Millisecond)
-		defer stop()
-	}
-	res, err := e.callSafely(ctx, ci, req)
+	id := c.ci.ID
+	res, err := e.callSafely(c, &c.ci, c.req)
 	// Free the call's slot before answering: the client reuses it as soon
 	// as the answer arrives.
 	e.mu.Lock()
-	abandoned := e.running[ci.ID].abandoned
-	delete(e.running, ci.ID)
+	abandoned := e.running[id].abandoned
+	delete(e.running, id)
 	e.inFlight--
 	e.mu.Unlock()
-	cancel(nil)
+	c.cancel(context.Canceled)
 	if abandoned || e.ctx.Err() != nil {
 		return // the caller is gone; the wire stays quiet for this id
 	}
 	if err != nil {
-		e.sendError(ci.ID, asError(err))
+		e.sendError(id, asError(err))
 		return
 	}
-	e.send(&frame{kind: kindReply, id: ci.ID, hasPayload: true}, res)
+	e.send(&frame{kind: kindReply, id: id, hasPayload: true}, res)
 }
 
 func (e *endpoint) callSafely(ctx context.Context, ci *CallInfo, req proto.Message) (res proto.Message, err error) {
@@ -556,20 +559,51 @@ func describeClose(err error) string {
 // incomingCall is a call the peer made that a handler is running. Its
 // fields are guarded by endpoint.mu.
 type incomingCall struct {
-	cancel      context.CancelCauseFunc
+	call        *callCtx                // a unary call
+	cancelFn    context.CancelCauseFunc // a stream
 	hasDeadline bool
 	abandoned   bool // the caller sent Cancel: send nothing more
+}
+
+func (c *incomingCall) cancel(err error) {
+	if c.call != nil {
+		c.call.cancel(context.Canceled)
+		return
+	}
+	c.cancelFn(err)
 }
 
 // pendingCall is an outgoing call awaiting its outcome. The reader or a
 // teardown sends exactly one value on done, after removing the call from
 // endpoint.pending; whoever removes it owns that send.
 type pendingCall struct {
-	res  proto.Message
-	done chan error
+	res   proto.Message
+	done  chan error
+	timer *time.Timer // the call's default deadline, reused across calls
+	frame frame       // the Call frame, kept here so it does not escape
 }
 
 var pendingPool = sync.Pool{New: func() any { return &pendingCall{done: make(chan error, 1)} }}
+
+// arm starts the call's deadline timer.
+func (pc *pendingCall) arm(d time.Duration) <-chan time.Time {
+	if pc.timer == nil {
+		pc.timer = time.NewTimer(d)
+	} else {
+		pc.timer.Reset(d)
+	}
+	return pc.timer.C
+}
+
+// release returns a finished call to the pool.
+func (pc *pendingCall) release() {
+	if pc.timer != nil {
+		pc.timer.Stop()
+	}
+	pc.res = nil
+	pc.frame = frame{}
+	pendingPool.Put(pc)
+}
 
 // complete delivers a reply or error to its pending call. A reply for an id
 // no longer pending (the caller gave up) is dropped.
@@ -619,24 +653,21 @@ func (e *endpoint) roundTrip(ctx context.Context, spec *MethodSpec, req, res pro
 		return asError(err)
 	}
 	// The deadline: the context's, else the method's, else the default.
-	var timer *time.Timer
 	var timeout time.Duration
-	if dl, ok := ctx.Deadline(); ok {
+	dl, hasDeadline := ctx.Deadline()
+	if hasDeadline {
 		timeout = time.Until(dl)
-	} else {
-		timeout = spec.Timeout
-		if timeout <= 0 {
-			timeout = e.cfg.callTimeout
-		}
-		timer = time.NewTimer(timeout)
-		defer timer.Stop()
+	} else if timeout = spec.Timeout; timeout <= 0 {
+		timeout = e.cfg.callTimeout
 	}
 	if timeout <= 0 {
 		return NewError(CodeDeadlineExceeded, "deadline exceeded before the call was sent")
 	}
+	pc := pendingPool.Get().(*pendingCall)
+	defer pc.release()
 	var timerC <-chan time.Time
-	if timer != nil {
-		timerC = timer.C
+	if !hasDeadline {
+		timerC = pc.arm(timeout)
 	}
 	if e.sem != nil {
 		select {
@@ -650,7 +681,6 @@ func (e *endpoint) roundTrip(ctx context.Context, spec *MethodSpec, req, res pro
 	}
 
 	id := e.nextID()
-	pc := pendingPool.Get().(*pendingCall)
 	pc.res = res
 	e.mu.Lock()
 	if e.closeErr != nil || e.goneAway != "" {
@@ -659,17 +689,15 @@ func (e *endpoint) roundTrip(ctx context.Context, spec *MethodSpec, req, res pro
 			err = Errorf(CodeUnavailable, "server is going away: %s", e.goneAway)
 		}
 		e.mu.Unlock()
-		pc.res = nil
-		pendingPool.Put(pc)
 		return err
 	}
 	e.pending[id] = pc
 	e.mu.Unlock()
 
-	f := frame{kind: kindCall, id: id, method: spec.Procedure, hasPayload: true, timeoutMs: uint32(min(timeout.Milliseconds()+1, 1<<32-1)), metadata: md}
+	pc.frame = frame{kind: kindCall, id: id, method: spec.Procedure, hasPayload: true, timeoutMs: uint32(min(timeout.Milliseconds()+1, 1<<32-1)), metadata: md}
 	b := getBuf()
 	var err error
-	*b, err = e.codec.appendFrame((*b)[:0], &f, req)
+	*b, err = e.codec.appendFrame((*b)[:0], &pc.frame, req)
 	if err == nil {
 		if err = e.q.push(ctx, b, true); err != nil {
 			err = asError(err)
@@ -687,8 +715,6 @@ func (e *endpoint) roundTrip(ctx context.Context, spec *MethodSpec, req, res pro
 			err = e.closeErr
 			e.mu.Unlock()
 		}
-		pc.res = nil
-		pendingPool.Put(pc)
 		return err
 	}
 
@@ -705,8 +731,6 @@ func (e *endpoint) roundTrip(ctx context.Context, spec *MethodSpec, req, res pro
 			err = <-pc.done
 		}
 	}
-	pc.res = nil
-	pendingPool.Put(pc)
 	return err
 }
 

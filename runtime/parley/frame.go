@@ -60,6 +60,7 @@ type frame struct {
 	kind       frameKind
 	id         uint64
 	method     string
+	methodRaw  []byte // the method as decoded from binary, aliasing the read buffer
 	hasPayload bool
 	payload    []byte
 	timeoutMs  uint32
@@ -76,6 +77,15 @@ type frame struct {
 	hello   *parleyv1.Hello
 	welcome *parleyv1.Welcome
 	goaway  *parleyv1.GoAway
+}
+
+// procedure returns the frame's method without copying it: valid until the
+// next read.
+func (f *frame) procedure() []byte {
+	if f.methodRaw != nil {
+		return f.methodRaw
+	}
+	return []byte(f.method)
 }
 
 // codec turns frames into WebSocket messages and back for one subprotocol.
@@ -333,7 +343,7 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 			case 1:
 				f.id = v
 			case 2:
-				f.method = string(b)
+				f.methodRaw = b
 			case 3:
 				f.hasPayload, f.payload = true, b
 			case 5:
@@ -399,7 +409,7 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 		case kindEvent:
 			switch num {
 			case 1:
-				f.method = string(b)
+				f.methodRaw = b
 			case 2:
 				f.hasPayload, f.payload = true, b
 			case 4:
@@ -541,7 +551,7 @@ func (f *frame) toProto(payload *structpb.Value) (*parleyv1.Frame, error) {
 	case kindGoAway:
 		pf.Kind = &parleyv1.Frame_Goaway{Goaway: &parleyv1.GoAway{Reason: f.message, LastId: f.id}}
 	case kindCall:
-		c := &parleyv1.Call{Id: f.id, Method: f.method, TimeoutMs: f.timeoutMs, Metadata: f.metadata}
+		c := &parleyv1.Call{Id: f.id, Method: string(f.procedure()), TimeoutMs: f.timeoutMs, Metadata: f.metadata}
 		if payload != nil {
 			c.Body = &parleyv1.Call_Json{Json: payload}
 		} else if f.hasPayload {
@@ -579,7 +589,7 @@ func (f *frame) toProto(payload *structpb.Value) (*parleyv1.Frame, error) {
 		}
 		pf.Kind = &parleyv1.Frame_Item{Item: it}
 	case kindEvent:
-		ev := &parleyv1.Event{Method: f.method, Topic: f.topic, Offset: f.offset, Epoch: f.epoch}
+		ev := &parleyv1.Event{Method: string(f.procedure()), Topic: f.topic, Offset: f.offset, Epoch: f.epoch}
 		if payload != nil {
 			ev.Body = &parleyv1.Event_Json{Json: payload}
 		} else {

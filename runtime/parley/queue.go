@@ -43,7 +43,8 @@ type sendQueue struct {
 	maxBytes int
 	closed   bool
 	wake     chan struct{} // cap 1: signals the writer
-	space    chan struct{} // closed (and replaced) whenever the writer takes
+	space    chan struct{} // closed (and replaced) when the writer takes and pushes wait
+	waiters  int           // blocked pushes
 }
 
 func newSendQueue(maxBytes int) *sendQueue {
@@ -74,13 +75,18 @@ func (q *sendQueue) pushFrame(ctx context.Context, f outFrame, block bool) error
 			return errSlowConsumer
 		}
 		space := q.space
+		q.waiters++
 		q.mu.Unlock()
 		select {
 		case <-space:
 		case <-ctx.Done():
+			q.mu.Lock()
+			q.waiters--
+			q.mu.Unlock()
 			return ctx.Err()
 		}
 		q.mu.Lock()
+		q.waiters--
 	}
 	if q.closed {
 		q.mu.Unlock()
@@ -104,8 +110,8 @@ func (q *sendQueue) take(batch []outFrame) ([]outFrame, bool) {
 	batch = append(batch[:0], q.frames...)
 	clear(q.frames)
 	q.frames = q.frames[:0]
-	if q.bytes > 0 {
-		q.bytes = 0
+	q.bytes = 0
+	if q.waiters > 0 {
 		close(q.space)
 		q.space = make(chan struct{})
 	}

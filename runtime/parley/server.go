@@ -84,10 +84,10 @@ func (s *Server) Register(methods ...*Method) {
 	}
 }
 
-func (s *Server) lookup(procedure string) *Method {
+func (s *Server) lookup(procedure []byte) *Method {
 	s.methodsMu.RLock()
 	defer s.methodsMu.RUnlock()
-	return s.methods[procedure]
+	return s.methods[string(procedure)]
 }
 
 // checkOrigin accepts non-browser clients (no Origin), same-origin pages

@@ -420,7 +420,7 @@ func (e *endpoint) acceptStream(f *frame, m *Method, ci *CallInfo) {
 		s.recvEnd, s.recvErr = true, io.EOF
 	}
 	e.streams[f.id] = s
-	e.running[f.id] = &incomingCall{cancel: cancel, hasDeadline: f.timeoutMs > 0}
+	e.running[f.id] = &incomingCall{cancelFn: cancel, hasDeadline: f.timeoutMs > 0}
 	e.openStreams++
 	e.lastAccepted = max(e.lastAccepted, f.id)
 	e.handlers.Add(1)
