@@ -147,7 +147,7 @@ func (binaryCodec) appendFrame(b []byte, f *frame, msg proto.Message) ([]byte, e
 	var inner int
 	switch f.kind {
 	case kindCall:
-		inner = sizeVarint(1, f.id) + sizeBytes(2, len(f.method)) + sizeBytes(3, size) + sizeVarint(5, uint64(f.timeoutMs)) + sizeMetadata(6, f.metadata)
+		inner = sizeVarint(1, f.id) + sizeStringField(2, f.method) + sizeBytes(3, size) + sizeVarint(5, uint64(f.timeoutMs)) + sizeMetadata(6, f.metadata)
 		b = appendHeader(b, f.kind, inner)
 		b = appendVarint(b, 1, f.id)
 		b = appendString(b, 2, f.method)
@@ -168,7 +168,7 @@ func (binaryCodec) appendFrame(b []byte, f *frame, msg proto.Message) ([]byte, e
 		return b, nil
 	case kindError:
 		var details [][]byte
-		inner = sizeVarint(1, f.id) + sizeVarint(2, uint64(f.code)) + sizeBytes(3, len(f.message)) + sizeMetadata(5, f.metadata)
+		inner = sizeVarint(1, f.id) + sizeVarint(2, uint64(f.code)) + sizeStringField(3, f.message) + sizeMetadata(5, f.metadata)
 		for _, d := range f.details {
 			db, err := proto.MarshalOptions{Deterministic: true}.Marshal(d)
 			if err != nil {
@@ -205,7 +205,7 @@ func (binaryCodec) appendFrame(b []byte, f *frame, msg proto.Message) ([]byte, e
 		b = appendVarint(b, 1, f.id)
 		return appendPayload(b, 2)
 	case kindEvent:
-		inner = sizeBytes(1, len(f.method)) + sizeBytes(2, size) + sizeBytes(4, len(f.topic)) + sizeVarint(5, f.offset) + sizeBytes(6, len(f.epoch))
+		inner = sizeStringField(1, f.method) + sizeBytes(2, size) + sizeStringField(4, f.topic) + sizeVarint(5, f.offset) + sizeStringField(6, f.epoch)
 		b = appendHeader(b, f.kind, inner)
 		b = appendString(b, 1, f.method)
 		b = appendString(b, 4, f.topic)

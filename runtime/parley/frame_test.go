@@ -62,6 +62,8 @@ func testFrames(t *testing.T) []struct {
 		{"cancel", frame{kind: kindCancel, id: 11}, nil},
 		{"cancel_deadline", frame{kind: kindCancel, id: 15, code: CodeDeadlineExceeded}, nil},
 		{"event", frame{kind: kindEvent, method: "/chat.v1.ChatEvents/MessagePosted", hasPayload: true, topic: "room:lobby", offset: 17, epoch: "e1"}, wrapperspb.String("posted")},
+		{"event_plain", frame{kind: kindEvent, method: "/chat.v1.ChatEvents/Typing", hasPayload: true}, &wrapperspb.StringValue{}},
+		{"error_no_message", frame{kind: kindError, id: 17, code: CodeCanceled}, nil},
 		{"item", frame{kind: kindItem, id: 13, hasPayload: true}, wrapperspb.String("item")},
 		{"end", frame{kind: kindEnd, id: 13}, nil},
 		{"credit", frame{kind: kindCredit, id: 13, items: 64}, nil},
