@@ -36,7 +36,6 @@ test-ts: node_modules
 	npm run --silent build -w @parleyrpc/runtime
 	npx tsc -p runtime/ts/tsconfig.test.json --noEmit
 	npm test -w @parleyrpc/runtime
-	npm run --silent test:e2e -w @parleyrpc/runtime
 
 node_modules: package-lock.json
 	npm ci --no-audit --no-fund
