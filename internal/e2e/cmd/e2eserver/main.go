@@ -1,4 +1,4 @@
-// Command e2eserver serves e2e.v1.EchoService for the Node and browser
+// Command e2eserver serves e2e.v1.EchoService, StreamService and PushService for the Node and browser
 // tests. It listens on 127.0.0.1 on a free port (or -addr), prints its
 // WebSocket URL as the first line on stdout, serves static files from
 // -static at / when given, and exits when stdin closes or on SIGINT/SIGTERM.
@@ -29,6 +29,8 @@ func main() {
 
 	srv := parley.NewServer(parley.WithAllowedOrigins("*"))
 	e2ev1parley.RegisterEchoServiceServer(srv, &e2e.EchoService{})
+	e2ev1parley.RegisterStreamServiceServer(srv, &e2e.StreamService{})
+	e2ev1parley.RegisterPushServiceServer(srv, &e2e.PushService{Events: e2ev1parley.NewClientEventsPublisher(srv)})
 	mux := http.NewServeMux()
 	mux.Handle("/parley", srv)
 	if *static != "" {
