@@ -1364,14 +1364,14 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"H\n" +
 	"\x14ConfirmLeaveResponse\x12\x16\n" +
 	"\x06accept\x18\x01 \x01(\bR\x06accept\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage2\xd0\x03\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage2\xd9\x03\n" +
 	"\vChatService\x12<\n" +
 	"\x04Join\x12\x14.chat.v1.JoinRequest\x1a\x15.chat.v1.JoinResponse\"\a\x8a\xcf\x18\x03\b\x88'\x126\n" +
 	"\x05Leave\x12\x15.chat.v1.LeaveRequest\x1a\x16.chat.v1.LeaveResponse\x128\n" +
 	"\x04Post\x12\x14.chat.v1.PostRequest\x1a\x15.chat.v1.PostResponse\"\x03\x90\x02\x02\x12B\n" +
 	"\tSetTyping\x12\x19.chat.v1.SetTypingRequest\x1a\x1a.chat.v1.SetTypingResponse\x12G\n" +
-	"\tListRooms\x12\x19.chat.v1.ListRoomsRequest\x1a\x1a.chat.v1.ListRoomsResponse\"\x03\x90\x02\x01\x123\n" +
-	"\x04Kick\x12\x14.chat.v1.KickRequest\x1a\x15.chat.v1.KickResponse\x12O\n" +
+	"\tListRooms\x12\x19.chat.v1.ListRoomsRequest\x1a\x1a.chat.v1.ListRoomsResponse\"\x03\x90\x02\x01\x12<\n" +
+	"\x04Kick\x12\x14.chat.v1.KickRequest\x1a\x15.chat.v1.KickResponse\"\a\x8a\xcf\x18\x03\b\x98u\x12O\n" +
 	"\fTypingStream\x12\x1c.chat.v1.TypingStreamRequest\x1a\x1d.chat.v1.TypingStreamResponse(\x010\x012\xa7\x03\n" +
 	"\n" +
 	"ChatEvents\x12=\n" +

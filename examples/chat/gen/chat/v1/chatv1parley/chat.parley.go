@@ -104,9 +104,11 @@ var (
 		Procedure:   ChatServiceListRoomsProcedure,
 		Idempotency: parley.IdempotencyNoSideEffects,
 	}
-	// chatServiceKickSpec describes chat.v1.ChatService.Kick.
+	// chatServiceKickSpec describes chat.v1.ChatService.Kick. Its calls get a 15s
+	// deadline when the caller sets none.
 	chatServiceKickSpec = &parley.MethodSpec{
 		Procedure: ChatServiceKickProcedure,
+		Timeout:   15 * time.Second,
 	}
 	// chatServiceTypingStreamSpec describes chat.v1.ChatService.TypingStream. It is
 	// a bidirectional-streaming method.
