@@ -53,7 +53,12 @@ type endpoint struct {
 
 	// methods finds the implementation of an incoming call, or nil.
 	methods func(procedure []byte) *Method
-	peer    *Peer        // the server's handle on this connection; nil on clients
+	peer       *Peer    // the server's handle on this connection; nil on clients
+	sess       *session // the session this socket serves; nil on clients
+	resumeFrom uint64   // the last event offset the client saw, when resuming
+	// peerSaidBye is set by the reader before it ends when the peer closed
+	// with 1000 or 1001: a deliberate goodbye, not a drop.
+	peerSaidBye bool
 	events  *eventRunner // runs a client's event handlers in order
 	handle  UnaryFunc    // the interceptor chain ending in the method
 
@@ -251,6 +256,10 @@ func (e *endpoint) readLoop() {
 			buf = make([]byte, 0, 4096) // do not pin one large message's memory
 		}
 	}
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) && (ce.Code == closeNormal || ce.Code == closeGoingAway) {
+		e.peerSaidBye = true // the client is done: its session need not wait
+	}
 	e.fail(err)
 	close(e.readerDone)
 }
@@ -325,16 +334,8 @@ func (e *endpoint) dispatch(f *frame) {
 			s.addCredit(f.items)
 		}
 	case kindCancel:
-		e.mu.Lock()
-		c := e.running[f.id]
-		if c != nil {
-			c.abandoned = true
-		}
-		e.mu.Unlock()
-		// A caller that gave up at the deadline leaves the handler to its
-		// own copy of that deadline, so it sees deadline_exceeded.
-		if c != nil && (f.code != CodeDeadlineExceeded || !c.hasDeadline) {
-			c.cancel(errPeerCanceled)
+		if !e.cancelIncoming(f.id, f.code) && e.sess != nil {
+			e.sess.cancelCall(f.id, f.code) // a call that came on an earlier socket
 		}
 	case kindPing:
 		e.send(&frame{kind: kindPong, nonce: f.nonce}, nil)
@@ -410,17 +411,45 @@ func (e *endpoint) acceptCall(f *frame) {
 		e.sendError(f.id, Errorf(CodeInvalidArgument, "call id %d is already in flight", f.id))
 		return
 	}
-	c := &callCtx{ci: CallInfo{Spec: m.spec, Side: e.side, ID: f.id, Metadata: f.metadata, Peer: e.peer, method: m}, parent: e.ctx, req: req}
+	parent := e.ctx
+	if e.sess != nil {
+		parent = e.sess.ctx // calls outlive the socket when the session resumes
+	}
+	c := &callCtx{ci: CallInfo{Spec: m.spec, Side: e.side, ID: f.id, Metadata: f.metadata, Peer: e.peer, method: m}, parent: parent, req: req}
 	if f.timeoutMs > 0 {
 		c.hasDeadline, c.deadline = true, time.Now().Add(time.Duration(f.timeoutMs)*time.Millisecond)
 	}
 	e.running[f.id] = &incomingCall{call: c, hasDeadline: c.hasDeadline}
 	e.inFlight++
 	e.lastAccepted = max(e.lastAccepted, f.id)
-	e.handlers.Add(1)
 	e.mu.Unlock()
-
+	if e.sess != nil && !e.sess.claimCall(e, f.id) {
+		// A call re-sent after a reconnect that ran (or runs) already.
+		e.mu.Lock()
+		delete(e.running, f.id)
+		e.inFlight--
+		e.mu.Unlock()
+		return
+	}
+	e.handlers.Add(1)
 	go e.runCall(c)
+}
+
+// cancelIncoming handles the caller giving up on call id; it reports
+// whether the call runs on this socket.
+func (e *endpoint) cancelIncoming(id uint64, why Code) bool {
+	e.mu.Lock()
+	c := e.running[id]
+	if c != nil {
+		c.abandoned = true
+	}
+	e.mu.Unlock()
+	// A caller that gave up at the deadline leaves the handler to its own
+	// copy of that deadline, so it sees deadline_exceeded.
+	if c != nil && (why != CodeDeadlineExceeded || !c.hasDeadline) {
+		c.cancel(errPeerCanceled)
+	}
+	return c != nil
 }
 
 func peerSide(s Side) Side {
@@ -443,6 +472,14 @@ func (e *endpoint) runCall(c *callCtx) {
 	e.inFlight--
 	e.mu.Unlock()
 	c.cancel(context.Canceled)
+	if e.sess != nil {
+		var perr *Error
+		if err != nil {
+			perr = asError(err)
+		}
+		e.sess.finishCall(id, res, perr, abandoned)
+		return
+	}
 	if abandoned || e.ctx.Err() != nil {
 		return // the caller is gone; the wire stays quiet for this id
 	}

@@ -100,6 +100,13 @@ type Principal struct {
 	Claims map[string]any
 }
 
+func (p *Principal) userID() string {
+	if p == nil {
+		return ""
+	}
+	return p.UserID
+}
+
 // PrincipalFromContext returns the principal of the connection a handler
 // serves, if the server authenticates.
 func PrincipalFromContext(ctx context.Context) (*Principal, bool) {

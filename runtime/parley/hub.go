@@ -2,6 +2,7 @@ package parley
 
 import (
 	"context"
+	"log/slog"
 	"errors"
 	"fmt"
 	"slices"
@@ -23,19 +24,21 @@ const CloseSlowConsumer = 4001
 // took longer than the write timeout (see WithWriteTimeout).
 const CloseWriteTimeout = closeWriteTimeout
 
-// hub is a Server's registry of its own connections: by id, by user and by
-// room. It delivers events the broker hands it to the connections a target
-// reaches, and reports presence transitions to the application's hooks.
-// mu guards the maps; presenceMu serializes presence updates so the hooks
-// see a user's transitions in the order they happened.
+// hub is a Server's registry of its sessions: by id, by user and by room.
+// It delivers events the broker hands it to the sessions a target reaches,
+// and reports presence transitions to the application's hooks. Sessions,
+// not sockets, are members: a client that reconnects and resumes keeps its
+// rooms and does not flap offline. mu guards the maps; presenceMu
+// serializes presence updates so the hooks see a user's transitions in the
+// order they happened.
 type hub struct {
 	s *Server
 
 	mu        sync.RWMutex
-	conns     map[string]*endpoint
-	users     map[string]map[*endpoint]struct{}
-	rooms     map[string]map[*endpoint]struct{}
-	connRooms map[*endpoint]map[string]struct{}
+	sessions  map[string]*session
+	users     map[string]map[*session]struct{}
+	rooms     map[string]map[*session]struct{}
+	roomsOfSn map[*session]map[string]struct{}
 
 	presenceMu sync.Mutex
 	hooks      hookRunner
@@ -44,23 +47,23 @@ type hub struct {
 func newHub(s *Server) *hub {
 	return &hub{
 		s:         s,
-		conns:     make(map[string]*endpoint),
-		users:     make(map[string]map[*endpoint]struct{}),
-		rooms:     make(map[string]map[*endpoint]struct{}),
-		connRooms: make(map[*endpoint]map[string]struct{}),
+		sessions:  make(map[string]*session),
+		users:     make(map[string]map[*session]struct{}),
+		rooms:     make(map[string]map[*session]struct{}),
+		roomsOfSn: make(map[*session]map[string]struct{}),
 	}
 }
 
-// add registers a connection after its handshake.
-func (h *hub) add(e *endpoint) {
+// add registers a new session.
+func (h *hub) add(sn *session) {
 	h.mu.Lock()
-	h.conns[e.peer.id] = e
-	user := e.peer.userID()
+	h.sessions[sn.id] = sn
+	user := sn.peer.userID()
 	if user != "" {
 		if h.users[user] == nil {
-			h.users[user] = make(map[*endpoint]struct{})
+			h.users[user] = make(map[*session]struct{})
 		}
-		h.users[user][e] = struct{}{}
+		h.users[user][sn] = struct{}{}
 	}
 	h.mu.Unlock()
 	if user == "" {
@@ -68,7 +71,7 @@ func (h *hub) add(e *endpoint) {
 	}
 	h.presenceMu.Lock()
 	defer h.presenceMu.Unlock()
-	first, err := h.s.broker.Online(context.Background(), user, e.peer.id)
+	first, err := h.s.broker.Online(context.Background(), user, sn.id)
 	if err != nil {
 		h.s.cfg.logger.Error("parley: broker: recording presence", "user", user, "err", err)
 		return
@@ -78,30 +81,34 @@ func (h *hub) add(e *endpoint) {
 	}
 }
 
-// remove unregisters a closed connection: it leaves its rooms, and its
-// user may go offline.
-func (h *hub) remove(e *endpoint) {
+// remove unregisters an ended session: it leaves its rooms, and its user
+// may go offline.
+func (h *hub) remove(sn *session) {
 	ctx := context.Background()
 	h.mu.Lock()
-	delete(h.conns, e.peer.id)
-	user := e.peer.userID()
+	if h.sessions[sn.id] != sn {
+		h.mu.Unlock()
+		return
+	}
+	delete(h.sessions, sn.id)
+	user := sn.peer.userID()
 	if user != "" {
-		delete(h.users[user], e)
+		delete(h.users[user], sn)
 		if len(h.users[user]) == 0 {
 			delete(h.users, user)
 		}
 	}
-	rooms := h.connRooms[e]
-	delete(h.connRooms, e)
+	rooms := h.roomsOfSn[sn]
+	delete(h.roomsOfSn, sn)
 	for room := range rooms {
-		delete(h.rooms[room], e)
+		delete(h.rooms[room], sn)
 		if len(h.rooms[room]) == 0 {
 			delete(h.rooms, room)
 		}
 	}
 	h.mu.Unlock()
 	for room := range rooms {
-		if err := h.s.broker.Leave(ctx, room, e.peer.member()); err != nil {
+		if err := h.s.broker.Leave(ctx, room, sn.peer.member()); err != nil {
 			h.s.cfg.logger.Error("parley: broker: leaving a room", "room", room, "err", err)
 		}
 	}
@@ -110,7 +117,7 @@ func (h *hub) remove(e *endpoint) {
 	}
 	h.presenceMu.Lock()
 	defer h.presenceMu.Unlock()
-	last, err := h.s.broker.Offline(ctx, user, e.peer.id)
+	last, err := h.s.broker.Offline(ctx, user, sn.id)
 	if err != nil {
 		h.s.cfg.logger.Error("parley: broker: recording presence", "user", user, "err", err)
 		return
@@ -123,176 +130,134 @@ func (h *hub) remove(e *endpoint) {
 // errNoConn is returned when a room operation names an unknown connection.
 var errNoConn = errors.New("no such connection")
 
-func (h *hub) join(ctx context.Context, e *endpoint, room string) error {
+func (h *hub) join(ctx context.Context, sn *session, room string) error {
 	h.mu.Lock()
-	if _, live := h.conns[e.peer.id]; !live {
+	if h.sessions[sn.id] != sn {
 		h.mu.Unlock()
-		return Errorf(CodeNotFound, "join %q: connection %s: %w", room, e.peer.id, errNoConn)
+		return Errorf(CodeNotFound, "join %q: connection %s: %w", room, sn.id, errNoConn)
 	}
 	if h.rooms[room] == nil {
-		h.rooms[room] = make(map[*endpoint]struct{})
+		h.rooms[room] = make(map[*session]struct{})
 	}
-	h.rooms[room][e] = struct{}{}
-	if h.connRooms[e] == nil {
-		h.connRooms[e] = make(map[string]struct{})
+	h.rooms[room][sn] = struct{}{}
+	if h.roomsOfSn[sn] == nil {
+		h.roomsOfSn[sn] = make(map[string]struct{})
 	}
-	h.connRooms[e][room] = struct{}{}
+	h.roomsOfSn[sn][room] = struct{}{}
 	h.mu.Unlock()
-	return h.s.broker.Join(ctx, room, e.peer.member())
+	return h.s.broker.Join(ctx, room, sn.peer.member())
 }
 
-func (h *hub) leave(ctx context.Context, e *endpoint, room string) error {
+func (h *hub) leave(ctx context.Context, sn *session, room string) error {
 	h.mu.Lock()
-	delete(h.rooms[room], e)
+	delete(h.rooms[room], sn)
 	if len(h.rooms[room]) == 0 {
 		delete(h.rooms, room)
 	}
-	delete(h.connRooms[e], room)
+	delete(h.roomsOfSn[sn], room)
 	h.mu.Unlock()
-	return h.s.broker.Leave(ctx, room, e.peer.member())
+	return h.s.broker.Leave(ctx, room, sn.peer.member())
 }
 
-func (h *hub) roomsOf(e *endpoint) []string {
+func (h *hub) roomsOf(sn *session) []string {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	rooms := make([]string, 0, len(h.connRooms[e]))
-	for r := range h.connRooms[e] {
+	rooms := make([]string, 0, len(h.roomsOfSn[sn]))
+	for r := range h.roomsOfSn[sn] {
 		rooms = append(rooms, r)
 	}
 	slices.Sort(rooms)
 	return rooms
 }
 
-func (h *hub) conn(id string) *endpoint {
+func (h *hub) session(id string) *session {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	return h.conns[id]
+	return h.sessions[id]
 }
 
-func (h *hub) userConns(user string) []*endpoint {
+func (h *hub) userSessions(user string) []*session {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	out := make([]*endpoint, 0, len(h.users[user]))
-	for e := range h.users[user] {
-		out = append(out, e)
+	out := make([]*session, 0, len(h.users[user]))
+	for sn := range h.users[user] {
+		out = append(out, sn)
 	}
 	return out
 }
 
-// deliver sends an event from the broker to this node's connections that
-// its target reaches. The frame is encoded once per subprotocol and shared.
-func (h *hub) deliver(ev *BrokerEvent) {
-	enc := eventEncoder{ev: ev, log: h.s.cfg}
-	send := func(e *endpoint) {
-		if e.peer.id == ev.Target.except {
-			return
+// deliver hands an event from the broker to this node's sessions that its
+// target reaches.
+func (h *hub) deliver(bev *BrokerEvent) {
+	ev := &eventData{method: bev.Method, payload: bev.Payload, log: h.s.cfg.logger}
+	send := func(sn *session) {
+		if sn.id != bev.Target.except {
+			sn.deliverEvent(ev)
 		}
-		b, err := enc.frame(e.codec)
-		if err != nil {
-			return
-		}
-		e.pushEvent(b)
 	}
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	switch ev.Target.kind {
+	switch bev.Target.kind {
 	case targetConn:
-		if e := h.conns[ev.Target.id]; e != nil {
-			send(e)
+		if sn := h.sessions[bev.Target.id]; sn != nil {
+			send(sn)
 		}
 	case targetUser:
-		for e := range h.users[ev.Target.id] {
-			send(e)
+		for sn := range h.users[bev.Target.id] {
+			send(sn)
 		}
 	case targetRoom:
-		for e := range h.rooms[ev.Target.id] {
-			send(e)
+		for sn := range h.rooms[bev.Target.id] {
+			send(sn)
 		}
 	case targetAll:
-		for _, e := range h.conns {
-			send(e)
+		for _, sn := range h.sessions {
+			send(sn)
 		}
 	}
 }
 
-// eventEncoder encodes one event's frame lazily, once per encoding.
-type eventEncoder struct {
-	ev          *BrokerEvent
-	log         config
-	binary, txt *[]byte
-	err         error
+// eventData is one published event, shared by every session it reaches.
+// Its protojson form, for JSON clients, is made once, on first need.
+type eventData struct {
+	method  string
+	payload []byte // protobuf
+	log     *slog.Logger
+
+	jsonOnce sync.Once
+	json     []byte
+	jsonErr  error
 }
 
-func (c *eventEncoder) frame(cd codec) (*[]byte, error) {
-	if c.err != nil {
-		return nil, c.err
-	}
-	f := frame{kind: kindEvent, method: c.ev.Method, hasPayload: true, payload: c.ev.Payload}
+// payloadFor returns the payload in a codec's encoding.
+func (d *eventData) payloadFor(cd codec) ([]byte, error) {
 	if _, isJSON := cd.(jsonCodec); !isJSON {
-		if c.binary == nil {
-			b, err := cd.appendFrame(nil, &f, nil)
-			if err != nil {
-				c.err = err
-				return nil, err
-			}
-			c.binary = &b
-		}
-		return c.binary, nil
+		return d.payload, nil
 	}
-	if c.txt == nil {
+	d.jsonOnce.Do(func() {
 		// JSON peers need the message's type to render its protojson.
-		msg, err := newEventMessage(c.ev.Method)
+		msg, err := newEventMessage(d.method)
 		if err == nil {
-			err = proto.Unmarshal(c.ev.Payload, msg)
+			err = proto.Unmarshal(d.payload, msg)
 		}
 		if err == nil {
-			f.payload, err = protojson.Marshal(msg)
+			d.json, err = protojson.Marshal(msg)
 		}
-		var b []byte
-		if err == nil {
-			b, err = cd.appendFrame(nil, &f, nil)
-		}
-		if err != nil {
-			c.err = err
-			c.log.logger.Error("parley: encoding an event for JSON clients", "method", c.ev.Method, "err", err)
-			return nil, err
-		}
-		c.txt = &b
-	}
-	return c.txt, nil
+		d.jsonErr = err
+	})
+	return d.json, d.jsonErr
 }
 
-// newEventMessage returns an empty input message of a procedure, found in
-// the global registry that generated code registers with.
-func newEventMessage(procedure string) (proto.Message, error) {
-	svc, method, ok := strings.Cut(strings.TrimPrefix(procedure, "/"), "/")
-	if !ok {
-		return nil, fmt.Errorf("malformed procedure %q", procedure)
-	}
-	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(svc))
-	if err != nil {
-		return nil, err
-	}
-	sd, ok := d.(protoreflect.ServiceDescriptor)
-	if !ok {
-		return nil, fmt.Errorf("%s is not a service", svc)
-	}
-	md := sd.Methods().ByName(protoreflect.Name(method))
-	if md == nil {
-		return nil, fmt.Errorf("%s has no method %s", svc, method)
-	}
-	mt, err := protoregistry.GlobalTypes.FindMessageByName(md.Input().FullName())
-	if err != nil {
-		return nil, err
-	}
-	return mt.New().Interface(), nil
-}
-
-// pushEvent queues a shared event frame without waiting: a connection
-// whose queue is full is a slow consumer and is closed, so that publishers
-// and the other connections never wait for it.
+// pushEvent queues an event frame without waiting: a connection whose
+// queue is full is a slow consumer and is closed, so that publishers and
+// the other connections never wait for it. (Its session survives: the
+// client may resume and get the events it missed, if they still fit the
+// session's buffer.)
 func (e *endpoint) pushEvent(b *[]byte) {
-	err := e.q.pushFrame(e.ctx, outFrame{b: b}, false)
+	err := e.q.push(e.ctx, b, false)
+	if err != nil {
+		putBuf(b)
+	}
 	if errors.Is(err, errSlowConsumer) {
 		e.log.Warn("parley: closing a slow consumer", "conn", e.peer.id, "send_queue_bytes", e.cfg.sendQueueBytes)
 		e.abort(CloseSlowConsumer, fmt.Sprintf("slow consumer: more than %d bytes queued", e.cfg.sendQueueBytes))
@@ -333,4 +298,30 @@ func (r *hookRunner) loop() {
 		r.mu.Unlock()
 		fn()
 	}
+}
+
+// newEventMessage returns an empty input message of a procedure, found in
+// the global registry that generated code registers with.
+func newEventMessage(procedure string) (proto.Message, error) {
+	svc, method, ok := strings.Cut(strings.TrimPrefix(procedure, "/"), "/")
+	if !ok {
+		return nil, fmt.Errorf("malformed procedure %q", procedure)
+	}
+	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(svc))
+	if err != nil {
+		return nil, err
+	}
+	sd, ok := d.(protoreflect.ServiceDescriptor)
+	if !ok {
+		return nil, fmt.Errorf("%s is not a service", svc)
+	}
+	md := sd.Methods().ByName(protoreflect.Name(method))
+	if md == nil {
+		return nil, fmt.Errorf("%s has no method %s", svc, method)
+	}
+	mt, err := protoregistry.GlobalTypes.FindMessageByName(md.Input().FullName())
+	if err != nil {
+		return nil, err
+	}
+	return mt.New().Interface(), nil
 }

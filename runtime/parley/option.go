@@ -55,6 +55,8 @@ type config struct {
 	allowedOrigins []string
 	authenticate   AuthenticateFunc
 	broker         Broker
+	resumeWindow   time.Duration
+	resumeEvents   int
 	onOnline       func(userID string)
 	onOffline      func(userID string)
 
@@ -75,6 +77,8 @@ func defaultConfig() config {
 		pongTimeout:      DefaultPongTimeout,
 		handshakeTimeout: DefaultHandshakeTimeout,
 		streamWindow:     DefaultStreamWindow,
+		resumeWindow:     DefaultResumeWindow,
+		resumeEvents:     DefaultResumeEvents,
 		maxStreams:       DefaultMaxStreams,
 		callTimeout:      DefaultCallTimeout,
 		subprotocol:      SubprotocolProto,
@@ -203,6 +207,16 @@ func WithAuthenticate(fn AuthenticateFunc) ServerOption {
 // nodes. The default is a LocalBroker: one process, nothing to run.
 func WithBroker(b Broker) ServerOption {
 	return serverOption(func(c *config) { c.broker = b })
+}
+
+// WithResume sets how long the server keeps a dropped client's session
+// for it to resume (DefaultResumeWindow) and how many recent events each
+// session keeps to replay (DefaultResumeEvents). A resumed session keeps its
+// principal and rooms, gets the events it missed in order without
+// duplicates, and has the calls it re-sends answered exactly once. A window
+// of 0 turns resumption off: a session ends with its socket.
+func WithResume(window time.Duration, events int) ServerOption {
+	return serverOption(func(c *config) { c.resumeWindow, c.resumeEvents = window, events })
 }
 
 // WithPresenceHooks sets functions called when a user's first connection

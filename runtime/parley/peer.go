@@ -11,10 +11,12 @@ import (
 // implements (generated NewXClient(peer)) and manages the connection's
 // rooms.
 //
-// A Peer is safe for concurrent use. It stays valid after the connection
-// closes; calls on it then fail with CodeUnavailable.
+// A Peer stands for the client's session, which outlives a socket when the
+// client reconnects and resumes: calls made through it go to whichever
+// socket the session has, and fail with CodeUnavailable while it has none.
+// A Peer is safe for concurrent use.
 type Peer struct {
-	e         *endpoint
+	sess      *session
 	id        string
 	principal *Principal
 	server    *Server
@@ -32,37 +34,47 @@ func (p *Peer) Principal() *Principal { return p.principal }
 // call: the deadline comes from ctx, else the method's timeout_ms, else
 // DefaultCallTimeout.
 func (p *Peer) Invoke(ctx context.Context, spec *MethodSpec, req, res proto.Message) error {
-	return p.e.invoke(ctx, spec, req, res)
+	e := p.sess.endpoint()
+	if e == nil {
+		return NewError(CodeUnavailable, "the client is disconnected")
+	}
+	return e.invoke(ctx, spec, req, res)
 }
 
 // NewStream opens a streaming call of a method the client implements.
 func (p *Peer) NewStream(ctx context.Context, spec *MethodSpec) (*Stream, error) {
-	return p.e.newStream(ctx, spec)
+	e := p.sess.endpoint()
+	if e == nil {
+		return nil, NewError(CodeUnavailable, "the client is disconnected")
+	}
+	return e.newStream(ctx, spec)
 }
 
 var _ Invoker = (*Peer)(nil)
 
-func (p *Peer) userID() string {
-	if p.principal == nil {
-		return ""
-	}
-	return p.principal.UserID
-}
+func (p *Peer) userID() string { return p.principal.userID() }
 
 func (p *Peer) member() Member { return Member{ConnID: p.id, UserID: p.userID()} }
 
 // Join puts the connection in room: events ToRoom(room) reach it until it
 // leaves or closes. Only the server decides membership, typically in an
 // RPC handler; clients cannot join by themselves.
-func (p *Peer) Join(ctx context.Context, room string) error { return p.server.hub.join(ctx, p.e, room) }
+func (p *Peer) Join(ctx context.Context, room string) error { return p.server.hub.join(ctx, p.sess, room) }
 
 // Leave takes the connection out of room.
 func (p *Peer) Leave(ctx context.Context, room string) error {
-	return p.server.hub.leave(ctx, p.e, room)
+	return p.server.hub.leave(ctx, p.sess, room)
 }
 
 // Rooms lists the rooms the connection is in, sorted.
-func (p *Peer) Rooms() []string { return p.server.hub.roomsOf(p.e) }
+func (p *Peer) Rooms() []string { return p.server.hub.roomsOf(p.sess) }
 
-// Close closes the connection with a normal close and the given reason.
-func (p *Peer) Close(reason string) { p.e.closeWith(closeNormal, reason) }
+// Close ends the session and closes its socket with a normal close and the
+// given reason; the client cannot resume it.
+func (p *Peer) Close(reason string) {
+	e := p.sess.endpoint()
+	p.sess.end()
+	if e != nil {
+		e.closeWith(closeNormal, reason)
+	}
+}

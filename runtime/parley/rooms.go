@@ -39,36 +39,36 @@ func (s *Server) publish(ctx context.Context, target Target, spec *MethodSpec, e
 // Peer returns the connection with the given id, if it is connected to this
 // server.
 func (s *Server) Peer(connID string) (*Peer, bool) {
-	e := s.hub.conn(connID)
-	if e == nil {
+	sn := s.hub.session(connID)
+	if sn == nil {
 		return nil, false
 	}
-	return e.peer, true
+	return sn.peer, true
 }
 
 // Join puts connection connID in room. See Peer.Join.
 func (s *Server) Join(ctx context.Context, connID, room string) error {
-	e := s.hub.conn(connID)
-	if e == nil {
+	sn := s.hub.session(connID)
+	if sn == nil {
 		return Errorf(CodeNotFound, "join %q: no connection %s on this server", room, connID)
 	}
-	return s.hub.join(ctx, e, room)
+	return s.hub.join(ctx, sn, room)
 }
 
 // Leave takes connection connID out of room.
 func (s *Server) Leave(ctx context.Context, connID, room string) error {
-	e := s.hub.conn(connID)
-	if e == nil {
+	sn := s.hub.session(connID)
+	if sn == nil {
 		return Errorf(CodeNotFound, "leave %q: no connection %s on this server", room, connID)
 	}
-	return s.hub.leave(ctx, e, room)
+	return s.hub.leave(ctx, sn, room)
 }
 
 // JoinUser puts every current connection of userID on this server in room.
 func (s *Server) JoinUser(ctx context.Context, userID, room string) error {
 	var errs []error
-	for _, e := range s.hub.userConns(userID) {
-		errs = append(errs, s.hub.join(ctx, e, room))
+	for _, sn := range s.hub.userSessions(userID) {
+		errs = append(errs, s.hub.join(ctx, sn, room))
 	}
 	return errors.Join(errs...)
 }
@@ -76,8 +76,8 @@ func (s *Server) JoinUser(ctx context.Context, userID, room string) error {
 // LeaveUser takes every connection of userID on this server out of room.
 func (s *Server) LeaveUser(ctx context.Context, userID, room string) error {
 	var errs []error
-	for _, e := range s.hub.userConns(userID) {
-		errs = append(errs, s.hub.leave(ctx, e, room))
+	for _, sn := range s.hub.userSessions(userID) {
+		errs = append(errs, s.hub.leave(ctx, sn, room))
 	}
 	return errors.Join(errs...)
 }

@@ -159,12 +159,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.conns[e] = struct{}{}
 	s.mu.Unlock()
-	s.hub.add(e)
+	e.sess.attach(e, e.resumeFrom)
 	defer func() {
-		s.hub.remove(e)
 		s.mu.Lock()
 		delete(s.conns, e)
+		resumable := !s.shuttingDown && !e.peerSaidBye
 		s.mu.Unlock()
+		e.sess.detach(e, resumable)
 	}()
 
 	e.start()
@@ -207,8 +208,31 @@ func (s *Server) handshake(e *endpoint, r *http.Request) error {
 			return err
 		}
 	}
+	// Resume the session the client names, if it is alive, the token is
+	// right, no event it missed was dropped, and the principal is the same.
+	var sess *session
+	var lastOffset uint64
+	if id := f.hello.GetSessionId(); id != "" && s.cfg.resumeWindow > 0 {
+		if old := s.hub.session(id); old != nil {
+			lastOffset = f.hello.GetOffsets()[sessionTopic]
+			if old.canResume(f.hello.GetResumeToken(), lastOffset) && old.peer.userID() == principal.userID() {
+				sess = old
+			} else if old.canResume(f.hello.GetResumeToken(), old.offsetNow()) {
+				old.end() // its owner moved on to a new session
+			}
+		}
+	}
+	resumed := sess != nil
+	if !resumed {
+		sess = newSession(s, principal)
+		lastOffset = 0
+		s.hub.add(sess)
+	}
+	e.sess, e.peer = sess, sess.peer
+	e.resumeFrom = lastOffset
 	w := &parleyv1.Welcome{
-		SessionId:       newSessionID(),
+		SessionId:       sess.id,
+		Resumed:         resumed,
 		MaxMessageBytes: uint32(s.cfg.maxMessageBytes),
 		MaxInFlight:     uint32(s.cfg.maxInFlight),
 		PingIntervalMs:  uint32(s.cfg.pingInterval.Milliseconds()),
@@ -216,7 +240,10 @@ func (s *Server) handshake(e *endpoint, r *http.Request) error {
 		StreamWindow:    s.cfg.streamWindow,
 		MaxStreams:      uint32(s.cfg.maxStreams),
 	}
-	e.peer = &Peer{e: e, id: w.SessionId, server: s, principal: principal}
+	if s.cfg.resumeWindow > 0 {
+		w.ResumeToken = sess.token
+		w.ResumeWindowMs = uint32(s.cfg.resumeWindow.Milliseconds())
+	}
 	b, err := e.codec.appendFrame(nil, &frame{kind: kindWelcome, welcome: w}, nil)
 	if err != nil {
 		return err
@@ -292,6 +319,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.served.Wait()
 		close(all)
 	}()
+	defer s.endSessions()
 	select {
 	case <-all:
 		return nil
@@ -303,6 +331,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	return ctx.Err()
+}
+
+// endSessions ends every session, including those waiting for their
+// client to resume: a server going away cannot honour them.
+func (s *Server) endSessions() {
+	s.hub.mu.RLock()
+	sessions := make([]*session, 0, len(s.hub.sessions))
+	for _, sn := range s.hub.sessions {
+		sessions = append(sessions, sn)
+	}
+	s.hub.mu.RUnlock()
+	for _, sn := range sessions {
+		sn.end()
+	}
 }
 
 // goAway refuses new calls and tells the client.

@@ -1,0 +1,292 @@
+package parley
+
+import (
+	"context"
+	"crypto/subtle"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+)
+
+// Defaults for session resumption; WithResume changes them.
+const (
+	// DefaultResumeWindow is how long a server keeps the session of a
+	// dropped socket for its client to resume.
+	DefaultResumeWindow = 2 * time.Minute
+	// DefaultResumeEvents is how many recent events a session keeps to
+	// replay after a reconnect. A client that missed more cannot resume:
+	// it is told (resumed = false) and resyncs.
+	DefaultResumeEvents = 512
+)
+
+// sessionTopic is the Event.topic of events a session can replay.
+const sessionTopic = "session"
+
+// session is a client's state on a server beyond any one socket: its
+// principal, its rooms, the events sent to it and the calls it made. A
+// socket attaches to it after the handshake; when the socket drops, the
+// session waits for the resume window, keeping its rooms and buffering its
+// events, for the client to come back with its resume token.
+//
+// The session's context ends when the session does (not when a socket
+// drops): handlers of its calls keep running across a reconnect. mu guards
+// everything below it.
+type session struct {
+	srv    *Server
+	id     string
+	token  string
+	peer   *Peer
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	cur     *endpoint // the attached socket, nil while away
+	expiry  *time.Timer
+	ended   bool
+	offset  uint64         // of the last event sent
+	events  []sessionEvent // the most recent events, oldest first
+	running map[uint64]*endpoint
+	replies map[uint64]sessionReply
+	order   []uint64 // ids in replies, oldest first
+}
+
+// sessionEvent is an event kept for replay.
+type sessionEvent struct {
+	offset uint64
+	at     time.Time
+	ev     *eventData
+}
+
+// sessionReply is a finished call's outcome, kept so that a call re-sent
+// after a reconnect is answered without running twice.
+type sessionReply struct {
+	res proto.Message
+	err *Error
+}
+
+func newSession(srv *Server, principal *Principal) *session {
+	ctx, cancel := context.WithCancel(context.Background())
+	sess := &session{
+		srv: srv, id: newSessionID(), token: newSessionID(),
+		ctx: ctx, cancel: cancel,
+		running: make(map[uint64]*endpoint),
+		replies: make(map[uint64]sessionReply),
+	}
+	sess.peer = &Peer{sess: sess, id: sess.id, server: srv, principal: principal}
+	return sess
+}
+
+// offsetNow returns the offset of the last event sent.
+func (s *session) offsetNow() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.offset
+}
+
+// endpoint returns the attached socket, or nil.
+func (s *session) endpoint() *endpoint {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur
+}
+
+// canResume reports whether a client that saw events up to lastOffset can
+// resume: the session is alive and still holds every later event.
+func (s *session) canResume(token string, lastOffset uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended || subtle.ConstantTimeCompare([]byte(token), []byte(s.token)) != 1 {
+		return false
+	}
+	if lastOffset > s.offset {
+		return false // the client saw events this session never sent
+	}
+	if lastOffset == s.offset {
+		return true
+	}
+	return len(s.events) > 0 && s.events[0].offset <= lastOffset+1
+}
+
+// attach makes e the session's socket, closing a previous one still
+// attached (a half-open socket the client gave up on), and replays the
+// events after lastOffset. Events published meanwhile wait for the lock, so
+// they follow the replay in order.
+func (s *session) attach(e *endpoint, lastOffset uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.cur; old != nil && old != e {
+		old.abort(closeNormal, "session resumed on another socket")
+	}
+	s.cur = e
+	if s.expiry != nil {
+		s.expiry.Stop()
+		s.expiry = nil
+	}
+	for _, se := range s.events {
+		if se.offset > lastOffset {
+			s.sendEventLocked(e, se)
+		}
+	}
+}
+
+// detach notes that e closed. Unless another socket took over, the session
+// ends after the resume window (at once when resumption is off or the
+// server is shutting down).
+func (s *session) detach(e *endpoint, resumable bool) {
+	s.mu.Lock()
+	if s.cur != e {
+		s.mu.Unlock()
+		return
+	}
+	s.cur = nil
+	window := s.srv.cfg.resumeWindow
+	if !resumable || window <= 0 {
+		s.mu.Unlock()
+		s.end()
+		return
+	}
+	s.expiry = time.AfterFunc(window, func() {
+		s.mu.Lock()
+		expired := s.cur == nil && !s.ended
+		s.mu.Unlock()
+		if expired {
+			s.end()
+		}
+	})
+	s.mu.Unlock()
+}
+
+// end destroys the session: it leaves its rooms, its user may go offline,
+// and its calls' contexts are cancelled.
+func (s *session) end() {
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	s.ended = true
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
+	s.events = nil
+	s.mu.Unlock()
+	s.srv.hub.remove(s)
+	s.cancel()
+}
+
+// deliverEvent numbers an event for this session, keeps it for replay and
+// sends it to the attached socket, if any.
+func (s *session) deliverEvent(ev *eventData) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return
+	}
+	s.offset++
+	se := sessionEvent{offset: s.offset, at: time.Now(), ev: ev}
+	limit := s.srv.cfg.resumeEvents
+	if limit > 0 {
+		// Drop the oldest beyond the bound, and, while a socket is
+		// attached, those older than the resume window: no client can
+		// still be missing them.
+		drop := max(0, len(s.events)+1-limit)
+		if s.cur != nil {
+			horizon := se.at.Add(-s.srv.cfg.resumeWindow)
+			for drop < len(s.events) && s.events[drop].at.Before(horizon) {
+				drop++
+			}
+		}
+		if drop > 0 {
+			clear(s.events[:drop])
+			s.events = s.events[drop:]
+		}
+		s.events = append(s.events, se)
+	}
+	if s.cur != nil {
+		s.sendEventLocked(s.cur, se)
+	}
+}
+
+func (s *session) sendEventLocked(e *endpoint, se sessionEvent) {
+	payload, err := se.ev.payloadFor(e.codec)
+	if err != nil {
+		e.log.Error("parley: encoding an event", "method", se.ev.method, "err", err)
+		return
+	}
+	f := frame{kind: kindEvent, method: se.ev.method, hasPayload: true, payload: payload, topic: sessionTopic, offset: se.offset}
+	if s.srv.cfg.resumeWindow <= 0 {
+		f.topic, f.offset = "", 0
+	}
+	b := getBuf()
+	*b, err = e.codec.appendFrame((*b)[:0], &f, nil)
+	if err != nil {
+		putBuf(b)
+		return
+	}
+	e.pushEvent(b)
+}
+
+// claimCall decides what to do with an incoming call id: run it (true), or
+// not, because it ran or is running already in this session (a call the
+// client re-sent after a reconnect); a finished one is answered again.
+func (s *session) claimCall(e *endpoint, id uint64) bool {
+	s.mu.Lock()
+	if r, ok := s.replies[id]; ok {
+		s.mu.Unlock()
+		e.sendOutcome(id, r.res, r.err)
+		return false
+	}
+	if _, ok := s.running[id]; ok {
+		s.mu.Unlock()
+		return false
+	}
+	s.running[id] = e
+	s.mu.Unlock()
+	return true
+}
+
+// finishCall records a call's outcome and sends it on the attached socket,
+// which may not be the one the call came on.
+func (s *session) finishCall(id uint64, res proto.Message, err *Error, abandoned bool) {
+	s.mu.Lock()
+	delete(s.running, id)
+	if abandoned {
+		s.mu.Unlock()
+		return
+	}
+	s.replies[id] = sessionReply{res: res, err: err}
+	s.order = append(s.order, id)
+	// A client has at most max_in_flight calls unanswered, so twice that
+	// many recent outcomes cover every call it can re-send.
+	if limit := 2*s.srv.cfg.maxInFlight + 16; len(s.order) > limit {
+		for _, old := range s.order[:len(s.order)-limit] {
+			delete(s.replies, old)
+		}
+		s.order = append(s.order[:0], s.order[len(s.order)-limit:]...)
+	}
+	cur := s.cur
+	s.mu.Unlock()
+	if cur != nil {
+		cur.sendOutcome(id, res, err)
+	}
+}
+
+// cancelCall cancels a call of this session running on any socket.
+func (s *session) cancelCall(id uint64, code Code) {
+	s.mu.Lock()
+	e := s.running[id]
+	s.mu.Unlock()
+	if e != nil {
+		e.cancelIncoming(id, code)
+	}
+}
+
+// sendOutcome sends a call's reply or error.
+func (e *endpoint) sendOutcome(id uint64, res proto.Message, err *Error) {
+	if err != nil {
+		e.sendError(id, err)
+		return
+	}
+	e.send(&frame{kind: kindReply, id: id, hasPayload: true}, res)
+}
