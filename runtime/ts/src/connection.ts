@@ -11,8 +11,8 @@ import {
 } from "@bufbuild/protobuf";
 import { codeFromNumber, codeToNumber, type Code } from "./code.js";
 import { ParleyError } from "./error.js";
-import { decodeBinary, decodeJson, encodeBinary, encodeJson, type Body, type ErrorFrame, type Frame, type Welcome } from "./frame.js";
-import type { CallOptions, MethodSpec } from "./method.js";
+import { decodeBinary, decodeJson, encodeBinary, encodeJson, type Body, type Call, type ErrorFrame, type Frame, type Welcome } from "./frame.js";
+import type { BidiStreamCall, CallOptions, ClientStreamCall, MethodSpec } from "./method.js";
 
 /** The agent this runtime names in its Hello. */
 export const agent = "parley-ts/0.1.0";
@@ -79,6 +79,44 @@ export interface ConnectionOptions {
   maxMessageBytes?: number;
   /** Resolves google.protobuf.Any and extensions in JSON payloads. */
   registry?: Registry;
+  /**
+   * How many stream items this client accepts per stream before it grants
+   * the server more (sent in Hello as stream_window). It bounds each
+   * stream's receive buffer to that many items; a server sending beyond
+   * it fails that stream with "resource_exhausted". Default
+   * {@link defaultStreamWindow} (64).
+   */
+  streamWindow?: number;
+  /**
+   * How often, in milliseconds, the client sends a Ping frame once open.
+   * Default: the server's ping_interval_ms from Welcome; 0 (or a server
+   * that sets none) disables keepalive.
+   */
+  pingIntervalMs?: number;
+  /**
+   * With keepalive on, a socket on which no frame at all arrived for
+   * pingIntervalMs + pongTimeoutMs is taken as dead: the connection
+   * closes with "unavailable". Default 10 s, so 30 s with the Go server's
+   * default 20 s ping interval.
+   */
+  pongTimeoutMs?: number;
+  /**
+   * Receives what event handlers throw (or their promises reject with) and
+   * events that cannot be decoded. Default console.error.
+   */
+  onError?: (error: unknown) => void;
+}
+
+/** The context of a handler registered with {@link Connection.handle}. */
+export interface HandlerContext {
+  /**
+   * Aborted when the server cancels the call, at the call's deadline
+   * (with a "deadline_exceeded" ParleyError as reason) or when the
+   * connection closes.
+   */
+  readonly signal: AbortSignal;
+  /** The call's metadata. */
+  readonly metadata: Record<string, string>;
 }
 
 /**
@@ -118,7 +156,10 @@ export type ConnectionState =
   | { readonly status: "open"; readonly session: Session; readonly goingAway?: string }
   | { readonly status: "closed"; readonly error: ParleyError };
 
-/** A call not yet settled. */
+/** The receive window of streams unless ConnectionOptions.streamWindow says otherwise: 64, as in Go. */
+export const defaultStreamWindow = 64;
+
+/** A call or stream this side opened, not yet settled. */
 interface Pending {
   spec: MethodSpec;
   body: Body;
@@ -127,7 +168,29 @@ interface Pending {
   deadline?: number;
   /** The call id once the Call frame went out; 0 while queued. */
   id: number;
-  settle(error: ParleyError | undefined, value?: unknown): void;
+  /** A stream's receive side; undefined for a unary call. */
+  s?: StreamSide;
+  /**
+   * Ends the call once, with error or value. cancel, when given, is the
+   * code a Cancel frame carries to the server (the caller gave up).
+   */
+  settle(error: ParleyError | undefined, value?: unknown, cancel?: number): void;
+}
+
+/** How the connection feeds a stream. */
+interface StreamSide {
+  /** The Call frame went out with this id: sending may start. */
+  opened(id: number): void;
+  item(body: Body): void;
+  credit(items: number): void;
+}
+
+/** A call the server made to a handler of this client, running. */
+interface Serving {
+  ac: AbortController;
+  deadline: boolean;
+  /** The server sent Cancel: the reply is not sent. */
+  abandoned?: boolean;
 }
 
 // Browsers only let scripts close with 1000 or 3000-4999.
@@ -161,10 +224,20 @@ export class Connection {
   #socket: WebSocketLike;
   #json: boolean;
   #options: ConnectionOptions;
-  #queue: Pending[] = [];
+  /** Calls and streams waiting for a slot: [unary, streams]. */
+  #queues: Pending[][] = [[], []];
+  /** How many of #inflight are unary calls and streams. */
+  #open = [0, 0];
   #inflight = new Map<number, Pending>();
   #nextId = 1;
   #welcomeTimer: ReturnType<typeof setTimeout> | undefined;
+  #pinger: ReturnType<typeof setInterval> | undefined;
+  #watchdog: ReturnType<typeof setTimeout> | undefined;
+  /** performance.now() when the last message arrived. */
+  #heard = 0;
+  #events = new Map<string, Set<(body: Body) => unknown>>();
+  #handlers = new Map<string, { spec: MethodSpec; fn: (req: any, ctx: HandlerContext) => unknown }>();
+  #serving = new Map<number, Serving>();
 
   constructor(url: string, options: ConnectionOptions = {}) {
     this.#options = options;
@@ -238,63 +311,296 @@ export class Connection {
     options: CallOptions = {},
   ): Promise<MessageShape<O>> {
     return new Promise((resolve, reject) => {
-      const { signal } = options;
-      const state = this.#state;
-      if (state.status == "closed") return reject(state.error);
-      if (state.status == "open" && state.goingAway !== undefined) {
-        return reject(new ParleyError("unavailable", `the server is going away: ${state.goingAway}`));
-      }
-      if (signal?.aborted) return reject(aborted(spec, signal));
       let body: Body;
       try {
-        const msg = create(spec.input, request as MessageInitShape<I>);
-        body = this.#json
-          ? { json: toJson(spec.input, msg, { registry: this.#options.registry }) }
-          : { payload: toBinary(spec.input, msg) };
+        body = this.#encode(spec.input, request, spec.procedure);
       } catch (e) {
-        return reject(new ParleyError("invalid_argument", `${spec.procedure}: cannot encode the request: ${String(e)}`, [], {}, e));
+        return reject(e);
       }
-      const timeout = options.timeoutMs ?? (spec.timeoutMs || this.#defaultTimeout);
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const onAbort = () => p.settle(aborted(spec, signal!), undefined);
-      const p: Pending = {
-        spec,
-        body,
-        metadata: options.metadata,
-        id: 0,
-        settle: (error, value) => {
-          // Settles once: whichever of reply, deadline, abort or close comes first.
-          p.settle = () => {};
-          clearTimeout(timer);
-          signal?.removeEventListener("abort", onAbort);
-          if (p.id) {
-            this.#inflight.delete(p.id);
-            // The caller gave up: tell the server, whose handler may still
-            // run, and why, so that at a deadline the handler sees
-            // deadline_exceeded (by its own deadline), not canceled.
-            const code = error?.code;
-            if ((code == "canceled" || code == "deadline_exceeded") && this.#state.status == "open") {
-              this.#send({ cancel: { id: p.id, code: code == "canceled" ? 0 : codeToNumber(code) } });
-            }
-          } else {
-            this.#queue = this.#queue.filter((q) => q != p);
-          }
-          if (error) reject(error);
-          else resolve(value as MessageShape<O>);
-          this.#pump();
-        },
-      };
-      if (timeout > 0) {
-        p.deadline = performance.now() + timeout;
-        timer = setTimeout(
-          () => p.settle(new ParleyError("deadline_exceeded", `${spec.procedure}: no reply within ${timeout} ms`)),
-          Math.min(timeout, 0x7fffffff),
-        );
-      }
-      signal?.addEventListener("abort", onAbort);
-      this.#queue.push(p);
-      this.#pump();
+      this.#start(spec, body, options, options.timeoutMs ?? (spec.timeoutMs || this.#defaultTimeout), (e, v) =>
+        e ? reject(e) : resolve(v as MessageShape<O>),
+      );
     });
+  }
+
+  /**
+   * Calls a server-streaming method: the responses, in order, as an async
+   * iterable. `for await` ends when the server completes the call and
+   * throws its {@link ParleyError} when it fails; breaking out of the loop
+   * cancels the call (a Cancel frame tells the server).
+   *
+   * The call starts at once. Its deadline is options.timeoutMs, else
+   * spec.timeoutMs, else none: the connection's default deadline does
+   * not apply to streams. Aborting options.signal fails it with
+   * "canceled"; the deadline with "deadline_exceeded". The server sends
+   * at most the connection's streamWindow items ahead of the loop.
+   */
+  serverStream<I extends DescMessage, O extends DescMessage>(
+    spec: MethodSpec<I, O>,
+    request: MessageShape<I> | MessageInitShape<I>,
+    options: CallOptions = {},
+  ): AsyncIterable<MessageShape<O>> {
+    return this.#stream(spec, options, request);
+  }
+
+  /**
+   * Calls a client-streaming method: send requests, then closeAndReceive()
+   * for the response. Sends are paced by the server's credit
+   * (Welcome.stream_window per stream, renewed as its handler reads).
+   * Deadline and signal as {@link serverStream}.
+   */
+  clientStream<I extends DescMessage, O extends DescMessage>(spec: MethodSpec<I, O>, options: CallOptions = {}): ClientStreamCall<I, O> {
+    return this.#stream(spec, options);
+  }
+
+  /**
+   * Calls a bidirectional streaming method: send requests into the
+   * returned object and iterate it for the responses. Deadline and signal
+   * as {@link serverStream}.
+   */
+  bidiStream<I extends DescMessage, O extends DescMessage>(spec: MethodSpec<I, O>, options: CallOptions = {}): BidiStreamCall<I, O> {
+    return this.#stream(spec, options);
+  }
+
+  /**
+   * Calls handler with every event of the method spec the server pushes,
+   * in the order they arrive, until the returned function is called.
+   * Several handlers of one event run in the order they were added. What
+   * a handler throws (or its promise rejects with) goes to the onError
+   * option and never affects the connection or other handlers. Events
+   * nobody handles are dropped.
+   */
+  onEvent<I extends DescMessage>(spec: MethodSpec<I, DescMessage>, handler: (event: MessageShape<I>) => void): () => void {
+    const m = spec.procedure;
+    const set = this.#events.get(m) ?? new Set();
+    this.#events.set(m, set);
+    const h = (b: Body) => handler(this.#decode(spec.input, b) as MessageShape<I>);
+    set.add(h);
+    return () => set.delete(h);
+  }
+
+  /**
+   * Serves calls the server makes to the method spec (of a service the
+   * client implements) until the returned function is called; a later
+   * handle() of the same method replaces this one. The handler's return
+   * value (or its promise's) is the reply. A {@link ParleyError} it
+   * throws reaches the server with its code; anything else thrown as
+   * "unknown" with its message. Calls of methods without a handler fail
+   * with "unimplemented". context.signal aborts when the server cancels,
+   * at the call's deadline, or when the connection closes; the reply of
+   * a call the server cancelled is not sent.
+   */
+  handle<I extends DescMessage, O extends DescMessage>(
+    spec: MethodSpec<I, O>,
+    handler: (
+      request: MessageShape<I>,
+      context: HandlerContext,
+    ) => MessageShape<O> | MessageInitShape<O> | Promise<MessageShape<O> | MessageInitShape<O>>,
+  ): () => void {
+    const h = { spec, fn: handler };
+    this.#handlers.set(spec.procedure, h);
+    return () => this.#handlers.get(spec.procedure) == h && this.#handlers.delete(spec.procedure);
+  }
+
+  /**
+   * Starts a call or stream: queues it until the connection is open and
+   * has a slot, arms its deadline and signal. done runs once, with the
+   * outcome; local is true when this side gave up (deadline, abort,
+   * cancel).
+   */
+  #start(
+    spec: MethodSpec,
+    body: Body,
+    options: CallOptions,
+    timeout: number,
+    done: (error: ParleyError | undefined, value: unknown, local: boolean) => void,
+    s?: StreamSide,
+  ): Pending {
+    const { signal } = options;
+    const kind = s ? 1 : 0;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const onAbort = () => p.settle(aborted(spec, signal!), undefined, 0);
+    const p: Pending = {
+      spec,
+      body,
+      metadata: options.metadata,
+      id: 0,
+      s,
+      settle: (error, value, cancel) => {
+        // Settles once: whichever of reply, deadline, abort or close comes first.
+        p.settle = () => {};
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        if (p.id) {
+          this.#inflight.delete(p.id);
+          this.#open[kind]!--;
+          // The caller gave up: tell the server, whose handler may still
+          // run, and why, so that at a deadline the handler sees
+          // deadline_exceeded (by its own deadline), not canceled.
+          if (cancel !== undefined && this.#state.status == "open") this.#send({ cancel: { id: p.id, code: cancel } });
+        } else {
+          this.#queues[kind] = this.#queues[kind]!.filter((q) => q != p);
+        }
+        done(error, value, cancel !== undefined);
+        this.#pump();
+      },
+    };
+    const state = this.#state;
+    const early =
+      state.status == "closed" ? state.error
+      : state.status == "open" && state.goingAway !== undefined ? new ParleyError("unavailable", `the server is going away: ${state.goingAway}`)
+      : signal?.aborted ? aborted(spec, signal)
+      : undefined;
+    if (early) {
+      p.settle(early);
+      return p;
+    }
+    if (timeout > 0) {
+      p.deadline = performance.now() + timeout;
+      timer = setTimeout(
+        () => p.settle(new ParleyError("deadline_exceeded", `${spec.procedure}: no reply within ${timeout} ms`), undefined, 4),
+        Math.min(timeout, 0x7fffffff),
+      );
+    }
+    signal?.addEventListener("abort", onAbort);
+    this.#queues[kind]!.push(p);
+    this.#pump();
+    return p;
+  }
+
+  /**
+   * Opens a stream; request is the one request of a server-streaming
+   * call. The returned object serves all three kinds.
+   */
+  #stream(spec: MethodSpec, options: CallOptions, request?: unknown): any {
+    const { procedure } = spec;
+    const window = this.#options.streamWindow || defaultStreamWindow;
+    /** Received items not yet read. */
+    const q: unknown[] = [];
+    /** Sends waiting for credit, in order; one without body is the StreamEnd. */
+    const out: { body?: Body; ok(): void; fail(e: ParleyError): void }[] = [];
+    const waiters: (() => void)[] = [];
+    let id = 0;
+    let consumed = 0; // items read since the last Credit
+    let credit = 0;
+    let ended = false;
+    let sendClosed = false;
+    let error: ParleyError | undefined;
+    let value: unknown;
+    let p: Pending | undefined;
+    const wake = () => waiters.splice(0).forEach((w) => w());
+    const wait = () => new Promise<void>((r) => waiters.push(r));
+    const endedError = () => error ?? new ParleyError("failed_precondition", `${procedure}: the stream has ended`);
+    const flush = () => {
+      while (id && !ended && out[0] && (!out[0].body || credit > 0)) {
+        const o = out.shift()!;
+        if (!o.body) {
+          this.#send({ end: { id } });
+          continue;
+        }
+        const size = this.#send({ item: { id, ...o.body } });
+        if (size > this.#maxSend) o.fail(new ParleyError("resource_exhausted", `${procedure}: the item is ${size} bytes, the limit ${this.#maxSend}`));
+        else credit--, o.ok();
+      }
+    };
+    const side: StreamSide = {
+      opened: (i) => {
+        id = i;
+        credit = (this.#state as { session: Session }).session.streamWindow || defaultStreamWindow;
+        flush();
+      },
+      item: (b) => {
+        if (ended) return;
+        // The server may have sent no more than the window minus what was
+        // received and not yet granted back.
+        if (q.length + consumed >= window) {
+          return p!.settle(new ParleyError("resource_exhausted", `${procedure}: the server sent stream items beyond its credit`), undefined, 0);
+        }
+        try {
+          q.push(this.#decode(spec.output, b));
+        } catch (e) {
+          return p!.settle(new ParleyError("internal", `${procedure}: undecodable stream item from the server: ${String(e)}`, [], {}, e), undefined, 0);
+        }
+        wake();
+      },
+      credit: (n) => {
+        credit += n;
+        flush();
+      },
+    };
+    const done = (e: ParleyError | undefined, v: unknown, local: boolean) => {
+      ended = true;
+      error = e;
+      value = v;
+      // The caller gave up: what it did not read no longer matters. Else
+      // the items that came before the end are still read.
+      if (local) q.length = 0;
+      for (const o of out.splice(0)) o.fail(endedError());
+      wake();
+    };
+    try {
+      const body = request === undefined ? {} : this.#encode(spec.input, request, procedure);
+      p = this.#start(spec, body, options, options.timeoutMs ?? spec.timeoutMs ?? 0, done, side);
+    } catch (e) {
+      done(e as ParleyError, undefined, false);
+    }
+    const cancel = async () => {
+      p?.settle(new ParleyError("canceled", `${procedure}: the caller ended the stream`), undefined, 0);
+      return { value: undefined, done: true } as const;
+    };
+    const closeSend = () => {
+      if (!sendClosed && !ended) {
+        sendClosed = true;
+        out.push({ ok() {}, fail() {} });
+        flush();
+      }
+    };
+    return {
+      closeSend,
+      send: (m: unknown) => {
+        if (ended || sendClosed) {
+          return Promise.reject(sendClosed && !ended ? new ParleyError("failed_precondition", `${procedure}: send after closeSend`) : endedError());
+        }
+        let body: Body;
+        try {
+          body = this.#encode(spec.input, m, procedure);
+        } catch (e) {
+          return Promise.reject(e);
+        }
+        return new Promise<void>((ok, fail) => {
+          out.push({ body, ok, fail });
+          flush();
+        });
+      },
+      async closeAndReceive() {
+        closeSend();
+        while (!ended) await wait();
+        if (error) throw error;
+        return value;
+      },
+      [Symbol.asyncIterator]: () => ({
+        next: async (): Promise<IteratorResult<unknown>> => {
+          for (;;) {
+            if (q.length) {
+              const value = q.shift();
+              // Grant the server what was read, half a window at a time.
+              if (++consumed >= Math.max(1, window >> 1) && !ended) {
+                this.#send({ credit: { id, items: consumed } });
+                consumed = 0;
+              }
+              return { value, done: false };
+            }
+            if (ended) {
+              if (error) throw error;
+              return { value: undefined, done: true };
+            }
+            await wait();
+          }
+        },
+        return: cancel,
+        throw: cancel,
+      }),
+    };
   }
 
   get #defaultTimeout(): number {
@@ -324,28 +630,34 @@ export class Connection {
     } catch (e) {
       return this.#fail(new ParleyError("unauthenticated", `token: ${String(e)}`, [], {}, e), closeNormal);
     }
-    if (this.#state.status == "connecting") this.#send({ hello: { metadata: md, agent } });
+    if (this.#state.status == "connecting") this.#send({ hello: { metadata: md, agent, streamWindow: this.#options.streamWindow } });
   }
 
-  /** Sends queued calls while the server has room for them. */
+  /** Sends queued calls and streams while the server has room for them. */
   #pump() {
     const state = this.#state;
     if (state.status != "open") return;
-    const max = state.session.maxInFlight || Infinity;
-    while (this.#queue.length && this.#inflight.size < max) {
-      const p = this.#queue.shift()!;
-      const id = (p.id = this.#nextId);
-      this.#nextId += 2;
-      this.#inflight.set(id, p);
-      // The remaining time, rounded down: the handler never outlives us.
-      const timeoutMs = p.deadline === undefined ? 0 : Math.min(Math.max(1, Math.floor(p.deadline - performance.now())), 0xffffffff);
-      const size = this.#send({ call: { id, method: p.spec.procedure, ...p.body, timeoutMs, metadata: p.metadata } });
-      if (size > this.#maxSend) {
-        p.id = 0; // Never sent: nothing to cancel.
-        this.#inflight.delete(id);
-        p.settle(new ParleyError("resource_exhausted", `${p.spec.procedure}: the request is ${size} bytes, the limit ${this.#maxSend}`));
+    const { maxInFlight, maxStreams } = state.session;
+    this.#queues.forEach((queue, kind) => {
+      while (queue.length && this.#open[kind]! < ((kind ? maxStreams : maxInFlight) || Infinity)) {
+        const p = queue.shift()!;
+        const id = (p.id = this.#nextId);
+        this.#nextId += 2;
+        this.#inflight.set(id, p);
+        this.#open[kind]!++;
+        // The remaining time, rounded down: the handler never outlives us.
+        const timeoutMs = p.deadline === undefined ? 0 : Math.min(Math.max(1, Math.floor(p.deadline - performance.now())), 0xffffffff);
+        const size = this.#send({ call: { id, method: p.spec.procedure, ...p.body, timeoutMs, metadata: p.metadata } });
+        if (size > this.#maxSend) {
+          p.id = 0; // Never sent: nothing to cancel.
+          this.#inflight.delete(id);
+          this.#open[kind]!--;
+          p.settle(new ParleyError("resource_exhausted", `${p.spec.procedure}: the request is ${size} bytes, the limit ${this.#maxSend}`));
+        } else {
+          p.s?.opened(id);
+        }
       }
-    }
+    });
   }
 
   get #maxSend(): number {
@@ -367,6 +679,7 @@ export class Connection {
 
   #receive(data: unknown) {
     if (this.#state.status == "closed") return;
+    this.#heard = performance.now();
     let frame: Frame;
     try {
       if (this.#json != (typeof data == "string")) {
@@ -383,20 +696,17 @@ export class Connection {
     if ("welcome" in frame) {
       if (state.status != "connecting") return;
       clearTimeout(this.#welcomeTimer);
-      this.#setState({ status: "open", session: session(frame.welcome) });
+      const open = session(frame.welcome);
+      this.#setState({ status: "open", session: open });
+      this.#keepalive(this.#options.pingIntervalMs ?? open.pingIntervalMs);
       this.#ready[0]();
       this.#pump();
     } else if ("reply" in frame) {
-      const { id, payload, json } = frame.reply;
-      const p = this.#inflight.get(id);
+      const p = this.#inflight.get(frame.reply.id);
       if (!p) return; // Late: the call already settled.
       let value: unknown;
       try {
-        const schema = p.spec.output;
-        value =
-          json !== undefined
-            ? fromJson(schema, json, { registry: this.#options.registry })
-            : fromBinary(schema, payload ?? new Uint8Array(0));
+        value = this.#decode(p.spec.output, frame.reply);
       } catch (e) {
         return p.settle(
           new ParleyError("internal", `${p.spec.procedure}: undecodable reply from the server: ${String(e)}`, [], {}, e),
@@ -411,14 +721,95 @@ export class Connection {
       this.#send({ pong: frame.ping });
     } else if ("goaway" in frame) {
       if (state.status == "open") this.#setState({ ...state, goingAway: frame.goaway.reason ?? "" });
+    } else if ("item" in frame) {
+      this.#inflight.get(frame.item.id)?.s?.item(frame.item);
+    } else if ("credit" in frame) {
+      this.#inflight.get(frame.credit.id)?.s?.credit(frame.credit.items ?? 0);
+    } else if ("event" in frame) {
+      // In arrival order, each handler isolated from the others.
+      for (const h of [...(this.#events.get(frame.event.method ?? "") ?? [])]) {
+        try {
+          Promise.resolve(h(frame.event)).catch(this.#onError);
+        } catch (e) {
+          this.#onError(e);
+        }
+      }
     } else if ("call" in frame) {
-      // Services implemented by clients are not supported yet.
-      this.#sendError(frame.call.id, "unimplemented", `parley-ts: no handler for ${frame.call.method}`);
+      void this.#serve(frame.call);
+    } else if ("cancel" in frame) {
+      const c = this.#serving.get(frame.cancel.id);
+      if (c) {
+        c.abandoned = true;
+        // A server that gave up at the deadline leaves the handler to its
+        // own copy of that deadline, as the Go runtime does.
+        if (frame.cancel.code != 4 || !c.deadline) c.ac.abort(new ParleyError("canceled", "the server canceled the call"));
+      }
     } else if ("unknown" in frame) {
       // The compatibility rule of frame.proto.
       if (frame.unknown.id) this.#sendError(frame.unknown.id, "invalid_argument", `parley-ts: unknown frame kind ${frame.unknown.kind}`);
     }
-    // Event, stream and credit frames are not handled yet; pong and cancel need nothing.
+    // Pong and StreamEnd (servers end calls with Reply or Error) need nothing.
+  }
+
+  #onError = (e: unknown) => (this.#options.onError ?? console.error)(e);
+
+  /** Runs a handler for a call the server made and answers it. */
+  async #serve(call: Call) {
+    const { id, method = "", timeoutMs } = call;
+    const h = this.#handlers.get(method);
+    if (!id || id % 2) return this.#sendError(id, "invalid_argument", `call id ${id} has the wrong parity: server calls use even ids`);
+    if (!h) return this.#sendError(id, "unimplemented", `method "${method}" is not implemented`);
+    let req: unknown;
+    try {
+      req = this.#decode(h.spec.input, call);
+    } catch (e) {
+      return this.#sendError(id, "invalid_argument", `decoding the request of ${method}: ${String(e)}`);
+    }
+    const c: Serving = { ac: new AbortController(), deadline: !!timeoutMs };
+    this.#serving.set(id, c);
+    const timer = timeoutMs
+      ? setTimeout(() => c.ac.abort(new ParleyError("deadline_exceeded", `${method}: deadline exceeded`)), timeoutMs)
+      : undefined;
+    let reply: Frame;
+    try {
+      reply = { reply: { id, ...this.#encode(h.spec.output, await h.fn(req, { signal: c.ac.signal, metadata: call.metadata ?? {} }), method, "internal") } };
+    } catch (e) {
+      const err = ParleyError.from(e);
+      reply = { error: { id, code: codeToNumber(err.code), message: err.rawMessage, metadata: err.metadata } };
+    }
+    clearTimeout(timer);
+    this.#serving.delete(id);
+    if (c.abandoned || this.#state.status != "open") return;
+    const size = this.#send(reply);
+    if (size > this.#maxSend) this.#sendError(id, "resource_exhausted", `${method}: the response is ${size} bytes, the limit ${this.#maxSend}`);
+  }
+
+  /** Sends Ping every `every` ms, and fails the connection when nothing arrives for every + pongTimeoutMs. */
+  #keepalive(every: number) {
+    if (!(every > 0)) return;
+    const bound = every + (this.#options.pongTimeoutMs ?? 10_000);
+    let nonce = 0;
+    this.#pinger = setInterval(() => this.#send({ ping: { nonce: String(++nonce) } }), every);
+    const check = () => {
+      const quiet = performance.now() - this.#heard;
+      if (quiet < bound) this.#watchdog = setTimeout(check, bound - quiet);
+      else this.#fail(new ParleyError("unavailable", `no frame from the server for ${Math.round(quiet)} ms`), closeNormal, "keepalive timeout");
+    };
+    this.#watchdog = setTimeout(check, bound);
+  }
+
+  /** Encodes a message (or init object) as a body; throws a ParleyError with code. */
+  #encode(schema: DescMessage, value: unknown, what: string, code: Code = "invalid_argument"): Body {
+    try {
+      const msg = create(schema, value as MessageInitShape<DescMessage>);
+      return this.#json ? { json: toJson(schema, msg, { registry: this.#options.registry }) } : { payload: toBinary(schema, msg) };
+    } catch (e) {
+      throw new ParleyError(code, `${what}: cannot encode ${schema.typeName}: ${String(e)}`, [], {}, e);
+    }
+  }
+
+  #decode(schema: DescMessage, { json, payload }: Body): unknown {
+    return json !== undefined ? fromJson(schema, json, { registry: this.#options.registry }) : fromBinary(schema, payload ?? new Uint8Array(0));
   }
 
   #sendError(id: number, code: Code, message: string) {
@@ -443,9 +834,12 @@ export class Connection {
   #fail(error: ParleyError, closeCode?: number, reason?: string) {
     if (this.#state.status == "closed") return;
     clearTimeout(this.#welcomeTimer);
+    clearInterval(this.#pinger);
+    clearTimeout(this.#watchdog);
     this.#setState({ status: "closed", error });
     this.#ready[1](error);
-    for (const p of [...this.#queue, ...this.#inflight.values()]) p.settle(error);
+    for (const p of [...this.#queues.flat(), ...this.#inflight.values()]) p.settle(error);
+    for (const c of this.#serving.values()) c.ac.abort(error);
     if (closeCode) {
       try {
         this.#socket.close(closeCode, reason);

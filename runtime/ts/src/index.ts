@@ -7,12 +7,14 @@
  */
 export { type Code, codeFromNumber, codeToNumber } from "./code.js";
 export { ParleyError, type ErrorDetail } from "./error.js";
-export type { CallOptions, MethodSpec } from "./method.js";
+export type { BidiStreamCall, CallOptions, ClientStreamCall, MethodSpec } from "./method.js";
 export {
   Connection,
   agent,
   defaultMaxMessageBytes,
+  defaultStreamWindow,
   defaultTimeoutMs,
+  type HandlerContext,
   type ConnectionOptions,
   type ConnectionState,
   type Session,

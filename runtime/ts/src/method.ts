@@ -1,4 +1,4 @@
-import type { DescMessage } from "@bufbuild/protobuf";
+import type { DescMessage, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 
 /**
  * MethodSpec describes a method to the runtime. Generated clients declare
@@ -23,6 +23,41 @@ export interface MethodSpec<I extends DescMessage = DescMessage, O extends DescM
    * NO_SIDE_EFFECTS: the call may safely run more than once.
    */
   readonly idempotent?: boolean;
+  /**
+   * The method's kind, from `stream` in the proto: "unary" (the default
+   * when absent), "server_streaming", "client_streaming" or
+   * "bidi_streaming".
+   */
+  readonly kind?: "unary" | "server_streaming" | "client_streaming" | "bidi_streaming";
+}
+
+/**
+ * A client-streaming call in progress (see {@link Connection.clientStream}).
+ */
+export interface ClientStreamCall<I extends DescMessage, O extends DescMessage> {
+  /**
+   * Sends one request. Resolves once it went out under the server's
+   * credit (so awaiting each send paces the sender to the server); rejects
+   * with the call's ParleyError once the call ended, or with
+   * "failed_precondition" after closeAndReceive.
+   */
+  send(message: MessageShape<I> | MessageInitShape<I>): Promise<void>;
+  /** Half-closes the requests and resolves with the response, or rejects with the call's ParleyError. */
+  closeAndReceive(): Promise<MessageShape<O>>;
+}
+
+/**
+ * A bidirectional streaming call in progress (see
+ * {@link Connection.bidiStream}): send requests into it and iterate its
+ * responses. Iteration ends when the server completes the call and throws
+ * its ParleyError when it fails; leaving the loop early (break, throw)
+ * cancels the call.
+ */
+export interface BidiStreamCall<I extends DescMessage, O extends DescMessage> extends AsyncIterable<MessageShape<O>> {
+  /** Sends one request; as {@link ClientStreamCall.send}. */
+  send(message: MessageShape<I> | MessageInitShape<I>): Promise<void>;
+  /** Half-closes the requests (StreamEnd, after the sends already made); responses keep coming. */
+  closeSend(): void;
 }
 
 /** Options of one call. */
@@ -34,7 +69,7 @@ export interface CallOptions {
    * deadline.
    */
   timeoutMs?: number;
-  /** Aborting the signal fails the call with "canceled" and cancels it on the server. */
+  /** Aborting the signal fails the call (or stream) with "canceled" and cancels it on the server. */
   signal?: AbortSignal;
   /** Call metadata (like HTTP headers), for the server's interceptors. */
   metadata?: Record<string, string>;
