@@ -39,6 +39,11 @@ export class Peer {
     });
   }
 
+  /** Frames received and not yet taken by recv(). */
+  get buffered(): readonly Frame[] {
+    return this.#frames;
+  }
+
   /** The next frame the client sends. */
   recv(): Promise<Frame> {
     const f = this.#frames.shift();

@@ -1,0 +1,460 @@
+// Streams, events, server-to-client calls and keepalive against the
+// scripted server, in both encodings.
+import { create, fromBinary, fromJson, toBinary, toJson, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import WebSocket from "ws";
+import { Connection, ParleyError, type ConnectionOptions } from "../src/index.js";
+import type { Body, Frame } from "../src/frame.js";
+import { FakeServer, type Peer } from "./fakeserver.js";
+import { Confirm, Count, EchoStream, Sum, Tick } from "./specs.js";
+
+async function rejectsWith(p: Promise<unknown>, code: string, message?: RegExp): Promise<ParleyError> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof ParleyError, `not a ParleyError: ${String(e)}`);
+    assert.equal(e.code, code, `code of ${e.message}`);
+    if (message) assert.match(e.message, message);
+    return e;
+  }
+  assert.fail(`resolved; want ${code}`);
+}
+
+function within<T>(p: Promise<T>, ms = 2000): Promise<T> {
+  return Promise.race([p, sleep(ms).then(() => assert.fail(`still pending after ${ms} ms`))]);
+}
+
+async function expectFrame<K extends string>(peer: Peer, kind: K): Promise<Extract<Frame, Record<K, unknown>>[K]> {
+  const f = await within(peer.recv());
+  assert.ok(kind in f, `want ${kind}, got ${JSON.stringify(f)}`);
+  return (f as any)[kind];
+}
+
+/** Asserts that the client sends nothing for a while. */
+async function quiet(peer: Peer, ms = 50) {
+  await sleep(ms);
+  assert.deepEqual(peer.buffered, [], "unexpected frames");
+}
+
+/** A message body in the peer's encoding. */
+function body<D extends DescMessage>(peer: Peer, schema: D, init: MessageInitShape<D>): Body {
+  const m = create(schema, init);
+  return peer.json ? { json: toJson(schema, m) } : { payload: toBinary(schema, m) };
+}
+
+function decode<D extends DescMessage>(schema: D, b: Body): MessageShape<D> {
+  return b.json !== undefined ? fromJson(schema, b.json) : fromBinary(schema, b.payload ?? new Uint8Array(0));
+}
+
+/** Reads an iterator's next value or its error, without hanging. */
+async function next<T>(it: AsyncIterator<T>): Promise<IteratorResult<T>> {
+  return within(it.next());
+}
+
+for (const protocol of ["proto", "json"] as const) {
+  describe(`${protocol}: events and server calls`, () => {
+    let server: FakeServer;
+    before(async () => (server = await FakeServer.start()));
+    after(() => server.close());
+    const connect = async (options: ConnectionOptions = {}) => {
+      const conn = new Connection(server.url, { WebSocket, protocol, ...options });
+      const peer = await server.peer();
+      await within(conn.ready);
+      return { conn, peer };
+    };
+
+    test("events reach every handler in arrival order; unsubscribe; a throwing handler is isolated", async () => {
+      const errors: unknown[] = [];
+      const { conn, peer } = await connect({ onError: (e) => errors.push(e) });
+      const a: number[] = [];
+      const b: number[] = [];
+      conn.onEvent(Tick, () => {
+        throw new Error("handler bug");
+      });
+      const offA = conn.onEvent(Tick, (e) => a.push(e.seq));
+      conn.onEvent(Tick, async (e) => {
+        b.push(e.seq);
+        if (e.seq == 2) throw new Error("async bug");
+      });
+      for (let seq = 1; seq <= 3; seq++) peer.send({ event: { method: Tick.procedure, ...body(peer, Tick.input, { seq }) } });
+      peer.send({ event: { method: "/e2e.v1.ClientEvents/Nobody", ...body(peer, Tick.input, { seq: 9 }) } });
+      peer.send({ ping: { nonce: "7" } });
+      assert.deepEqual(await expectFrame(peer, "pong"), { nonce: "7" }, "the connection still works");
+      assert.deepEqual(a, [1, 2, 3]);
+      assert.deepEqual(b, [1, 2, 3]);
+      await sleep(10);
+      assert.deepEqual(
+        errors.map((e) => (e as Error).message),
+        ["handler bug", "handler bug", "handler bug", "async bug"],
+      );
+      offA();
+      peer.send({ event: { method: Tick.procedure, ...body(peer, Tick.input, { seq: 4 }) } });
+      peer.send({ ping: {} });
+      await expectFrame(peer, "pong");
+      assert.deepEqual(a, [1, 2, 3], "unsubscribed");
+      assert.deepEqual(b, [1, 2, 3, 4]);
+      assert.equal(conn.state.status, "open");
+      conn.close();
+    });
+
+    test("handle: the returned value is the reply; errors keep their code; unknown methods are unimplemented", async () => {
+      const { conn, peer } = await connect();
+      const seen: Record<string, string>[] = [];
+      conn.handle(Confirm, async (req, ctx) => {
+        seen.push(ctx.metadata);
+        if (req.question == "parley") throw new ParleyError("permission_denied", "not telling");
+        if (req.question == "bug") throw new TypeError("oops");
+        if (req.question == "message") return create(Confirm.output, { answer: "as a message" });
+        return { answer: `yes to ${req.question}` };
+      });
+      const ask = (id: number, question: string, method = Confirm.procedure) =>
+        peer.send({ call: { id, method, ...body(peer, Confirm.input, { question }), metadata: { k: "v" } } });
+      ask(2, "tea");
+      let r = await expectFrame(peer, "reply");
+      assert.equal(r.id, 2);
+      assert.equal(decode(Confirm.output, r).answer, "yes to tea");
+      assert.deepEqual(seen, [{ k: "v" }]);
+      ask(4, "message");
+      assert.equal(decode(Confirm.output, await expectFrame(peer, "reply")).answer, "as a message");
+      ask(6, "parley");
+      assert.deepEqual(await expectFrame(peer, "error"), { id: 6, code: 7, message: "not telling" });
+      ask(8, "bug");
+      assert.deepEqual(await expectFrame(peer, "error"), { id: 8, code: 2, message: "oops" });
+      ask(10, "x", "/e2e.v1.ClientEvents/Missing");
+      const e = await expectFrame(peer, "error");
+      assert.equal(e.code, 12);
+      assert.match(e.message!, /Missing" is not implemented/);
+      ask(11, "odd");
+      assert.equal((await expectFrame(peer, "error")).code, 3, "server calls have even ids");
+      conn.close();
+    });
+
+    test("handle: Cancel aborts the signal and the reply is not sent; timeout_ms aborts with deadline_exceeded", async () => {
+      const { conn, peer } = await connect();
+      const reasons: unknown[] = [];
+      const off = conn.handle(Confirm, (req, { signal }) => {
+        return new Promise((resolve, reject) => {
+          signal.addEventListener("abort", () => {
+            reasons.push(signal.reason);
+            reject(signal.reason);
+          });
+          if (req.question == "fast") resolve({ answer: "fast" });
+        });
+      });
+      peer.send({ call: { id: 2, method: Confirm.procedure, ...body(peer, Confirm.input, { question: "slow" }) } });
+      await sleep(20);
+      peer.send({ cancel: { id: 2 } });
+      await sleep(20);
+      assert.equal((reasons[0] as ParleyError).code, "canceled");
+      peer.send({ call: { id: 4, method: Confirm.procedure, ...body(peer, Confirm.input, { question: "slow" }), timeoutMs: 30 } });
+      // A Cancel saying deadline_exceeded leaves the handler to its own deadline.
+      peer.send({ cancel: { id: 4, code: 4 } });
+      await sleep(10);
+      assert.equal(reasons.length, 1);
+      peer.send({ call: { id: 6, method: Confirm.procedure, ...body(peer, Confirm.input, { question: "slow" }), timeoutMs: 30 } });
+      const e = await expectFrame(peer, "error");
+      assert.equal(e.id, 6, "the cancelled calls 2 and 4 got no answer");
+      assert.equal(e.code, 4);
+      assert.equal((reasons[1] as ParleyError).code, "deadline_exceeded");
+      off();
+      peer.send({ call: { id: 8, method: Confirm.procedure, ...body(peer, Confirm.input, { question: "fast" }) } });
+      assert.equal((await expectFrame(peer, "error")).code, 12, "unregistered");
+      conn.close();
+    });
+
+    test("handle: the connection closing aborts running handlers", async () => {
+      const { conn, peer } = await connect();
+      let reason: unknown;
+      conn.handle(Confirm, (_, { signal }) => new Promise((resolve) => signal.addEventListener("abort", () => ((reason = signal.reason), resolve({})))));
+      peer.send({ call: { id: 2, method: Confirm.procedure, ...body(peer, Confirm.input, {}) } });
+      await sleep(20);
+      peer.ws.terminate();
+      await within(new Promise((r) => conn.onStateChange(r)));
+      assert.equal((reason as ParleyError).code, "unavailable");
+    });
+  });
+
+  describe(`${protocol}: streams`, () => {
+    let server: FakeServer;
+    before(async () => (server = await FakeServer.start({ welcome: { sessionId: "s", streamWindow: 2 } })));
+    after(() => server.close());
+    const connect = async (options: ConnectionOptions = {}) => {
+      const conn = new Connection(server.url, { WebSocket, protocol, streamWindow: 4, ...options });
+      const peer = await server.peer();
+      assert.equal(((await peer.hello) as { hello: { streamWindow?: number } }).hello.streamWindow, options.streamWindow ?? 4);
+      await within(conn.ready);
+      return { conn, peer };
+    };
+    const item = (peer: Peer, id: number, n: number) => peer.send({ item: { id, ...body(peer, Count.output, { n }) } });
+
+    test("server stream: the request rides in the Call; items in order; Reply ends the loop; credit at half the window", async () => {
+      const { conn, peer } = await connect();
+      const stream = conn.serverStream(Count, { from: 5, count: 6 });
+      const call = await expectFrame(peer, "call");
+      assert.equal(call.method, Count.procedure);
+      assert.equal(decode(Count.input, call).from, 5);
+      assert.equal(call.timeoutMs, undefined, "no connection default deadline for streams");
+      for (let n = 5; n < 9; n++) item(peer, call.id, n); // the whole window of 4
+      const got: number[] = [];
+      const it = stream[Symbol.asyncIterator]();
+      got.push((await next(it)).value!.n);
+      await quiet(peer, 20);
+      got.push((await next(it)).value!.n);
+      assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2 });
+      got.push((await next(it)).value!.n, (await next(it)).value!.n);
+      assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2 });
+      item(peer, call.id, 9);
+      item(peer, call.id, 10);
+      peer.send({ reply: { id: call.id } });
+      for (;;) {
+        const r = await next(it);
+        if (r.done) break;
+        got.push(r.value.n);
+      }
+      assert.deepEqual(got, [5, 6, 7, 8, 9, 10]);
+      await quiet(peer); // no credit once the call ended
+      conn.close();
+    });
+
+    test("server stream: an Error ends the loop with it, after the items before it", async () => {
+      const { conn, peer } = await connect();
+      const stream = conn.serverStream(Count, {});
+      const call = await expectFrame(peer, "call");
+      item(peer, call.id, 1);
+      peer.send({ error: { id: call.id, code: 9, message: "out of numbers" } });
+      const got: number[] = [];
+      await rejectsWith(
+        (async () => {
+          for await (const r of stream) got.push(r.n);
+        })(),
+        "failed_precondition",
+        /out of numbers/,
+      );
+      assert.deepEqual(got, [1]);
+      conn.close();
+    });
+
+    test("server stream: breaking out of the loop sends Cancel", async () => {
+      const { conn, peer } = await connect();
+      const stream = conn.serverStream(Count, {});
+      const call = await expectFrame(peer, "call");
+      item(peer, call.id, 1);
+      item(peer, call.id, 2);
+      for await (const r of stream) if (r.n == 1) break;
+      assert.deepEqual(await expectFrame(peer, "cancel"), { id: call.id });
+      item(peer, call.id, 3); // Late: dropped.
+      await quiet(peer);
+      conn.close();
+    });
+
+    test("a server sending beyond its credit fails the stream with resource_exhausted and gets Cancel", async () => {
+      const { conn, peer } = await connect();
+      const stream = conn.serverStream(Count, {});
+      const call = await expectFrame(peer, "call");
+      for (let n = 0; n < 5; n++) item(peer, call.id, n); // window 4, nothing read
+      assert.deepEqual(await expectFrame(peer, "cancel"), { id: call.id });
+      await rejectsWith(
+        (async () => {
+          for await (const _ of stream);
+        })(),
+        "resource_exhausted",
+        /beyond its credit/,
+      );
+      assert.equal(conn.state.status, "open", "only the stream fails");
+      conn.close();
+    });
+
+    test("client stream: no request in the Call, sends wait for credit, closeAndReceive sends StreamEnd and gets the Reply", async () => {
+      const { conn, peer } = await connect();
+      const sum = conn.clientStream(Sum);
+      const call = await expectFrame(peer, "call");
+      assert.equal(call.payload ?? call.json, undefined);
+      const sent: number[] = [];
+      const sends = [1, 2, 3].map((v) => sum.send({ value: BigInt(v) }).then(() => sent.push(v)));
+      const items = [await expectFrame(peer, "item"), await expectFrame(peer, "item")];
+      assert.deepEqual(items.map((i) => decode(Sum.input, i).value), [1n, 2n]);
+      await quiet(peer); // Welcome.stream_window is 2
+      assert.deepEqual(sent, [1, 2]);
+      const res = sum.closeAndReceive();
+      await quiet(peer, 20); // StreamEnd waits behind the third item
+      peer.send({ credit: { id: call.id, items: 1 } });
+      assert.equal(decode(Sum.input, await expectFrame(peer, "item")).value, 3n);
+      assert.deepEqual(await expectFrame(peer, "end"), { id: call.id });
+      await within(Promise.all(sends));
+      await rejectsWith(sum.send({}), "failed_precondition", /after closeSend/);
+      peer.send({ reply: { id: call.id, ...body(peer, Sum.output, { sum: 6n, count: 3 }) } });
+      const r = await within(res);
+      assert.equal(r.sum, 6n);
+      assert.equal(r.count, 3);
+      conn.close();
+    });
+
+    test("client stream: an Error rejects closeAndReceive and waiting sends", async () => {
+      const { conn, peer } = await connect();
+      const sum = conn.clientStream(Sum);
+      const call = await expectFrame(peer, "call");
+      const sends = [1, 2, 3].map((v) => sum.send({ value: BigInt(v) }));
+      await expectFrame(peer, "item");
+      await expectFrame(peer, "item");
+      peer.send({ error: { id: call.id, code: 3, message: "bad value" } });
+      await rejectsWith(sends[2]!, "invalid_argument", /bad value/);
+      await rejectsWith(sum.closeAndReceive(), "invalid_argument", /bad value/);
+      await rejectsWith(sum.send({}), "invalid_argument");
+      conn.close();
+    });
+
+    test("bidi: sends and receives interleave; closeSend half-closes; Reply ends the responses", async () => {
+      const { conn, peer } = await connect();
+      const chat = conn.bidiStream(EchoStream);
+      const call = await expectFrame(peer, "call");
+      const it = chat[Symbol.asyncIterator]();
+      await chat.send({ text: "a" });
+      const a = await expectFrame(peer, "item");
+      peer.send({ item: { id: call.id, ...body(peer, EchoStream.output, { text: decode(EchoStream.input, a).text + "!" }) } });
+      assert.equal((await next(it)).value!.text, "a!");
+      void chat.send({ text: "b" });
+      chat.closeSend();
+      assert.equal(decode(EchoStream.input, await expectFrame(peer, "item")).text, "b");
+      assert.deepEqual(await expectFrame(peer, "end"), { id: call.id });
+      peer.send({ item: { id: call.id, ...body(peer, EchoStream.output, { text: "b!" }) } });
+      peer.send({ reply: { id: call.id } });
+      assert.equal((await next(it)).value!.text, "b!");
+      assert.equal((await next(it)).done, true);
+      await rejectsWith(chat.send({}), "failed_precondition", /has ended/);
+      conn.close();
+    });
+
+    test("abort and deadline cover the whole stream", async () => {
+      const { conn, peer } = await connect();
+      const ac = new AbortController();
+      const aborted = conn.bidiStream(EchoStream, { signal: ac.signal });
+      const c1 = await expectFrame(peer, "call");
+      const timed = conn.serverStream(Count, {}, { timeoutMs: 80 });
+      const c2 = await expectFrame(peer, "call");
+      assert.ok(c2.timeoutMs! > 0 && c2.timeoutMs! <= 80);
+      const method = conn.serverStream({ ...Count, timeoutMs: 60 }, {});
+      const c3 = await expectFrame(peer, "call");
+      assert.ok(c3.timeoutMs! > 0 && c3.timeoutMs! <= 60, "the method's timeout applies");
+      peer.send({ item: { id: c1.id, ...body(peer, EchoStream.output, { text: "dropped" }) } });
+      await sleep(10);
+      ac.abort();
+      assert.deepEqual(await expectFrame(peer, "cancel"), { id: c1.id });
+      await rejectsWith(aborted[Symbol.asyncIterator]().next(), "canceled", /aborted/);
+      await rejectsWith(aborted.send({}), "canceled");
+      const drain = async (s: AsyncIterable<unknown>) => {
+        for await (const _ of s);
+      };
+      await rejectsWith(drain(method), "deadline_exceeded");
+      assert.deepEqual(await expectFrame(peer, "cancel"), { id: c3.id, code: 4 });
+      await rejectsWith(drain(timed), "deadline_exceeded");
+      assert.deepEqual(await expectFrame(peer, "cancel"), { id: c2.id, code: 4 });
+      conn.close();
+    });
+
+    test("the socket closing mid-stream ends every stream with unavailable, after the items received", async () => {
+      const { conn, peer } = await connect();
+      const counting = conn.serverStream(Count, {});
+      const c1 = await expectFrame(peer, "call");
+      const sum = conn.clientStream(Sum);
+      await expectFrame(peer, "call");
+      item(peer, c1.id, 1);
+      await sleep(20);
+      const sends = [1, 2, 3].map((v) => sum.send({ value: BigInt(v) }));
+      await expectFrame(peer, "item");
+      await expectFrame(peer, "item");
+      peer.ws.terminate();
+      const got: number[] = [];
+      await rejectsWith(
+        (async () => {
+          for await (const r of counting) got.push(r.n);
+        })(),
+        "unavailable",
+      );
+      assert.deepEqual(got, [1]);
+      await rejectsWith(sends[2]!, "unavailable");
+      await rejectsWith(sum.closeAndReceive(), "unavailable");
+      await rejectsWith(conn.serverStream(Count, {})[Symbol.asyncIterator]().next(), "unavailable");
+    });
+
+    test("streams beyond Welcome.max_streams wait for a free slot; unary calls do not", async () => {
+      const s = await FakeServer.start({ welcome: { maxStreams: 1, maxInFlight: 1 } });
+      try {
+        const conn = new Connection(s.url, { WebSocket, protocol });
+        const peer = await s.peer();
+        const first = conn.serverStream(Count, {});
+        const second = conn.serverStream(Count, { from: 2 });
+        const c1 = await expectFrame(peer, "call");
+        void conn.call({ ...Count, kind: undefined, output: Count.input }, {}).catch(() => {});
+        const unary = await expectFrame(peer, "call");
+        assert.equal(unary.id, c1.id + 2, "the unary call went past the waiting stream");
+        peer.send({ reply: { id: c1.id } });
+        for await (const _ of first);
+        const c2 = await expectFrame(peer, "call");
+        assert.equal(decode(Count.input, c2).from, 2);
+        assert.equal(c2.id, c1.id + 4);
+        peer.send({ reply: { id: c2.id } });
+        for await (const _ of second);
+        conn.close();
+      } finally {
+        await s.close();
+      }
+    });
+  });
+}
+
+describe("keepalive", () => {
+  test("pings every pingIntervalMs; a server that answers keeps the connection", async () => {
+    const s = await FakeServer.start({ welcome: { pingIntervalMs: 40 } });
+    try {
+      const conn = new Connection(s.url, { WebSocket, pongTimeoutMs: 40 });
+      const peer = await s.peer();
+      await within(conn.ready);
+      const nonces: string[] = [];
+      for (let i = 0; i < 4; i++) {
+        const ping = await expectFrame(peer, "ping");
+        nonces.push(ping.nonce!);
+        peer.send({ pong: ping });
+      }
+      assert.deepEqual(nonces, ["1", "2", "3", "4"]);
+      assert.equal(conn.state.status, "open");
+      conn.close();
+    } finally {
+      await s.close();
+    }
+  });
+
+  test("no frame for pingIntervalMs + pongTimeoutMs closes the connection with unavailable", async () => {
+    const s = await FakeServer.start({ welcome: { pingIntervalMs: 20_000 } });
+    try {
+      const conn = new Connection(s.url, { WebSocket, pingIntervalMs: 30, pongTimeoutMs: 50 });
+      const peer = await s.peer();
+      await within(conn.ready);
+      const opened = performance.now();
+      const stream = conn.serverStream(Count, {});
+      await expectFrame(peer, "call");
+      const closed = new Promise<number>((resolve) => conn.onStateChange((st) => st.status == "closed" && resolve(performance.now() - opened)));
+      const took = await within(closed);
+      assert.ok(took >= 75 && took < 200, `closed after ${took} ms, want about 80`);
+      await rejectsWith(stream[Symbol.asyncIterator]().next(), "unavailable", /no frame from the server/);
+      assert.equal((await within(peer.closed)).code, 1000);
+    } finally {
+      await s.close();
+    }
+  });
+
+  test("pingIntervalMs 0 disables keepalive", async () => {
+    const s = await FakeServer.start({ welcome: { pingIntervalMs: 20 } });
+    try {
+      const conn = new Connection(s.url, { WebSocket, pingIntervalMs: 0, pongTimeoutMs: 10 });
+      const peer = await s.peer();
+      await within(conn.ready);
+      await quiet(peer, 80);
+      assert.equal(conn.state.status, "open");
+      conn.close();
+    } finally {
+      await s.close();
+    }
+  });
+});
