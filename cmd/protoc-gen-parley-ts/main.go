@@ -1,6 +1,7 @@
 // Command protoc-gen-parley-ts is a protoc/buf plugin that generates
 // Parley's TypeScript clients: <file>_parley.ts beside protoc-gen-es's
-// <file>_pb.ts. Options (opt: in buf.gen.yaml):
+// <file>_pb.ts, with client classes (unary and streaming methods), event
+// subscribers and call handlers. Options (opt: in buf.gen.yaml):
 //
 //	import_extension=none|js|ts   extension of relative imports (default none)
 //	runtime_import=<module>       where the runtime is imported from (default @parleyrpc/runtime)

@@ -147,8 +147,9 @@ var commentEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`, "\r",
 func escapeComment(s string) string { return commentEscaper.Replace(s) }
 
 // jsDocText is the text of a declaration's JSDoc: the proto's leading and
-// trailing comments, where it came from, and @deprecated.
-func jsDocText(fd protoreflect.FileDescriptor, d protoreflect.Descriptor, from string, deprecated bool) string {
+// trailing comments, then our own paragraphs (how to use what was
+// generated), where it came from, and @deprecated.
+func jsDocText(fd protoreflect.FileDescriptor, d protoreflect.Descriptor, from string, deprecated bool, paragraphs ...string) string {
 	loc := fd.SourceLocations().ByDescriptor(d)
 	var text string
 	if loc.LeadingComments != "" {
@@ -168,6 +169,11 @@ func jsDocText(fd protoreflect.FileDescriptor, d protoreflect.Descriptor, from s
 		lines[i] = strings.TrimPrefix(l, " ")
 	}
 	text = strings.Join(lines, "\n")
+	for _, p := range paragraphs {
+		if p != "" {
+			text += p + "\n\n"
+		}
+	}
 	text += "@generated from " + from
 	if deprecated {
 		text += "\n@deprecated"
@@ -175,19 +181,116 @@ func jsDocText(fd protoreflect.FileDescriptor, d protoreflect.Descriptor, from s
 	return text
 }
 
-// specDoc documents a MethodSpec constant.
+// specDoc documents a MethodSpec constant: what uses it, and its options.
 func specDoc(m methodModel, deprecated bool) string {
-	text := fmt.Sprintf("Describes rpc %s for Connection.call.", m.FullName)
+	var text string
+	switch {
+	case m.Event:
+		text = fmt.Sprintf("Describes rpc %s, an event the server publishes,\nfor Connection.onEvent.", m.FullName)
+	case m.Handled:
+		text = fmt.Sprintf("Describes rpc %s, which the server calls on clients,\nfor Connection.handle.", m.FullName)
+	default:
+		text = fmt.Sprintf("Describes rpc %s for Connection.%s.", m.FullName, connectionMethod[m.Kind])
+	}
 	if m.TimeoutMs > 0 {
 		text += fmt.Sprintf("\nDefault deadline: %d ms.", m.TimeoutMs)
 	}
 	if m.Idempotent {
-		text += "\nIdempotent: retried if the connection drops while it is in flight."
+		if m.Kind == kindUnary && !m.Handled && !m.Event {
+			text += "\nIdempotent: retried if the connection drops while it is in flight."
+		} else {
+			text += "\nIdempotent: marked IDEMPOTENT or NO_SIDE_EFFECTS in the proto."
+		}
 	}
 	if deprecated {
 		text += "\n\n@deprecated"
 	}
 	return text
+}
+
+// connectionMethod is the Connection method a client calls for each kind.
+var connectionMethod = map[string]string{
+	kindUnary:           "call",
+	kindServerStreaming: "serverStream",
+	kindClientStreaming: "clientStream",
+	kindBidiStreaming:   "bidiStream",
+}
+
+// streamUsage explains a streaming client method; a unary one needs no
+// explanation.
+func streamUsage(m methodModel) string {
+	const deadline = "\nThe deadline, from options.timeoutMs or the method's default, covers\nthe whole stream."
+	switch m.Kind {
+	case kindServerStreaming:
+		return "Sends the request and returns the server's responses as they arrive:\n" +
+			"`for await (const response of client." + m.LocalName + "(request))` receives each one,\n" +
+			"ends when the server ends the stream, and throws a ParleyError if the\n" +
+			"call fails. Leaving the loop early cancels the call on the server, as\n" +
+			"does aborting options.signal." + deadline
+	case kindClientStreaming:
+		return "Opens the stream and returns a call to send the requests on:\n" +
+			"`await call.send(request)` for each one (it waits while the server is\n" +
+			"not ready for more), then `await call.closeAndReceive()` to end the\n" +
+			"requests and get the server's one response. Either throws a ParleyError\n" +
+			"if the call fails. Aborting options.signal cancels the call on the\n" +
+			"server." + deadline
+	case kindBidiStreaming:
+		return "Opens the stream and returns a call that sends and receives at once:\n" +
+			"`await call.send(request)` sends a request (it waits while the server is\n" +
+			"not ready for more), `call.closeSend()` says there are no more, and\n" +
+			"`for await (const response of call)` receives the responses until the\n" +
+			"server ends the stream, throwing a ParleyError if the call fails.\n" +
+			"Aborting options.signal cancels the call on the server." + deadline
+	}
+	return ""
+}
+
+// eventUsage explains a subscriber's method.
+func eventUsage() string {
+	return "Calls handler with each of these events the server sends to this\n" +
+		"connection, until the returned function is called to unsubscribe.\n" +
+		"The server awaits no reply."
+}
+
+// handledUsage explains a handler's method when the proto says nothing.
+func handledUsage(fd protoreflect.FileDescriptor, md protoreflect.MethodDescriptor) string {
+	loc := fd.SourceLocations().ByDescriptor(md)
+	if loc.LeadingComments != "" || loc.TrailingComments != "" {
+		return ""
+	}
+	return "Answers " + string(md.FullName()) + " when the server calls it."
+}
+
+func subscriberDoc(service, serviceDoc string) string {
+	return "Subscribes to the events of " + service + ", which the server\n" +
+		"publishes to its clients: each on… method registers a handler on the\n" +
+		"connection and returns a function that removes it. An event with no\n" +
+		"handler is dropped, and a handler that throws does not affect the\n" +
+		"connection.\n\n" + serviceDoc
+}
+
+func handlerDoc(s serviceModel, serviceDoc string) string {
+	return "Answers the calls the server makes to its clients in " + s.FullName + ".\n" +
+		"Implement it and register it with " + s.RegisterName + ".\n" +
+		"A method's return value, or its promise's value, is the reply; an\n" +
+		"exception fails the call, with its code if it is a ParleyError.\n" +
+		"context.signal is aborted when the server cancels the call or its\n" +
+		"deadline passes; context.metadata is the call's metadata.\n\n" + serviceDoc
+}
+
+func registerDoc(s serviceModel, serviceDoc string) string {
+	return "Registers handler's methods on connection to answer the server's calls\n" +
+		"of " + s.FullName + "; returns a function that unregisters them all.\n" +
+		"A call that has no handler registered is answered with unimplemented.\n\n" +
+		"@generated from service " + s.FullName + dep(serviceDoc)
+}
+
+// dep is "\n@deprecated" when doc, a service's JSDoc text, says so.
+func dep(doc string) string {
+	if strings.HasSuffix(doc, "\n@deprecated") {
+		return "\n@deprecated"
+	}
+	return ""
 }
 
 // formatJSDoc is protoplugin's formatJsDocBlock: a /** */ block at the

@@ -1,8 +1,18 @@
 // Package gents generates Parley's TypeScript clients: for each proto file
 // with services, a <file>_parley.ts beside protoc-gen-es's <file>_pb.ts,
-// holding one MethodSpec constant per method and one typed client class per
-// service. The message types come from the _pb files and are never
-// re-declared.
+// holding one MethodSpec constant per method, and per service:
+//
+//   - for a service clients call, a typed client class, whose streaming
+//     methods return an AsyncIterable (server streaming) or a call to send
+//     into (client and bidirectional streaming);
+//   - for a service clients implement (implemented_by = CLIENT), a
+//     <Service>Subscriber class with one on<Event> method per event (a unary
+//     method returning google.protobuf.Empty), and a <Service>Handler
+//     interface with register<Service>Handler for the other methods, the
+//     calls the server awaits a reply to. Streaming methods in such services
+//     are refused.
+//
+// The message types come from the _pb files and are never re-declared.
 //
 // The plugin first builds a model of each output file (services, methods,
 // every identifier and import), then renders it with the templates in
@@ -10,6 +20,7 @@
 package gents
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -119,7 +130,8 @@ func Generate(req *pluginpb.CodeGeneratorRequest) *pluginpb.CodeGeneratorRespons
 	}
 	files, err := generate(req)
 	if err != nil {
-		resp.Error = proto.String(PluginName + ": " + err.Error())
+		// One line per problem, each saying whose it is.
+		resp.Error = proto.String(prefixLines(PluginName+": ", err.Error()))
 		return resp
 	}
 	resp.File = files
@@ -157,7 +169,7 @@ func generate(req *pluginpb.CodeGeneratorRequest) ([]*pluginpb.CodeGeneratorResp
 		}
 		m, err := g.buildFile(fd)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
+			return nil, errors.New(prefixLines(name+": ", err.Error()))
 		}
 		if m == nil {
 			continue // no services, nothing to call
@@ -172,4 +184,10 @@ func generate(req *pluginpb.CodeGeneratorRequest) ([]*pluginpb.CodeGeneratorResp
 		})
 	}
 	return out, nil
+}
+
+// prefixLines puts prefix before every line of s: errors.Join writes one
+// problem a line.
+func prefixLines(prefix, s string) string {
+	return prefix + strings.ReplaceAll(s, "\n", "\n"+prefix)
 }

@@ -28,8 +28,12 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 const (
 	// sharedCases are the proto cases every generator is tested on.
 	sharedCases = "../testdata/cases"
-	protoRoot   = "../../proto"
-	goldenRoot  = "testdata"
+	// tsCases are cases about TypeScript only (names TypeScript spells),
+	// laid out like the shared ones; their goldens sit beside the shared
+	// cases' in testdata/<case>/.
+	tsCases    = "testdata/tscases"
+	protoRoot  = "../../proto"
+	goldenRoot = "testdata"
 	// errorFile holds the plugin's error in the golden dir of a case the
 	// plugin must refuse.
 	errorFile = "error.txt"
@@ -50,22 +54,30 @@ func nodeTool(t *testing.T, name string) string {
 	return p
 }
 
-func caseNames(t *testing.T) []string {
+// caseDirs maps each case's name to its folder: the shared cases, then
+// the TypeScript-only ones.
+func caseDirs(t *testing.T) map[string]string {
 	t.Helper()
-	entries, err := os.ReadDir(sharedCases)
-	if err != nil {
-		t.Fatalf("reading the shared cases: %v", err)
-	}
-	var names []string
-	for _, e := range entries {
-		if e.IsDir() {
-			names = append(names, e.Name())
+	dirs := map[string]string{}
+	for _, root := range []string{sharedCases, tsCases} {
+		entries, err := os.ReadDir(root)
+		if err != nil {
+			t.Fatalf("reading the cases: %v", err)
+		}
+		for _, e := range entries {
+			if !e.IsDir() {
+				continue
+			}
+			if _, dup := dirs[e.Name()]; dup {
+				t.Fatalf("case %s is both in %s and in %s", e.Name(), sharedCases, tsCases)
+			}
+			dirs[e.Name()] = filepath.Join(root, e.Name())
 		}
 	}
-	if len(names) == 0 {
+	if len(dirs) == 0 {
 		t.Fatalf("no cases in %s", sharedCases)
 	}
-	return names
+	return dirs
 }
 
 // TestGolden generates each shared case with protoc-gen-parley-ts and with
@@ -73,10 +85,10 @@ func caseNames(t *testing.T) []string {
 // the output with testdata/<case>/. go test -update rewrites it.
 func TestGolden(t *testing.T) {
 	esPlugin := nodeTool(t, "protoc-gen-es")
-	for _, name := range caseNames(t) {
+	for name, dir := range caseDirs(t) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			req := buildRequest(t, filepath.Join(sharedCases, name))
+			req := buildRequest(t, dir)
 			got := map[string]string{}
 			resp := runParley(t, req, "")
 			if resp.Error != nil {

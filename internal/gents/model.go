@@ -1,6 +1,7 @@
 package gents
 
 import (
+	"errors"
 	"fmt"
 	"path"
 	"sort"
@@ -21,8 +22,10 @@ type fileModel struct {
 	Imports  []importStmt
 	Services []serviceModel
 	// Identifiers of imported names, as this file spells them (aliased
-	// when a local declaration or another import took the name).
+	// when a local declaration or another import took the name); empty
+	// when the file does not need the name.
 	MessageInitShape, CallOptions, Connection, MethodSpec string
+	ClientStreamCall, BidiStreamCall                      string
 }
 
 type importStmt struct {
@@ -45,18 +48,40 @@ func (s importStmt) Clause() string {
 	return strings.Join(parts, ", ")
 }
 
+// serviceModel is one service with methods. A service clients call gets a
+// client class; a service clients implement (implemented_by = CLIENT) gets
+// a subscriber class for its events and a handler interface, with its
+// registration function, for its calls, each only if it has any.
 type serviceModel struct {
 	FullName   string
-	ClientName string // ChatServiceClient
-	Doc        string // JSDoc text, one line per element, no comment markers
+	ClientSide bool // implemented_by = CLIENT
 	Methods    []methodModel
+
+	ClientName string // ChatServiceClient; "" for a client-side service
+	ClientDoc  string // JSDoc text, one line per element, no comment markers
+
+	SubscriberName string // ChatEventsSubscriber; "" without events
+	SubscriberDoc  string
+
+	HandlerName  string // ChatEventsHandler; "" without calls
+	RegisterName string // registerChatEventsHandler
+	HandlerDoc   string
+	RegisterDoc  string
 }
 
 type methodModel struct {
-	FullName   string // chat.v1.ChatService.Join
-	Procedure  string // /chat.v1.ChatService/Join
-	SpecName   string // ChatServiceJoinSpec
-	LocalName  string // join: the client method
+	FullName  string // chat.v1.ChatService.Join
+	Procedure string // /chat.v1.ChatService/Join
+	SpecName  string // ChatServiceJoinSpec
+	Kind      string // MethodSpec.kind: "" (unary), "server_streaming", ...
+	// Event: a unary method of a client-side service returning
+	// google.protobuf.Empty, which the server publishes. Handled: any other
+	// method of a client-side service, which the server calls and a
+	// handler answers. Neither: a method of a service clients call.
+	Event, Handled bool
+	// LocalName is the client's or the handler's method (join), or the
+	// subscriber's for an event (onMessagePosted).
+	LocalName  string
 	Input      messageRef
 	Output     messageRef
 	TimeoutMs  uint32 // 0: none set
@@ -184,29 +209,6 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 	// Our own declarations claim their names first; imports are aliased
 	// around them, as protoplugin does.
 	top := newScope(globalsWeUse)
-	var im imports
-	// Runtime names first so the import block starts with them.
-	mis := im.use(protobufImport, "MessageInitShape", false)
-	callOptions := im.use(g.opts.RuntimeImport, "CallOptions", false)
-	connection := im.use(g.opts.RuntimeImport, "Connection", false)
-	methodSpec := im.use(g.opts.RuntimeImport, "MethodSpec", false)
-
-	// A message reference is filled in once every import has its alias.
-	type messageUse struct {
-		ref           *messageRef
-		schema, shape *importUse
-	}
-	var uses []messageUse
-	useMessage := func(ref *messageRef, md protoreflect.MessageDescriptor) {
-		from := g.importPath(m.Name, md.ParentFile())
-		names := g.namesOf(md.ParentFile())
-		uses = append(uses, messageUse{
-			ref:    ref,
-			schema: im.use(from, names.schema[md.FullName()], true),
-			shape:  im.use(from, names.shape[md.FullName()], false),
-		})
-	}
-
 	var services []protoreflect.ServiceDescriptor // those modelled, in order
 	for i := 0; i < fd.Services().Len(); i++ {
 		sd := fd.Services().Get(i)
@@ -214,29 +216,63 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 			continue
 		}
 		services = append(services, sd)
-		svcID := esIdentifier(sd)
-		s := serviceModel{
-			FullName:   string(sd.FullName()),
-			ClientName: top.declare(svcID + "Client"),
-			Doc:        jsDocText(fd, sd, "service "+string(sd.FullName()), isDeprecated(sd.Options())),
-		}
-		members := newMemberScope()
-		for j := 0; j < sd.Methods().Len(); j++ {
-			md := sd.Methods().Get(j)
-			mo := methodOptions(md)
-			meth := methodModel{
-				FullName:   string(md.FullName()),
-				Procedure:  "/" + string(sd.FullName()) + "/" + string(md.Name()),
-				SpecName:   top.declare(svcID + upperFirst(string(md.Name())) + "Spec"),
-				LocalName:  members.declare(esMethodLocalName(string(md.Name()))),
-				TimeoutMs:  mo.parley.GetTimeoutMs(),
-				Idempotent: mo.idempotent,
+		m.Services = append(m.Services, buildService(fd, sd, top))
+	}
+
+	// The runtime's names come first, so the import block starts with them
+	// and they keep their names when a message is named alike. Each is
+	// imported only if the file spells it.
+	var need struct{ initShape, callOptions, connection, clientStream, bidiStream bool }
+	for _, s := range m.Services {
+		need.connection = true
+		for _, meth := range s.Methods {
+			switch {
+			case meth.Event:
+			case meth.Handled:
+				need.initShape = true
+			default:
+				need.callOptions = true
+				switch meth.Kind {
+				case kindUnary, kindServerStreaming:
+					need.initShape = true
+				case kindClientStreaming:
+					need.clientStream = true
+				case kindBidiStreaming:
+					need.bidiStream = true
+				}
 			}
-			meth.Doc = jsDocText(fd, md, "rpc "+string(md.FullName()), mo.deprecated)
-			meth.SpecDoc = specDoc(meth, mo.deprecated)
-			s.Methods = append(s.Methods, meth)
 		}
-		m.Services = append(m.Services, s)
+	}
+	var im imports
+	runtimeName := func(from, name string, needed bool) *importUse {
+		if !needed {
+			return &importUse{}
+		}
+		return im.use(from, name, false)
+	}
+	mis := runtimeName(protobufImport, "MessageInitShape", need.initShape)
+	bidiStream := runtimeName(g.opts.RuntimeImport, "BidiStreamCall", need.bidiStream)
+	callOptions := runtimeName(g.opts.RuntimeImport, "CallOptions", need.callOptions)
+	clientStream := runtimeName(g.opts.RuntimeImport, "ClientStreamCall", need.clientStream)
+	connection := runtimeName(g.opts.RuntimeImport, "Connection", need.connection)
+	methodSpec := runtimeName(g.opts.RuntimeImport, "MethodSpec", true)
+
+	// A message reference is filled in once every import has its alias.
+	// Every schema is a value of some spec; a shape is imported only when
+	// a signature spells it.
+	type messageUse struct {
+		ref           *messageRef
+		schema, shape *importUse
+	}
+	var uses []messageUse
+	useMessage := func(ref *messageRef, md protoreflect.MessageDescriptor, shape bool) {
+		from := g.importPath(m.Name, md.ParentFile())
+		names := g.namesOf(md.ParentFile())
+		u := messageUse{ref: ref, schema: im.use(from, names.schema[md.FullName()], true), shape: &importUse{}}
+		if shape {
+			u.shape = im.use(from, names.shape[md.FullName()], false)
+		}
+		uses = append(uses, u)
 	}
 	// Message references are resolved once every method sits in its final
 	// place (appending moves structs), then aliased.
@@ -245,8 +281,9 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 		for mi := range m.Services[si].Methods {
 			md := sd.Methods().Get(mi)
 			meth := &m.Services[si].Methods[mi]
-			useMessage(&meth.Input, md.Input())
-			useMessage(&meth.Output, md.Output())
+			inShape, outShape := meth.shapesSpelled()
+			useMessage(&meth.Input, md.Input(), inShape)
+			useMessage(&meth.Output, md.Output(), outShape)
 		}
 	}
 	for _, u := range im.names {
@@ -256,35 +293,152 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 		u.ref.Schema, u.ref.Shape = u.schema.alias, u.shape.alias
 	}
 	m.MessageInitShape, m.CallOptions, m.Connection, m.MethodSpec = mis.alias, callOptions.alias, connection.alias, methodSpec.alias
+	m.ClientStreamCall, m.BidiStreamCall = clientStream.alias, bidiStream.alias
 	m.Imports = im.statements()
 	return m, nil
 }
 
-// refuseUnsupported names the first method this plugin cannot generate yet.
+// buildService models one service with methods, declaring its names in top.
+func buildService(fd protoreflect.FileDescriptor, sd protoreflect.ServiceDescriptor, top *scope) serviceModel {
+	svcID := esIdentifier(sd)
+	s := serviceModel{
+		FullName:   string(sd.FullName()),
+		ClientSide: serviceOptions(sd).GetImplementedBy() == parleyv1.Side_CLIENT,
+	}
+	serviceDoc := jsDocText(fd, sd, "service "+string(sd.FullName()), isDeprecated(sd.Options()))
+	var events, calls int
+	for j := 0; j < sd.Methods().Len(); j++ {
+		if s.ClientSide && isEvent(sd.Methods().Get(j)) {
+			events++
+		} else {
+			calls++
+		}
+	}
+	// The service's own declarations come before its specs, in the order
+	// the file declares them.
+	switch {
+	case !s.ClientSide:
+		s.ClientName = top.declare(svcID + "Client")
+		s.ClientDoc = serviceDoc
+	default:
+		if events > 0 {
+			s.SubscriberName = top.declare(svcID + "Subscriber")
+			s.SubscriberDoc = subscriberDoc(s.FullName, serviceDoc)
+		}
+		if calls > 0 {
+			s.HandlerName = top.declare(svcID + "Handler")
+			s.RegisterName = top.declare("register" + svcID + "Handler")
+			s.HandlerDoc = handlerDoc(s, serviceDoc)
+			s.RegisterDoc = registerDoc(s, serviceDoc)
+		}
+	}
+	members := newMemberScope() // the client's or the handler's
+	subscriber := newMemberScope()
+	for j := 0; j < sd.Methods().Len(); j++ {
+		md := sd.Methods().Get(j)
+		mo := methodOptions(md)
+		meth := methodModel{
+			FullName:   string(md.FullName()),
+			Procedure:  "/" + string(sd.FullName()) + "/" + string(md.Name()),
+			SpecName:   top.declare(svcID + upperFirst(string(md.Name())) + "Spec"),
+			Kind:       kindOf(md),
+			TimeoutMs:  mo.parley.GetTimeoutMs(),
+			Idempotent: mo.idempotent,
+		}
+		from := "rpc " + string(md.FullName())
+		switch {
+		case s.ClientSide && isEvent(md):
+			meth.Event = true
+			meth.LocalName = subscriber.declare("on" + upperFirst(string(md.Name())))
+			meth.Doc = jsDocText(fd, md, from, mo.deprecated, eventUsage())
+		case s.ClientSide:
+			meth.Handled = true
+			meth.LocalName = members.declare(esMethodLocalName(string(md.Name())))
+			meth.Doc = jsDocText(fd, md, from, mo.deprecated, handledUsage(fd, md))
+		default:
+			meth.LocalName = members.declare(esMethodLocalName(string(md.Name())))
+			meth.Doc = jsDocText(fd, md, from, mo.deprecated, streamUsage(meth))
+		}
+		meth.SpecDoc = specDoc(meth, mo.deprecated)
+		s.Methods = append(s.Methods, meth)
+	}
+	return s
+}
+
+// shapesSpelled reports whether m's generated signatures spell its input's
+// and output's shape types (its schemas are always spelled, by its spec).
+func (m *methodModel) shapesSpelled() (input, output bool) {
+	switch {
+	case m.Event:
+		return true, false
+	case m.Handled:
+		return true, true
+	}
+	switch m.Kind {
+	case kindUnary, kindServerStreaming:
+		return true, true
+	}
+	return false, false // ClientStreamCall and BidiStreamCall take schemas
+}
+
+// The kinds of a method, as MethodSpec.kind spells them; a unary spec
+// leaves kind out.
+const (
+	kindUnary           = ""
+	kindServerStreaming = "server_streaming"
+	kindClientStreaming = "client_streaming"
+	kindBidiStreaming   = "bidi_streaming"
+)
+
+func kindOf(md protoreflect.MethodDescriptor) string {
+	switch {
+	case md.IsStreamingClient() && md.IsStreamingServer():
+		return kindBidiStreaming
+	case md.IsStreamingClient():
+		return kindClientStreaming
+	case md.IsStreamingServer():
+		return kindServerStreaming
+	}
+	return kindUnary
+}
+
+// emptyMessage is the response type that makes a unary method of a
+// client-implemented service an event: the server publishes it and clients
+// send no reply. (internal/gengo decides alike.)
+const emptyMessage protoreflect.FullName = "google.protobuf.Empty"
+
+func isEvent(md protoreflect.MethodDescriptor) bool {
+	return kindOf(md) == kindUnary && md.Output().FullName() == emptyMessage
+}
+
+// refuseUnsupported names every method this plugin cannot generate: the
+// streaming methods of services implemented by clients.
 func refuseUnsupported(fd protoreflect.FileDescriptor) error {
+	var errs []error
 	for i := 0; i < fd.Services().Len(); i++ {
 		sd := fd.Services().Get(i)
-		clientSide := serviceOptions(sd).GetImplementedBy() == parleyv1.Side_CLIENT
+		if serviceOptions(sd).GetImplementedBy() != parleyv1.Side_CLIENT {
+			continue
+		}
 		for j := 0; j < sd.Methods().Len(); j++ {
 			md := sd.Methods().Get(j)
-			if clientSide {
-				return fmt.Errorf("%s belongs to a service implemented by clients (option (parley.v1.service).implemented_by = CLIENT); such services are not supported yet", md.FullName())
-			}
 			var kind string
-			switch {
-			case md.IsStreamingClient() && md.IsStreamingServer():
-				kind = "a bidirectional streaming"
-			case md.IsStreamingClient():
+			switch kindOf(md) {
+			case kindBidiStreaming:
+				kind = "a bidirectional-streaming"
+			case kindClientStreaming:
 				kind = "a client-streaming"
-			case md.IsStreamingServer():
+			case kindServerStreaming:
 				kind = "a server-streaming"
 			default:
 				continue
 			}
-			return fmt.Errorf("%s is %s method; streaming is not supported yet", md.FullName(), kind)
+			errs = append(errs, fmt.Errorf("%s is %s method in a service implemented by clients "+
+				"(option (parley.v1.service).implemented_by = CLIENT); streaming methods in client-implemented services are not supported",
+				md.FullName(), kind))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // namesOf returns protoc-gen-es's identifiers for the declarations of fd.

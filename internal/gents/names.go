@@ -39,7 +39,7 @@ var reservedIdentifiers = setOf(
 // globalsWeUse are global names the generated code spells; a declaration or
 // import may not take them. (protoc-gen-es does not know about them, so
 // they are not part of esSafeIdentifier.)
-var globalsWeUse = setOf("Promise")
+var globalsWeUse = setOf("Promise", "AsyncIterable", "AbortSignal", "Record")
 
 // reservedObjectProperties are the names protobuf-es escapes in a method's
 // localName (@bufbuild/protobuf reflect/names.ts safeObjectProperty): a

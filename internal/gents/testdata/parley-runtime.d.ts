@@ -10,6 +10,7 @@ export interface MethodSpec<I extends DescMessage = DescMessage, O extends DescM
   readonly output: O;
   readonly timeoutMs?: number;
   readonly idempotent?: boolean;
+  readonly kind?: "unary" | "server_streaming" | "client_streaming" | "bidi_streaming";
 }
 
 export interface CallOptions {
@@ -18,10 +19,44 @@ export interface CallOptions {
   metadata?: Record<string, string>;
 }
 
+export interface ClientStreamCall<I extends DescMessage, O extends DescMessage> {
+  send(message: MessageShape<I> | MessageInitShape<I>): Promise<void>;
+  closeAndReceive(): Promise<MessageShape<O>>;
+}
+
+export interface BidiStreamCall<I extends DescMessage, O extends DescMessage> extends AsyncIterable<MessageShape<O>> {
+  send(message: MessageShape<I> | MessageInitShape<I>): Promise<void>;
+  closeSend(): void;
+}
+
 export declare class Connection {
   call<I extends DescMessage, O extends DescMessage>(
     spec: MethodSpec<I, O>,
     request: MessageShape<I> | MessageInitShape<I>,
     options?: CallOptions,
   ): Promise<MessageShape<O>>;
+  serverStream<I extends DescMessage, O extends DescMessage>(
+    spec: MethodSpec<I, O>,
+    request: MessageShape<I> | MessageInitShape<I>,
+    options?: CallOptions,
+  ): AsyncIterable<MessageShape<O>>;
+  clientStream<I extends DescMessage, O extends DescMessage>(
+    spec: MethodSpec<I, O>,
+    options?: CallOptions,
+  ): ClientStreamCall<I, O>;
+  bidiStream<I extends DescMessage, O extends DescMessage>(
+    spec: MethodSpec<I, O>,
+    options?: CallOptions,
+  ): BidiStreamCall<I, O>;
+  onEvent<I extends DescMessage>(
+    spec: MethodSpec<I, DescMessage>,
+    handler: (event: MessageShape<I>) => void,
+  ): () => void;
+  handle<I extends DescMessage, O extends DescMessage>(
+    spec: MethodSpec<I, O>,
+    handler: (
+      request: MessageShape<I>,
+      context: { signal: AbortSignal; metadata: Record<string, string> },
+    ) => MessageShape<O> | MessageInitShape<O> | Promise<MessageShape<O> | MessageInitShape<O>>,
+  ): () => void;
 }
