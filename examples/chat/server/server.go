@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"regexp"
@@ -127,11 +128,16 @@ func New(opts ...parley.ServerOption) *Server {
 // to Shutdown.
 func (s *Server) Parley() *parley.Server { return s.parley }
 
-// Handler serves the browser page at / and Parley at /parley.
-func (s *Server) Handler() http.Handler {
+// Handler serves the browser page at / and Parley at /parley. The page
+// comes from page, or when nil from the copy embedded in the binary
+// (web.Static).
+func (s *Server) Handler(page fs.FS) http.Handler {
+	if page == nil {
+		page = web.Static()
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/parley", s.parley)
-	mux.Handle("/", http.FileServerFS(web.Static()))
+	mux.Handle("/", http.FileServerFS(page))
 	return mux
 }
 

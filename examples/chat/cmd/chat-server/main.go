@@ -13,6 +13,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log"
 	"log/slog"
 	"net"
@@ -29,6 +30,7 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on")
 	verbose := flag.Bool("v", false, "log every call and event")
+	webDir := flag.String("web", "", "serve the page from this directory instead of the copy built into the binary (for development)")
 	flag.Parse()
 
 	var opts []parley.ServerOption
@@ -40,7 +42,11 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	hs := &http.Server{Handler: chat.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	var page fs.FS
+	if *webDir != "" {
+		page = os.DirFS(*webDir)
+	}
+	hs := &http.Server{Handler: chat.Handler(page), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := hs.Serve(ln); err != http.ErrServerClosed {
 			log.Fatal(err)
