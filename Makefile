@@ -16,6 +16,9 @@ generate: node_modules
 	$(BUF) generate
 	$(BUF) generate --template internal/e2e/buf.gen.yaml
 	$(BUF) generate --template examples/hello/buf.gen.yaml
+	$(BUF) generate --template examples/chat/buf.gen.yaml
+	$(BUF) generate --template examples/echo-web/buf.gen.yaml
+	node examples/chat/web/build.mjs
 	npm run --silent generate:test -w @parleyrpc/runtime
 
 ## check-generated: fail when checked-in generated code is stale.
@@ -36,6 +39,7 @@ test-ts: node_modules
 	npm run --silent build -w @parleyrpc/runtime
 	npx tsc -p runtime/ts/tsconfig.test.json --noEmit
 	npm test -w @parleyrpc/runtime
+	node --test --test-concurrency=1 examples/echo-web/test/echo-web.test.mjs examples/chat/web/test/chat.test.mjs
 
 node_modules: package-lock.json
 	npm ci --no-audit --no-fund
