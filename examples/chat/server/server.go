@@ -413,6 +413,8 @@ func (s *Server) Kick(ctx context.Context, req *chatv1.KickRequest) (*chatv1.Kic
 			answers <- answer{res, err}
 		}()
 	}
+	// The first refusal ends Kick, and with it ctx, which cancels the
+	// questions still pending on the user's other connections.
 	for range asked {
 		a := <-answers
 		if a.err != nil {
