@@ -171,7 +171,11 @@ func (c *cli) command(ctx context.Context, line string) (quit bool, err error) {
 			if r.GetJoined() {
 				mark = "*"
 			}
-			c.printf("%s %s: %d members, %d online", mark, r.GetName(), r.GetMembers(), r.GetOnline())
+			noun := "members"
+			if r.GetMembers() == 1 {
+				noun = "member"
+			}
+			c.printf("%s %s: %d %s, %d online", mark, r.GetName(), r.GetMembers(), noun, r.GetOnline())
 		}
 		return false, nil
 	case "kick":
