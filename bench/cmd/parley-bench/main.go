@@ -36,7 +36,9 @@ func main() {
 		payloads   = flag.String("payload", "16,1024", "payload sizes in bytes, comma-separated")
 		targets    = flag.String("impl", strings.Join(echo.Names, ","), "targets, comma-separated: "+strings.Join(echo.Names, ", "))
 		cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+		mode       = flag.String("mode", "unary", "what to measure: unary, stream, fanout, idle, or all (each in turn)")
 	)
+	registerModeFlags()
 	flag.Parse()
 	concs, err := ints(*conc)
 	check(err)
@@ -49,6 +51,10 @@ func main() {
 		check(err)
 		check(pprof.StartCPUProfile(f))
 		defer pprof.StopCPUProfile()
+	}
+	if *mode != "unary" {
+		check(runMode(*mode, *duration, *warmup, *count, *payloads, flagSet("payload")))
+		return
 	}
 
 	ctx := context.Background()

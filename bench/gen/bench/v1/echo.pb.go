@@ -138,9 +138,11 @@ const file_bench_v1_echo_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"6\n" +
 	"\fEchoResponse\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data2D\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data2\x85\x01\n" +
 	"\vEchoService\x125\n" +
-	"\x04Echo\x12\x15.bench.v1.EchoRequest\x1a\x16.bench.v1.EchoResponseB8Z6github.com/parleyrpc/parley/bench/gen/bench/v1;benchv1b\x06proto3"
+	"\x04Echo\x12\x15.bench.v1.EchoRequest\x1a\x16.bench.v1.EchoResponse\x12?\n" +
+	"\n" +
+	"EchoStream\x12\x15.bench.v1.EchoRequest\x1a\x16.bench.v1.EchoResponse(\x010\x01B8Z6github.com/parleyrpc/parley/bench/gen/bench/v1;benchv1b\x06proto3"
 
 var (
 	file_bench_v1_echo_proto_rawDescOnce sync.Once
@@ -161,9 +163,11 @@ var file_bench_v1_echo_proto_goTypes = []any{
 }
 var file_bench_v1_echo_proto_depIdxs = []int32{
 	0, // 0: bench.v1.EchoService.Echo:input_type -> bench.v1.EchoRequest
-	1, // 1: bench.v1.EchoService.Echo:output_type -> bench.v1.EchoResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
+	0, // 1: bench.v1.EchoService.EchoStream:input_type -> bench.v1.EchoRequest
+	1, // 2: bench.v1.EchoService.Echo:output_type -> bench.v1.EchoResponse
+	1, // 3: bench.v1.EchoService.EchoStream:output_type -> bench.v1.EchoResponse
+	2, // [2:4] is the sub-list for method output_type
+	0, // [0:2] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name

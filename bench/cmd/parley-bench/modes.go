@@ -1,0 +1,233 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/parleyrpc/parley/bench/fanout"
+	"github.com/parleyrpc/parley/bench/stream"
+)
+
+var (
+	streamsFlag *string
+	streamImpl  *string
+	roomsFlag   *string
+	eventsFlag  *string
+	windowFlag  *int
+	clientFlag  *string
+	idleConns   *int
+	idleClient  *string
+	memProfile  *string
+	childURL    *string
+	childN      *int
+	fanDuration *time.Duration
+)
+
+func registerModeFlags() {
+	streamsFlag = flag.String("streams", "1,64", "stream mode: concurrent streams, comma-separated")
+	streamImpl = flag.String("stream-impl", strings.Join(stream.Names, ","), "stream mode: targets")
+	roomsFlag = flag.String("rooms", "1000,10000", "fanout mode: connections per room, comma-separated")
+	eventsFlag = flag.String("events", "100,1024", "fanout mode: event data sizes in bytes, comma-separated")
+	windowFlag = flag.Int("window", 8, "fanout mode: events the publisher may be ahead of the slowest connection")
+	clientFlag = flag.String("client", "raw", "fanout mode: clients, raw (gorilla readers) or parley (parley.Dial); with -mode clients, the kind to open")
+	fanDuration = flag.Duration("fanout-duration", 2*time.Second, "fanout mode: measured time per case")
+	idleConns = flag.Int("idle-conns", 10000, "idle mode: connections")
+	memProfile = flag.String("memprofile", "", "idle mode: write the server's heap profile, taken with the connections open, to this file")
+	idleClient = flag.String("idle-client", "parley", "idle mode: clients, parley or raw")
+	childURL = flag.String("url", "", "clients mode (internal): server URL")
+	childN = flag.Int("n", 0, "clients mode (internal): connections")
+}
+
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+func runMode(mode string, duration, warmup time.Duration, count int, payloads string, payloadSet bool) error {
+	switch mode {
+	case "clients":
+		return fanout.ClientsMain(*childURL, *childN, *clientFlag)
+	case "ts-servers":
+		return runTSServers()
+	case "stream", "fanout", "idle", "all":
+	default:
+		return fmt.Errorf("unknown -mode %q (unary, stream, fanout, idle or all)", mode)
+	}
+	w := bufio.NewWriter(os.Stdout)
+	defer w.Flush()
+	machine(w)
+	fmt.Fprintf(w, "Load average (1/5/15 min) at start: %s\n\n", loadavg())
+	fmt.Fprintf(w, "Command: `cd bench && go run ./cmd/parley-bench%s`\n\n", quoteArgs(os.Args[1:]))
+	if mode == "stream" || mode == "all" {
+		if !payloadSet {
+			payloads = "1024"
+		}
+		if err := runStream(w, duration, warmup, count, payloads); err != nil {
+			return err
+		}
+	}
+	if mode == "fanout" || mode == "all" {
+		if err := runFanout(w, warmup); err != nil {
+			return err
+		}
+	}
+	if mode == "idle" || mode == "all" {
+		if err := runIdle(w); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(w, "Load average (1/5/15 min) at end: %s\n", loadavg())
+	return nil
+}
+
+func runStream(w *bufio.Writer, duration, warmup time.Duration, count int, payloads string) error {
+	concs, err := ints(*streamsFlag)
+	if err != nil {
+		return err
+	}
+	sizes, err := ints(payloads)
+	if err != nil {
+		return err
+	}
+	names := strings.Split(*streamImpl, ",")
+	ctx := context.Background()
+	var ts []*stream.Target
+	for _, name := range names {
+		t, err := stream.New(ctx, name)
+		if err != nil {
+			return err
+		}
+		defer t.Close()
+		ts = append(ts, t)
+	}
+	type key struct {
+		name    string
+		c, size int
+	}
+	rounds := map[key][]stream.Result{}
+	for round := range count {
+		for _, c := range concs {
+			for _, size := range sizes {
+				for _, t := range ts {
+					r, err := stream.Run(ctx, t, c, size, warmup, duration)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(os.Stderr, "round %d: stream %-7s streams=%-3d %5d B  %9.0f msgs/s  %5.1f allocs/msg  min share %.2f\n",
+						round+1, t.Name, c, size, r.PerSec(), r.AllocsPerMsg(), r.MinShare)
+					k := key{t.Name, c, size}
+					rounds[k] = append(rounds[k], r)
+				}
+			}
+		}
+	}
+	median := func(k key) (stream.Result, bool) {
+		rs := slices.Clone(rounds[k])
+		if len(rs) == 0 {
+			return stream.Result{}, false
+		}
+		slices.SortFunc(rs, func(a, b stream.Result) int {
+			switch {
+			case a.PerSec() < b.PerSec():
+				return -1
+			case a.PerSec() > b.PerSec():
+				return 1
+			}
+			return 0
+		})
+		return rs[len(rs)/2], true
+	}
+	fmt.Fprintf(w, "### Streaming: bidirectional echo over one connection\n\n")
+	fmt.Fprintf(w, "Each stream has a sender goroutine sending items as fast as flow control allows and a receiver goroutine counting the echoes; the server handler echoes each item as it arrives. msgs/s counts echoes received (each item crossed the socket twice). Default flow control on both (Parley: %d-item stream window; grpc-go: HTTP/2 windows with BDP estimation). One process, %v measured after %v warm-up", 64, duration, warmup)
+	if count > 1 {
+		fmt.Fprintf(w, ", median of %d rounds", count)
+	}
+	fmt.Fprint(w, ". allocs/msg and B/msg are the whole process's (client and server). min share: the slowest stream's share of an even split.\n\n")
+	fmt.Fprintln(w, "| implementation | streams | item | msgs/s | vs grpc | MB/s echoed | allocs/msg | B/msg | min share |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, c := range concs {
+		for _, size := range sizes {
+			for _, name := range names {
+				r, ok := median(key{name, c, size})
+				if !ok {
+					continue
+				}
+				vs := "—"
+				if g, ok := median(key{"grpc", c, size}); ok && name != "grpc" {
+					vs = fmt.Sprintf("%.2f×", r.PerSec()/g.PerSec())
+				}
+				fmt.Fprintf(w, "| %s | %d | %s | %.0f | %s | %.1f | %.1f | %.0f | %.2f |\n",
+					name, c, sizeName(size), r.PerSec(), vs, r.PerSec()*float64(size)/1e6, r.AllocsPerMsg(), r.BytesPerMsg(), r.MinShare)
+			}
+		}
+	}
+	fmt.Fprintln(w)
+	w.Flush()
+	return nil
+}
+
+func runFanout(w *bufio.Writer, warmup time.Duration) error {
+	rooms, err := ints(*roomsFlag)
+	if err != nil {
+		return err
+	}
+	sizes, err := ints(*eventsFlag)
+	if err != nil {
+		return err
+	}
+	o := fanout.Options{Rooms: rooms, Sizes: sizes, Warmup: max(warmup, 500*time.Millisecond), Duration: *fanDuration, Window: *windowFlag, Client: *clientFlag}
+	rs, err := fanout.Run(o, func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) })
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "### Fan-out: one publisher, one room\n\n")
+	fmt.Fprintf(w, "Server and publisher in this process (parley.NewServer on a plain http.Server, default options: 1 MiB send queue per connection); the room's clients in a child process (%s clients), because the machine's open-files hard limit (%d) cannot hold both ends of 10,000 sockets in one process. The publisher calls Server.Publish(ToRoom) in a loop, at most %d events ahead of the slowest connection (paced, not flooded: a flood would only fill send queues and cut connections off as slow consumers). Each event's data carries its publish time (wall clock); latency is publish → the client's read of it, over every delivery in the window. %v measured per case after %v warm-up. CPU µs/delivery from /proc/<pid>/stat (10 ms ticks).\n\n",
+		clientDesc(*clientFlag), fanout.FDLimit(), *windowFlag, *fanDuration, o.Warmup)
+	fmt.Fprintln(w, "| room | event data | deliveries/s | events/s | p50 | p99 | max | server CPU µs/delivery | clients CPU µs/delivery | server allocs/event | server writes/delivery |")
+	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, r := range rs {
+		fmt.Fprintf(w, "| %d | %s | %.0f | %.0f | %s | %s | %s | %.2f | %.2f | %.0f | %.2f |\n",
+			r.Conns, sizeName(r.Size), r.PerSec(), float64(r.Events)/r.Elapsed.Seconds(), dur(r.P50), dur(r.P99), dur(r.Max),
+			float64(r.ServerCPU.Microseconds())/float64(r.Deliveries), float64(r.ClientCPU.Microseconds())/float64(r.Deliveries),
+			float64(r.ServerMallocs)/float64(r.Events), float64(r.ServerWrites)/float64(r.Deliveries))
+	}
+	fmt.Fprintln(w)
+	w.Flush()
+	return nil
+}
+
+func clientDesc(kind string) string {
+	if kind == "raw" {
+		return "raw gorilla/websocket readers that do the Hello/Welcome handshake and then only read, finding the header in the frame's bytes without decoding it"
+	}
+	return "parley.Dial connections with an event handler"
+}
+
+func runIdle(w *bufio.Writer) error {
+	r, err := fanout.RunIdle(*idleConns, *idleClient, time.Second, *memProfile)
+	if err != nil {
+		return err
+	}
+	kib := func(a, b int64) string { return fmt.Sprintf("%.1f KiB", float64(b-a)/float64(r.Conns)/1024) }
+	ukib := func(a, b uint64) string { return kib(int64(a), int64(b)) }
+	fmt.Fprintf(w, "### Memory per idle connection\n\n")
+	fmt.Fprintf(w, "%d idle connections (%s clients in a child process), each through the handshake and joined to one room; the server's process measured before and after (after runtime.GC and debug.FreeOSMemory, 1 s after the last connection). RSS counts user-space memory only; the kernel's socket buffers are not in it.\n\n", r.Conns, r.ClientKind)
+	fmt.Fprintln(w, "| side | RSS before | RSS after | RSS / conn | Go heap in use / conn | goroutine stacks / conn | goroutines / conn |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintf(w, "| server (parley.Server, incl. session, hub and room state) | %.1f MiB | %.1f MiB | %s | %s | %s | %.2f |\n",
+		float64(r.ServerRSS0)/(1<<20), float64(r.ServerRSS1)/(1<<20), kib(r.ServerRSS0, r.ServerRSS1),
+		ukib(r.ServerHeap0, r.ServerHeap1), ukib(r.ServerStack0, r.ServerStack1),
+		float64(r.ServerGoroutines1-r.ServerGoroutines0)/float64(r.Conns))
+	fmt.Fprintf(w, "| client (%s, for reference) | %.1f MiB | %.1f MiB | %s | | | %.2f |\n\n",
+		r.ClientKind, float64(r.ClientRSS0)/(1<<20), float64(r.ClientRSS1)/(1<<20), kib(r.ClientRSS0, r.ClientRSS1),
+		float64(r.ClientGoroutines)/float64(r.Conns))
+	w.Flush()
+	return nil
+}
