@@ -1,54 +1,18 @@
 // End to end against the real Go server (internal/e2e/cmd/e2eserver), over
-// loopback, in both encodings. The server is built once with `go build` (or
-// taken from PARLEY_E2E_SERVER); if that fails, the tests fail: they never
-// skip.
+// loopback, in both encodings; see e2eserver.ts.
 import assert from "node:assert/strict";
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { createInterface } from "node:readline";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
 import { Connection, ParleyError, type Code } from "../src/index.js";
+import { startE2EServer } from "./e2eserver.js";
 import { Echo, Fail, Outcome, Panic, Sleep, SleepWithDefault } from "./specs.js";
 
-const root = fileURLToPath(new URL("../../../../", import.meta.url));
-
 let url: string;
-let server: ChildProcess;
-let dir: string;
+let stop: () => Promise<void>;
 
-before(async () => {
-  dir = mkdtempSync(join(tmpdir(), "parley-e2e-"));
-  // PARLEY_E2E_SERVER names an e2eserver binary built elsewhere.
-  let bin = process.env["PARLEY_E2E_SERVER"];
-  if (!bin) {
-    bin = join(dir, "e2eserver");
-    execFileSync("go", ["build", "-o", bin, "./internal/e2e/cmd/e2eserver"], { cwd: root, stdio: "inherit" });
-  }
-  // The server exits when its stdin closes, so it cannot outlive the tests.
-  server = spawn(bin, [], { stdio: ["pipe", "pipe", "inherit"] });
-  const lines = createInterface({ input: server.stdout! });
-  url = await Promise.race([
-    new Promise<string>((resolve) => lines.once("line", resolve)),
-    new Promise<never>((_, reject) => server.once("exit", (code) => reject(new Error(`e2eserver exited with ${code}`)))),
-    sleep(30_000).then(() => {
-      throw new Error("e2eserver printed no URL within 30 s");
-    }),
-  ]);
-  assert.match(url, /^ws:\/\//);
-});
-
-after(async () => {
-  server?.stdin?.end();
-  if (server && server.exitCode === null) {
-    await Promise.race([new Promise((resolve) => server.once("exit", resolve)), sleep(5000).then(() => server.kill())]);
-  }
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+before(async () => ({ url, stop } = await startE2EServer()));
+after(() => stop?.());
 
 async function rejectsWith(p: Promise<unknown>, code: Code, message?: RegExp): Promise<ParleyError> {
   try {
