@@ -188,7 +188,7 @@ func runFanout(w *bufio.Writer, warmup time.Duration) error {
 		return err
 	}
 	fmt.Fprintf(w, "### Fan-out: one publisher, one room\n\n")
-	fmt.Fprintf(w, "Server and publisher in this process (parley.NewServer on a plain http.Server, default options: 1 MiB send queue per connection); the room's clients in a child process (%s clients), because the machine's open-files hard limit (%d) cannot hold both ends of 10,000 sockets in one process. The publisher calls Server.Publish(ToRoom) in a loop, at most %d events ahead of the slowest connection (paced, not flooded: a flood would only fill send queues and cut connections off as slow consumers). Each event's data carries its publish time (wall clock); latency is publish → the client's read of it, over every delivery in the window. %v measured per case after %v warm-up. CPU µs/delivery from /proc/<pid>/stat (10 ms ticks).\n\n",
+	fmt.Fprintf(w, "Server and publisher in this process (parley.NewServer on a plain http.Server, default options: 1 MiB send queue per connection); the room's clients in a child process (%s), because the machine's open-files hard limit (%d) cannot hold both ends of 10,000 sockets in one process. The publisher calls Server.Publish(ToRoom) in a loop, at most %d events ahead of the slowest connection (paced, not flooded: a flood would only fill send queues and cut connections off as slow consumers). Each event's data carries its publish time (wall clock); latency is publish → the client's read of it, over every delivery in the window. %v measured per case after %v warm-up. CPU µs/delivery from /proc/<pid>/stat (10 ms ticks).\n\n",
 		clientDesc(*clientFlag), fanout.FDLimit(), *windowFlag, *fanDuration, o.Warmup)
 	fmt.Fprintln(w, "| room | event data | deliveries/s | events/s | p50 | p99 | max | server CPU µs/delivery | clients CPU µs/delivery | server allocs/event | server writes/delivery |")
 	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -205,9 +205,9 @@ func runFanout(w *bufio.Writer, warmup time.Duration) error {
 
 func clientDesc(kind string) string {
 	if kind == "raw" {
-		return "raw gorilla/websocket readers that do the Hello/Welcome handshake and then only read, finding the header in the frame's bytes without decoding it"
+		return "raw gorilla/websocket readers that do the Hello/Welcome handshake and then only read, finding the event's header in the frame's bytes without decoding it"
 	}
-	return "parley.Dial connections with an event handler"
+	return "parley.Dial clients with an event handler"
 }
 
 func runIdle(w *bufio.Writer) error {
