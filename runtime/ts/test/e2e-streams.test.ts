@@ -225,7 +225,7 @@ for (const protocol of ["proto", "json"] as const) {
       );
       const res = await conn.call(Subscribe, { count: 1000 });
       assert.equal(res.published, 1000);
-      await Promise.race([all, sleep(5000)]);
+      await Promise.race([all, sleep(5000, undefined, { ref: false })]);
       assert.deepEqual(seqs, range(1, 1000));
 
       assert.equal((await conn.call(AskBack, { question: "tea?" })).error, "unimplemented: method \"/e2e.v1.ClientEvents/Confirm\" is not implemented");

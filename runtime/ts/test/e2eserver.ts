@@ -27,7 +27,7 @@ export async function startE2EServer(): Promise<{ url: string; stop(): Promise<v
   const url = await Promise.race([
     new Promise<string>((resolve) => lines.once("line", resolve)),
     new Promise<never>((_, reject) => server.once("exit", (code) => reject(new Error(`e2eserver exited with ${code}`)))),
-    sleep(30_000).then(() => {
+    sleep(30_000, undefined, { ref: false }).then(() => {
       throw new Error("e2eserver printed no URL within 30 s");
     }),
   ]);
@@ -37,7 +37,7 @@ export async function startE2EServer(): Promise<{ url: string; stop(): Promise<v
     async stop() {
       server.stdin?.end();
       if (server.exitCode === null) {
-        await Promise.race([new Promise((resolve) => server.once("exit", resolve)), sleep(5000).then(() => server.kill())]);
+        await Promise.race([new Promise((resolve) => server.once("exit", resolve)), sleep(5000, undefined, { ref: false }).then(() => server.kill())]);
       }
       rmSync(dir, { recursive: true, force: true });
     },
