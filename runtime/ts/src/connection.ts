@@ -199,7 +199,8 @@ const closeProtocolError = 1002;
 
 /**
  * Connection is one WebSocket to a Parley server, on which any number of
- * calls run concurrently, each reply reaching its caller.
+ * calls and streams run concurrently, each reply reaching its caller, and
+ * on which the server pushes events and calls this client's handlers.
  *
  * It starts connecting when constructed and sends Hello as soon as the
  * socket opens. Calls made before the server's Welcome wait for it,
@@ -288,8 +289,9 @@ export class Connection {
   }
 
   /**
-   * Closes the connection. Calls waiting or in flight fail with
-   * "canceled". Closing a closed connection does nothing.
+   * Closes the connection. Calls and streams waiting or in flight fail
+   * with "canceled"; running handlers see their signal abort. Closing a
+   * closed connection does nothing.
    */
   close(): void {
     this.#fail(new ParleyError("canceled", "connection closed by the client"), closeNormal);
