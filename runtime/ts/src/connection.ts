@@ -500,8 +500,8 @@ export class Connection {
           this.#send({ end: { id } });
           continue;
         }
-        const size = this.#send({ item: { id, ...o.body } });
-        if (size > this.#maxSend) o.fail(new ParleyError("resource_exhausted", `${procedure}: the item is ${size} bytes, the limit ${this.#maxSend}`));
+        const big = this.#send({ item: { id, ...o.body } }, `${procedure}: the item`);
+        if (big) o.fail(big);
         else credit--, o.ok();
       }
     };
@@ -649,12 +649,12 @@ export class Connection {
         this.#open[kind]!++;
         // The remaining time, rounded down: the handler never outlives us.
         const timeoutMs = p.deadline === undefined ? 0 : Math.min(Math.max(1, Math.floor(p.deadline - performance.now())), 0xffffffff);
-        const size = this.#send({ call: { id, method: p.spec.procedure, ...p.body, timeoutMs, metadata: p.metadata } });
-        if (size > this.#maxSend) {
+        const big = this.#send({ call: { id, method: p.spec.procedure, ...p.body, timeoutMs, metadata: p.metadata } }, `${p.spec.procedure}: the request`);
+        if (big) {
           p.id = 0; // Never sent: nothing to cancel.
           this.#inflight.delete(id);
           this.#open[kind]!--;
-          p.settle(new ParleyError("resource_exhausted", `${p.spec.procedure}: the request is ${size} bytes, the limit ${this.#maxSend}`));
+          p.settle(big);
         } else {
           p.s?.opened(id);
         }
@@ -668,15 +668,16 @@ export class Connection {
   }
 
   /**
-   * Encodes and sends a frame unless it is larger than the send limit.
-   * Returns its size in bytes (for a JSON frame, at least its length).
+   * Encodes and sends a frame unless it is larger than the send limit;
+   * then returns a "resource_exhausted" error naming what was too large.
    */
-  #send(frame: Frame): number {
+  #send(frame: Frame, what = "a frame"): ParleyError | undefined {
     const data = this.#json ? encodeJson(frame) : encodeBinary(frame);
+    const max = this.#maxSend;
     let size = data.length;
-    if (typeof data == "string" && size * 3 > this.#maxSend) size = new TextEncoder().encode(data).length;
-    if (size <= this.#maxSend) this.#socket.send(data);
-    return size;
+    if (typeof data == "string" && size * 3 > max) size = new TextEncoder().encode(data).length;
+    if (size > max) return new ParleyError("resource_exhausted", `${what} is ${size} bytes, the limit ${max}`);
+    this.#socket.send(data);
   }
 
   #receive(data: unknown) {
@@ -782,8 +783,8 @@ export class Connection {
     clearTimeout(timer);
     this.#serving.delete(id);
     if (c.abandoned || this.#state.status != "open") return;
-    const size = this.#send(reply);
-    if (size > this.#maxSend) this.#sendError(id, "resource_exhausted", `${method}: the response is ${size} bytes, the limit ${this.#maxSend}`);
+    const big = this.#send(reply, `${method}: the response`);
+    if (big) this.#sendError(id, big.code, big.rawMessage);
   }
 
   /** Sends Ping every `every` ms, and fails the connection when nothing arrives for every + pongTimeoutMs. */

@@ -326,6 +326,18 @@ for (const protocol of ["proto", "json"] as const) {
       conn.close();
     });
 
+    test("an item larger than maxMessageBytes fails its send only", async () => {
+      const { conn, peer } = await connect({ maxMessageBytes: 300 });
+      const chat = conn.bidiStream(EchoStream);
+      const call = await expectFrame(peer, "call");
+      await rejectsWith(chat.send({ text: "x".repeat(500) }), "resource_exhausted", /Echo: the item is \d+ bytes, the limit 300/);
+      await chat.send({ text: "small" });
+      assert.equal(decode(EchoStream.input, await expectFrame(peer, "item")).text, "small");
+      peer.send({ reply: { id: call.id } });
+      assert.equal((await next(chat[Symbol.asyncIterator]())).done, true);
+      conn.close();
+    });
+
     test("abort and deadline cover the whole stream", async () => {
       const { conn, peer } = await connect();
       const ac = new AbortController();
