@@ -408,7 +408,8 @@ func TestShutdownDrains(t *testing.T) {
 		}
 	}
 	srv := startServer(t, parley.WithInterceptors(signal))
-	conn, client := dial(t, srv.url)
+	// Without reconnecting, the client shows the server's side of it.
+	conn, client := dial(t, srv.url, parley.WithoutReconnect())
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	for range n {
@@ -457,7 +458,7 @@ func TestGoAwayRefusesNewCalls(t *testing.T) {
 		}
 	}
 	srv := startServer(t, parley.WithInterceptors(signal))
-	conn, client := dial(t, srv.url)
+	conn, client := dial(t, srv.url, parley.WithoutReconnect())
 	errc := make(chan error, 1)
 	go func() {
 		_, err := client.Sleep(context.Background(), &e2ev1.SleepRequest{Ms: 500})

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -14,34 +18,161 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Conn is a client's connection to a Parley server: one WebSocket that
-// carries any number of concurrent calls. Generated clients are built on it
-// (NewChatServiceClient(conn)).
+// Status is where a client connection is in its life.
+type Status uint8
+
+const (
+	// StatusConnecting: the first dial is under way.
+	StatusConnecting Status = iota
+	// StatusOpen: a socket is up and calls flow.
+	StatusOpen
+	// StatusReconnecting: the socket dropped; the client is waiting to
+	// dial again or dialling. Calls made now wait, within their deadline.
+	StatusReconnecting
+	// StatusClosed: Close was called, or reconnecting gave up. Final.
+	StatusClosed
+)
+
+func (s Status) String() string {
+	switch s {
+	case StatusConnecting:
+		return "connecting"
+	case StatusOpen:
+		return "open"
+	case StatusReconnecting:
+		return "reconnecting"
+	case StatusClosed:
+		return "closed"
+	}
+	return "unknown"
+}
+
+// ConnState is a client connection's state, as OnStateChange reports it.
+type ConnState struct {
+	Status Status
+	// Resumed, when Open after a reconnect, says the server resumed the
+	// session: same principal and rooms, missed events replayed, calls in
+	// flight answered exactly once. When false after a reconnect, the
+	// server started a new session: rooms must be re-joined and state
+	// resynced.
+	Resumed bool
+	// Reconnected is set when Open was reached by reconnecting.
+	Reconnected bool
+	// Attempt and Delay describe the next dial while Reconnecting.
+	Attempt int
+	Delay   time.Duration
+	// Err is why the socket dropped (Reconnecting) or the connection
+	// closed (Closed).
+	Err error
+}
+
+// Backoff is the reconnection policy: the delay before attempt n is drawn
+// uniformly from [0, min(Max, Initial·Multiplier^(n-1))] ("full jitter"),
+// so that many clients losing one server come back spread out.
+type Backoff struct {
+	// Initial is the cap of the first delay (DefaultBackoff: 100ms).
+	Initial time.Duration
+	// Max caps every delay (DefaultBackoff: 10s).
+	Max time.Duration
+	// Multiplier grows the cap per attempt (DefaultBackoff: 2).
+	Multiplier float64
+	// MaxAttempts gives up after that many failed dials in a row; 0 never
+	// gives up.
+	MaxAttempts int
+}
+
+// DefaultBackoff is the reconnection policy of clients that set none.
+var DefaultBackoff = Backoff{Initial: 100 * time.Millisecond, Max: 10 * time.Second, Multiplier: 2}
+
+func (b Backoff) delay(attempt int) time.Duration {
+	ceil := float64(b.Initial)
+	for i := 1; i < attempt && ceil < float64(b.Max); i++ {
+		ceil *= b.Multiplier
+	}
+	ceil = min(ceil, float64(b.Max))
+	if ceil <= 0 {
+		return 0
+	}
+	return time.Duration(rand.Int64N(int64(ceil) + 1))
+}
+
+// Conn is a client's connection to a Parley server: one WebSocket at a
+// time that carries any number of concurrent calls, streams and events.
+// Generated clients are built on it (NewChatServiceClient(conn)).
+//
+// When the socket drops, Conn dials again by itself (see Backoff) and asks
+// the server to resume its session. Calls made meanwhile wait for the new
+// socket within their deadline. Calls in flight at the drop are sent again
+// when that is safe: idempotent methods always, others only into a resumed
+// session, where the server answers each call id exactly once; otherwise
+// they fail with CodeUnavailable. Open streams end with CodeUnavailable.
 //
 // A Conn is safe for concurrent use by any number of goroutines. It owns a
-// reader and a writer goroutine, which end when the socket closes; Close
-// waits for them.
+// supervisor goroutine and, per socket, a reader and a writer; Close stops
+// and waits for them all.
 type Conn struct {
-	e       *endpoint
-	welcome *parleyv1.Welcome
+	url   string
+	cfg   config
+	codec codec
+
+	callSeq   atomic.Uint64 // call ids, across sockets
+	lastEvent atomic.Uint64 // the last session event offset seen
+
+	mu       sync.Mutex
+	cur      *endpoint     // the socket calls go to; nil while reconnecting
+	up       chan struct{} // closed while cur is usable; replaced when it is not
+	state    ConnState
+	watchers map[int]func(ConnState)
+	nextW    int
+	local    map[string]*Method
+	welcome  *parleyv1.Welcome
+	closed   bool
+	closeErr error
+	closedCh chan struct{} // closed when closed is set
+	notify   hookRunner    // runs state watchers in order
+
+	wake chan struct{} // cap 1: the supervisor should reconnect now
+	done chan struct{} // closed when the supervisor and every socket ended
 }
 
 // Dial connects to the Parley server at url (ws:// or wss://) and completes
-// the handshake. ctx bounds the dial and the handshake only.
+// the handshake. ctx bounds this first dial only; an error here is final
+// (reconnection starts only once a connection was up).
 func Dial(ctx context.Context, url string, opts ...ClientOption) (*Conn, error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
 		o.applyToClient(&cfg)
 	}
-	c, ok := codecFor(cfg.subprotocol)
+	cd, ok := codecFor(cfg.subprotocol)
 	if !ok {
 		return nil, fmt.Errorf("parley: unknown subprotocol %q", cfg.subprotocol)
 	}
+	c := &Conn{
+		url: url, cfg: cfg, codec: cd,
+		up:       make(chan struct{}),
+		watchers: make(map[int]func(ConnState)),
+		local:    make(map[string]*Method),
+		wake:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+		closedCh: make(chan struct{}),
+	}
+	e, welcome, err := c.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.attach(e, welcome, false)
+	go c.supervise(e)
+	return c, nil
+}
+
+// dial opens one socket and completes the handshake, resuming the session
+// of the last Welcome if there was one.
+func (c *Conn) dial(ctx context.Context) (*endpoint, *parleyv1.Welcome, error) {
 	var bc *batchConn
 	netDialer := &net.Dialer{}
 	dialer := websocket.Dialer{
-		Subprotocols:     []string{cfg.subprotocol},
-		HandshakeTimeout: cfg.handshakeTimeout,
+		Subprotocols:     []string{c.cfg.subprotocol},
+		HandshakeTimeout: c.cfg.handshakeTimeout,
 		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			nc, err := netDialer.DialContext(ctx, network, addr)
 			if err != nil {
@@ -51,19 +182,27 @@ func Dial(ctx context.Context, url string, opts ...ClientOption) (*Conn, error) 
 			return bc, nil
 		},
 	}
-	ws, resp, err := dialer.DialContext(ctx, url, cfg.header)
+	hctx, cancel := context.WithTimeout(ctx, c.cfg.handshakeTimeout)
+	defer cancel()
+	ws, resp, err := dialer.DialContext(hctx, c.url, c.cfg.header)
 	if err != nil {
-		return nil, dialError(err, resp)
+		return nil, nil, dialError(err, resp)
 	}
-	if ws.Subprotocol() != cfg.subprotocol {
+	if ws.Subprotocol() != c.cfg.subprotocol {
 		_ = ws.Close()
-		return nil, Errorf(CodeUnavailable, "%s is not a Parley server: it did not accept subprotocol %s", url, cfg.subprotocol)
+		return nil, nil, Errorf(CodeUnavailable, "%s is not a Parley server: it did not accept subprotocol %s", c.url, c.cfg.subprotocol)
 	}
-	e := newEndpoint(ws, bc, c, SideClient, &cfg)
-	welcome, err := clientHandshake(ctx, e)
+	e := newEndpoint(ws, bc, c.codec, SideClient, &c.cfg)
+	e.callSeq, e.lastEvent = &c.callSeq, &c.lastEvent
+	hello, err := c.hello(hctx)
 	if err != nil {
 		_ = ws.Close()
-		return nil, err
+		return nil, nil, err
+	}
+	welcome, err := clientHandshake(hctx, e, hello)
+	if err != nil {
+		_ = ws.Close()
+		return nil, nil, err
 	}
 	if n := welcome.GetMaxInFlight(); n > 0 {
 		e.sem = make(chan struct{}, n)
@@ -71,10 +210,32 @@ func Dial(ctx context.Context, url string, opts ...ClientOption) (*Conn, error) 
 	if w := welcome.GetStreamWindow(); w > 0 {
 		e.peerWindow = w
 	}
-	e.methods = e.lookupLocal
-	e.start()
-	go e.readLoop()
-	return &Conn{e: e, welcome: welcome}, nil
+	e.methods = c.lookupLocal
+	e.onGoAway = c.reconnectNow
+	return e, welcome, nil
+}
+
+// hello builds the Hello: fresh credentials, and what resuming needs.
+func (c *Conn) hello(ctx context.Context) (*parleyv1.Hello, error) {
+	md := make(map[string]string, len(c.cfg.metadata)+1)
+	for k, v := range c.cfg.metadata {
+		md[k] = v
+	}
+	if c.cfg.token != nil {
+		tok, err := c.cfg.token(ctx)
+		if err != nil {
+			return nil, Errorf(CodeUnauthenticated, "getting a token: %w", err)
+		}
+		md["authorization"] = "Bearer " + tok
+	}
+	h := &parleyv1.Hello{Metadata: md, Agent: agent, StreamWindow: c.cfg.streamWindow}
+	c.mu.Lock()
+	if w := c.welcome; w != nil && w.GetResumeToken() != "" {
+		h.SessionId, h.ResumeToken = w.GetSessionId(), w.GetResumeToken()
+		h.Offsets = map[string]uint64{sessionTopic: c.lastEvent.Load()}
+	}
+	c.mu.Unlock()
+	return h, nil
 }
 
 func dialError(err error, resp *http.Response) error {
@@ -95,8 +256,7 @@ func dialError(err error, resp *http.Response) error {
 	return Errorf(code, "dial: HTTP %d: %s", resp.StatusCode, body)
 }
 
-func clientHandshake(ctx context.Context, e *endpoint) (*parleyv1.Welcome, error) {
-	hello := &parleyv1.Hello{Metadata: e.cfg.metadata, Agent: agent, StreamWindow: e.cfg.streamWindow}
+func clientHandshake(ctx context.Context, e *endpoint, hello *parleyv1.Hello) (*parleyv1.Welcome, error) {
 	b, err := e.codec.appendFrame(nil, &frame{kind: kindHello, hello: hello}, nil)
 	if err != nil {
 		return nil, err
@@ -130,29 +290,359 @@ func clientHandshake(ctx context.Context, e *endpoint) (*parleyv1.Welcome, error
 	return nil, Errorf(CodeInternal, "awaiting welcome: got a %v frame", f.kind)
 }
 
-// Invoke calls a method and decodes its reply into res. Its deadline is
-// ctx's, else the method's timeout_ms, else the connection's call timeout
-// (DefaultCallTimeout). Calls beyond the server's in-flight limit wait for
-// a free slot within that deadline. At the deadline Invoke returns
-// CodeDeadlineExceeded and tells the server to cancel the call; a reply
-// arriving later is dropped.
-func (c *Conn) Invoke(ctx context.Context, spec *MethodSpec, req, res proto.Message) error {
-	return c.e.invoke(ctx, spec, req, res)
+// attach makes e the socket calls go to and starts it.
+func (c *Conn) attach(e *endpoint, welcome *parleyv1.Welcome, reconnected bool) {
+	if !welcome.GetResumed() {
+		c.lastEvent.Store(0) // a new session numbers its events afresh
+	}
+	e.start()
+	go e.readLoop()
+	c.mu.Lock()
+	c.cur, c.welcome = e, welcome
+	close(c.up)
+	st := ConnState{Status: StatusOpen, Resumed: welcome.GetResumed(), Reconnected: reconnected}
+	c.setStateLocked(st)
+	c.mu.Unlock()
 }
 
-// NewStream opens a streaming call. Generated clients wrap it in typed
-// streams.
+// reconnectNow asks the supervisor to move to a new socket (after a
+// GoAway: calls already sent finish on the old one).
+func (c *Conn) reconnectNow() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// supervise owns the sockets: when the current one drops (or the server
+// says GoAway) it dials again with backoff, until Close or giving up.
+func (c *Conn) supervise(e *endpoint) {
+	defer close(c.done)
+	// old holds sockets left after a GoAway, draining the calls already
+	// sent on them; the supervisor waits for them before it ends.
+	var old []*endpoint
+	defer func() {
+		closeErr := c.closeErrNow()
+		for _, o := range old {
+			o.closeByClient(closeErr)
+			<-o.done
+		}
+	}()
+	for {
+		var cause error
+		select {
+		case <-e.done:
+			cause = e.closeErrNow()
+		case <-c.closedCh:
+			old = append(old, e)
+			return
+		case <-c.wake:
+			if c.cfg.reconnect == nil {
+				continue // the socket drains its calls; then it closes
+			}
+			cause = NewError(CodeUnavailable, "the server is going away")
+			old = slices.DeleteFunc(old, func(o *endpoint) bool {
+				select {
+				case <-o.done:
+					return true
+				default:
+					return false
+				}
+			})
+			old = append(old, e) // it drains its calls and closes by itself
+		}
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return
+		}
+		c.cur = nil
+		c.up = make(chan struct{})
+		c.mu.Unlock()
+		if c.cfg.reconnect == nil {
+			c.finish(cause)
+			return
+		}
+		next, welcome, err := c.redial(cause)
+		if err != nil {
+			c.finish(err)
+			return
+		}
+		c.attach(next, welcome, true)
+		e = next
+	}
+}
+
+// redial dials until it succeeds, Close is called, or the policy gives up.
+func (c *Conn) redial(cause error) (*endpoint, *parleyv1.Welcome, error) {
+	b := *c.cfg.reconnect
+	for attempt := 1; ; attempt++ {
+		d := b.delay(attempt)
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, nil, c.closeErrNow()
+		}
+		c.setStateLocked(ConnState{Status: StatusReconnecting, Attempt: attempt, Delay: d, Err: cause})
+		c.mu.Unlock()
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-c.closedCh:
+			t.Stop()
+			return nil, nil, c.closeErrNow()
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		stopWatch := watchClose(c.closedCh, cancel)
+		e, welcome, err := c.dial(ctx)
+		stopWatch()
+		cancel()
+		if err == nil {
+			c.mu.Lock()
+			closed := c.closed
+			c.mu.Unlock()
+			if closed {
+				_ = e.ws.Close()
+				return nil, nil, c.closeErrNow()
+			}
+			return e, welcome, nil
+		}
+		cause = err
+		c.cfg.logger.Info("parley: reconnect failed", "attempt", attempt, "err", err)
+		if code := CodeOf(err); code == CodeUnauthenticated || code == CodePermissionDenied {
+			return nil, nil, err // retrying will not help
+		}
+		if b.MaxAttempts > 0 && attempt >= b.MaxAttempts {
+			return nil, nil, Errorf(CodeUnavailable, "gave up reconnecting after %d attempts: %v", attempt, err)
+		}
+	}
+}
+
+// watchClose calls cancel if closed is closed before the returned stop
+// function is called.
+func watchClose(closed <-chan struct{}, cancel func()) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-closed:
+			cancel()
+		case <-done:
+		}
+	}()
+	return func() { close(done) }
+}
+
+func (c *Conn) closeErrNow() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closeErr
+}
+
+// finish closes the connection for good, from the supervisor.
+func (c *Conn) finish(err error) {
+	c.mu.Lock()
+	if !c.closed {
+		c.closed, c.closeErr = true, err
+		close(c.closedCh)
+	}
+	c.setStateLocked(ConnState{Status: StatusClosed, Err: c.closeErr})
+	c.mu.Unlock()
+}
+
+func (e *endpoint) closeErrNow() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.closeErr
+}
+
+// setStateLocked records and announces a state; c.mu is held. Watchers run
+// on their own goroutine, in order.
+func (c *Conn) setStateLocked(st ConnState) {
+	c.state = st
+	for _, w := range c.watchers {
+		c.notify.run(func() { w(st) })
+	}
+}
+
+// State returns the connection's current state.
+func (c *Conn) State() ConnState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// OnStateChange calls fn with every later state change, in order, on a
+// goroutine of its own. After a reconnect, a state with Resumed false tells
+// the application its session is new: re-join rooms and resync. It returns
+// a function that stops the calls.
+func (c *Conn) OnStateChange(fn func(ConnState)) (unsubscribe func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	id := c.nextW
+	c.nextW++
+	c.watchers[id] = fn
+	return func() {
+		c.mu.Lock()
+		delete(c.watchers, id)
+		c.mu.Unlock()
+	}
+}
+
+// endpoint waits for a usable socket until ctx ends or the deadline.
+func (c *Conn) endpoint(ctx context.Context, deadline <-chan time.Time) (*endpoint, error) {
+	for {
+		c.mu.Lock()
+		e, up, closed := c.cur, c.up, c.closed
+		closeErr := c.closeErr
+		c.mu.Unlock()
+		if closed {
+			if closeErr == nil {
+				closeErr = NewError(CodeCanceled, "the connection was closed by Close")
+			}
+			return nil, closeErr
+		}
+		if e != nil {
+			return e, nil
+		}
+		select {
+		case <-up:
+		case <-c.closedCh:
+		case <-ctx.Done():
+			return nil, asError(ctx.Err())
+		case <-deadline:
+			return nil, NewError(CodeDeadlineExceeded, "deadline exceeded waiting for the connection to come back")
+		}
+	}
+}
+
+// Invoke calls a method and decodes its reply into res. Its deadline is
+// ctx's, else the method's timeout_ms, else the connection's call timeout
+// (DefaultCallTimeout); it covers waiting for a socket, queueing behind the
+// server's in-flight limit and any re-send after a reconnect. At the
+// deadline Invoke returns CodeDeadlineExceeded and tells the server to
+// cancel the call; a reply arriving later is dropped.
+func (c *Conn) Invoke(ctx context.Context, spec *MethodSpec, req, res proto.Message) error {
+	if len(c.cfg.interceptors) == 0 {
+		return c.invoke(ctx, spec, req, res, nil)
+	}
+	ci := &CallInfo{Spec: spec, Side: SideClient, Metadata: map[string]string{}}
+	call := chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
+		if err := c.invoke(ctx, spec, req, res, ci.Metadata); err != nil {
+			return nil, err
+		}
+		return res, nil
+	}, c.cfg.interceptors)
+	_, err := call(withCallInfo(ctx, ci), req)
+	return err
+}
+
+func (c *Conn) invoke(ctx context.Context, spec *MethodSpec, req, res proto.Message, md map[string]string) error {
+	c.mu.Lock()
+	e := c.cur
+	c.mu.Unlock()
+	if e != nil {
+		err := e.roundTrip(ctx, spec, req, res, md)
+		if err == nil || !retryable(err) || c.cfg.reconnect == nil {
+			return err
+		}
+	}
+	return c.invokeAcross(ctx, spec, req, res, md, e)
+}
+
+func retryable(err error) bool {
+	return errors.Is(err, errNotSent) || errors.Is(err, errConnLost)
+}
+
+// invokeAcross is the slow path: no socket, or the call's socket dropped.
+// It waits for the next socket and sends the call there when safe.
+func (c *Conn) invokeAcross(ctx context.Context, spec *MethodSpec, req, res proto.Message, md map[string]string, first *endpoint) error {
+	if _, ok := ctx.Deadline(); !ok {
+		timeout := spec.Timeout
+		if timeout <= 0 {
+			timeout = c.cfg.callTimeout
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	var id uint64 // the id the call was last sent with, if it may have run
+	var lastErr error
+	for {
+		e, err := c.endpoint(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if e == first {
+			// The socket that failed the call is still current: wait for
+			// the supervisor to replace it.
+			select {
+			case <-e.done:
+			case <-ctx.Done():
+				return asError(ctx.Err())
+			}
+			continue
+		}
+		first = e
+		sendID := uint64(0)
+		if id != 0 {
+			// The call may have run. Idempotent methods may simply run
+			// again; others only go to the same session, which answers
+			// the id once.
+			c.mu.Lock()
+			resumed := c.welcome.GetResumed()
+			c.mu.Unlock()
+			switch {
+			case resumed:
+				sendID = id
+			case spec.Idempotency == IdempotencyUnknown:
+				return &Error{code: CodeUnavailable, message: "the connection dropped with the call in flight and the session could not be resumed: " + lastErr.Error(), wrapped: lastErr}
+			}
+		}
+		if sendID == 0 {
+			sendID = e.nextID()
+		}
+		err = e.roundTripID(ctx, spec, req, res, md, sendID)
+		switch {
+		case err == nil || !retryable(err):
+			return err
+		case errors.Is(err, errConnLost):
+			id, lastErr = sendID, err
+		}
+	}
+}
+
+// NewStream opens a streaming call on the current socket, waiting for one
+// within ctx. Streams do not survive a reconnect: they end with
+// CodeUnavailable.
 func (c *Conn) NewStream(ctx context.Context, spec *MethodSpec) (*Stream, error) {
-	return c.e.newStream(ctx, spec)
+	e, err := c.endpoint(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return e.newStream(ctx, spec)
 }
 
 // Register adds handlers for methods the server calls on this client:
 // events and calls of services marked `implemented_by = CLIENT`. Generated
 // RegisterXHandler functions call it. Events that arrive for a method with
 // no handler are dropped (logged at debug level); calls get
-// CodeUnimplemented. Registering a procedure twice panics.
+// CodeUnimplemented. Handlers survive reconnects. Registering a procedure
+// twice panics.
 func (c *Conn) Register(methods ...*Method) {
-	c.e.register(methods...)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range methods {
+		if _, dup := c.local[m.spec.Procedure]; dup {
+			panic("parley: " + m.spec.Procedure + " registered twice")
+		}
+		c.local[m.spec.Procedure] = m
+	}
+}
+
+func (c *Conn) lookupLocal(procedure []byte) *Method {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.local[string(procedure)]
 }
 
 var (
@@ -160,43 +650,63 @@ var (
 	_ Registrar = (*Conn)(nil)
 )
 
-// SessionID returns the session id the server assigned.
-func (c *Conn) SessionID() string { return c.welcome.GetSessionId() }
-
-// Done is closed when the connection has closed and its goroutines ended.
-func (c *Conn) Done() <-chan struct{} { return c.e.done }
-
-// Err returns why the connection closed, or nil while it is open.
-func (c *Conn) Err() error {
-	c.e.mu.Lock()
-	defer c.e.mu.Unlock()
-	if !c.e.closing {
-		return nil
-	}
-	return c.e.closeErr
+// SessionID returns the session id the server assigned; it stays the same
+// across resumed reconnects.
+func (c *Conn) SessionID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.welcome.GetSessionId()
 }
 
-// Close closes the connection. Calls still pending fail with CodeCanceled.
-// It waits (at most about a second) for the server to acknowledge the
-// close, and for the connection's goroutines to end.
+// Done is closed when the connection has closed for good and its
+// goroutines ended.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err returns why the connection closed for good, or nil while it is open
+// or reconnecting.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		return nil
+	}
+	return c.closeErr
+}
+
+// Close closes the connection and stops reconnecting. Calls still pending
+// fail with CodeCanceled. It waits (at most about a second) for the server
+// to acknowledge the close, and for the connection's goroutines to end.
 func (c *Conn) Close() error {
-	e := c.e
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		<-c.done
+		return nil
+	}
+	c.closed, c.closeErr = true, NewError(CodeCanceled, "the connection was closed by Close")
+	close(c.closedCh)
+	c.setStateLocked(ConnState{Status: StatusClosed, Err: c.closeErr})
+	e := c.cur
+	c.mu.Unlock()
+	if e != nil {
+		e.closeByClient(c.closeErr)
+	}
+	c.reconnectNow() // wake the supervisor if it waits on a GoAway
+	<-c.done
+	return nil
+}
+
+// closeByClient fails pending calls with err and closes the socket.
+func (e *endpoint) closeByClient(err error) {
 	e.mu.Lock()
 	if e.closeErr == nil {
-		e.closeErr = NewError(CodeCanceled, "the connection was closed by Close")
+		e.closeErr = err
 	}
-	closeErr := e.closeErr
 	pending := e.pending
 	e.pending = make(map[uint64]*pendingCall)
 	e.mu.Unlock()
 	for _, pc := range pending {
-		pc.done <- closeErr
+		pc.done <- err
 	}
 	e.closeWith(closeNormal, "")
-	<-e.done
-	var ce *Error
-	if errors.As(closeErr, &ce) && ce.code == CodeCanceled {
-		return nil
-	}
-	return closeErr
 }

@@ -70,9 +70,20 @@ func (e *endpoint) acceptEvent(f *frame) {
 	if e.methods != nil {
 		m = e.methods(f.procedure())
 	}
+	if f.topic == sessionTopic && f.offset > e.lastEvent.Load() && (m == nil || !m.event) {
+		e.lastEvent.Store(f.offset) // seen, even if nobody handles it
+	}
 	if m == nil || !m.event {
 		e.log.Debug("parley: event dropped: no handler", "side", e.side, "method", string(f.procedure()))
 		return
+	}
+	if f.topic == sessionTopic && f.offset > 0 {
+		// Events replayed after a reconnect may overlap what arrived
+		// before the drop: each offset is handled once.
+		if f.offset <= e.lastEvent.Load() {
+			return
+		}
+		e.lastEvent.Store(f.offset)
 	}
 	req := m.newReq()
 	if f.hasPayload {

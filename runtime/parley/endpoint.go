@@ -52,22 +52,30 @@ type endpoint struct {
 	log   *slog.Logger
 
 	// methods finds the implementation of an incoming call, or nil.
-	methods func(procedure []byte) *Method
+	methods    func(procedure []byte) *Method
 	peer       *Peer    // the server's handle on this connection; nil on clients
 	sess       *session // the session this socket serves; nil on clients
 	resumeFrom uint64   // the last event offset the client saw, when resuming
 	// peerSaidBye is set by the reader before it ends when the peer closed
 	// with 1000 or 1001: a deliberate goodbye, not a drop.
 	peerSaidBye bool
-	events  *eventRunner // runs a client's event handlers in order
-	handle  UnaryFunc    // the interceptor chain ending in the method
+	events      *eventRunner // runs a client's event handlers in order
+	handle      UnaryFunc    // the interceptor chain ending in the method
 
 	ctx    context.Context // ends when the socket closes
 	cancel context.CancelCauseFunc
 
 	q       *sendQueue
-	callSeq atomic.Uint64
-	sem     chan struct{} // bounds outgoing calls; nil for no bound
+	callSeq *atomic.Uint64 // shared by a client's successive sockets
+	// lastEvent is the offset of the last session event received, shared by
+	// a client's successive sockets: replayed events at or below it are
+	// duplicates.
+	lastEvent *atomic.Uint64
+	// goAwayID is the GoAway's last accepted id: calls above it that the
+	// server refused were never run.
+	goAwayID uint64
+	onGoAway func()        // client: start reconnecting
+	sem      chan struct{} // bounds outgoing calls; nil for no bound
 
 	mu           sync.Mutex
 	local        map[string]*Method // handlers a client registered
@@ -94,6 +102,7 @@ func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *con
 	ctx, cancel := context.WithCancelCause(context.Background())
 	e := &endpoint{
 		ws: ws, bc: bc, codec: c, side: side, cfg: cfg, log: cfg.logger,
+		callSeq: new(atomic.Uint64), lastEvent: new(atomic.Uint64),
 		ctx: ctx, cancel: cancel,
 		q:          newSendQueue(cfg.sendQueueBytes),
 		pending:    make(map[uint64]*pendingCall),
@@ -343,8 +352,15 @@ func (e *endpoint) dispatch(f *frame) {
 	case kindGoAway:
 		e.mu.Lock()
 		e.goneAway = f.message
+		if e.goneAway == "" {
+			e.goneAway = "going away"
+		}
+		e.goAwayID = f.id
 		e.mu.Unlock()
 		e.log.Info("parley: peer is going away", "side", e.side, "reason", f.message)
+		if e.onGoAway != nil {
+			e.onGoAway()
+		}
 	case kindHello, kindWelcome:
 		e.closeWith(closeProtocol, f.kind.String()+" after the handshake")
 	case kindEvent:
@@ -561,7 +577,7 @@ func closeMessage(code int, reason string) string {
 func (e *endpoint) fail(cause error) {
 	e.mu.Lock()
 	if e.closeErr == nil {
-		e.closeErr = NewError(CodeUnavailable, describeClose(cause))
+		e.closeErr = &Error{code: CodeUnavailable, message: describeClose(cause), wrapped: errConnLost}
 	}
 	closeErr := e.closeErr
 	e.closing = true
@@ -657,7 +673,13 @@ func (e *endpoint) complete(f *frame) {
 		if code < minCode || code > maxCode {
 			code = CodeUnknown
 		}
-		pc.done <- &Error{code: code, message: f.message, details: f.details}
+		err := &Error{code: code, message: f.message, details: f.details}
+		e.mu.Lock()
+		if code == CodeUnavailable && e.goneAway != "" && f.id > e.goAwayID {
+			err.wrapped = errNotSent // refused by a draining server: it never ran
+		}
+		e.mu.Unlock()
+		pc.done <- err
 		return
 	}
 	var err error
@@ -686,6 +708,13 @@ func (e *endpoint) invoke(ctx context.Context, spec *MethodSpec, req, res proto.
 }
 
 func (e *endpoint) roundTrip(ctx context.Context, spec *MethodSpec, req, res proto.Message, md map[string]string) error {
+	return e.roundTripID(ctx, spec, req, res, md, 0)
+}
+
+// roundTripID makes a call with the given id, or a fresh one when id is 0.
+// A client re-sends a call into a resumed session with its first id, so the
+// server recognises it and runs it at most once.
+func (e *endpoint) roundTripID(ctx context.Context, spec *MethodSpec, req, res proto.Message, md map[string]string, id uint64) error {
 	if err := ctx.Err(); err != nil {
 		return asError(err)
 	}
@@ -717,14 +746,13 @@ func (e *endpoint) roundTrip(ctx context.Context, spec *MethodSpec, req, res pro
 		}
 	}
 
-	id := e.nextID()
+	if id == 0 {
+		id = e.nextID()
+	}
 	pc.res = res
 	e.mu.Lock()
 	if e.closeErr != nil || e.goneAway != "" {
-		err := e.closeErr
-		if err == nil {
-			err = Errorf(CodeUnavailable, "server is going away: %s", e.goneAway)
-		}
+		err := notSent(e.closeErr, e.goneAway)
 		e.mu.Unlock()
 		return err
 	}
@@ -749,7 +777,7 @@ func (e *endpoint) roundTrip(ctx context.Context, spec *MethodSpec, req, res pro
 		}
 		if errors.Is(err, errQueueClosed) {
 			e.mu.Lock()
-			err = e.closeErr
+			err = notSent(e.closeErr, e.goneAway)
 			e.mu.Unlock()
 		}
 		return err
@@ -769,6 +797,23 @@ func (e *endpoint) roundTrip(ctx context.Context, spec *MethodSpec, req, res pro
 		}
 	}
 	return err
+}
+
+// errNotSent marks a call that never reached the peer's handler (the
+// socket was closing, or the server was going away): safe to send again
+// on a new socket. errConnLost marks a call whose socket dropped while it
+// was in flight: it may or may not have run.
+var (
+	errNotSent  = errors.New("parley: call not sent")
+	errConnLost = errors.New("parley: connection lost")
+)
+
+func notSent(closeErr error, goneAway string) *Error {
+	msg := "server is going away: " + goneAway
+	if closeErr != nil {
+		msg = closeErr.Error()
+	}
+	return &Error{code: CodeUnavailable, message: msg, wrapped: errNotSent}
 }
 
 // abandon removes a call the caller gives up on and tells the peer. It

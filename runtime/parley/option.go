@@ -62,6 +62,8 @@ type config struct {
 
 	// client only
 	callTimeout time.Duration
+	token       func(context.Context) (string, error)
+	reconnect   *Backoff
 	subprotocol string
 	metadata    map[string]string
 	header      http.Header
@@ -82,6 +84,7 @@ func defaultConfig() config {
 		maxStreams:       DefaultMaxStreams,
 		callTimeout:      DefaultCallTimeout,
 		subprotocol:      SubprotocolProto,
+		reconnect:        &DefaultBackoff,
 		logger:           slog.New(slog.DiscardHandler),
 	}
 }
@@ -243,6 +246,25 @@ func WithJSON() ClientOption {
 // the server's authenticate hook reads.
 func WithHelloMetadata(md map[string]string) ClientOption {
 	return clientOption(func(c *config) { c.metadata = md })
+}
+
+// WithToken sets a function the client calls for a bearer token before
+// every dial, the first and each reconnect, so a reconnect authenticates
+// afresh. The token travels in the Hello's metadata as "authorization:
+// Bearer <token>", where the server's authenticate hook reads it.
+func WithToken(token func(ctx context.Context) (string, error)) ClientOption {
+	return clientOption(func(c *config) { c.token = token })
+}
+
+// WithReconnect sets the reconnection policy (DefaultBackoff).
+func WithReconnect(b Backoff) ClientOption {
+	return clientOption(func(c *config) { c.reconnect = &b })
+}
+
+// WithoutReconnect makes the connection close for good when its socket
+// drops, failing calls in flight with CodeUnavailable.
+func WithoutReconnect() ClientOption {
+	return clientOption(func(c *config) { c.reconnect = nil })
 }
 
 // WithHTTPHeader adds headers to the WebSocket upgrade request.

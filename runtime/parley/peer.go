@@ -59,7 +59,9 @@ func (p *Peer) member() Member { return Member{ConnID: p.id, UserID: p.userID()}
 // Join puts the connection in room: events ToRoom(room) reach it until it
 // leaves or closes. Only the server decides membership, typically in an
 // RPC handler; clients cannot join by themselves.
-func (p *Peer) Join(ctx context.Context, room string) error { return p.server.hub.join(ctx, p.sess, room) }
+func (p *Peer) Join(ctx context.Context, room string) error {
+	return p.server.hub.join(ctx, p.sess, room)
+}
 
 // Leave takes the connection out of room.
 func (p *Peer) Leave(ctx context.Context, room string) error {

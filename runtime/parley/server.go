@@ -349,9 +349,14 @@ func (s *Server) endSessions() {
 
 // goAway refuses new calls and tells the client.
 func (e *endpoint) goAway(reason string) {
+	b := getBuf()
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	e.draining = true
-	last := e.lastAccepted
-	e.mu.Unlock()
-	e.send(&frame{kind: kindGoAway, message: reason, id: last}, nil)
+	// Queued under the lock, so that GoAway precedes every refusal the
+	// draining causes: the client then knows those calls never ran.
+	*b, _ = e.codec.appendFrame((*b)[:0], &frame{kind: kindGoAway, message: reason, id: e.lastAccepted}, nil)
+	if e.q.push(e.ctx, b, false) != nil {
+		putBuf(b)
+	}
 }
