@@ -171,6 +171,9 @@ func (c *Conn) dial(ctx context.Context) (*endpoint, *parleyv1.Welcome, error) {
 	var bc *batchConn
 	netDialer := &net.Dialer{}
 	dialer := websocket.Dialer{
+		ReadBufferSize:   1024,
+		WriteBufferSize:  4096,
+		WriteBufferPool:  writeBufferPool,
 		Subprotocols:     []string{c.cfg.subprotocol},
 		HandshakeTimeout: c.cfg.handshakeTimeout,
 		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {

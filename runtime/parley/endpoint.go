@@ -235,7 +235,6 @@ func isTimeout(err error) bool {
 // (Hello or Welcome).
 func (e *endpoint) readLoop() {
 	var f frame
-	buf := make([]byte, 0, 4096)
 	var err error
 	for {
 		var typ int
@@ -244,26 +243,17 @@ func (e *endpoint) readLoop() {
 		if err != nil {
 			break
 		}
-		buf, err = readAll(r, buf[:0])
+		// The message buffer comes from a pool only while a message is
+		// read and dispatched, so an idle connection holds none.
+		buf := getBuf()
+		*buf, err = readAll(r, (*buf)[:0])
 		if err != nil {
+			putBuf(buf)
 			break
 		}
-		if e.isClosing() {
-			continue // drain until the peer acknowledges our close
-		}
-		if typ != e.codec.messageType() {
-			e.closeWith(closeUnsupported, fmt.Sprintf("%s carries %s messages", e.codec.subprotocol(), messageTypeName(e.codec.messageType())))
-			continue
-		}
-		if derr := e.codec.decodeFrame(buf, &f); derr != nil {
-			e.log.Warn("parley: undecodable frame", "side", e.side, "err", derr)
-			e.closeWith(closeProtocol, truncateReason(derr.Error()))
-			continue
-		}
-		e.dispatch(&f)
-		if cap(buf) > 64<<10 {
-			buf = make([]byte, 0, 4096) // do not pin one large message's memory
-		}
+		e.handleMessage(typ, *buf, &f)
+		f = frame{}
+		putBuf(buf)
 	}
 	var ce *websocket.CloseError
 	if errors.As(err, &ce) && (ce.Code == closeNormal || ce.Code == closeGoingAway) {
@@ -271,6 +261,24 @@ func (e *endpoint) readLoop() {
 	}
 	e.fail(err)
 	close(e.readerDone)
+}
+
+// handleMessage decodes and dispatches one message. Nothing may keep data
+// after it returns: the buffer goes back to the pool.
+func (e *endpoint) handleMessage(typ int, data []byte, f *frame) {
+	if e.isClosing() {
+		return // drain until the peer acknowledges our close
+	}
+	if typ != e.codec.messageType() {
+		e.closeWith(closeUnsupported, fmt.Sprintf("%s carries %s messages", e.codec.subprotocol(), messageTypeName(e.codec.messageType())))
+		return
+	}
+	if err := e.codec.decodeFrame(data, f); err != nil {
+		e.log.Warn("parley: undecodable frame", "side", e.side, "err", err)
+		e.closeWith(closeProtocol, truncateReason(err.Error()))
+		return
+	}
+	e.dispatch(f)
 }
 
 func messageTypeName(t int) string {

@@ -190,32 +190,41 @@ func (h *hub) userSessions(user string) []*session {
 // target reaches.
 func (h *hub) deliver(bev *BrokerEvent) {
 	ev := &eventData{method: bev.Method, payload: bev.Payload, log: h.s.cfg.logger}
-	send := func(sn *session) {
+	// Collect the recipients under the lock, deliver outside it, so that
+	// joins and leaves never wait for a large room's fan-out.
+	rs := recipientsPool.Get().(*[]*session)
+	list := (*rs)[:0]
+	h.mu.RLock()
+	switch bev.Target.kind {
+	case targetConn:
+		if sn := h.sessions[bev.Target.id]; sn != nil {
+			list = append(list, sn)
+		}
+	case targetUser:
+		for sn := range h.users[bev.Target.id] {
+			list = append(list, sn)
+		}
+	case targetRoom:
+		for sn := range h.rooms[bev.Target.id] {
+			list = append(list, sn)
+		}
+	case targetAll:
+		for _, sn := range h.sessions {
+			list = append(list, sn)
+		}
+	}
+	h.mu.RUnlock()
+	for _, sn := range list {
 		if sn.id != bev.Target.except {
 			sn.deliverEvent(ev)
 		}
 	}
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	switch bev.Target.kind {
-	case targetConn:
-		if sn := h.sessions[bev.Target.id]; sn != nil {
-			send(sn)
-		}
-	case targetUser:
-		for sn := range h.users[bev.Target.id] {
-			send(sn)
-		}
-	case targetRoom:
-		for sn := range h.rooms[bev.Target.id] {
-			send(sn)
-		}
-	case targetAll:
-		for _, sn := range h.sessions {
-			send(sn)
-		}
-	}
+	clear(list)
+	*rs = list[:0]
+	recipientsPool.Put(rs)
 }
+
+var recipientsPool = sync.Pool{New: func() any { return new([]*session) }}
 
 // eventData is one published event, shared by every session it reaches.
 // Its protojson form, for JSON clients, is made once, on first need.

@@ -17,6 +17,10 @@ import (
 	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
 )
 
+// writeBufferPool lends gorilla/websocket its frame buffers only while a
+// message is written, for every connection of the process.
+var writeBufferPool = &sync.Pool{}
+
 // agent names this implementation in Hello and Welcome.
 const agent = "parley-go/" + Version
 
@@ -61,6 +65,11 @@ func NewServer(opts ...ServerOption) *Server {
 		s.cfg.logger.Error("parley: subscribing to the broker", "err", err)
 	}
 	s.upgrader = websocket.Upgrader{
+		// A small read buffer and pooled write buffers keep an idle
+		// connection's memory low; large messages bypass the read buffer.
+		ReadBufferSize:   1024,
+		WriteBufferSize:  4096,
+		WriteBufferPool:  writeBufferPool,
 		HandshakeTimeout: s.cfg.handshakeTimeout,
 		CheckOrigin:      s.checkOrigin,
 		Subprotocols:     []string{SubprotocolProto, SubprotocolJSON},
