@@ -27,10 +27,10 @@ const agent = "parley-go/" + Version
 // Server serves Parley connections. It is an http.Handler: mount it on a
 // mux at the path clients dial. Register every service before serving.
 //
-// A Server is safe for concurrent use. Each connection is served by the
-// goroutine net/http runs ServeHTTP in, plus one writer goroutine and one
-// goroutine per call in flight; all end when the connection does, and
-// ServeHTTP returns only after they have.
+// A Server is safe for concurrent use. ServeHTTP upgrades and completes the
+// handshake, then hands the connection to a reader goroutine of its own,
+// which with one writer goroutine and one goroutine per call in flight
+// serves it; all end when the connection does, and Shutdown waits for them.
 type Server struct {
 	cfg      config
 	upgrader websocket.Upgrader
@@ -144,7 +144,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.served.Add(1)
 	s.mu.Unlock()
-	defer s.served.Done()
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			s.served.Done()
+		}
+	}()
 
 	up := s.upgrader
 	up.Subprotocols = []string{c.subprotocol()}
@@ -161,6 +166,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// The connection gets a goroutine of its own and ServeHTTP returns, so
+	// that net/http lets go of the request and its buffers: an idle
+	// connection then costs only what Parley keeps.
+	handedOff = true
+	go s.serveConn(e)
+}
+
+// serveConn runs a connection after its handshake, until it closes and its
+// handlers have returned.
+func (s *Server) serveConn(e *endpoint) {
+	defer s.served.Done()
 	s.mu.Lock()
 	if s.shuttingDown {
 		e.draining = true
