@@ -1,14 +1,19 @@
 # Parley's build. The two commands a newcomer needs:
-#   make example   generate code and run the hello example (in-process)
+#   make example   generate code and run the chat example on the in-process
+#                  broker; it prints the URL to open
 #   make test      every test: Go (with -race), generators' goldens,
 #                  TypeScript (Node and a real Chromium)
 # .ci/run runs `make check-generated test` on a clean clone.
 
 BUF := go tool -modfile=tools/go.mod buf
 
-.PHONY: example generate check-generated test test-go test-ts lint bench fuzz
+.PHONY: example hello generate check-generated test test-go test-ts lint bench fuzz
 
 example: generate
+	go run ./examples/chat/cmd/chat-server
+
+## hello: the smallest program: a server and a client in one process.
+hello: generate
 	go run ./examples/hello
 
 ## generate: regenerate gen/, the e2e service and every example.
@@ -52,3 +57,4 @@ bench:
 ## fuzz: run the frame fuzz target for a while (CI runs its seed corpus).
 fuzz:
 	go test -run '^$$' -fuzz FuzzDecodeFrame -fuzztime 60s ./runtime/parley
+	go test -run '^$$' -fuzz FuzzDispatch -fuzztime 60s ./runtime/parley
