@@ -121,6 +121,7 @@ type Conn struct {
 	mu       sync.Mutex
 	cur      *endpoint     // the socket calls go to; nil while reconnecting
 	up       chan struct{} // closed while cur is usable; replaced when it is not
+	gone     chan struct{} // closed when cur stops being the socket calls go to
 	state    ConnState
 	watchers map[int]func(ConnState)
 	nextW    int
@@ -302,6 +303,7 @@ func (c *Conn) attach(e *endpoint, welcome *parleyv1.Welcome, reconnected bool) 
 	go e.readLoop()
 	c.mu.Lock()
 	c.cur, c.welcome = e, welcome
+	c.gone = make(chan struct{})
 	close(c.up)
 	st := ConnState{Status: StatusOpen, Resumed: welcome.GetResumed(), Reconnected: reconnected}
 	c.setStateLocked(st)
@@ -360,6 +362,7 @@ func (c *Conn) supervise(e *endpoint) {
 			return
 		}
 		c.cur = nil
+		close(c.gone)
 		c.up = make(chan struct{})
 		c.mu.Unlock()
 		if c.cfg.reconnect == nil {
@@ -540,16 +543,26 @@ func (c *Conn) Invoke(ctx context.Context, spec *MethodSpec, req, res proto.Mess
 }
 
 func (c *Conn) invoke(ctx context.Context, spec *MethodSpec, req, res proto.Message, md map[string]string) error {
+	start := time.Now()
 	c.mu.Lock()
-	e := c.cur
+	e, sess := c.cur, c.welcome.GetSessionId()
 	c.mu.Unlock()
+	var sent uint64
+	var lastErr error
 	if e != nil {
-		err := e.roundTrip(ctx, spec, req, res, md)
+		// The id is chosen here, not by the round trip, so that a call
+		// lost with its socket can be re-sent with it: the session it
+		// went to knows it by that id and runs it at most once.
+		id := e.nextID()
+		err := e.roundTripID(ctx, spec, req, res, md, id)
 		if err == nil || !retryable(err) || c.cfg.reconnect == nil {
 			return err
 		}
+		if errors.Is(err, errConnLost) {
+			sent, lastErr = id, err
+		}
 	}
-	return c.invokeAcross(ctx, spec, req, res, md, e)
+	return c.invokeAcross(ctx, start, spec, req, res, md, e, sent, sess, lastErr)
 }
 
 func retryable(err error) bool {
@@ -557,29 +570,41 @@ func retryable(err error) bool {
 }
 
 // invokeAcross is the slow path: no socket, or the call's socket dropped.
-// It waits for the next socket and sends the call there when safe.
-func (c *Conn) invokeAcross(ctx context.Context, spec *MethodSpec, req, res proto.Message, md map[string]string, first *endpoint) error {
+// It waits for the next socket and sends the call there when safe. The
+// call's deadline counts from start, when Invoke was called.
+//
+// id is the call's id if it was sent on first and may have run (the
+// socket dropped with it in flight), sess the session it was sent in, and
+// lastErr why it was lost; else 0, "" and nil.
+func (c *Conn) invokeAcross(ctx context.Context, start time.Time, spec *MethodSpec, req, res proto.Message, md map[string]string, first *endpoint, id uint64, sess string, lastErr error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		timeout := spec.Timeout
 		if timeout <= 0 {
 			timeout = c.cfg.callTimeout
 		}
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
+		ctx, cancel = context.WithDeadline(ctx, start.Add(timeout))
 		defer cancel()
 	}
-	var id uint64 // the id the call was last sent with, if it may have run
-	var lastErr error
 	for {
 		e, err := c.endpoint(ctx, nil)
 		if err != nil {
 			return err
 		}
+		c.mu.Lock()
+		current, gone, welcome := c.cur == e, c.gone, c.welcome
+		c.mu.Unlock()
+		if !current {
+			continue // replaced meanwhile
+		}
 		if e == first {
 			// The socket that failed the call is still current: wait for
-			// the supervisor to replace it.
+			// the supervisor to replace it (after a GoAway, the old one
+			// may drain its calls for a while).
 			select {
+			case <-gone:
 			case <-e.done:
+			case <-c.closedCh:
 			case <-ctx.Done():
 				return asError(ctx.Err())
 			}
@@ -589,13 +614,10 @@ func (c *Conn) invokeAcross(ctx context.Context, spec *MethodSpec, req, res prot
 		sendID := uint64(0)
 		if id != 0 {
 			// The call may have run. Idempotent methods may simply run
-			// again; others only go to the same session, which answers
-			// the id once.
-			c.mu.Lock()
-			resumed := c.welcome.GetResumed()
-			c.mu.Unlock()
+			// again; others only go to the session they were sent in,
+			// resumed, which answers the id once.
 			switch {
-			case resumed:
+			case welcome.GetSessionId() == sess && sess != "":
 				sendID = id
 			case spec.Idempotency == IdempotencyUnknown:
 				return &Error{code: CodeUnavailable, message: "the connection dropped with the call in flight and the session could not be resumed: " + lastErr.Error(), wrapped: lastErr}
@@ -609,7 +631,7 @@ func (c *Conn) invokeAcross(ctx context.Context, spec *MethodSpec, req, res prot
 		case err == nil || !retryable(err):
 			return err
 		case errors.Is(err, errConnLost):
-			id, lastErr = sendID, err
+			id, sess, lastErr = sendID, welcome.GetSessionId(), err
 		}
 	}
 }
