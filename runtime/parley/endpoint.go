@@ -93,9 +93,11 @@ type endpoint struct {
 	closeReason  string // and its reason
 	closeErr     error  // why outgoing calls fail once closed
 
-	handlers   sync.WaitGroup
-	readerDone chan struct{}
-	done       chan struct{}
+	pingTimer    *time.Timer // guarded by mu
+	handlers     sync.WaitGroup
+	readerDone   chan struct{}
+	writerExited chan struct{}
+	done         chan struct{}
 }
 
 func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *config) *endpoint {
@@ -104,14 +106,16 @@ func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *con
 		ws: ws, bc: bc, codec: c, side: side, cfg: cfg, log: cfg.logger,
 		callSeq: new(atomic.Uint64), lastEvent: new(atomic.Uint64),
 		ctx: ctx, cancel: cancel,
-		q:          newSendQueue(cfg.sendQueueBytes),
+
 		pending:    make(map[uint64]*pendingCall),
 		streams:    make(map[uint64]*stream),
 		peerWindow: DefaultStreamWindow,
 		running:    make(map[uint64]*incomingCall),
-		readerDone: make(chan struct{}),
-		done:       make(chan struct{}),
+		readerDone:   make(chan struct{}),
+		writerExited: make(chan struct{}),
+		done:         make(chan struct{}),
 	}
+	e.q = newSendQueue(cfg.sendQueueBytes, e.writeLoop)
 	e.events = &eventRunner{e: e}
 	e.handle = chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
 		ci, _ := CallInfoFromContext(ctx)
@@ -136,35 +140,31 @@ func (e *endpoint) start() {
 		return e.ws.SetReadDeadline(time.Now().Add(e.cfg.pingInterval + e.cfg.pongTimeout))
 	})
 	_ = e.ws.SetReadDeadline(time.Now().Add(e.cfg.pingInterval + e.cfg.pongTimeout))
-	go e.writeLoop()
+	e.mu.Lock()
+	e.pingTimer = time.AfterFunc(e.cfg.pingInterval, e.ping)
+	e.mu.Unlock()
 }
 
-// writeLoop sends queued frames in batches and pings on schedule. It ends
-// when the queue is closed and drained (after sending a close frame), or
-// when a write fails.
+// ping queues a WebSocket ping and schedules the next.
+func (e *endpoint) ping() {
+	if e.q.pushFrame(e.ctx, outFrame{ping: true}, false) != nil {
+		return // closing
+	}
+	e.mu.Lock()
+	if !e.closing {
+		e.pingTimer.Reset(e.cfg.pingInterval)
+	}
+	e.mu.Unlock()
+}
+
+// writeLoop sends queued frames in batches. The queue starts it when a
+// frame arrives and none runs; it exits when the queue is empty, so idle
+// connections have no writer. The last writer, which finds the queue
+// closed (or fails a write), sends the close frame, drops the connection
+// and closes writerExited.
 func (e *endpoint) writeLoop() {
-	defer func() {
-		// Unblock the reader if the peer never answers.
-		_ = e.bc.Conn.Close()
-		<-e.readerDone
-		close(e.done)
-	}()
-	ping := time.NewTicker(e.cfg.pingInterval)
-	defer ping.Stop()
 	var batch []outFrame
-	for {
-		select {
-		case <-e.q.wake:
-		case <-ping.C:
-			if err := e.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(e.cfg.writeTimeout)); err != nil {
-				e.fail(fmt.Errorf("parley: ping: %w", err))
-				return
-			}
-			continue
-		case <-e.readerDone:
-			// The socket is gone; nothing more can be written.
-			return
-		}
+	for spins := 0; ; {
 		// Let the goroutines woken with this one (handlers answering the
 		// same read, callers sending at once) queue their frames too, so
 		// that one write carries them all.
@@ -172,13 +172,15 @@ func (e *endpoint) writeLoop() {
 		var closed bool
 		batch, closed = e.q.take(batch)
 		if len(batch) > 0 {
+			spins = 0
 			if err := e.writeBatch(batch); err != nil {
 				code := closeNormal
 				if errors.Is(err, errWriteTimeout) {
 					code = closeWriteTimeout
 				}
-				e.fail(fmt.Errorf("parley: write: %w", err))
 				e.log.Warn("parley: write failed", "side", e.side, "err", err, "close_code", code)
+				e.fail(fmt.Errorf("parley: write: %w", err))
+				e.lastWriter()
 				return
 			}
 		}
@@ -196,9 +198,24 @@ func (e *endpoint) writeLoop() {
 				}
 				t.Stop()
 			}
+			e.lastWriter()
+			return
+		}
+		// Linger a moment for more (a reply usually follows the request
+		// just read), then exit if there is nothing.
+		if spins++; spins > 2 && e.q.idle() {
 			return
 		}
 	}
+}
+
+// lastWriter ends writing for good: the connection is dropped, which also
+// unblocks a reader whose peer never answers the close.
+func (e *endpoint) lastWriter() {
+	e.q.finish()
+	e.q.discard()
+	_ = e.bc.Conn.Close()
+	close(e.writerExited)
 }
 
 var errWriteTimeout = errors.New("write timed out")
@@ -208,7 +225,11 @@ func (e *endpoint) writeBatch(batch []outFrame) error {
 	e.bc.begin()
 	var err error
 	for i, f := range batch {
-		if err == nil {
+		switch {
+		case err != nil:
+		case f.ping:
+			err = e.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(e.cfg.writeTimeout))
+		default:
 			err = e.ws.WriteMessage(e.codec.messageType(), *f.b)
 		}
 		if f.pooled {
@@ -261,6 +282,8 @@ func (e *endpoint) readLoop() {
 	}
 	e.fail(err)
 	close(e.readerDone)
+	<-e.writerExited
+	close(e.done)
 }
 
 // handleMessage decodes and dispatches one message. Nothing may keep data
@@ -593,11 +616,21 @@ func (e *endpoint) fail(cause error) {
 	e.pending = make(map[uint64]*pendingCall)
 	streams := e.streams
 	e.streams = make(map[uint64]*stream)
+	if e.pingTimer != nil {
+		e.pingTimer.Stop()
+	}
 	e.mu.Unlock()
+	goneAway, goAwayID := e.goneAway != "", e.goAwayID
 	e.q.close()
 	e.cancel(closeErr)
 	_ = e.bc.Conn.Close()
-	for _, pc := range pending {
+	for id, pc := range pending {
+		if goneAway && id > goAwayID {
+			// Above the GoAway's last accepted id, the server never ran
+			// it (its refusal may not have made it out before the close).
+			pc.done <- &Error{code: CodeUnavailable, message: closeErr.Error(), wrapped: errNotSent}
+			continue
+		}
 		pc.done <- closeErr
 	}
 	for _, s := range streams {

@@ -36,19 +36,52 @@ var errSlowConsumer = errors.New("parley: send queue full")
 //
 // Any goroutine may push; only the writer takes. All fields are guarded by
 // mu.
+//
+// The writer runs only while there is something to write: the push that
+// finds the queue without one starts it (startWriter), and it exits once
+// the queue is empty, so an idle connection costs no goroutine.
 type sendQueue struct {
-	mu       sync.Mutex
-	frames   []outFrame
-	bytes    int
-	maxBytes int
-	closed   bool
-	wake     chan struct{} // cap 1: signals the writer
-	space    chan struct{} // closed (and replaced) when the writer takes and pushes wait
-	waiters  int           // blocked pushes
+	mu          sync.Mutex
+	frames      []outFrame
+	bytes       int
+	maxBytes    int
+	closed      bool
+	writing     bool          // a writer goroutine runs
+	finished    bool          // the last writer ran; no more start
+	space       chan struct{} // closed (and replaced) when the writer takes and pushes wait
+	waiters     int           // blocked pushes
+	startWriter func()
 }
 
-func newSendQueue(maxBytes int) *sendQueue {
-	return &sendQueue{maxBytes: maxBytes, wake: make(chan struct{}, 1), space: make(chan struct{})}
+func newSendQueue(maxBytes int, startWriter func()) *sendQueue {
+	return &sendQueue{maxBytes: maxBytes, space: make(chan struct{}), startWriter: startWriter}
+}
+
+// kickLocked reports whether the caller must start a writer; q.mu is held.
+func (q *sendQueue) kickLocked() bool {
+	if q.writing || q.finished {
+		return false
+	}
+	q.writing = true
+	return true
+}
+
+// idle lets the writer exit when there is nothing left to do.
+func (q *sendQueue) idle() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.frames) == 0 && !q.closed {
+		q.writing = false
+		return true
+	}
+	return false
+}
+
+// finish records that the last writer ran.
+func (q *sendQueue) finish() {
+	q.mu.Lock()
+	q.finished, q.writing = true, false
+	q.mu.Unlock()
 }
 
 // outFrame is an encoded frame waiting to be written. A pooled frame
@@ -57,6 +90,7 @@ func newSendQueue(maxBytes int) *sendQueue {
 type outFrame struct {
 	b      *[]byte
 	pooled bool
+	ping   bool // a WebSocket ping control frame; b is nil
 }
 
 // push queues b, a pooled buffer. With block set it waits for room until
@@ -68,8 +102,12 @@ func (q *sendQueue) push(ctx context.Context, b *[]byte, block bool) error {
 
 func (q *sendQueue) pushFrame(ctx context.Context, f outFrame, block bool) error {
 	b := f.b
+	size := 0
+	if b != nil {
+		size = len(*b)
+	}
 	q.mu.Lock()
-	for !q.closed && q.bytes > 0 && q.bytes+len(*b) > q.maxBytes {
+	for !q.closed && q.bytes > 0 && q.bytes+size > q.maxBytes {
 		if !block {
 			q.mu.Unlock()
 			return errSlowConsumer
@@ -93,11 +131,13 @@ func (q *sendQueue) pushFrame(ctx context.Context, f outFrame, block bool) error
 		return errQueueClosed
 	}
 	q.frames = append(q.frames, f)
-	q.bytes += len(*b)
+	if b != nil {
+		q.bytes += len(*b)
+	}
+	start := q.kickLocked()
 	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
+	if start {
+		go q.startWriter()
 	}
 	return nil
 }
@@ -126,10 +166,10 @@ func (q *sendQueue) close() {
 		close(q.space) // wakes blocked pushes, which then see closed
 		q.space = make(chan struct{})
 	}
+	start := q.kickLocked() // a writer sends the close frame
 	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
+	if start {
+		go q.startWriter()
 	}
 }
 
@@ -214,7 +254,7 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 func (q *sendQueue) discard() {
 	q.mu.Lock()
 	for _, f := range q.frames {
-		if f.pooled {
+		if f.pooled && f.b != nil {
 			putBuf(f.b)
 		}
 	}
