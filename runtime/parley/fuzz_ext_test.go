@@ -82,4 +82,3 @@ func FuzzDispatch(f *testing.F) {
 		}
 	})
 }
-
