@@ -206,10 +206,12 @@ func (s *server) connect(n int, kind, room string) (*child, []string, error) {
 
 // Options configure a fan-out run.
 type Options struct {
-	Rooms    []int // connections per room
-	Sizes    []int // event data bytes
-	Warmup   time.Duration
-	Duration time.Duration
+	// WriteDelay is the server's parley.WithWriteDelay (0: the default).
+	WriteDelay time.Duration
+	Rooms      []int // connections per room
+	Sizes      []int // event data bytes
+	Warmup     time.Duration
+	Duration   time.Duration
 	// Window is how many events the publisher may have published beyond
 	// the last one every connection received. Fan-out is paced, not
 	// flooded: a flooded send queue would cut connections off as slow
@@ -239,7 +241,11 @@ func (r Result) PerSec() float64 { return float64(r.Deliveries) / r.Elapsed.Seco
 
 // Run measures fan-out for every room size and event size.
 func Run(o Options, logf func(string, ...any)) ([]Result, error) {
-	s, err := newServer()
+	var opts []parley.ServerOption
+	if o.WriteDelay > 0 {
+		opts = append(opts, parley.WithWriteDelay(o.WriteDelay))
+	}
+	s, err := newServer(opts...)
 	if err != nil {
 		return nil, err
 	}

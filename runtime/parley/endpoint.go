@@ -163,6 +163,9 @@ func (e *endpoint) ping() {
 // closed (or fails a write), sends the close frame, drops the connection
 // and closes writerExited.
 func (e *endpoint) writeLoop() {
+	if d := e.cfg.writeDelay; d > 0 {
+		time.Sleep(d) // gather more frames for the first write (WithWriteDelay)
+	}
 	var batch []outFrame
 	for spins := 0; ; {
 		// Let the goroutines woken with this one (handlers answering the
