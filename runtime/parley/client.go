@@ -558,7 +558,7 @@ func (c *Conn) invoke(ctx context.Context, spec *MethodSpec, req, res proto.Mess
 		if err == nil || !retryable(err) || c.cfg.reconnect == nil {
 			return err
 		}
-		if errors.Is(err, errConnLost) {
+		if errors.Is(err, errConnLost) && !refusedAfterGoAway(e, id) {
 			sent, lastErr = id, err
 		}
 	}
@@ -630,10 +630,21 @@ func (c *Conn) invokeAcross(ctx context.Context, start time.Time, spec *MethodSp
 		switch {
 		case err == nil || !retryable(err):
 			return err
-		case errors.Is(err, errConnLost):
+		case errors.Is(err, errConnLost) && !refusedAfterGoAway(e, sendID):
 			id, sess, lastErr = sendID, welcome.GetSessionId(), err
 		}
+		// Otherwise this send never ran; an earlier one (id) may have.
 	}
+}
+
+// refusedAfterGoAway reports whether call id, lost with socket e, cannot
+// have run: the server said GoAway, naming the last call it accepted, and
+// refuses every call after that (it drops those that arrive once it is
+// closing, so the socket may close with them unanswered).
+func refusedAfterGoAway(e *endpoint, id uint64) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.goneAway != "" && id > e.goAwayID
 }
 
 // NewStream opens a streaming call on the current socket, waiting for one

@@ -458,6 +458,479 @@ func TestCallsInFlightAcrossResume(t *testing.T) {
 	}
 }
 
+// TestNotResumable: the client stays away past the resume window. It is
+// told (Open, Reconnected, not Resumed); its non-idempotent calls in
+// flight fail unavailable, its idempotent ones are sent again and succeed.
+func TestNotResumable(t *testing.T) {
+	needsFix(t, "server.go starts a dropped socket's resume window only once its calls end, so a session with a call in flight never expires")
+	const window = 200 * time.Millisecond
+	r := newRig(t, parley.WithResume(window, parley.DefaultResumeEvents))
+	conn := dialT(t, r.url, fastBackoff)
+	st := watch(conn)
+	release := r.work.hold()
+	defer release()
+	const n = 20
+	results := callMany(conn, "n", n)
+	r.work.waitStarted(t, n)
+
+	id := conn.SessionID()
+	r.proxy.Refuse(true)
+	r.proxy.Drop()
+	dropped := time.Now()
+	waitUntil(t, func() bool { _, ok := r.srv.Peer(id); return !ok })
+	if waited := time.Since(dropped); waited < window {
+		t.Errorf("the session ended %v after the drop, within the %v window", waited, window)
+	}
+	r.proxy.Refuse(false)
+	s, _ := st.waitFor(t, "reopened", isReopened)
+	if s.Resumed || s.Status != parley.StatusOpen || !s.Reconnected {
+		t.Fatalf("after the window: %+v, want Open, Reconnected, not Resumed", s)
+	}
+	if conn.SessionID() == id {
+		t.Fatal("same session id after a failed resume")
+	}
+	release()
+	for i, res := range collect(t, results) {
+		text := fmt.Sprintf("n%d", i)
+		if i%2 == 0 { // Work: not idempotent
+			if parley.CodeOf(res.err) != parley.CodeUnavailable {
+				t.Errorf("work call %d: %q, %v; want unavailable", i, res.text, res.err)
+			}
+			if runs := r.work.runsOf(text); runs != 1 {
+				t.Errorf("work call %d ran %d times", i, runs)
+			}
+			continue
+		}
+		if res.err != nil || res.text != text {
+			t.Errorf("read call %d: %q, %v; want %q", i, res.text, res.err, text)
+		}
+	}
+}
+
+// TestBlackholeDetectedByKeepalive: the socket stops carrying anything,
+// both ways, while staying open. Both sides notice within the keepalive
+// bound (ping interval + pong timeout); the client reconnects and resumes
+// through the proxy, whose new links forward.
+func TestBlackholeDetectedByKeepalive(t *testing.T) {
+	const ping, pong = 100 * time.Millisecond, 200 * time.Millisecond
+	const bound = ping + pong
+	r := newRig(t, parley.WithKeepalive(ping, pong))
+	conn := dialT(t, r.url, fastBackoff, parley.WithKeepalive(ping, pong))
+	st := watch(conn)
+	res := new(e2ev1.EchoResponse)
+	if err := conn.Invoke(context.Background(), readSpec, &e2ev1.EchoRequest{Text: "before"}, res); err != nil {
+		t.Fatal(err)
+	}
+	links := r.proxy.Blackhole()
+	if len(links) != 1 {
+		t.Fatalf("%d links", len(links))
+	}
+	start := time.Now()
+	_, clientNoticed := st.waitFor(t, "reconnecting", isReconnecting)
+	select {
+	case <-links[0].ServerGone():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server never closed the blackholed socket")
+	}
+	serverNoticed := time.Now()
+	c, s := clientNoticed.Sub(start), serverNoticed.Sub(start)
+	t.Logf("blackhole noticed by the client after %v, by the server after %v (bound %v)", c.Round(time.Millisecond), s.Round(time.Millisecond), bound)
+	slack := 250 * time.Millisecond // scheduling under -race
+	if c > bound+slack || s > bound+slack {
+		t.Errorf("noticed after %v (client) and %v (server), beyond the %v bound", c, s, bound)
+	}
+	if st, _ := st.waitFor(t, "reopened", isReopened); !st.Resumed {
+		t.Fatalf("not resumed after the blackhole: %+v", st)
+	}
+	if err := conn.Invoke(context.Background(), readSpec, &e2ev1.EchoRequest{Text: "after"}, res); err != nil || res.GetText() != "after" {
+		t.Fatalf("after: %q %v", res.GetText(), err)
+	}
+}
+
+// TestServerRestart: the server dies and another starts behind the same
+// address. Clients retry with growing, jittered delays while it is down,
+// come back with resumed = false, and resync (re-join their room).
+func TestServerRestart(t *testing.T) {
+	r := newRig(t)
+	const clients = 20
+	b := parley.Backoff{Initial: 10 * time.Millisecond, Max: 80 * time.Millisecond, Multiplier: 2}
+	ls := make([]*eventLog, clients)
+	sts := make([]*states, clients)
+	for i := range ls {
+		ls[i] = newEventLog(t, r.url, parley.WithReconnect(b))
+		sts[i] = watch(ls[i].conn)
+		if err := ls[i].conn.Invoke(context.Background(), joinSpec, &e2ev1.EchoRequest{Text: "lobby"}, new(e2ev1.EchoResponse)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The server goes down hard: connections drop, new ones are refused.
+	r.proxy.Refuse(true)
+	r.proxy.Drop()
+	r.backend.stop()
+	for i, st := range sts {
+		// Backoff: the attempts' delays stay within their growing caps.
+		for attempt := 1; attempt <= 4; attempt++ {
+			s, _ := st.waitFor(t, "reconnecting", isReconnecting)
+			ceil := min(b.Max, b.Initial<<(s.Attempt-1))
+			if s.Attempt != attempt || s.Delay < 0 || s.Delay > ceil {
+				t.Fatalf("client %d: attempt %d: %+v, want attempt %d with a delay within %v", i, attempt, s, attempt, ceil)
+			}
+		}
+	}
+	b2 := newBackend(t)
+	r.proxy.SetBackend(b2.addr())
+	r.proxy.Refuse(false)
+	for i, st := range sts {
+		s, _ := st.waitFor(t, "reopened", isReopened)
+		if s.Resumed {
+			t.Fatalf("client %d resumed a session on a new server: %+v", i, s)
+		}
+		// Resync: a new session has no rooms.
+		if err := ls[i].conn.Invoke(context.Background(), joinSpec, &e2ev1.EchoRequest{Text: "lobby"}, new(e2ev1.EchoResponse)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b2.srv.Publish(context.Background(), parley.ToRoom("lobby"), postedSpec, &e2ev1.EchoRequest{Text: "end"}); err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range ls {
+		select {
+		case <-l.end:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("client %d missed the event after resyncing", i)
+		}
+	}
+}
+
+// TestThousandClientsComeBack: 1,000 clients lose the server at once (it
+// restarts) and come back with the default backoff. Their first attempts
+// are spread over the backoff window, and all are back. Logs the time for
+// all of them to be back.
+func TestThousandClientsComeBack(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1,000 clients")
+	}
+	r := newRig(t)
+	const clients = 1000
+	type back struct {
+		delay time.Duration // of the first attempt
+		at    time.Time     // when it was open again
+	}
+	backs := make(chan back, clients)
+	conns := make([]*parley.Conn, clients)
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conns[i] = dialT(t, r.url) // DefaultBackoff
+			var first time.Duration
+			var once sync.Once
+			conns[i].OnStateChange(func(st parley.ConnState) {
+				switch {
+				case st.Status == parley.StatusReconnecting && st.Attempt == 1:
+					first = st.Delay
+				case isReopened(st):
+					once.Do(func() { backs <- back{delay: first, at: time.Now()} })
+				}
+			})
+		}()
+	}
+	wg.Wait()
+	b2 := newBackend(t)
+	r.proxy.SetBackend(b2.addr())
+	start := time.Now()
+	r.proxy.Drop()
+	r.backend.stop()
+
+	var delays, times []time.Duration
+	timeout := time.After(60 * time.Second)
+	for range clients {
+		select {
+		case b := <-backs:
+			delays = append(delays, b.delay)
+			times = append(times, b.at.Sub(start))
+		case <-timeout:
+			t.Fatalf("%d of %d clients back within 60s", len(times), clients)
+		}
+	}
+	slices.Sort(delays)
+	slices.Sort(times)
+	pct := func(d []time.Duration, p int) time.Duration { return d[(len(d)-1)*p/100].Round(time.Millisecond) }
+	window := parley.DefaultBackoff.Initial
+	t.Logf("%d clients back %v after the restart (p10 %v, p50 %v, p90 %v); first-attempt delays p10 %v, p50 %v, p90 %v, max %v (window %v)",
+		clients, pct(times, 100), pct(times, 10), pct(times, 50), pct(times, 90),
+		pct(delays, 10), pct(delays, 50), pct(delays, 90), pct(delays, 100), window)
+	// Spread: about a tenth of the delays in each tenth of the window.
+	for decile := range 10 {
+		lo, hi := window*time.Duration(decile)/10, window*time.Duration(decile+1)/10
+		n := 0
+		for _, d := range delays {
+			if d >= lo && (d < hi || decile == 9 && d <= hi) {
+				n++
+			}
+		}
+		if n < clients/20 || n > clients/5 {
+			t.Errorf("%d of %d first attempts in [%v, %v): not spread over the window", n, clients, lo, hi)
+		}
+	}
+	if times[len(times)/10] > window/2 && times[len(times)-1]-times[0] < window/2 {
+		t.Errorf("reconnections bunched: %v to %v", times[0], times[len(times)-1])
+	}
+}
+
+// TestGoAwayUnderLoad: server A shuts down (GoAway) while clients call it
+// non-stop; new connections reach server B. No call fails: those A had
+// accepted finish there, the others go to B.
+func TestGoAwayUnderLoad(t *testing.T) {
+	r := newRig(t)
+	const clients = 20
+	conns := make([]*parley.Conn, clients)
+	sts := make([]*states, clients)
+	for i := range conns {
+		conns[i] = dialT(t, r.url, fastBackoff)
+		sts[i] = watch(conns[i])
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var calls, failures atomic.Int64
+	var firstErr atomic.Value
+	for i, conn := range conns {
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for k := 0; ; k++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					spec := workSpec
+					if k%2 == 1 {
+						spec = readSpec
+					}
+					text := fmt.Sprintf("%d/%d/%d", i, g, k)
+					res := new(e2ev1.EchoResponse)
+					err := conn.Invoke(context.Background(), spec, &e2ev1.EchoRequest{Text: text}, res)
+					calls.Add(1)
+					if err == nil && res.GetText() != text {
+						err = fmt.Errorf("got %q", res.GetText())
+					}
+					if err != nil {
+						failures.Add(1)
+						firstErr.CompareAndSwap(nil, fmt.Errorf("call %s: %w", text, err))
+					}
+				}
+			}()
+		}
+	}
+	waitUntil(t, func() bool { return r.work.served.Load() >= 500 })
+	b2 := newBackend(t)
+	r.proxy.SetBackend(b2.addr())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range sts {
+		st.waitFor(t, "reopened", isReopened)
+	}
+	waitUntil(t, func() bool { return b2.work.served.Load() >= 500 })
+	close(stop)
+	wg.Wait()
+	t.Logf("%d calls: %d answered by A, %d by B, %d failed", calls.Load(), r.work.served.Load(), b2.work.served.Load(), failures.Load())
+	if failures.Load() > 0 {
+		t.Fatalf("%d calls failed; the first: %v", failures.Load(), firstErr.Load())
+	}
+}
+
+// TestPresenceDoesNotFlap: a user whose socket drops and resumes within
+// the window is not reported offline and online again; once the window
+// passes with the user away, offline is reported.
+func TestPresenceDoesNotFlap(t *testing.T) {
+	const window = 300 * time.Millisecond
+	var mu sync.Mutex
+	var hooks []string
+	more := make(chan struct{}, 100)
+	hook := func(what string) func(string) {
+		return func(user string) {
+			mu.Lock()
+			hooks = append(hooks, what+" "+user)
+			mu.Unlock()
+			more <- struct{}{}
+		}
+	}
+	waitHook := func(want string) []string {
+		t.Helper()
+		timeout := time.After(10 * time.Second)
+		for {
+			mu.Lock()
+			got := slices.Clone(hooks)
+			mu.Unlock()
+			if slices.Contains(got, want) {
+				return got
+			}
+			select {
+			case <-more:
+			case <-timeout:
+				t.Fatalf("no %q hook; hooks: %q", want, got)
+			}
+		}
+	}
+	r := newRig(t,
+		parley.WithResume(window, parley.DefaultResumeEvents),
+		parley.WithAuthenticate(func(_ context.Context, req *parley.AuthRequest) (*parley.Principal, error) {
+			return &parley.Principal{UserID: req.Metadata["user"]}, nil
+		}),
+		parley.WithPresenceHooks(hook("online"), hook("offline")))
+	as := func(user string) parley.ClientOption {
+		return parley.WithHelloMetadata(map[string]string{"user": user})
+	}
+	ada := dialT(t, r.url, fastBackoff, as("ada"))
+	st := watch(ada)
+	waitHook("online ada")
+	for range 5 {
+		r.proxy.Drop()
+		if s, _ := st.waitFor(t, "reopened", isReopened); !s.Resumed {
+			t.Fatalf("not resumed: %+v", s)
+		}
+	}
+	// Hooks run in order: once bob's online hook ran, any flap of ada's
+	// would have been reported before it.
+	dialT(t, r.url, as("bob"))
+	if got := waitHook("online bob"); !slices.Equal(got, []string{"online ada", "online bob"}) {
+		t.Fatalf("hooks after 5 resumed drops: %q", got)
+	}
+	if on, _ := r.srv.IsOnline(context.Background(), "ada"); !on {
+		t.Fatal("ada is not online")
+	}
+	// Away for longer than the window: offline.
+	r.proxy.Refuse(true)
+	for _, l := range r.proxy.Links() {
+		l.Drop() // ada's and bob's
+	}
+	dropped := time.Now()
+	waitHook("offline ada")
+	if away := time.Since(dropped); away < window {
+		t.Fatalf("offline reported %v after the drop, within the %v window", away, window)
+	}
+	r.proxy.Refuse(false)
+	if s, _ := st.waitFor(t, "reopened", isReopened); s.Resumed {
+		t.Fatalf("resumed after the window: %+v", s)
+	}
+	waitHook("online ada")
+	mu.Lock()
+	defer mu.Unlock()
+	if n := len(slices.DeleteFunc(slices.Clone(hooks), func(h string) bool { return !strings.HasSuffix(h, " ada") })); n != 3 {
+		t.Fatalf("ada's hooks: %q, want online, offline, online", hooks)
+	}
+}
+
+// TestTokenOnReconnect: the token function is called for every dial, so a
+// reconnect authenticates afresh; a refusal on reconnect ends the
+// connection with unauthenticated.
+func TestTokenOnReconnect(t *testing.T) {
+	var refuse atomic.Bool
+	var mu sync.Mutex
+	var seen []string
+	r := newRig(t, parley.WithAuthenticate(func(_ context.Context, req *parley.AuthRequest) (*parley.Principal, error) {
+		tok := strings.TrimPrefix(req.Metadata["authorization"], "Bearer ")
+		mu.Lock()
+		seen = append(seen, tok)
+		mu.Unlock()
+		if refuse.Load() {
+			return nil, parley.NewError(parley.CodeUnauthenticated, "token revoked")
+		}
+		return &parley.Principal{UserID: "ada"}, nil
+	}))
+	var n atomic.Int32
+	conn := dialT(t, r.url, fastBackoff, parley.WithToken(func(context.Context) (string, error) {
+		return fmt.Sprintf("tok-%d", n.Add(1)), nil
+	}))
+	st := watch(conn)
+	for range 2 {
+		r.proxy.Drop()
+		if s, _ := st.waitFor(t, "reopened", isReopened); !s.Resumed {
+			t.Fatalf("not resumed: %+v", s)
+		}
+	}
+	mu.Lock()
+	got := slices.Clone(seen)
+	mu.Unlock()
+	if !slices.Equal(got, []string{"tok-1", "tok-2", "tok-3"}) {
+		t.Fatalf("tokens the server saw: %q, want a fresh one per dial", got)
+	}
+	refuse.Store(true)
+	r.proxy.Drop()
+	s, _ := st.waitFor(t, "closed", func(s parley.ConnState) bool { return s.Status == parley.StatusClosed })
+	if parley.CodeOf(s.Err) != parley.CodeUnauthenticated || !strings.Contains(s.Err.Error(), "token revoked") {
+		t.Fatalf("closed with %v, want unauthenticated: token revoked", s.Err)
+	}
+	select {
+	case <-conn.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection did not end")
+	}
+	if parley.CodeOf(conn.Err()) != parley.CodeUnauthenticated {
+		t.Fatalf("Err: %v", conn.Err())
+	}
+	err := conn.Invoke(context.Background(), readSpec, &e2ev1.EchoRequest{Text: "x"}, new(e2ev1.EchoResponse))
+	if parley.CodeOf(err) != parley.CodeUnauthenticated {
+		t.Fatalf("a call after the refusal: %v, want unauthenticated", err)
+	}
+}
+
+// TestResumeBufferMemory measures what the resume buffers cost per
+// session at the default settings: sessions whose client is away, each
+// holding DefaultResumeEvents events of 100 bytes, published to each
+// session alone (ToConn: a payload per session) or to all (one payload
+// shared by every session).
+func TestResumeBufferMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measurement")
+	}
+	r := newRig(t)
+	const sessions = 200
+	ids := make([]string, sessions)
+	for i := range ids {
+		c := dialT(t, r.url, parley.WithoutReconnect())
+		ids[i] = c.SessionID()
+	}
+	r.proxy.Drop() // the sessions wait for their clients
+	for _, id := range ids {
+		waitUntil(t, func() bool { p, ok := r.srv.Peer(id); return ok && p != nil })
+	}
+	payload := strings.Repeat("x", 100)
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	ctx := context.Background()
+	before := heap()
+	for range parley.DefaultResumeEvents {
+		if err := r.srv.Publish(ctx, parley.ToAll(), postedSpec, &e2ev1.EchoRequest{Text: payload}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shared := heap()
+	for _, id := range ids {
+		for range parley.DefaultResumeEvents {
+			if err := r.srv.Publish(ctx, parley.ToConn(id), postedSpec, &e2ev1.EchoRequest{Text: payload}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	own := heap()
+	perShared := float64(int64(shared)-int64(before)) / sessions
+	perOwn := float64(int64(own)-int64(before)) / sessions
+	t.Logf("resume buffer per session, %d events of 100 B (default window %v): %.1f KiB when the events are published to all (payloads shared), %.1f KiB when each session has its own",
+		parley.DefaultResumeEvents, parley.DefaultResumeWindow, perShared/1024, perOwn/1024)
+}
+
 // needsFix skips a test that fails until a fix outside the client and
 // session code lands (see the message); PARLEY_KNOWN_BUGS=1 runs it anyway.
 func needsFix(t *testing.T, why string) {
