@@ -77,13 +77,15 @@ func (p *Proxy) delayNow() time.Duration {
 	return p.delay
 }
 
-// Links returns the links open now, in no order.
+// Links returns the links open now (not dropped), in no order.
 func (p *Proxy) Links() []*Link {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make([]*Link, 0, len(p.links))
 	for l := range p.links {
-		out = append(out, l)
+		if !l.isDroppedNow() {
+			out = append(out, l)
+		}
 	}
 	return out
 }
@@ -208,6 +210,12 @@ func (l *Link) Blackhole() {
 	l.mu.Lock()
 	l.blackholed = true
 	l.mu.Unlock()
+}
+
+func (l *Link) isDroppedNow() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.isDropped
 }
 
 func (l *Link) isBlackholed() bool {
