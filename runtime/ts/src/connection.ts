@@ -59,10 +59,18 @@ export interface ConnectionOptions {
   /**
    * A bearer token, or a function returning one, sent in Hello as
    * metadata "authorization": "Bearer <token>". A function is called
-   * when the socket opens; if it throws, the connection fails with
-   * "unauthenticated".
+   * every time a socket opens, the first and each reconnect, so a
+   * reconnect authenticates afresh; if it throws, the connection closes
+   * with "unauthenticated".
    */
   token?: string | (() => string | Promise<string>);
+  /**
+   * How to reconnect when an open connection's socket drops (see
+   * {@link ReconnectOptions}; default {@link defaultReconnect}), or false
+   * to close the connection instead. The first socket is not retried: if
+   * it never opens, the connection closes, as the Go client's Dial fails.
+   */
+  reconnect?: ReconnectOptions | false;
   /**
    * The deadline, in milliseconds, of calls for which neither the call
    * nor the method sets one; also how long the connection waits for the
@@ -95,8 +103,9 @@ export interface ConnectionOptions {
   pingIntervalMs?: number;
   /**
    * With keepalive on, a socket on which no frame at all arrived for
-   * pingIntervalMs + pongTimeoutMs is taken as dead: the connection
-   * closes with "unavailable". Default 10 s, so 30 s with the Go server's
+   * pingIntervalMs + pongTimeoutMs is taken as dead, a drop like any
+   * other: the connection reconnects (or, with reconnect false, closes
+   * with "unavailable"). Default 10 s, so 30 s with the Go server's
    * default 20 s ping interval.
    */
   pongTimeoutMs?: number;
@@ -106,6 +115,34 @@ export interface ConnectionOptions {
    */
   onError?: (error: unknown) => void;
 }
+
+/**
+ * The reconnection policy: the delay before attempt n (counted from 1
+ * after each drop) is drawn uniformly from [0, min(maxDelayMs,
+ * initialDelayMs * multiplier^(n-1))] ("full jitter"), so that many
+ * clients losing one server come back spread out. The same policy and
+ * defaults as the Go client's parley.Backoff.
+ */
+export interface ReconnectOptions {
+  /** The cap of the first delay, in ms. Default 100. */
+  initialDelayMs?: number;
+  /** The cap of every delay, in ms. Default 10 000. */
+  maxDelayMs?: number;
+  /** How much the cap grows per attempt. Default 2. */
+  multiplier?: number;
+  /** Give up (closed, "unavailable") after this many failed dials in a row; 0, the default, never gives up. */
+  maxAttempts?: number;
+  /** The source of jitter, uniform in [0, 1). Default Math.random; for tests. */
+  random?: () => number;
+}
+
+/** The reconnection policy of connections that set none. */
+export const defaultReconnect: Readonly<Required<Omit<ReconnectOptions, "random">>> = {
+  initialDelayMs: 100,
+  maxDelayMs: 10_000,
+  multiplier: 2,
+  maxAttempts: 0,
+};
 
 /** The context of a handler registered with {@link Connection.handle}. */
 export interface HandlerContext {
@@ -141,19 +178,33 @@ export interface Session {
 }
 
 /**
- * A connection's state. It moves from "connecting" to "open" (when the
- * server's Welcome arrives) and ends in "closed", which is final and
- * carries why: the server's refusal (e.g. "unauthenticated"),
- * "unavailable" when the socket closed, "canceled" after
- * {@link Connection.close}, "internal" for a protocol error.
+ * A connection's state, as {@link Connection.onStateChange} reports it.
  *
- * An open connection whose server announced it is going away (GoAway)
- * has `goingAway` set: its calls in flight finish, new calls fail with
- * "unavailable".
+ * - "connecting": the first socket is opening.
+ * - "open": the server's Welcome arrived; calls flow. `resumed` says the
+ *   server resumed the session of the previous socket (same principal and
+ *   rooms, missed events replayed, calls in flight answered once);
+ *   `reconnected` that this open follows a drop. Open with `reconnected`
+ *   and not `resumed` means the server started a new session: re-join
+ *   rooms and resync.
+ * - "reconnecting": the socket dropped (`error` says why, or why the last
+ *   dial failed); dial `attempt` starts after `delayMs`. Calls made now
+ *   wait, within their deadlines.
+ * - "closed": final; `error` says why: "canceled" after
+ *   {@link Connection.close}, the server's refusal (e.g.
+ *   "unauthenticated"), "unavailable" when the first socket failed, the
+ *   socket dropped with reconnect off, or reconnecting gave up.
+ *
+ * With reconnect off, an open connection whose server announced it is
+ * going away (GoAway) has `goingAway` set: its calls in flight finish, new
+ * calls fail with "unavailable". With reconnect on, a GoAway moves the
+ * connection to "reconnecting" at once while the old socket finishes the
+ * calls it carries.
  */
 export type ConnectionState =
   | { readonly status: "connecting" }
-  | { readonly status: "open"; readonly session: Session; readonly goingAway?: string }
+  | { readonly status: "open"; readonly session: Session; readonly resumed: boolean; readonly reconnected: boolean; readonly goingAway?: string }
+  | { readonly status: "reconnecting"; readonly attempt: number; readonly delayMs: number; readonly error: ParleyError }
   | { readonly status: "closed"; readonly error: ParleyError };
 
 /** The receive window of streams unless ConnectionOptions.streamWindow says otherwise: 64, as in Go. */
@@ -166,8 +217,18 @@ interface Pending {
   metadata?: Record<string, string>;
   /** performance.now() at which the call gives up; undefined for none. */
   deadline?: number;
-  /** The call id once the Call frame went out; 0 while queued. */
+  /** The call id once the Call frame went out on sock; 0 while queued. */
   id: number;
+  /** The socket the Call frame went out on; undefined while queued. */
+  sock?: Sock;
+  /**
+   * The id a unary call was in flight with when its socket dropped: it
+   * may have run. It is re-sent with that id into a resumed session (the
+   * server answers an id once), with a new id if idempotent, else fails.
+   */
+  was?: number;
+  /** The session that id went to. */
+  wasIn?: string;
   /** A stream's receive side; undefined for a unary call. */
   s?: StreamSide;
   /**
@@ -179,8 +240,8 @@ interface Pending {
 
 /** How the connection feeds a stream. */
 interface StreamSide {
-  /** The Call frame went out with this id: sending may start. */
-  opened(id: number): void;
+  /** The Call frame went out with this id on this socket: sending may start. */
+  opened(id: number, sock: Sock): void;
   item(body: Body): void;
   credit(items: number): void;
 }
@@ -193,19 +254,54 @@ interface Serving {
   abandoned?: boolean;
 }
 
-// Browsers only let scripts close with 1000 or 3000-4999.
+/** One WebSocket and what lives and dies with it. */
+interface Sock {
+  ws: WebSocketLike;
+  /** The server's Welcome on this socket, once it came. */
+  session?: Session;
+  /** Set once the socket is closed or given up on: it is ignored from then on. */
+  dead?: boolean;
+  /** GoAway's last accepted call id, once the server sent GoAway. */
+  goneAway?: number;
+  /** How many unary calls and streams are in flight on it. */
+  open: [number, number];
+  serving: Map<number, Serving>;
+  /** performance.now() when the last message arrived. */
+  heard: number;
+  timers: ReturnType<typeof setTimeout>[];
+}
+
+// Browsers only let scripts close with 1000 or 3000-4999. A socket the
+// client gives up on but whose session it means to resume is closed with
+// 4000: the Go server ends the session at once on 1000 or 1001.
 const closeNormal = 1000;
 const closeProtocolError = 1002;
+const closeResumable = 4000;
+
+const sessionTopic = "session";
 
 /**
- * Connection is one WebSocket to a Parley server, on which any number of
- * calls and streams run concurrently, each reply reaching its caller, and
- * on which the server pushes events and calls this client's handlers.
+ * Connection is a connection to a Parley server: one WebSocket at a time,
+ * on which any number of calls and streams run concurrently, each reply
+ * reaching its caller, and on which the server pushes events and calls
+ * this client's handlers.
  *
  * It starts connecting when constructed and sends Hello as soon as the
  * socket opens. Calls made before the server's Welcome wait for it,
- * bounded by their deadlines. It does not reconnect: once closed it stays
- * closed, and its calls fail; make a new Connection.
+ * bounded by their deadlines.
+ *
+ * When an open connection's socket drops (closed, or silent beyond the
+ * keepalive bound) it dials again by itself (see {@link ReconnectOptions})
+ * with a fresh token and asks the server to resume its session. Calls made
+ * meanwhile wait for the new socket within their deadlines. Unary calls in
+ * flight at the drop are sent again when that is safe: into a resumed
+ * session with their original ids (the server runs an id once and replays
+ * its reply), else idempotent methods with a new id; the others then fail
+ * with "unavailable". Streams in flight end with "unavailable". Session
+ * events carry offsets: one replayed after a resume that had already
+ * arrived is dropped. Handlers added with onEvent and handle stay. An
+ * authentication refusal on reconnect, a token function that throws,
+ * giving up after maxAttempts or {@link close} end it: "closed" is final.
  *
  * Concurrency: JavaScript runs one thing at a time, so every method may be
  * called from anywhere (callbacks, other calls' continuations) without
@@ -217,60 +313,46 @@ const closeProtocolError = 1002;
  * refused by the server. Messages are limited to `maxMessageBytes`.
  */
 export class Connection {
-  /** Resolves when the connection is open; rejects with the ParleyError that closed it first. */
+  /** Resolves when the connection is first open; rejects with the ParleyError that closed it before. */
   readonly ready: Promise<void>;
   #ready!: [() => void, (e: ParleyError) => void];
   #state: ConnectionState = { status: "connecting" };
   #listeners = new Set<(state: ConnectionState) => void>();
-  #socket: WebSocketLike;
+  #url: string;
+  #WS: WebSocketConstructor;
+  /** The socket calls go to: opening, or open; undefined while waiting to redial. */
+  #sock: Sock | undefined;
+  /** Sockets after a GoAway, finishing the calls they carry. */
+  #draining = new Set<Sock>();
   #json: boolean;
   #options: ConnectionOptions;
-  /** Calls and streams waiting for a slot: [unary, streams]. */
-  #queues: Pending[][] = [[], []];
-  /** How many of #inflight are unary calls and streams. */
-  #open = [0, 0];
+  /** Calls and streams waiting for a socket or a slot: [unary, streams]. */
+  #queues: [Pending[], Pending[]] = [[], []];
   #inflight = new Map<number, Pending>();
+  /** Call ids, odd, never reused across sockets: a resumed session knows the old ones. */
   #nextId = 1;
-  #welcomeTimer: ReturnType<typeof setTimeout> | undefined;
-  #pinger: ReturnType<typeof setInterval> | undefined;
-  #watchdog: ReturnType<typeof setTimeout> | undefined;
-  /** performance.now() when the last message arrived. */
-  #heard = 0;
+  /** The last Welcome: the session to resume. */
+  #session: Session | undefined;
+  /** The offset of the last session event received. */
+  #lastEvent = 0;
+  /** Whether a socket was ever open: until then a failure is final. */
+  #wasOpen = false;
+  /** Dials since the last open. */
+  #attempt = 0;
+  #retryTimer: ReturnType<typeof setTimeout> | undefined;
   #events = new Map<string, Set<(body: Body) => unknown>>();
   #handlers = new Map<string, { spec: MethodSpec; fn: (req: any, ctx: HandlerContext) => unknown }>();
-  #serving = new Map<number, Serving>();
 
   constructor(url: string, options: ConnectionOptions = {}) {
     this.#options = options;
+    this.#url = url;
     this.#json = options.protocol == "json";
     this.ready = new Promise((resolve, reject) => (this.#ready = [resolve, reject]));
     this.ready.catch(() => {}); // Unobserved, a failure must not crash Node.
     const WS: WebSocketConstructor | undefined = options.WebSocket ?? (globalThis as any).WebSocket;
     if (!WS) throw new Error("parley: no global WebSocket; pass ConnectionOptions.WebSocket (e.g. from the ws package)");
-    const subprotocol = this.#json ? "parley.v1+json" : "parley.v1+proto";
-    const ws = (this.#socket = new WS(url, subprotocol));
-    ws.binaryType = "arraybuffer";
-    ws.onopen = () => {
-      if (ws.protocol != subprotocol) {
-        this.#protocolError(`the server did not accept subprotocol ${subprotocol}`);
-      } else {
-        void this.#hello();
-      }
-    };
-    ws.onmessage = (ev: { data: unknown }) => this.#receive(ev.data);
-    // A close event follows an error event; browsers say nothing about
-    // the error, the ws package says what went wrong.
-    let why = "";
-    ws.onerror = (ev: { message?: unknown }) => (why = typeof ev?.message == "string" ? ": " + ev.message : "");
-    ws.onclose = (ev: { code: number; reason: string }) =>
-      this.#fail(new ParleyError("unavailable", `connection closed (${ev.code}${ev.reason ? " " + ev.reason : ""})${why}`));
-    const wait = this.#defaultTimeout;
-    if (wait > 0) {
-      this.#welcomeTimer = setTimeout(
-        () => this.#fail(new ParleyError("unavailable", `no welcome from the server within ${wait} ms`), closeNormal),
-        wait,
-      );
-    }
+    this.#WS = WS;
+    this.#dial();
   }
 
   /** The current state; see {@link ConnectionState}. */
@@ -289,12 +371,13 @@ export class Connection {
   }
 
   /**
-   * Closes the connection. Calls and streams waiting or in flight fail
-   * with "canceled"; running handlers see their signal abort. Closing a
-   * closed connection does nothing.
+   * Closes the connection and stops reconnecting. Calls and streams
+   * waiting or in flight fail with "canceled"; running handlers see their
+   * signal abort. The server ends the session. Closing a closed connection
+   * does nothing.
    */
   close(): void {
-    this.#fail(new ParleyError("canceled", "connection closed by the client"), closeNormal);
+    this.#close(new ParleyError("canceled", "connection closed by the client"));
   }
 
   /**
@@ -433,15 +516,20 @@ export class Connection {
         p.settle = () => {};
         clearTimeout(timer);
         signal?.removeEventListener("abort", onAbort);
-        if (p.id) {
+        const sock = p.sock;
+        if (sock) {
           this.#inflight.delete(p.id);
-          this.#open[kind]!--;
+          sock.open[kind]--;
           // The caller gave up: tell the server, whose handler may still
           // run, and why, so that at a deadline the handler sees
           // deadline_exceeded (by its own deadline), not canceled.
-          if (cancel !== undefined && this.#state.status == "open") this.#send({ cancel: { id: p.id, code: cancel } });
+          if (cancel !== undefined) this.#send(sock, { cancel: { id: p.id, code: cancel } });
         } else {
-          this.#queues[kind] = this.#queues[kind]!.filter((q) => q != p);
+          // Waiting (perhaps to be re-sent after a drop): the server, if it
+          // has the call, finishes it by its own deadline.
+          const q = this.#queues[kind];
+          const i = q.indexOf(p);
+          if (i >= 0) q.splice(i, 1);
         }
         done(error, value, cancel !== undefined);
         this.#pump();
@@ -483,6 +571,7 @@ export class Connection {
     const out: { body?: Body; ok(): void; fail(e: ParleyError): void }[] = [];
     const waiters: (() => void)[] = [];
     let id = 0;
+    let sock: Sock;
     let consumed = 0; // items read since the last Credit
     let credit = 0;
     let ended = false;
@@ -497,18 +586,19 @@ export class Connection {
       while (id && !ended && out[0] && (!out[0].body || credit > 0)) {
         const o = out.shift()!;
         if (!o.body) {
-          this.#send({ end: { id } });
+          this.#send(sock, { end: { id } });
           continue;
         }
-        const big = this.#send({ item: { id, ...o.body } }, `${procedure}: the item`);
+        const big = this.#send(sock, { item: { id, ...o.body } }, `${procedure}: the item`);
         if (big) o.fail(big);
         else credit--, o.ok();
       }
     };
     const side: StreamSide = {
-      opened: (i) => {
+      opened: (i, s) => {
         id = i;
-        credit = (this.#state as { session: Session }).session.streamWindow || defaultStreamWindow;
+        sock = s;
+        credit = s.session!.streamWindow || defaultStreamWindow;
         flush();
       },
       item: (b) => {
@@ -587,7 +677,7 @@ export class Connection {
               const value = q.shift();
               // Grant the server what was read, half a window at a time.
               if (++consumed >= Math.max(1, window >> 1) && !ended) {
-                this.#send({ credit: { id, items: consumed } });
+                this.#send(sock, { credit: { id, items: consumed } });
                 consumed = 0;
               }
               return { value, done: false };
@@ -623,66 +713,215 @@ export class Connection {
     }
   }
 
-  async #hello() {
+  get #reconnect(): ReconnectOptions | undefined {
+    const r = this.#options.reconnect;
+    return r === false ? undefined : (r ?? {});
+  }
+
+  /** The delay before dial attempt n (from 1): full jitter under an exponential cap, as the Go client's Backoff. */
+  #delay(attempt: number, r: ReconnectOptions): number {
+    const { initialDelayMs: initial, maxDelayMs: max, multiplier } = { ...defaultReconnect, ...r };
+    let ceil = initial;
+    for (let i = 1; i < attempt && ceil < max; i++) ceil *= multiplier;
+    ceil = Math.floor(Math.min(ceil, max));
+    return ceil > 0 ? Math.min(ceil, Math.floor((r.random ?? Math.random)() * (ceil + 1))) : 0;
+  }
+
+  /** Opens a socket; it becomes the one calls go to once the server's Welcome arrives on it. */
+  #dial() {
+    const subprotocol = this.#json ? "parley.v1+json" : "parley.v1+proto";
+    const ws = new this.#WS(this.#url, subprotocol);
+    const s: Sock = (this.#sock = { ws, open: [0, 0], serving: new Map(), heard: 0, timers: [] });
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => {
+      if (s.dead) return;
+      if (ws.protocol != subprotocol) {
+        this.#protocolError(s, `the server did not accept subprotocol ${subprotocol}`);
+      } else {
+        void this.#hello(s);
+      }
+    };
+    ws.onmessage = (ev: { data: unknown }) => this.#receive(s, ev.data);
+    // A close event follows an error event; browsers say nothing about
+    // the error, the ws package says what went wrong.
+    let why = "";
+    ws.onerror = (ev: { message?: unknown }) => (why = typeof ev?.message == "string" ? ": " + ev.message : "");
+    ws.onclose = (ev: { code: number; reason: string }) =>
+      this.#drop(s, new ParleyError("unavailable", `connection closed (${ev.code}${ev.reason ? " " + ev.reason : ""})${why}`));
+    const wait = this.#defaultTimeout;
+    if (wait > 0) {
+      s.timers.push(setTimeout(() => this.#drop(s, new ParleyError("unavailable", `no welcome from the server within ${wait} ms`), closeResumable), wait));
+    }
+  }
+
+  /** Sends Hello: fresh credentials, and what resuming the last session needs. */
+  async #hello(s: Sock) {
     const { metadata, token } = this.#options;
     const md = { ...metadata };
     try {
       const t = typeof token == "function" ? await token() : token;
       if (t) md["authorization"] = `Bearer ${t}`;
     } catch (e) {
-      return this.#fail(new ParleyError("unauthenticated", `token: ${String(e)}`, [], {}, e), closeNormal);
+      if (!s.dead) this.#close(new ParleyError("unauthenticated", `token: ${String(e)}`, [], {}, e));
+      return;
     }
-    if (this.#state.status == "connecting") this.#send({ hello: { metadata: md, agent, streamWindow: this.#options.streamWindow } });
+    const last = this.#session;
+    if (!s.dead && !s.session) {
+      this.#send(s, {
+        hello: {
+          metadata: md,
+          ...(last?.resumeToken && { sessionId: last.sessionId, resumeToken: last.resumeToken, offsets: { [sessionTopic]: this.#lastEvent } }),
+          agent,
+          streamWindow: this.#options.streamWindow,
+        },
+      });
+    }
   }
 
-  /** Sends queued calls and streams while the server has room for them. */
-  #pump() {
-    const state = this.#state;
-    if (state.status != "open") return;
-    const { maxInFlight, maxStreams } = state.session;
-    this.#queues.forEach((queue, kind) => {
-      while (queue.length && this.#open[kind]! < ((kind ? maxStreams : maxInFlight) || Infinity)) {
-        const p = queue.shift()!;
-        const id = (p.id = this.#nextId);
-        this.#nextId += 2;
-        this.#inflight.set(id, p);
-        this.#open[kind]!++;
-        // The remaining time, rounded down: the handler never outlives us.
-        const timeoutMs = p.deadline === undefined ? 0 : Math.min(Math.max(1, Math.floor(p.deadline - performance.now())), 0xffffffff);
-        const big = this.#send({ call: { id, method: p.spec.procedure, ...p.body, timeoutMs, metadata: p.metadata } }, `${p.spec.procedure}: the request`);
-        if (big) {
-          p.id = 0; // Never sent: nothing to cancel.
-          this.#inflight.delete(id);
-          this.#open[kind]!--;
-          p.settle(big);
-        } else {
-          p.s?.opened(id);
-        }
-      }
-    });
-  }
-
-  get #maxSend(): number {
-    const server = this.#state.status == "open" ? this.#state.session.maxMessageBytes : 0;
-    return Math.min(this.#options.maxMessageBytes ?? defaultMaxMessageBytes, server || Infinity);
+  /** The server's Welcome on s: the connection is open. */
+  #opened(s: Sock, w: Welcome) {
+    clearTimeout(s.timers.pop());
+    const session = (s.session = sessionOf(w));
+    if (!session.resumed) this.#lastEvent = 0; // A new session numbers its events afresh.
+    const reconnected = this.#wasOpen;
+    this.#session = session;
+    this.#wasOpen = true;
+    this.#attempt = 0;
+    this.#keepalive(s, this.#options.pingIntervalMs ?? session.pingIntervalMs);
+    this.#setState({ status: "open", session, resumed: session.resumed, reconnected });
+    this.#ready[0]();
+    this.#pump();
   }
 
   /**
-   * Encodes and sends a frame unless it is larger than the send limit;
-   * then returns a "resource_exhausted" error naming what was too large.
+   * Gives up socket s (closing it with closeCode when given) with error.
+   * Its streams fail; its unary calls wait to be re-sent. When s was the
+   * socket calls go to, the connection reconnects, or closes if it may
+   * not.
    */
-  #send(frame: Frame, what = "a frame"): ParleyError | undefined {
+  #drop(s: Sock, error: ParleyError, closeCode?: number, reason?: string) {
+    if (s.dead) return;
+    const r = this.#reconnect;
+    if (s == this.#sock) {
+      const code = error.code;
+      if (!r || !this.#wasOpen || code == "unauthenticated" || code == "permission_denied") {
+        return this.#close(error, closeCode == closeResumable ? closeNormal : closeCode, reason);
+      }
+      this.#sock = undefined;
+      this.#kill(s, closeCode, reason);
+      const { maxAttempts = 0 } = r;
+      if (s.session || !maxAttempts || this.#attempt < maxAttempts) {
+        this.#retry(error);
+      } else {
+        this.#close(new ParleyError("unavailable", `gave up reconnecting after ${this.#attempt} attempts: ${error.rawMessage}`, [], {}, error));
+      }
+    } else {
+      this.#kill(s, closeCode, reason);
+      this.#draining.delete(s);
+    }
+    const back: Pending[] = [];
+    for (const p of [...this.#inflight.values()]) {
+      if (p.sock != s) continue;
+      if (p.s || this.#state.status == "closed") {
+        p.settle(error);
+      } else {
+        this.#inflight.delete(p.id);
+        s.open[0]--;
+        p.was = p.id;
+        p.wasIn = s.session?.sessionId;
+        p.id = 0;
+        p.sock = undefined;
+        back.push(p);
+      }
+    }
+    this.#queues[0].unshift(...back);
+    for (const c of s.serving.values()) c.ac.abort(error);
+    this.#pump();
+  }
+
+  /** Waits for the next dial attempt. */
+  #retry(cause: ParleyError) {
+    const attempt = ++this.#attempt;
+    const delayMs = this.#delay(attempt, this.#reconnect!);
+    this.#setState({ status: "reconnecting", attempt, delayMs, error: cause });
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = setTimeout(() => {
+      if (this.#state.status != "reconnecting") return;
+      try {
+        this.#dial();
+      } catch (e) {
+        this.#close(ParleyError.from(e));
+      }
+    }, delayMs);
+  }
+
+  /** Marks s dead, stops its timers and closes it with code when given. */
+  #kill(s: Sock, code?: number, reason?: string) {
+    if (s.dead) return;
+    s.dead = true;
+    s.timers.forEach(clearTimeout);
+    if (code) {
+      try {
+        s.ws.close(code, reason);
+      } catch {
+        s.ws.close(closeNormal, reason);
+      }
+    }
+  }
+
+  /** Sends queued calls and streams on the open socket while the server has room for them. */
+  #pump() {
+    const s = this.#sock;
+    const w = s?.session;
+    if (!w || this.#state.status != "open") return;
+    for (const kind of [0, 1] as const) {
+      while (this.#queues[kind].length && s.open[kind] < ((kind ? w.maxStreams : w.maxInFlight) || Infinity)) {
+        const p = this.#queues[kind].shift()!;
+        const what = `${p.spec.procedure}: the request`;
+        // A call that may have run goes again with its id into the same
+        // session, which answers it once; else only if it is idempotent.
+        let id = w.resumed && p.wasIn == w.sessionId ? p.was : undefined;
+        if (p.was && !id && !p.spec.idempotent) {
+          p.settle(new ParleyError("unavailable", `${p.spec.procedure}: the connection dropped with the call in flight and the session could not be resumed`));
+          continue;
+        }
+        if (!id) {
+          id = this.#nextId;
+          this.#nextId += 2;
+        }
+        // The remaining time, rounded down: the handler never outlives us.
+        const timeoutMs = p.deadline === undefined ? 0 : Math.min(Math.max(1, Math.floor(p.deadline - performance.now())), 0xffffffff);
+        const big = this.#send(s, { call: { id, method: p.spec.procedure, ...p.body, timeoutMs, metadata: p.metadata } }, what);
+        if (big) {
+          p.settle(big);
+          continue;
+        }
+        p.id = id;
+        p.sock = s;
+        s.open[kind]++;
+        this.#inflight.set(id, p);
+        p.s?.opened(id, s);
+      }
+    }
+  }
+
+  /**
+   * Encodes and sends a frame on s unless it is larger than the send
+   * limit; then returns a "resource_exhausted" error naming what was too
+   * large. On a dead socket it does nothing.
+   */
+  #send(s: Sock, frame: Frame, what = "a frame"): ParleyError | undefined {
     const data = this.#json ? encodeJson(frame) : encodeBinary(frame);
-    const max = this.#maxSend;
+    const max = Math.min(this.#options.maxMessageBytes ?? defaultMaxMessageBytes, s.session?.maxMessageBytes || Infinity);
     let size = data.length;
     if (typeof data == "string" && size * 3 > max) size = new TextEncoder().encode(data).length;
     if (size > max) return new ParleyError("resource_exhausted", `${what} is ${size} bytes, the limit ${max}`);
-    this.#socket.send(data);
+    if (!s.dead) s.ws.send(data);
   }
 
-  #receive(data: unknown) {
-    if (this.#state.status == "closed") return;
-    this.#heard = performance.now();
+  #receive(s: Sock, data: unknown) {
+    if (s.dead) return;
+    s.heard = performance.now();
     let frame: Frame;
     try {
       if (this.#json != (typeof data == "string")) {
@@ -693,19 +932,17 @@ export class Connection {
       if (size > max) throw new Error(`a message of ${size} bytes, more than the limit of ${max}`);
       frame = typeof data == "string" ? decodeJson(data) : decodeBinary(bytesOf(data));
     } catch (e) {
-      return this.#protocolError(`undecodable frame from the server: ${e instanceof Error ? e.message : String(e)}`);
+      return this.#protocolError(s, `undecodable frame from the server: ${e instanceof Error ? e.message : String(e)}`);
     }
-    const state = this.#state;
+    /** The call or stream with this id in flight on s. */
+    const mine = (id: number) => {
+      const p = this.#inflight.get(id);
+      return p?.sock == s ? p : undefined;
+    };
     if ("welcome" in frame) {
-      if (state.status != "connecting") return;
-      clearTimeout(this.#welcomeTimer);
-      const open = session(frame.welcome);
-      this.#setState({ status: "open", session: open });
-      this.#keepalive(this.#options.pingIntervalMs ?? open.pingIntervalMs);
-      this.#ready[0]();
-      this.#pump();
+      if (!s.session && s == this.#sock) this.#opened(s, frame.welcome);
     } else if ("reply" in frame) {
-      const p = this.#inflight.get(frame.reply.id);
+      const p = mine(frame.reply.id);
       if (!p) return; // Late: the call already settled.
       let value: unknown;
       try {
@@ -717,20 +954,51 @@ export class Connection {
       }
       p.settle(undefined, value);
     } else if ("error" in frame) {
+      const { id } = frame.error;
       const err = errorOf(frame.error);
-      if (frame.error.id == 0) this.#fail(err, closeNormal);
-      else this.#inflight.get(frame.error.id)?.settle(err);
+      const p = mine(id);
+      if (!id) {
+        this.#drop(s, err, closeResumable);
+      } else if (p && !p.s && s.goneAway !== undefined && id > s.goneAway && err.code == "unavailable" && this.#reconnect) {
+        // Refused by a server going away: it never ran; send it elsewhere.
+        this.#inflight.delete(id);
+        s.open[0]--;
+        p.id = 0;
+        p.sock = undefined;
+        this.#queues[0].unshift(p);
+        this.#pump();
+      } else {
+        p?.settle(err);
+      }
     } else if ("ping" in frame) {
-      this.#send({ pong: frame.ping });
+      this.#send(s, { pong: frame.ping });
     } else if ("goaway" in frame) {
-      if (state.status == "open") this.#setState({ ...state, goingAway: frame.goaway.reason ?? "" });
+      const { reason = "", lastId = 0 } = frame.goaway;
+      s.goneAway = lastId;
+      const state = this.#state;
+      if (s != this.#sock || state.status != "open") return;
+      if (this.#reconnect) {
+        // Calls go to a new socket at once; this one finishes what it carries.
+        this.#draining.add(s);
+        this.#sock = undefined;
+        this.#retry(new ParleyError("unavailable", `the server is going away: ${reason}`));
+      } else {
+        this.#setState({ ...state, goingAway: reason });
+      }
     } else if ("item" in frame) {
-      this.#inflight.get(frame.item.id)?.s?.item(frame.item);
+      mine(frame.item.id)?.s?.item(frame.item);
     } else if ("credit" in frame) {
-      this.#inflight.get(frame.credit.id)?.s?.credit(frame.credit.items ?? 0);
+      mine(frame.credit.id)?.s?.credit(frame.credit.items ?? 0);
     } else if ("event" in frame) {
+      const { method = "", topic, offset = 0 } = frame.event;
+      // Events replayed after a resume may overlap those that came before
+      // the drop: each offset of the session is handled once.
+      if (topic == sessionTopic && offset && s.session && s.session.sessionId == this.#session?.sessionId) {
+        if (offset <= this.#lastEvent) return;
+        this.#lastEvent = offset;
+      }
       // In arrival order, each handler isolated from the others.
-      for (const h of [...(this.#events.get(frame.event.method ?? "") ?? [])]) {
+      for (const h of [...(this.#events.get(method) ?? [])]) {
         try {
           Promise.resolve(h(frame.event)).catch(this.#onError);
         } catch (e) {
@@ -738,9 +1006,9 @@ export class Connection {
         }
       }
     } else if ("call" in frame) {
-      void this.#serve(frame.call);
+      void this.#serve(s, frame.call);
     } else if ("cancel" in frame) {
-      const c = this.#serving.get(frame.cancel.id);
+      const c = s.serving.get(frame.cancel.id);
       if (c) {
         c.abandoned = true;
         // A server that gave up at the deadline leaves the handler to its
@@ -749,27 +1017,27 @@ export class Connection {
       }
     } else if ("unknown" in frame) {
       // The compatibility rule of frame.proto.
-      if (frame.unknown.id) this.#sendError(frame.unknown.id, "invalid_argument", `parley-ts: unknown frame kind ${frame.unknown.kind}`);
+      if (frame.unknown.id) this.#sendError(s, frame.unknown.id, "invalid_argument", `parley-ts: unknown frame kind ${frame.unknown.kind}`);
     }
     // Pong and StreamEnd (servers end calls with Reply or Error) need nothing.
   }
 
   #onError = (e: unknown) => (this.#options.onError ?? console.error)(e);
 
-  /** Runs a handler for a call the server made and answers it. */
-  async #serve(call: Call) {
+  /** Runs a handler for a call the server made on s and answers it there. */
+  async #serve(s: Sock, call: Call) {
     const { id, method = "", timeoutMs } = call;
     const h = this.#handlers.get(method);
-    if (!id || id % 2) return this.#sendError(id, "invalid_argument", `call id ${id} has the wrong parity: server calls use even ids`);
-    if (!h) return this.#sendError(id, "unimplemented", `method "${method}" is not implemented`);
+    if (!id || id % 2) return this.#sendError(s, id, "invalid_argument", `call id ${id} has the wrong parity: server calls use even ids`);
+    if (!h) return this.#sendError(s, id, "unimplemented", `method "${method}" is not implemented`);
     let req: unknown;
     try {
       req = this.#decode(h.spec.input, call);
     } catch (e) {
-      return this.#sendError(id, "invalid_argument", `decoding the request of ${method}: ${String(e)}`);
+      return this.#sendError(s, id, "invalid_argument", `decoding the request of ${method}: ${String(e)}`);
     }
     const c: Serving = { ac: new AbortController(), deadline: !!timeoutMs };
-    this.#serving.set(id, c);
+    s.serving.set(id, c);
     const timer = timeoutMs
       ? setTimeout(() => c.ac.abort(new ParleyError("deadline_exceeded", `${method}: deadline exceeded`)), timeoutMs)
       : undefined;
@@ -781,24 +1049,27 @@ export class Connection {
       reply = { error: { id, code: codeToNumber(err.code), message: err.rawMessage, metadata: err.metadata } };
     }
     clearTimeout(timer);
-    this.#serving.delete(id);
-    if (c.abandoned || this.#state.status != "open") return;
-    const big = this.#send(reply, `${method}: the response`);
-    if (big) this.#sendError(id, big.code, big.rawMessage);
+    s.serving.delete(id);
+    if (c.abandoned) return;
+    const big = this.#send(s, reply, `${method}: the response`);
+    if (big) this.#sendError(s, id, big.code, big.rawMessage);
   }
 
-  /** Sends Ping every `every` ms, and fails the connection when nothing arrives for every + pongTimeoutMs. */
-  #keepalive(every: number) {
+  /** Sends Ping on s every `every` ms, and drops s when nothing arrives for every + pongTimeoutMs. */
+  #keepalive(s: Sock, every: number) {
     if (!(every > 0)) return;
     const bound = every + (this.#options.pongTimeoutMs ?? 10_000);
     let nonce = 0;
-    this.#pinger = setInterval(() => this.#send({ ping: { nonce: String(++nonce) } }), every);
-    const check = () => {
-      const quiet = performance.now() - this.#heard;
-      if (quiet < bound) this.#watchdog = setTimeout(check, bound - quiet);
-      else this.#fail(new ParleyError("unavailable", `no frame from the server for ${Math.round(quiet)} ms`), closeNormal, "keepalive timeout");
+    const ping = () => {
+      this.#send(s, { ping: { nonce: String(++nonce) } });
+      s.timers[0] = setTimeout(ping, every);
     };
-    this.#watchdog = setTimeout(check, bound);
+    const check = () => {
+      const quiet = performance.now() - s.heard;
+      if (quiet < bound) s.timers[1] = setTimeout(check, bound - quiet);
+      else this.#drop(s, new ParleyError("unavailable", `no frame from the server for ${Math.round(quiet)} ms`), closeResumable, "keepalive timeout");
+    };
+    s.timers = [setTimeout(ping, every), setTimeout(check, bound)];
   }
 
   /** Encodes a message (or init object) as a body; throws a ParleyError with code. */
@@ -815,41 +1086,36 @@ export class Connection {
     return json !== undefined ? fromJson(schema, json, { registry: this.#options.registry }) : fromBinary(schema, payload ?? new Uint8Array(0));
   }
 
-  #sendError(id: number, code: Code, message: string) {
-    this.#send({ error: { id, code: codeToNumber(code), message } });
+  #sendError(s: Sock, id: number, code: Code, message: string) {
+    this.#send(s, { error: { id, code: codeToNumber(code), message } });
   }
 
-  /** Reports a misbehaving server, closes the socket and fails everything. */
-  #protocolError(message: string) {
-    if (this.#state.status == "closed") return;
+  /** Reports a misbehaving server, closes the socket and drops it. */
+  #protocolError(s: Sock, message: string) {
+    if (s.dead) return;
     try {
-      this.#sendError(0, "invalid_argument", message);
+      this.#sendError(s, 0, "invalid_argument", message);
     } catch {
       // The socket may not be open; closing it is what matters.
     }
-    this.#fail(new ParleyError("internal", `protocol error: ${message}`), closeProtocolError, "protocol error");
+    this.#drop(s, new ParleyError("internal", `protocol error: ${message}`), closeProtocolError, "protocol error");
   }
 
   /**
-   * Moves to closed (once) with error, fails every call with it, and
-   * closes the socket with closeCode when given.
+   * Closes the connection for good (once) with error: fails every call
+   * with it, and closes the sockets, with closeCode when given.
    */
-  #fail(error: ParleyError, closeCode?: number, reason?: string) {
+  #close(error: ParleyError, closeCode = closeNormal, reason?: string) {
     if (this.#state.status == "closed") return;
-    clearTimeout(this.#welcomeTimer);
-    clearInterval(this.#pinger);
-    clearTimeout(this.#watchdog);
+    clearTimeout(this.#retryTimer);
+    const socks = [...this.#draining, ...(this.#sock ? [this.#sock] : [])];
+    this.#sock = undefined;
+    this.#draining.clear();
     this.#setState({ status: "closed", error });
     this.#ready[1](error);
+    for (const s of socks) this.#kill(s, closeCode, reason);
     for (const p of [...this.#queues.flat(), ...this.#inflight.values()]) p.settle(error);
-    for (const c of this.#serving.values()) c.ac.abort(error);
-    if (closeCode) {
-      try {
-        this.#socket.close(closeCode, reason);
-      } catch {
-        this.#socket.close(closeNormal, reason);
-      }
-    }
+    for (const s of socks) for (const c of s.serving.values()) c.ac.abort(error);
   }
 }
 
@@ -864,7 +1130,7 @@ function bytesOf(data: unknown): Uint8Array {
   throw new Error("a binary message of an unsupported type (set binaryType to arraybuffer)");
 }
 
-function session(w: Welcome): Session {
+function sessionOf(w: Welcome): Session {
   return {
     sessionId: "",
     resumeToken: "",

@@ -132,7 +132,9 @@ for (const protocol of ["proto", "json"] as const) {
       const conn = connect(server, { protocol, defaultTimeoutMs: 150 });
       const peer = await server.peer();
       const withSpec = conn.call({ ...Echo, timeoutMs: 60 }, {});
+      withSpec.catch(() => {}); // rejects before it is awaited below
       const byDefault = conn.call(Echo, {});
+      byDefault.catch(() => {});
       const noDeadline = conn.call(Echo, {}, { timeoutMs: 0 });
       const [a, b, c] = [await expectFrame(peer, "call"), await expectFrame(peer, "call"), await expectFrame(peer, "call")];
       assert.ok(a.timeoutMs! <= 60 && a.timeoutMs! > 0);
@@ -252,8 +254,8 @@ for (const protocol of ["proto", "json"] as const) {
       conn.close();
     });
 
-    test("GoAway: calls in flight finish, new calls fail with unavailable", async () => {
-      const conn = connect(server, { protocol });
+    test("GoAway, reconnect off: calls in flight finish, new calls fail with unavailable", async () => {
+      const conn = connect(server, { protocol, reconnect: false });
       const peer = await server.peer();
       const inFlight = conn.call(Echo, { text: "ab" });
       const call = await expectFrame(peer, "call");
@@ -270,8 +272,8 @@ for (const protocol of ["proto", "json"] as const) {
       assert.match(state.status == "closed" ? state.error.message : "", /connection closed \(1001\)/);
     });
 
-    test("a closed socket fails the calls in flight with unavailable", async () => {
-      const conn = connect(server, { protocol });
+    test("reconnect off: a closed socket fails the calls in flight with unavailable", async () => {
+      const conn = connect(server, { protocol, reconnect: false });
       const peer = await server.peer();
       const res = conn.call(Echo, {});
       await expectFrame(peer, "call");
@@ -344,7 +346,7 @@ for (const protocol of ["proto", "json"] as const) {
       test(name, async () => {
         const server = await FakeServer.start();
         try {
-          const conn = connect(server, { protocol, maxMessageBytes: 4096 });
+          const conn = connect(server, { protocol, maxMessageBytes: 4096, reconnect: false });
           const peer = await server.peer();
           const res = conn.call(Echo, {});
           await expectFrame(peer, "call");

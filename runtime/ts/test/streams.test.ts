@@ -164,8 +164,8 @@ for (const protocol of ["proto", "json"] as const) {
       conn.close();
     });
 
-    test("handle: the connection closing aborts running handlers", async () => {
-      const { conn, peer } = await connect();
+    test("handle: the socket closing aborts running handlers", async () => {
+      const { conn, peer } = await connect({ reconnect: false });
       let reason: unknown;
       conn.handle(Confirm, (_, { signal }) => new Promise((resolve) => signal.addEventListener("abort", () => ((reason = signal.reason), resolve({})))));
       peer.send({ call: { id: 2, method: Confirm.procedure, ...body(peer, Confirm.input, {}) } });
@@ -366,7 +366,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("the socket closing mid-stream ends every stream with unavailable, after the items received", async () => {
-      const { conn, peer } = await connect();
+      const { conn, peer } = await connect({ reconnect: false });
       const counting = conn.serverStream(Count, {});
       const c1 = await expectFrame(peer, "call");
       const sum = conn.clientStream(Sum);
@@ -437,10 +437,10 @@ describe("keepalive", () => {
     }
   });
 
-  test("no frame for pingIntervalMs + pongTimeoutMs closes the connection with unavailable", async () => {
+  test("no frame for pingIntervalMs + pongTimeoutMs closes the connection with unavailable (reconnect off)", async () => {
     const s = await FakeServer.start({ welcome: { pingIntervalMs: 20_000 } });
     try {
-      const conn = new Connection(s.url, { WebSocket, pingIntervalMs: 30, pongTimeoutMs: 50 });
+      const conn = new Connection(s.url, { WebSocket, pingIntervalMs: 30, pongTimeoutMs: 50, reconnect: false });
       const peer = await s.peer();
       await within(conn.ready);
       const opened = performance.now();
