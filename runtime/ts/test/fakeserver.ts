@@ -2,13 +2,17 @@
 // loopback whose test decides, frame by frame, what to answer.
 import type { AddressInfo } from "node:net";
 import { WebSocketServer, type WebSocket } from "ws";
-import { decodeBinary, decodeJson, encodeBinary, encodeJson, type Frame, type Welcome } from "../src/frame.js";
+import { decodeBinary, decodeJson, encodeBinary, encodeJson, type Frame, type Hello, type Welcome } from "../src/frame.js";
 
 export interface FakeServerOptions {
   /** The subprotocol to accept; by default whichever Parley one is offered. false accepts none. */
   accept?: string | false;
-  /** The Welcome answering Hello; false to leave Hello unanswered. Default {sessionId: "s1"}. */
-  welcome?: Welcome | false;
+  /**
+   * The Welcome answering Hello; false to leave Hello unanswered. Default
+   * {sessionId: "s1"}. A function decides per socket, given its Hello and
+   * how many sockets connected before it.
+   */
+  welcome?: Welcome | false | ((hello: Hello, n: number) => Welcome | false);
 }
 
 /** One client's socket, seen from the server. */
@@ -24,6 +28,7 @@ export class Peer {
   constructor(
     readonly ws: WebSocket,
     options: FakeServerOptions,
+    n = 0,
   ) {
     this.json = ws.protocol == "parley.v1+json";
     this.closed = new Promise((resolve) => ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() })));
@@ -34,7 +39,9 @@ export class Peer {
       else this.#frames.push(f);
     });
     this.hello = this.recv().then((f) => {
-      if (options.welcome !== false) this.send({ welcome: options.welcome ?? { sessionId: "s1" } });
+      const { welcome = { sessionId: "s1" } } = options;
+      const w = typeof welcome == "function" ? welcome((f as { hello: Hello }).hello, n) : welcome;
+      if (w !== false) this.send({ welcome: w });
       return f;
     });
   }
@@ -66,7 +73,7 @@ export class FakeServer {
     this.#wss = wss;
     this.url = `ws://127.0.0.1:${(wss.address() as AddressInfo).port}/`;
     wss.on("connection", (ws) => {
-      const p = new Peer(ws, options);
+      const p = new Peer(ws, options, this.connections++);
       const w = this.#waiters.shift();
       if (w) w(p);
       else this.#peers.push(p);
@@ -93,6 +100,9 @@ export class FakeServer {
     const p = this.#peers.shift();
     return p ? Promise.resolve(p) : new Promise((resolve) => this.#waiters.push(resolve));
   }
+
+  /** How many sockets connected so far. */
+  connections = 0;
 
   close(): Promise<void> {
     for (const c of this.#wss.clients) c.terminate();
