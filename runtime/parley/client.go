@@ -132,6 +132,11 @@ type Conn struct {
 	closedCh chan struct{} // closed when closed is set
 	notify   hookRunner    // runs state watchers in order
 
+	// events runs event handlers for every socket of the connection, in
+	// arrival order; stopEvents ends its context when the Conn closes.
+	events     *eventRunner
+	stopEvents context.CancelFunc
+
 	wake chan struct{} // cap 1: the supervisor should reconnect now
 	done chan struct{} // closed when the supervisor and every socket ended
 }
@@ -157,8 +162,15 @@ func Dial(ctx context.Context, url string, opts ...ClientOption) (*Conn, error) 
 		done:     make(chan struct{}),
 		closedCh: make(chan struct{}),
 	}
+	evctx, stopEvents := context.WithCancel(context.Background())
+	handle := chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
+		ci, _ := CallInfoFromContext(ctx)
+		return ci.method.call(ctx, req)
+	}, cfg.interceptors)
+	c.events, c.stopEvents = newEventRunner(evctx, handle, cfg.logger, &c.lastEvent), stopEvents
 	e, welcome, err := c.dial(ctx)
 	if err != nil {
+		stopEvents()
 		return nil, err
 	}
 	c.attach(e, welcome, false)
@@ -197,7 +209,7 @@ func (c *Conn) dial(ctx context.Context) (*endpoint, *parleyv1.Welcome, error) {
 		return nil, nil, Errorf(CodeUnavailable, "%s is not a Parley server: it did not accept subprotocol %s", c.url, c.cfg.subprotocol)
 	}
 	e := newEndpoint(ws, bc, c.codec, SideClient, &c.cfg)
-	e.callSeq, e.lastEvent = &c.callSeq, &c.lastEvent
+	e.callSeq, e.lastEvent, e.events = &c.callSeq, &c.lastEvent, c.events
 	hello, err := c.hello(hctx)
 	if err != nil {
 		_ = ws.Close()
@@ -323,6 +335,10 @@ func (c *Conn) reconnectNow() {
 // says GoAway) it dials again with backoff, until Close or giving up.
 func (c *Conn) supervise(e *endpoint) {
 	defer close(c.done)
+	defer func() {
+		c.stopEvents()
+		c.events.close()
+	}()
 	// old holds sockets left after a GoAway, draining the calls already
 	// sent on them; the supervisor waits for them before it ends.
 	var old []*endpoint

@@ -1,8 +1,11 @@
 package parley
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 )
@@ -11,18 +14,48 @@ import (
 // the events arrived, on a goroutine of its own: the reader never waits for
 // a handler, so a handler may itself make calls on the connection. The
 // goroutine exists only while events are queued.
+//
+// A client's runner belongs to its Conn, not to one socket: events received
+// before a socket drops still run after it, and the replay on the next
+// socket continues after the last one received, so none is lost or run
+// twice. last (shared with the Conn) is the offset of the last session
+// event queued; mu guards it together with the queue.
 type eventRunner struct {
-	e       *endpoint
+	ctx    context.Context // the handlers' context: the Conn's (or the socket's)
+	handle UnaryFunc       // the interceptor chain ending in the handler
+	log    *slog.Logger
+	last   *atomic.Uint64
+
 	mu      sync.Mutex
 	queue   []queuedEvent
 	running bool
 	closed  bool
+	wg      sync.WaitGroup // the runner goroutine
 }
 
 type queuedEvent struct {
 	m   *Method
 	req proto.Message
 	ci  *CallInfo
+}
+
+func newEventRunner(ctx context.Context, handle UnaryFunc, log *slog.Logger, last *atomic.Uint64) *eventRunner {
+	return &eventRunner{ctx: ctx, handle: handle, log: log, last: last}
+}
+
+// admit decides whether a session event with this offset is new, and
+// records it as received. Offset 0 is an event outside any session topic.
+func (r *eventRunner) admit(offset uint64) bool {
+	if offset == 0 {
+		return true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if offset <= r.last.Load() {
+		return false // replayed after a reconnect, and already received
+	}
+	r.last.Store(offset)
+	return true
 }
 
 func (r *eventRunner) push(ev queuedEvent) {
@@ -34,13 +67,13 @@ func (r *eventRunner) push(ev queuedEvent) {
 	r.queue = append(r.queue, ev)
 	if !r.running {
 		r.running = true
-		r.e.handlers.Add(1)
+		r.wg.Add(1)
 		go r.run()
 	}
 }
 
 func (r *eventRunner) run() {
-	defer r.e.handlers.Done()
+	defer r.wg.Done()
 	for {
 		r.mu.Lock()
 		if len(r.queue) == 0 || r.closed {
@@ -53,15 +86,27 @@ func (r *eventRunner) run() {
 		r.queue[0] = queuedEvent{}
 		r.queue = r.queue[1:]
 		r.mu.Unlock()
-		r.e.runEvent(ev)
+		r.runEvent(ev)
 	}
 }
 
-// close drops queued events once the connection is gone.
+// close drops queued events and waits for the handler running, if any.
 func (r *eventRunner) close() {
 	r.mu.Lock()
 	r.closed = true
 	r.mu.Unlock()
+	r.wg.Wait()
+}
+
+func (r *eventRunner) runEvent(ev queuedEvent) {
+	defer func() {
+		if rec := recover(); rec != nil {
+			r.log.Error("parley: event handler panicked", "method", ev.m.spec.Procedure, "panic", fmt.Sprint(rec))
+		}
+	}()
+	if _, err := r.handle(withCallInfo(r.ctx, ev.ci), ev.req); err != nil {
+		r.log.Warn("parley: event handler failed", "method", ev.m.spec.Procedure, "err", err)
+	}
 }
 
 // acceptEvent decodes an event and queues it for its handler.
@@ -70,20 +115,16 @@ func (e *endpoint) acceptEvent(f *frame) {
 	if e.methods != nil {
 		m = e.methods(f.procedure())
 	}
-	if f.topic == sessionTopic && f.offset > e.lastEvent.Load() && (m == nil || !m.event) {
-		e.lastEvent.Store(f.offset) // seen, even if nobody handles it
+	var offset uint64
+	if f.topic == sessionTopic {
+		offset = f.offset
+	}
+	if !e.events.admit(offset) {
+		return
 	}
 	if m == nil || !m.event {
 		e.log.Debug("parley: event dropped: no handler", "side", e.side, "method", string(f.procedure()))
 		return
-	}
-	if f.topic == sessionTopic && f.offset > 0 {
-		// Events replayed after a reconnect may overlap what arrived
-		// before the drop: each offset is handled once.
-		if f.offset <= e.lastEvent.Load() {
-			return
-		}
-		e.lastEvent.Store(f.offset)
 	}
 	req := m.newReq()
 	if f.hasPayload {
@@ -93,18 +134,6 @@ func (e *endpoint) acceptEvent(f *frame) {
 		}
 	}
 	e.events.push(queuedEvent{m: m, req: req, ci: &CallInfo{Spec: m.spec, Side: e.side, Event: true, method: m}})
-}
-
-func (e *endpoint) runEvent(ev queuedEvent) {
-	defer func() {
-		if r := recover(); r != nil {
-			e.log.Error("parley: event handler panicked", "method", ev.m.spec.Procedure, "panic", fmt.Sprint(r))
-		}
-	}()
-	ctx := withCallInfo(e.ctx, ev.ci)
-	if _, err := e.handle(ctx, ev.req); err != nil {
-		e.log.Warn("parley: event handler failed", "method", ev.m.spec.Procedure, "err", err)
-	}
 }
 
 // lookupLocal finds a handler a client registered.

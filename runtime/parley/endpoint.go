@@ -116,11 +116,11 @@ func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *con
 		done:         make(chan struct{}),
 	}
 	e.q = newSendQueue(cfg.sendQueueBytes, e.writeLoop)
-	e.events = &eventRunner{e: e}
 	e.handle = chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
 		ci, _ := CallInfoFromContext(ctx)
 		return ci.method.call(ctx, req)
 	}, cfg.interceptors)
+	e.events = newEventRunner(ctx, e.handle, e.log, e.lastEvent)
 	ws.SetReadLimit(int64(cfg.maxMessageBytes))
 	return e
 }
@@ -639,7 +639,7 @@ func (e *endpoint) fail(cause error) {
 	for _, s := range streams {
 		s.finish(closeErr)
 	}
-	e.events.close()
+
 }
 
 func describeClose(err error) string {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http/httptest"
-	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -345,7 +344,7 @@ func publishThroughDrops(t *testing.T, n, drops int) (lost, dup, disorder int) {
 // TestEventsSurviveDrops: the socket drops mid-burst a few times; after
 // each resume every event arrives exactly once, in order.
 func TestEventsSurviveDrops(t *testing.T) {
-	needsFix(t, "dispatch.go drops events queued for their handler when the socket fails, after counting them as seen")
+
 	const n = 2000
 	lost, dup, disorder := publishThroughDrops(t, n, 5)
 	if lost+dup+disorder > 0 {
@@ -359,7 +358,7 @@ func TestEventsAcross100Drops(t *testing.T) {
 	if testing.Short() {
 		t.Skip("100 drops take a few seconds")
 	}
-	needsFix(t, "dispatch.go drops events queued for their handler when the socket fails, after counting them as seen")
+
 	const n, drops = 10_000, 100
 	start := time.Now()
 	lost, dup, disorder := publishThroughDrops(t, n, drops)
@@ -462,7 +461,7 @@ func TestCallsInFlightAcrossResume(t *testing.T) {
 // told (Open, Reconnected, not Resumed); its non-idempotent calls in
 // flight fail unavailable, its idempotent ones are sent again and succeed.
 func TestNotResumable(t *testing.T) {
-	needsFix(t, "server.go starts a dropped socket's resume window only once its calls end, so a session with a call in flight never expires")
+
 	const window = 200 * time.Millisecond
 	r := newRig(t, parley.WithResume(window, parley.DefaultResumeEvents))
 	conn := dialT(t, r.url, fastBackoff)
@@ -931,15 +930,6 @@ func TestResumeBufferMemory(t *testing.T) {
 		parley.DefaultResumeEvents, parley.DefaultResumeWindow, perShared/1024, perOwn/1024)
 }
 
-// needsFix skips a test that fails until a fix outside the client and
-// session code lands (see the message); PARLEY_KNOWN_BUGS=1 runs it anyway.
-func needsFix(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("PARLEY_KNOWN_BUGS") == "" {
-		t.Skip("known bug, fix pending: " + why)
-	}
-}
-
 var (
 	_ = errors.New
 	_ = runtime.GC
@@ -950,7 +940,7 @@ var (
 // keeps). It must get them all on resuming, or be told it cannot resume;
 // never loop resuming and being cut off as a slow consumer.
 func TestBigReplay(t *testing.T) {
-	needsFix(t, "dispatch.go drops events queued for their handler when the socket fails, after counting them as seen")
+
 	r := newRig(t, parley.WithSendQueueBytes(256<<10))
 	l := newEventLog(t, r.url, fastBackoff)
 	st := watch(l.conn)

@@ -185,18 +185,19 @@ func (s *Server) serveConn(e *endpoint) {
 	s.conns[e] = struct{}{}
 	s.mu.Unlock()
 	e.sess.attach(e, e.resumeFrom)
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, e)
-		resumable := !s.shuttingDown && !e.peerSaidBye
-		s.mu.Unlock()
-		e.sess.detach(e, resumable)
-	}()
-
 	e.start()
 	e.readLoop()
 	<-e.done
+	// The resume window starts now, not when this socket's handlers end:
+	// they run on the session's context, which only ends with the session.
+	s.mu.Lock()
+	resumable := !s.shuttingDown && !e.peerSaidBye
+	s.mu.Unlock()
+	e.sess.detach(e, resumable)
 	e.handlers.Wait()
+	s.mu.Lock()
+	delete(s.conns, e)
+	s.mu.Unlock()
 }
 
 // handshake reads Hello, authenticates, and answers Welcome.
