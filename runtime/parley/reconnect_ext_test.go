@@ -937,10 +937,9 @@ var (
 
 // TestBigReplay: while the client is away, it misses more event bytes than
 // a connection's send queue holds (but fewer events than the session
-// keeps). It must get them all on resuming, or be told it cannot resume;
-// never loop resuming and being cut off as a slow consumer.
+// keeps). It is told it cannot resume (resumed = false) rather than loop
+// resuming and being cut off as a slow consumer.
 func TestBigReplay(t *testing.T) {
-
 	r := newRig(t, parley.WithSendQueueBytes(256<<10))
 	l := newEventLog(t, r.url, fastBackoff)
 	st := watch(l.conn)
@@ -957,16 +956,11 @@ func TestBigReplay(t *testing.T) {
 		}
 	}
 	r.proxy.Refuse(false)
+	// 4 MiB of missed events cannot fit a 256 KiB send queue: the server
+	// refuses to resume rather than cut the new socket off as a slow
+	// consumer, and the client is told.
 	s, _ := st.waitFor(t, "reopened", isReopened)
-	if !s.Resumed {
-		t.Logf("not resumed (honest): %+v", s)
-		return
+	if s.Resumed {
+		t.Fatalf("resumed a session whose replay cannot fit the send queue: %+v", s)
 	}
-	if !l.waitHi(t, n-1, time.Now().Add(10*time.Second)) {
-		t.Fatalf("resumed, but the replay never completed; %d reconnects: %+v", r.proxy.Accepted(), st.all())
-	}
-	if lost, dup, disorder := l.tally(n); lost+dup+disorder > 0 {
-		t.Fatalf("replay: %d lost, %d duplicated, %d out of order", lost, dup, disorder)
-	}
-	t.Logf("replayed %d events of 8 KiB through a 256 KiB send queue in %d connections", n, r.proxy.Accepted()-1)
 }

@@ -105,7 +105,19 @@ func (s *session) canResume(token string, lastOffset uint64) bool {
 	if lastOffset == s.offset {
 		return true
 	}
-	return len(s.events) > 0 && s.events[0].offset <= lastOffset+1
+	if len(s.events) == 0 || s.events[0].offset > lastOffset+1 {
+		return false // some missed events were dropped
+	}
+	// The replay goes into the new socket's bounded send queue at once: if
+	// it cannot fit, the socket would be cut off as a slow consumer, so the
+	// resume fails honestly instead.
+	missed := 0
+	for _, se := range s.events {
+		if se.offset > lastOffset {
+			missed += len(se.ev.payload) + len(se.ev.method) + 32
+		}
+	}
+	return missed <= s.srv.cfg.sendQueueBytes
 }
 
 // attach makes e the session's socket, closing a previous one still
