@@ -433,7 +433,7 @@ func (e *endpoint) acceptCall(f *frame) {
 		draining := e.draining
 		e.mu.Unlock()
 		if draining {
-			e.sendError(f.id, NewError(CodeUnavailable, "server is shutting down"))
+			e.refuseNotRun(f.id, "server is shutting down")
 			return
 		}
 		e.acceptStream(f, m, ci)
@@ -450,7 +450,7 @@ func (e *endpoint) acceptCall(f *frame) {
 	switch {
 	case e.draining:
 		e.mu.Unlock()
-		e.sendError(f.id, NewError(CodeUnavailable, "server is shutting down"))
+		e.refuseNotRun(f.id, "server is shutting down")
 		return
 	case e.inFlight >= e.cfg.maxInFlight:
 		e.mu.Unlock()
@@ -568,6 +568,12 @@ func (e *endpoint) send(f *frame, msg proto.Message) {
 	if err := e.q.push(e.ctx, b, true); err != nil {
 		putBuf(b)
 	}
+}
+
+// refuseNotRun answers a call the server will not run (it is shutting
+// down), telling the caller it may send it again elsewhere.
+func (e *endpoint) refuseNotRun(id uint64, message string) {
+	e.send(&frame{kind: kindError, id: id, code: CodeUnavailable, message: message, notRun: true}, nil)
 }
 
 func (e *endpoint) sendError(id uint64, err *Error) {
@@ -719,7 +725,7 @@ func (e *endpoint) complete(f *frame) {
 		}
 		err := &Error{code: code, message: f.message, details: f.details}
 		e.mu.Lock()
-		if code == CodeUnavailable && e.goneAway != "" && f.id > e.goAwayID {
+		if f.notRun || code == CodeUnavailable && e.goneAway != "" && f.id > e.goAwayID {
 			err.wrapped = errNotSent // refused by a draining server: it never ran
 		}
 		e.mu.Unlock()

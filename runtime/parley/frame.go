@@ -73,6 +73,7 @@ type frame struct {
 	topic      string // event
 	offset     uint64 // event
 	epoch      string // event
+	notRun     bool   // error: the callee never ran the call
 
 	hello   *parleyv1.Hello
 	welcome *parleyv1.Welcome
@@ -168,7 +169,7 @@ func (binaryCodec) appendFrame(b []byte, f *frame, msg proto.Message) ([]byte, e
 		return b, nil
 	case kindError:
 		var details [][]byte
-		inner = sizeVarint(1, f.id) + sizeVarint(2, uint64(f.code)) + sizeStringField(3, f.message) + sizeMetadata(5, f.metadata)
+		inner = sizeVarint(1, f.id) + sizeVarint(2, uint64(f.code)) + sizeStringField(3, f.message) + sizeMetadata(5, f.metadata) + sizeVarint(6, boolVarint(f.notRun))
 		for _, d := range f.details {
 			db, err := proto.MarshalOptions{Deterministic: true}.Marshal(d)
 			if err != nil {
@@ -185,7 +186,8 @@ func (binaryCodec) appendFrame(b []byte, f *frame, msg proto.Message) ([]byte, e
 			b = protowire.AppendTag(b, 4, protowire.BytesType)
 			b = protowire.AppendBytes(b, db)
 		}
-		return appendMetadata(b, 5, f.metadata), nil
+		b = appendMetadata(b, 5, f.metadata)
+		return appendVarint(b, 6, boolVarint(f.notRun)), nil
 	case kindCancel:
 		b = appendHeader(b, f.kind, sizeVarint(1, f.id)+sizeVarint(2, uint64(f.code)))
 		b = appendVarint(b, 1, f.id)
@@ -219,6 +221,13 @@ func (binaryCodec) appendFrame(b []byte, f *frame, msg proto.Message) ([]byte, e
 		return b, err
 	}
 	return proto.MarshalOptions{Deterministic: true}.MarshalAppend(b, pf)
+}
+
+func boolVarint(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func appendHeader(b []byte, k frameKind, size int) []byte {
@@ -376,6 +385,8 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 				f.details = append(f.details, d)
 			case 5:
 				return f.decodeMetadataEntry(b)
+			case 6:
+				f.notRun = v != 0
 			}
 		case kindCancel:
 			switch num {
@@ -568,7 +579,7 @@ func (f *frame) toProto(payload *structpb.Value) (*parleyv1.Frame, error) {
 		pf.Kind = &parleyv1.Frame_Reply{Reply: r}
 	case kindError:
 		pf.Kind = &parleyv1.Frame_Error{Error: &parleyv1.Error{
-			Id: f.id, Code: parleyv1.Code(f.code), Message: f.message, Details: f.details, Metadata: f.metadata,
+			Id: f.id, Code: parleyv1.Code(f.code), Message: f.message, Details: f.details, Metadata: f.metadata, NotRun: f.notRun,
 		}}
 	case kindCancel:
 		pf.Kind = &parleyv1.Frame_Cancel{Cancel: &parleyv1.Cancel{Id: f.id, Code: parleyv1.Code(f.code)}}
@@ -636,7 +647,7 @@ func (f *frame) fromProto(pf *parleyv1.Frame) error {
 		return setJSON(r.GetJson())
 	case *parleyv1.Frame_Error:
 		e := k.Error
-		f.kind, f.id, f.code, f.message, f.details, f.metadata = kindError, e.GetId(), Code(e.GetCode()), e.GetMessage(), e.GetDetails(), e.GetMetadata()
+		f.kind, f.id, f.code, f.message, f.details, f.metadata, f.notRun = kindError, e.GetId(), Code(e.GetCode()), e.GetMessage(), e.GetDetails(), e.GetMetadata(), e.GetNotRun()
 	case *parleyv1.Frame_Cancel:
 		f.kind, f.id, f.code = kindCancel, k.Cancel.GetId(), Code(k.Cancel.GetCode())
 	case *parleyv1.Frame_End:

@@ -58,6 +58,7 @@ func testFrames(t *testing.T) []struct {
 		{"reply_empty", frame{kind: kindReply, id: 7, hasPayload: true}, &wrapperspb.StringValue{}},
 		{"error", frame{kind: kindError, id: 5, code: CodeNotFound, message: "no such thing"}, nil},
 		{"error_details", frame{kind: kindError, id: 9, code: CodeInvalidArgument, message: "bad", details: []*anypb.Any{detail}}, nil},
+		{"error_not_run", frame{kind: kindError, id: 19, code: CodeUnavailable, message: "server is shutting down", notRun: true}, nil},
 		{"error_connection", frame{kind: kindError, code: CodeUnauthenticated, message: "token expired"}, nil},
 		{"cancel", frame{kind: kindCancel, id: 11}, nil},
 		{"cancel_deadline", frame{kind: kindCancel, id: 15, code: CodeDeadlineExceeded}, nil},

@@ -897,7 +897,11 @@ type Error struct {
 	// Typed error details for programs.
 	Details []*anypb.Any `protobuf:"bytes,4,rep,name=details,proto3" json:"details,omitempty"`
 	// Trailing metadata.
-	Metadata      map[string]string `protobuf:"bytes,5,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Metadata map[string]string `protobuf:"bytes,5,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Set when the callee refused the call without running any of it (it is
+	// shutting down): the caller may safely send it again, even to another
+	// node, whatever the method's idempotency.
+	NotRun        bool `protobuf:"varint,6,opt,name=not_run,json=notRun,proto3" json:"not_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -965,6 +969,13 @@ func (x *Error) GetMetadata() map[string]string {
 		return x.Metadata
 	}
 	return nil
+}
+
+func (x *Error) GetNotRun() bool {
+	if x != nil {
+		return x.NotRun
+	}
+	return false
 }
 
 // Cancel tells the peer the caller no longer wants the call's result. The
@@ -1579,13 +1590,14 @@ const file_parley_v1_frame_proto_rawDesc = "" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x06\n" +
-	"\x04body\"\xff\x01\n" +
+	"\x04body\"\x98\x02\n" +
 	"\x05Error\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\x04code\x18\x02 \x01(\x0e2\x0f.parley.v1.CodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12.\n" +
 	"\adetails\x18\x04 \x03(\v2\x14.google.protobuf.AnyR\adetails\x12:\n" +
-	"\bmetadata\x18\x05 \x03(\v2\x1e.parley.v1.Error.MetadataEntryR\bmetadata\x1a;\n" +
+	"\bmetadata\x18\x05 \x03(\v2\x1e.parley.v1.Error.MetadataEntryR\bmetadata\x12\x17\n" +
+	"\anot_run\x18\x06 \x01(\bR\x06notRun\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"=\n" +

@@ -39,7 +39,7 @@ export interface Welcome {
 export interface Call extends Body { id: number; method?: string; timeoutMs?: number; metadata?: Strings }
 export interface Reply extends Body { id: number; metadata?: Strings }
 /** An Error frame; code is the wire number (0 to 16, or more from a newer peer). */
-export interface ErrorFrame { id: number; code?: number; message?: string; details?: AnyDetail[]; metadata?: Strings }
+export interface ErrorFrame { id: number; code?: number; message?: string; details?: AnyDetail[]; metadata?: Strings; notRun?: boolean }
 export interface Event extends Body { method?: string; topic?: string; offset?: number; epoch?: string }
 
 /** A decoded frame: the kind that was set and its fields. */
@@ -72,7 +72,7 @@ const schema = (
   "welcome sessionId:s resumeToken:s resumed:b resumeWindowMs:u maxMessageBytes:u maxInFlight:u pingIntervalMs:u agent:s metadata:m streamWindow:u maxStreams:u|" +
   "call id:i method:s payload:p json:j timeoutMs:u metadata:m|" +
   "reply id:i payload:p json:j metadata:m|" +
-  "error id:i code:c message:s details:a metadata:m|" +
+  "error id:i code:c message:s details:a metadata:m notRun:b|" +
   "cancel id:i code:c|" +
   "event method:s payload:p json:j topic:s offset:i epoch:s|" +
   "item id:i payload:p json:j|" +
