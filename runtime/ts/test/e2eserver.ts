@@ -1,6 +1,6 @@
 // Starts the real Go server (internal/e2e/cmd/e2eserver) for the e2e tests:
-// built once with `go build` (or taken from PARLEY_E2E_SERVER); if that
-// fails, the tests fail: they never skip.
+// built once per process with `go build` (or taken from PARLEY_E2E_SERVER);
+// if that fails, the tests fail: they never skip.
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -12,17 +12,27 @@ import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("../../../../", import.meta.url));
 
-/** Starts the server; resolves with its WebSocket URL and a function that stops it. */
-export async function startE2EServer(): Promise<{ url: string; stop(): Promise<void> }> {
-  const dir = mkdtempSync(join(tmpdir(), "parley-e2e-"));
-  // PARLEY_E2E_SERVER names an e2eserver binary built elsewhere.
-  let bin = process.env["PARLEY_E2E_SERVER"];
+/** The binary: PARLEY_E2E_SERVER names one built elsewhere; else built here once, removed at exit. */
+let bin = process.env["PARLEY_E2E_SERVER"];
+
+function binary(): string {
   if (!bin) {
-    bin = join(dir, "e2eserver");
-    execFileSync("go", ["build", "-o", bin, "./internal/e2e/cmd/e2eserver"], { cwd: root, stdio: "inherit" });
+    const dir = mkdtempSync(join(tmpdir(), "parley-e2e-"));
+    process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+    const out = join(dir, "e2eserver");
+    execFileSync("go", ["build", "-o", out, "./internal/e2e/cmd/e2eserver"], { cwd: root, stdio: "inherit" });
+    bin = out;
   }
+  return bin;
+}
+
+/**
+ * Starts the server with args (such as ["-addr", "127.0.0.1:PORT"]);
+ * resolves with its WebSocket URL and a function that stops it.
+ */
+export async function startE2EServer(args: string[] = []): Promise<{ url: string; stop(): Promise<void> }> {
   // The server exits when its stdin closes, so it cannot outlive the tests.
-  const server = spawn(bin, [], { stdio: ["pipe", "pipe", "inherit"] });
+  const server = spawn(binary(), args, { stdio: ["pipe", "pipe", "inherit"] });
   const lines = createInterface({ input: server.stdout! });
   const url = await Promise.race([
     new Promise<string>((resolve) => lines.once("line", resolve)),
@@ -39,7 +49,6 @@ export async function startE2EServer(): Promise<{ url: string; stop(): Promise<v
       if (server.exitCode === null) {
         await Promise.race([new Promise((resolve) => server.once("exit", resolve)), sleep(5000, undefined, { ref: false }).then(() => server.kill())]);
       }
-      rmSync(dir, { recursive: true, force: true });
     },
   };
 }
