@@ -5,6 +5,13 @@
 // TypingStream: the page sends whether its user is typing and receives who
 // is typing in the room.
 //
+// The connection reconnects by itself when the socket drops (the server
+// restarting, a network change): the header shows it reconnecting, then
+// whether the server resumed the session (rooms and missed events kept)
+// or started a new one, in which case the page re-joins its room and
+// reloads the history. The TypingStream, which no reconnect keeps, is
+// opened again either way.
+//
 // `make generate` bundles it with esbuild into ../static/app.js, which the
 // Go server embeds. ?user=NAME&room=ROOM signs in at once.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
@@ -39,6 +46,7 @@ class ChatPage {
   readonly seen = new Set<bigint>(); // message ids shown
   typing?: BidiStreamCall<typeof TypingStreamRequestSchema, typeof TypingStreamResponseSchema>;
   typingSentAt = 0; // when typing = true last went out; 0 when not typing
+  joined = false; // in the room: false until Join, and after leaving it
 
   constructor(user: string, room: string) {
     this.user = user;
@@ -51,7 +59,10 @@ class ChatPage {
       protocol: params.get("protocol") === "json" ? "json" : "proto",
     });
     this.chat = new ChatServiceClient(this.conn);
-    this.conn.onStateChange(() => this.showStatus());
+    this.conn.onStateChange((s) => {
+      this.showStatus();
+      if (s.status == "open" && s.reconnected) void this.reconnected(s.resumed);
+    });
     this.showStatus();
     this.subscribe();
   }
@@ -60,7 +71,43 @@ class ChatPage {
     const s = this.conn.state;
     const status = $("status");
     status.dataset.status = s.status;
-    status.textContent = s.status == "closed" ? `disconnected: ${s.error.message}` : s.status;
+    delete status.dataset.resumed;
+    if (s.status == "open" && s.reconnected) status.dataset.resumed = String(s.resumed);
+    status.title = s.status == "reconnecting" || s.status == "closed" ? s.error.message : "";
+    status.textContent =
+      s.status == "closed" ? `disconnected: ${s.error.message}`
+      : s.status == "reconnecting" ? `reconnecting (attempt ${s.attempt}${s.delayMs ? `, in ${(s.delayMs / 1000).toFixed(1)} s` : ""})…`
+      : s.status == "open" && s.reconnected ? (s.resumed ? "reconnected" : "reconnected (new session)")
+      : s.status;
+  }
+
+  /**
+   * After a reconnect: a resumed session kept the room and replayed the
+   * events missed; a new one has forgotten both, so the page joins again
+   * and reloads the room's history. The typing stream ended with the old
+   * socket and is opened again.
+   */
+  async reconnected(resumed: boolean): Promise<void> {
+    if (!this.joined) return;
+    if (resumed) {
+      this.openTypingStream();
+      return;
+    }
+    try {
+      const res = await this.chat.join({ room: this.room });
+      this.members.clear();
+      for (const m of res.members) this.members.set(m.user, m.online);
+      this.showMembers();
+      // Message ids are the server's: a restarted server numbers afresh,
+      // so what is on screen is replaced by the history it has now.
+      this.seen.clear();
+      $("messages").replaceChildren();
+      for (const m of res.history) this.showMessage(m);
+      this.system(`reconnected with a new session: rejoined ${this.room}`);
+      this.openTypingStream();
+    } catch (e) {
+      this.system(`could not rejoin ${this.room}: ${ParleyError.from(e).message}`);
+    }
   }
 
   /** Subscribes to the server's events and answers its calls. */
@@ -81,6 +128,7 @@ class ChatPage {
       this.showMembers();
       const how = ev.reason == "kicked" ? ` (removed by ${ev.by})` : "";
       if (ev.user == this.user) {
+        this.joined = false;
         this.system(`you left ${ev.room}${how}; reload to join again`);
         $<HTMLInputElement>("text").disabled = $<HTMLButtonElement>("send").disabled = true;
       } else {
@@ -132,6 +180,7 @@ class ChatPage {
 
   async join(): Promise<void> {
     const res = await this.chat.join({ room: this.room });
+    this.joined = true;
     for (const m of res.members) this.members.set(m.user, m.online);
     this.showMembers();
     for (const m of res.history) this.showMessage(m);
@@ -198,6 +247,7 @@ class ChatPage {
       }
       case "leave":
         await this.chat.leave({ room: this.room });
+        this.joined = false;
         return;
     }
     this.system(`unknown command /${verb}: try /kick NAME [REASON], /rooms, /leave`);

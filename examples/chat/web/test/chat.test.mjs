@@ -2,7 +2,9 @@
 // parley.v1+proto, the other parley.v1+json) sign in to the same room of a
 // real chat-server and see each other's messages, presence, typing (the
 // page's bidirectional TypingStream) and a kick that the server confirms
-// with the kicked page first (a server-to-client call).
+// with the kicked page first (a server-to-client call). Then the server
+// process restarts under two open pages: they show it reconnecting, get a
+// new session, re-join their room and work again.
 //
 //   node --test examples/chat/web/test/chat.test.mjs
 //
@@ -31,16 +33,16 @@ const skip = chromiumMissing();
 const web = path.resolve(import.meta.dirname, "..");
 
 describe("chat in two Chromium pages", { skip }, () => {
-  let cleanup, server, browser, base;
+  let cleanup, server, browser, base, bin, www;
 
   before(async () => {
     let dir;
     [dir, cleanup] = tempDir("parley-chat-web-");
     typecheck("examples/chat/web");
-    const www = path.join(dir, "www");
+    www = path.join(dir, "www");
     await bundle("examples/chat/web/src/main.ts", path.join(www, "app.js"));
     for (const f of ["index.html", "style.css"]) copyFileSync(path.join(web, "static", f), path.join(www, f));
-    const bin = path.join(dir, "chat-server");
+    bin = path.join(dir, "chat-server");
     goBuild("./examples/chat/cmd/chat-server", bin);
     server = await startServer(bin, ["-addr", "127.0.0.1:0", "-web", www]);
     const m = /open (http:\/\/\S+\/)/.exec(server.line);
@@ -132,6 +134,49 @@ describe("chat in two Chromium pages", { skip }, () => {
 
     assert.deepEqual(ada.errors, []);
     assert.deepEqual(bob.errors, []);
+    await ada.page.close();
+    await bob.page.close();
+  });
+
+  test("the server restarting: the pages show it reconnecting, then re-join and work again", async () => {
+    const ada = await open("ada", "proto");
+    const bob = await open("bob", "json");
+    await member(ada.page, "bob", true).waitFor();
+    await send(ada.page, "before the restart");
+    await message(bob.page, "ada", "before the restart").waitFor();
+
+    // Stop the server (it says GoAway and closes): both pages reconnect,
+    // with backoff, and say so while it is away.
+    await server.stop();
+    for (const { page } of [ada, bob]) {
+      await page.locator("#status[data-status=reconnecting]", { hasText: "reconnecting (attempt" }).waitFor({ timeout: 10_000 });
+    }
+    await ada.page.locator("#status[data-status=reconnecting]", { hasText: /attempt [2-9]/ }).waitFor({ timeout: 10_000 });
+    server = await startServer(bin, ["-addr", new URL(base).host, "-web", www]);
+
+    // A new process has no session to resume: the pages are told
+    // (resumed = false), re-join the room and reload its history, which
+    // the restarted in-memory server no longer has.
+    for (const { page } of [ada, bob]) {
+      await page.locator("#status[data-status=open][data-resumed=false]", { hasText: "reconnected (new session)" }).waitFor({ timeout: 15_000 });
+      await system(page, "reconnected with a new session: rejoined lobby").waitFor();
+      await member(page, "ada", true).waitFor();
+      await member(page, "bob", true).waitFor();
+    }
+    assert.equal(await message(bob.page, "ada", "before the restart").count(), 0);
+
+    // Messages and typing work again, both ways.
+    await send(bob.page, "after the restart");
+    await message(ada.page, "bob", "after the restart").waitFor();
+    await send(ada.page, "hello again");
+    await message(bob.page, "ada", "hello again").waitFor();
+    await ada.page.fill("#text", "typing again");
+    await bob.page.locator("#typing[data-users=ada]").waitFor();
+
+    // Chromium reports each refused WebSocket dial on the console; nothing else may go wrong.
+    const unexpected = (errors) => errors.filter((e) => !/WebSocket connection to .* failed/.test(e));
+    assert.deepEqual(unexpected(ada.errors), []);
+    assert.deepEqual(unexpected(bob.errors), []);
     await ada.page.close();
     await bob.page.close();
   });
