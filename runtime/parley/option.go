@@ -32,6 +32,11 @@ const (
 	// DefaultHandshakeTimeout bounds the WebSocket upgrade plus the
 	// Hello/Welcome exchange.
 	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultReadBufferSize is the WebSocket read buffer each connection
+	// keeps for its lifetime. It can be small: underneath it the socket is
+	// read in 4 KiB blocks taken from a pool only while they hold unread
+	// bytes, so back-to-back messages still cost one system call.
+	DefaultReadBufferSize = 512
 	// DefaultCallTimeout is a client call's deadline when neither its
 	// context nor its method's timeout_ms gives one.
 	DefaultCallTimeout = 30 * time.Second
@@ -44,6 +49,7 @@ type config struct {
 	sendQueueBytes   int
 	writeTimeout     time.Duration
 	writeDelay       time.Duration
+	readBufferSize   int
 	pingInterval     time.Duration
 	pongTimeout      time.Duration
 	handshakeTimeout time.Duration
@@ -79,6 +85,7 @@ func defaultConfig() config {
 		pingInterval:     DefaultPingInterval,
 		pongTimeout:      DefaultPongTimeout,
 		handshakeTimeout: DefaultHandshakeTimeout,
+		readBufferSize:   DefaultReadBufferSize,
 		streamWindow:     DefaultStreamWindow,
 		resumeWindow:     DefaultResumeWindow,
 		resumeEvents:     DefaultResumeEvents,
@@ -139,6 +146,13 @@ func WithWriteTimeout(d time.Duration) Option {
 // cost of up to d more latency per frame. The default, 0, writes at once.
 func WithWriteDelay(d time.Duration) Option {
 	return option(func(c *config) { c.writeDelay = d })
+}
+
+// WithReadBufferSize sets the WebSocket read buffer each connection keeps
+// for its lifetime (DefaultReadBufferSize), on top of the pooled 4 KiB
+// socket read-ahead.
+func WithReadBufferSize(n int) Option {
+	return option(func(c *config) { c.readBufferSize = max(n, 256) })
 }
 
 // WithKeepalive sets how often this side pings (DefaultPingInterval) and

@@ -184,6 +184,15 @@ type batchConn struct {
 	mu       sync.Mutex
 	batching bool
 	buf      []byte
+	reader   *readAheadConn // reads, in blocks
+}
+
+// Read reads through the read-ahead block (see readAheadConn).
+func (c *batchConn) Read(p []byte) (int, error) {
+	if c.reader == nil {
+		c.reader = newReadAhead(c.Conn)
+	}
+	return c.reader.Read(p)
 }
 
 // maxBatchBytes bounds what a batch buffers before it writes.

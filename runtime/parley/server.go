@@ -67,7 +67,7 @@ func NewServer(opts ...ServerOption) *Server {
 	s.upgrader = websocket.Upgrader{
 		// A small read buffer and pooled write buffers keep an idle
 		// connection's memory low; large messages bypass the read buffer.
-		ReadBufferSize:   1024,
+		ReadBufferSize:   s.cfg.readBufferSize,
 		WriteBufferSize:  4096,
 		WriteBufferPool:  writeBufferPool,
 		HandshakeTimeout: s.cfg.handshakeTimeout,

@@ -1,0 +1,93 @@
+package parley
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+)
+
+// readAhead is how much a connection reads from the socket at once.
+const readAhead = 4096
+
+var readAheadPool = sync.Pool{New: func() any { b := make([]byte, readAhead); return &b }}
+
+// readAheadConn reads from its socket in blocks of readAhead bytes, so that
+// small messages arriving back to back cost one system call, not one each;
+// yet it holds a block only while it has unread bytes in it. Waiting for
+// the socket to become readable holds none (the block is taken from a pool
+// inside the raw read, after readiness), so an idle connection costs no
+// read buffer. Only the connection's reader calls Read.
+type readAheadConn struct {
+	raw  syscall.RawConn // nil: the connection cannot be read raw; read through
+	buf  *[]byte         // unread bytes buf[pos:end], or nil
+	pos  int
+	end  int
+	conn net.Conn
+
+	// The raw read's callback and its results, kept here so that a read
+	// allocates nothing.
+	readFn func(fd uintptr) bool
+	got    *[]byte
+	n      int
+	rerr   error
+}
+
+func newReadAhead(c net.Conn) *readAheadConn {
+	r := &readAheadConn{conn: c}
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			r.raw = raw
+		}
+	}
+	r.readFn = r.rawRead
+	return r
+}
+
+// rawRead runs inside RawConn.Read: once the socket is readable, it takes
+// a block and reads into it.
+func (r *readAheadConn) rawRead(fd uintptr) bool {
+	b := readAheadPool.Get().(*[]byte)
+	r.n, r.rerr = syscall.Read(int(fd), *b)
+	if errors.Is(r.rerr, syscall.EAGAIN) {
+		readAheadPool.Put(b) // not readable yet: wait holding nothing
+		return false
+	}
+	r.got = b
+	return true
+}
+
+func (r *readAheadConn) Read(p []byte) (int, error) {
+	if r.buf != nil {
+		n := copy(p, (*r.buf)[r.pos:r.end])
+		r.pos += n
+		if r.pos == r.end {
+			readAheadPool.Put(r.buf)
+			r.buf = nil
+		}
+		return n, nil
+	}
+	if r.raw == nil || len(p) >= readAhead {
+		return r.conn.Read(p)
+	}
+	if err := r.raw.Read(r.readFn); err != nil { // a deadline or a closed connection
+		return 0, err
+	}
+	b, n, rerr := r.got, r.n, r.rerr
+	r.got, r.rerr = nil, nil
+	if rerr != nil || n <= 0 {
+		readAheadPool.Put(b)
+		if rerr == nil {
+			rerr = io.EOF
+		}
+		return 0, rerr
+	}
+	m := copy(p, (*b)[:n])
+	if m < n {
+		r.buf, r.pos, r.end = b, m, n
+	} else {
+		readAheadPool.Put(b)
+	}
+	return m, nil
+}
