@@ -308,9 +308,8 @@ func clientHandshake(ctx context.Context, e *endpoint, hello *parleyv1.Hello) (*
 
 // attach makes e the socket calls go to and starts it.
 func (c *Conn) attach(e *endpoint, welcome *parleyv1.Welcome, reconnected bool) {
-	if !welcome.GetResumed() {
-		c.lastEvent.Store(0) // a new session numbers its events afresh
-	}
+	e.sessionID = welcome.GetSessionId()
+	c.events.setSession(e.sessionID, welcome.GetResumed())
 	e.start()
 	go e.readLoop()
 	c.mu.Lock()

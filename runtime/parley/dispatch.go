@@ -27,6 +27,7 @@ type eventRunner struct {
 	last   *atomic.Uint64
 
 	mu      sync.Mutex
+	session string // the session whose offsets last counts
 	queue   []queuedEvent
 	running bool
 	closed  bool
@@ -43,14 +44,30 @@ func newEventRunner(ctx context.Context, handle UnaryFunc, log *slog.Logger, las
 	return &eventRunner{ctx: ctx, handle: handle, log: log, last: last}
 }
 
-// admit decides whether a session event with this offset is new, and
-// records it as received. Offset 0 is an event outside any session topic.
-func (r *eventRunner) admit(offset uint64) bool {
+// setSession makes session the one whose offsets count; a new session
+// (not resumed) numbers its events from 1 again.
+func (r *eventRunner) setSession(session string, resumed bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !resumed || session != r.session {
+		r.last.Store(0)
+	}
+	r.session = session
+}
+
+// admit decides whether a session event with this offset, from a socket of
+// the given session, is new, and records it as received. Offset 0 is an
+// event outside any session topic; an event from an older session (a socket
+// still draining after GoAway) is new and counts nothing.
+func (r *eventRunner) admit(session string, offset uint64) bool {
 	if offset == 0 {
 		return true
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if session != r.session {
+		return true
+	}
 	if offset <= r.last.Load() {
 		return false // replayed after a reconnect, and already received
 	}
@@ -119,7 +136,7 @@ func (e *endpoint) acceptEvent(f *frame) {
 	if f.topic == sessionTopic {
 		offset = f.offset
 	}
-	if !e.events.admit(offset) {
+	if !e.events.admit(e.sessionID, offset) {
 		return
 	}
 	if m == nil || !m.event {

@@ -56,6 +56,7 @@ type endpoint struct {
 	peer       *Peer    // the server's handle on this connection; nil on clients
 	sess       *session // the session this socket serves; nil on clients
 	resumeFrom uint64   // the last event offset the client saw, when resuming
+	sessionID  string   // client: the session this socket joined
 	// peerSaidBye is set by the reader before it ends when the peer closed
 	// with 1000 or 1001: a deliberate goodbye, not a drop.
 	peerSaidBye bool
