@@ -959,8 +959,9 @@ export class Connection {
       const p = mine(id);
       if (!id) {
         this.#drop(s, err, closeResumable);
-      } else if (p && !p.s && s.goneAway !== undefined && id > s.goneAway && err.code == "unavailable" && this.#reconnect) {
-        // Refused by a server going away: it never ran; send it elsewhere.
+      } else if (p && !p.s && this.#reconnect && err.code == "unavailable" && (frame.error.notRun || (s.goneAway !== undefined && id > s.goneAway))) {
+        // Refused by a server going away (Error.not_run, or above GoAway's
+        // last accepted id): it never ran; send it elsewhere.
         this.#inflight.delete(id);
         s.open[0]--;
         p.id = 0;
