@@ -473,6 +473,9 @@ func (e *endpoint) acceptCall(f *frame) {
 	e.running[f.id] = &incomingCall{call: c, hasDeadline: c.hasDeadline}
 	e.inFlight++
 	e.lastAccepted = max(e.lastAccepted, f.id)
+	// Added under mu, with draining checked: Shutdown waits for handlers
+	// only once draining is set, so no Add can race its Wait.
+	e.handlers.Add(1)
 	e.mu.Unlock()
 	if e.sess != nil && !e.sess.claimCall(e, f.id) {
 		// A call re-sent after a reconnect that ran (or runs) already.
@@ -480,9 +483,9 @@ func (e *endpoint) acceptCall(f *frame) {
 		delete(e.running, f.id)
 		e.inFlight--
 		e.mu.Unlock()
+		e.handlers.Done()
 		return
 	}
-	e.handlers.Add(1)
 	go e.runCall(c)
 }
 

@@ -399,6 +399,11 @@ func (s *stream) abandonWire(why Code) {
 // the reader goroutine, after acceptCall's checks.
 func (e *endpoint) acceptStream(f *frame, m *Method, ci *CallInfo) {
 	e.mu.Lock()
+	if e.draining {
+		e.mu.Unlock()
+		e.refuseNotRun(f.id, "server is shutting down")
+		return
+	}
 	if e.openStreams >= e.cfg.maxStreams {
 		e.mu.Unlock()
 		e.sendError(f.id, Errorf(CodeResourceExhausted, "more than %d streams open on this connection", e.cfg.maxStreams))
