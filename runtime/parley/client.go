@@ -125,12 +125,13 @@ type Conn struct {
 	state    ConnState
 	watchers map[int]func(ConnState)
 	nextW    int
-	local    map[string]*Method
 	welcome  *parleyv1.Welcome
 	closed   bool
 	closeErr error
 	closedCh chan struct{} // closed when closed is set
 	notify   hookRunner    // runs state watchers in order
+
+	local methodTable // handlers for the server's calls and events
 
 	// events runs event handlers for every socket of the connection, in
 	// arrival order; stopEvents ends its context when the Conn closes.
@@ -157,7 +158,6 @@ func Dial(ctx context.Context, url string, opts ...ClientOption) (*Conn, error) 
 		url: url, cfg: cfg, codec: cd,
 		up:       make(chan struct{}),
 		watchers: make(map[int]func(ConnState)),
-		local:    make(map[string]*Method),
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		closedCh: make(chan struct{}),
@@ -209,7 +209,7 @@ func (c *Conn) dial(ctx context.Context) (*endpoint, *parleyv1.Welcome, error) {
 		return nil, nil, Errorf(CodeUnavailable, "%s is not a Parley server: it did not accept subprotocol %s", c.url, c.cfg.subprotocol)
 	}
 	e := newEndpoint(ws, bc, c.codec, SideClient, &c.cfg)
-	e.callSeq, e.lastEvent, e.events = &c.callSeq, &c.lastEvent, c.events
+	e.callSeq, e.events = &c.callSeq, c.events
 	hello, err := c.hello(hctx)
 	if err != nil {
 		_ = ws.Close()
@@ -226,7 +226,7 @@ func (c *Conn) dial(ctx context.Context) (*endpoint, *parleyv1.Welcome, error) {
 	if w := welcome.GetStreamWindow(); w > 0 {
 		e.peerWindow = w
 	}
-	e.methods = c.lookupLocal
+	e.methods = c.local.lookup
 	e.onGoAway = c.reconnectNow
 	return e, welcome, nil
 }
@@ -679,22 +679,7 @@ func (c *Conn) NewStream(ctx context.Context, spec *MethodSpec) (*Stream, error)
 // no handler are dropped (logged at debug level); calls get
 // CodeUnimplemented. Handlers survive reconnects. Registering a procedure
 // twice panics.
-func (c *Conn) Register(methods ...*Method) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, m := range methods {
-		if _, dup := c.local[m.spec.Procedure]; dup {
-			panic("parley: " + m.spec.Procedure + " registered twice")
-		}
-		c.local[m.spec.Procedure] = m
-	}
-}
-
-func (c *Conn) lookupLocal(procedure []byte) *Method {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.local[string(procedure)]
-}
+func (c *Conn) Register(methods ...*Method) { c.local.add(methods...) }
 
 var (
 	_ Invoker   = (*Conn)(nil)

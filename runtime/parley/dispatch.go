@@ -132,6 +132,10 @@ func (e *endpoint) acceptEvent(f *frame) {
 	if e.methods != nil {
 		m = e.methods(f.procedure())
 	}
+	if e.events == nil {
+		e.log.Debug("parley: event dropped: servers take none", "method", string(f.procedure()))
+		return
+	}
 	var offset uint64
 	if f.topic == sessionTopic {
 		offset = f.offset
@@ -151,11 +155,4 @@ func (e *endpoint) acceptEvent(f *frame) {
 		}
 	}
 	e.events.push(queuedEvent{m: m, req: req, ci: &CallInfo{Spec: m.spec, Side: e.side, Event: true, method: m}})
-}
-
-// lookupLocal finds a handler a client registered.
-func (e *endpoint) lookupLocal(procedure []byte) *Method {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.local[string(procedure)]
 }

@@ -68,10 +68,6 @@ type endpoint struct {
 
 	q       *sendQueue
 	callSeq *atomic.Uint64 // shared by a client's successive sockets
-	// lastEvent is the offset of the last session event received, shared by
-	// a client's successive sockets: replayed events at or below it are
-	// duplicates.
-	lastEvent *atomic.Uint64
 	// goAwayID is the GoAway's last accepted id: calls above it that the
 	// server refused were never run.
 	goAwayID uint64
@@ -79,7 +75,6 @@ type endpoint struct {
 	sem      chan struct{} // bounds outgoing calls; nil for no bound
 
 	mu           sync.Mutex
-	local        map[string]*Method // handlers a client registered
 	pending      map[uint64]*pendingCall
 	streams      map[uint64]*stream // open streams, both directions
 	openStreams  int                // streams the peer opened
@@ -105,8 +100,8 @@ func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *con
 	ctx, cancel := context.WithCancelCause(context.Background())
 	e := &endpoint{
 		ws: ws, bc: bc, codec: c, side: side, cfg: cfg, log: cfg.logger,
-		callSeq: new(atomic.Uint64), lastEvent: new(atomic.Uint64),
-		ctx: ctx, cancel: cancel,
+		callSeq: new(atomic.Uint64),
+		ctx:     ctx, cancel: cancel,
 
 		pending:      make(map[uint64]*pendingCall),
 		streams:      make(map[uint64]*stream),
@@ -121,7 +116,6 @@ func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *con
 		ci, _ := CallInfoFromContext(ctx)
 		return ci.method.call(ctx, req)
 	}, cfg.interceptors)
-	e.events = newEventRunner(ctx, e.handle, e.log, e.lastEvent)
 	ws.SetReadLimit(int64(cfg.maxMessageBytes))
 	return e
 }
@@ -526,22 +520,18 @@ func (e *endpoint) runCall(c *callCtx) {
 	e.inFlight--
 	e.mu.Unlock()
 	c.cancel(context.Canceled)
+	var perr *Error
+	if err != nil {
+		perr = asError(err)
+	}
 	if e.sess != nil {
-		var perr *Error
-		if err != nil {
-			perr = asError(err)
-		}
 		e.sess.finishCall(id, res, perr, abandoned)
 		return
 	}
 	if abandoned || e.ctx.Err() != nil {
 		return // the caller is gone; the wire stays quiet for this id
 	}
-	if err != nil {
-		e.sendError(id, asError(err))
-		return
-	}
-	e.send(&frame{kind: kindReply, id: id, hasPayload: true}, res)
+	e.sendOutcome(id, res, perr)
 }
 
 func (e *endpoint) callSafely(ctx context.Context, ci *CallInfo, req proto.Message) (res proto.Message, err error) {
@@ -853,6 +843,17 @@ func (e *endpoint) roundTripID(ctx context.Context, spec *MethodSpec, req, res p
 	return err
 }
 
+// sendCancel tells the peer the caller gave up on id, without waiting: if
+// the queue is full or closed, the peer sees the deadline or the close
+// itself.
+func (e *endpoint) sendCancel(id uint64, why Code) {
+	b := getBuf()
+	*b, _ = e.codec.appendFrame((*b)[:0], &frame{kind: kindCancel, id: id, code: why}, nil)
+	if e.q.push(e.ctx, b, false) != nil {
+		putBuf(b)
+	}
+}
+
 // errNotSent marks a call that never reached the peer's handler (the
 // socket was closing, or the server was going away): safe to send again
 // on a new socket. errConnLost marks a call whose socket dropped while it
@@ -881,10 +882,6 @@ func (e *endpoint) abandon(id uint64, pc *pendingCall, why Code) bool {
 	}
 	delete(e.pending, id)
 	e.mu.Unlock()
-	b := getBuf()
-	*b, _ = e.codec.appendFrame((*b)[:0], &frame{kind: kindCancel, id: id, code: why}, nil)
-	if e.q.push(e.ctx, b, false) != nil {
-		putBuf(b) // closed or full: the peer will see the deadline itself
-	}
+	e.sendCancel(id, why)
 	return true
 }

@@ -2,6 +2,7 @@ package parley
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -153,4 +154,35 @@ func chain(fn UnaryFunc, interceptors []Interceptor) UnaryFunc {
 		fn = interceptors[i](fn)
 	}
 	return fn
+}
+
+// methodTable holds the methods a side implements, by procedure: a
+// Server's for its clients, a Conn's for its server. It is safe for
+// concurrent use; lookups take the name as read, without copying it.
+type methodTable struct {
+	mu      sync.RWMutex
+	methods map[string]*Method
+}
+
+// add registers methods, panicking on a procedure registered twice, as
+// http.ServeMux does for a pattern.
+func (t *methodTable) add(methods ...*Method) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.methods == nil {
+		t.methods = make(map[string]*Method)
+	}
+	for _, m := range methods {
+		if _, dup := t.methods[m.spec.Procedure]; dup {
+			panic("parley: " + m.spec.Procedure + " registered twice")
+		}
+		t.methods[m.spec.Procedure] = m
+	}
+}
+
+// lookup finds the method of a procedure, or nil.
+func (t *methodTable) lookup(procedure []byte) *Method {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.methods[string(procedure)]
 }

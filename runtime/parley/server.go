@@ -37,8 +37,7 @@ type Server struct {
 	broker   Broker
 	hub      *hub
 
-	methodsMu sync.RWMutex
-	methods   map[string]*Method
+	methods methodTable
 
 	mu           sync.Mutex
 	conns        map[*endpoint]struct{}
@@ -49,9 +48,8 @@ type Server struct {
 // NewServer returns a Server with the given options.
 func NewServer(opts ...ServerOption) *Server {
 	s := &Server{
-		cfg:     defaultConfig(),
-		methods: make(map[string]*Method),
-		conns:   make(map[*endpoint]struct{}),
+		cfg:   defaultConfig(),
+		conns: make(map[*endpoint]struct{}),
 	}
 	for _, o := range opts {
 		o.applyToServer(&s.cfg)
@@ -82,22 +80,7 @@ func NewServer(opts ...ServerOption) *Server {
 
 // Register adds methods; generated RegisterXServer functions call it.
 // Registering a procedure twice panics.
-func (s *Server) Register(methods ...*Method) {
-	s.methodsMu.Lock()
-	defer s.methodsMu.Unlock()
-	for _, m := range methods {
-		if _, dup := s.methods[m.spec.Procedure]; dup {
-			panic("parley: " + m.spec.Procedure + " registered twice")
-		}
-		s.methods[m.spec.Procedure] = m
-	}
-}
-
-func (s *Server) lookup(procedure []byte) *Method {
-	s.methodsMu.RLock()
-	defer s.methodsMu.RUnlock()
-	return s.methods[string(procedure)]
-}
+func (s *Server) Register(methods ...*Method) { s.methods.add(methods...) }
 
 // checkOrigin accepts non-browser clients (no Origin), same-origin pages
 // and the origins WithAllowedOrigins lists.
@@ -159,7 +142,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return // the upgrader answered the request
 	}
 	e := newEndpoint(ws, hw.conn, c, SideServer, &s.cfg)
-	e.methods = s.lookup
+	e.methods = s.methods.lookup
 	if err := s.handshake(e, r); err != nil {
 		s.cfg.logger.Info("parley: handshake failed", "remote", r.RemoteAddr, "err", err)
 		_ = ws.Close()

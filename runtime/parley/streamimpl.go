@@ -388,11 +388,7 @@ func (s *stream) abandonWire(why Code) {
 	s.e.mu.Lock()
 	delete(s.e.streams, s.id)
 	s.e.mu.Unlock()
-	b := getBuf()
-	*b, _ = s.e.codec.appendFrame((*b)[:0], &frame{kind: kindCancel, id: s.id, code: why}, nil)
-	if s.e.q.push(s.e.ctx, b, false) != nil {
-		putBuf(b)
-	}
+	s.e.sendCancel(s.id, why)
 }
 
 // acceptStream starts the handler of an incoming streaming call. It runs on
@@ -485,19 +481,4 @@ func (e *endpoint) sendCtx(ctx context.Context, f *frame, msg proto.Message) err
 		return asError(err)
 	}
 	return nil
-}
-
-// register adds local handlers to a client endpoint.
-func (e *endpoint) register(methods ...*Method) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.local == nil {
-		e.local = make(map[string]*Method)
-	}
-	for _, m := range methods {
-		if _, dup := e.local[m.spec.Procedure]; dup {
-			panic("parley: " + m.spec.Procedure + " registered twice")
-		}
-		e.local[m.spec.Procedure] = m
-	}
 }
