@@ -544,17 +544,9 @@ func (c *Conn) endpoint(ctx context.Context, deadline <-chan time.Time) (*endpoi
 // cancel the call; a reply arriving later is dropped.
 func (c *Conn) Invoke(ctx context.Context, spec *MethodSpec, req, res proto.Message) error {
 	if len(c.cfg.interceptors) == 0 {
-		return c.invoke(ctx, spec, req, res, nil)
+		return c.invoke(ctx, spec, req, res, nil) // no method value to allocate
 	}
-	ci := &CallInfo{Spec: spec, Side: SideClient, Metadata: map[string]string{}}
-	call := chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
-		if err := c.invoke(ctx, spec, req, res, ci.Metadata); err != nil {
-			return nil, err
-		}
-		return res, nil
-	}, c.cfg.interceptors)
-	_, err := call(withCallInfo(ctx, ci), req)
-	return err
+	return intercepted(ctx, c.cfg.interceptors, SideClient, spec, req, res, c.invoke)
 }
 
 func (c *Conn) invoke(ctx context.Context, spec *MethodSpec, req, res proto.Message, md map[string]string) error {

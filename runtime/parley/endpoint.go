@@ -738,15 +738,23 @@ func (e *endpoint) complete(f *frame) {
 // invoke calls a method on the peer: the Invoker of both sides.
 func (e *endpoint) invoke(ctx context.Context, spec *MethodSpec, req, res proto.Message) error {
 	if len(e.cfg.interceptors) == 0 {
-		return e.roundTrip(ctx, spec, req, res, nil)
+		return e.roundTrip(ctx, spec, req, res, nil) // no method value to allocate
 	}
-	ci := &CallInfo{Spec: spec, Side: e.side, Metadata: map[string]string{}}
+	return intercepted(ctx, e.cfg.interceptors, e.side, spec, req, res, e.roundTrip)
+}
+
+// intercepted makes an outgoing call through the interceptors: they see
+// the call's CallInfo and may add metadata, which send then carries.
+func intercepted(ctx context.Context, interceptors []Interceptor, side Side, spec *MethodSpec, req, res proto.Message,
+	send func(ctx context.Context, spec *MethodSpec, req, res proto.Message, md map[string]string) error,
+) error {
+	ci := &CallInfo{Spec: spec, Side: side, Metadata: map[string]string{}}
 	call := chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
-		if err := e.roundTrip(ctx, spec, req, res, ci.Metadata); err != nil {
+		if err := send(ctx, spec, req, res, ci.Metadata); err != nil {
 			return nil, err
 		}
 		return res, nil
-	}, e.cfg.interceptors)
+	}, interceptors)
 	_, err := call(withCallInfo(ctx, ci), req)
 	return err
 }
