@@ -6,35 +6,11 @@ import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
 import { Connection, ParleyError, type ConnectionOptions, type ConnectionState } from "../src/index.js";
-import type { Frame } from "../src/frame.js";
-import { FakeServer, type FakeServerOptions, type Peer } from "./fakeserver.js";
+import { rejectsWith, within } from "./assert.js";
+import { FakeServer, expectFrame, type Peer } from "./fakeserver.js";
 import { EchoRequestSchema, EchoResponseSchema } from "./gen/e2e/v1/echo_pb.js";
 import { Echo, Sleep } from "./specs.js";
 
-/** Asserts that p rejects with a ParleyError of the given code whose message matches. */
-async function rejectsWith(p: Promise<unknown>, code: string, message?: RegExp): Promise<ParleyError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof ParleyError, `not a ParleyError: ${String(e)}`);
-    assert.equal(e.code, code, `code of ${e.message}`);
-    if (message) assert.match(e.message, message);
-    return e;
-  }
-  assert.fail(`resolved; want ${code}`);
-}
-
-/** Fails the test instead of hanging when p takes too long. */
-function within<T>(p: Promise<T>, ms = 2000): Promise<T> {
-  return Promise.race([p, sleep(ms).then(() => assert.fail(`still pending after ${ms} ms`))]);
-}
-
-/** Reads the next frame, asserting its kind. */
-async function expectFrame<K extends string>(peer: Peer, kind: K): Promise<Extract<Frame, Record<K, unknown>>[K]> {
-  const f = await within(peer.recv());
-  assert.ok(kind in f, `want ${kind}, got ${JSON.stringify(f)}`);
-  return (f as any)[kind];
-}
 
 const connect = (server: FakeServer, options: ConnectionOptions = {}) => new Connection(server.url, { WebSocket, ...options });
 

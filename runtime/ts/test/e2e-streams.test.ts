@@ -4,7 +4,8 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
-import { Connection, ParleyError, type Code } from "../src/index.js";
+import { Connection, ParleyError } from "../src/index.js";
+import { rejectsWith } from "./assert.js";
 import { startE2EServer } from "./e2eserver.js";
 import { AskBack, Confirm, Count, Echo, EchoStream, StreamOutcome, Subscribe, Sum, Tick } from "./specs.js";
 
@@ -14,17 +15,6 @@ let stop: () => Promise<void>;
 before(async () => ({ url, stop } = await startE2EServer()));
 after(() => stop?.());
 
-async function rejectsWith(p: Promise<unknown>, code: Code, message?: RegExp): Promise<ParleyError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof ParleyError, `not a ParleyError: ${String(e)}`);
-    assert.equal(e.code, code, `code of ${e.message}`);
-    if (message) assert.match(e.rawMessage, message);
-    return e;
-  }
-  assert.fail(`resolved; want ${code}`);
-}
 
 /** Collects what a stream yields, and the error that ended it if any. */
 async function collect<T>(s: AsyncIterable<T>): Promise<{ items: T[]; error?: ParleyError }> {

@@ -1,7 +1,9 @@
 // A scripted Parley server for tests: a real `ws` WebSocketServer on
 // loopback whose test decides, frame by frame, what to answer.
+import assert from "node:assert/strict";
 import type { AddressInfo } from "node:net";
 import { WebSocketServer, type WebSocket } from "ws";
+import { within } from "./assert.js";
 import { decodeBinary, decodeJson, encodeBinary, encodeJson, type Frame, type Hello, type Welcome } from "../src/frame.js";
 
 export interface FakeServerOptions {
@@ -108,4 +110,13 @@ export class FakeServer {
     for (const c of this.#wss.clients) c.terminate();
     return new Promise((resolve) => this.#wss.close(() => resolve()));
   }
+}
+
+// Assertions the fake-server tests share.
+
+/** Reads the next frame, asserting its kind. */
+export async function expectFrame<K extends string>(peer: Peer, kind: K): Promise<Extract<Frame, Record<K, unknown>>[K]> {
+  const f = await within(peer.recv());
+  assert.ok(kind in f, `want ${kind}, got ${JSON.stringify(f)}`);
+  return (f as any)[kind];
 }

@@ -6,34 +6,14 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
-import { Connection, ParleyError, type ConnectionOptions, type ConnectionState } from "../src/index.js";
+import { Connection, type ConnectionOptions, type ConnectionState } from "../src/index.js";
 import type { Frame, Hello, Welcome } from "../src/frame.js";
-import { FakeServer, type FakeServerOptions, type Peer } from "./fakeserver.js";
+import { rejectsWith, within } from "./assert.js";
+import { FakeServer, expectFrame, type FakeServerOptions } from "./fakeserver.js";
 import { EchoResponseSchema, SleepResponseSchema } from "./gen/e2e/v1/echo_pb.js";
 import { TickEventSchema } from "./gen/e2e/v1/streams_pb.js";
 import { Count, Echo, Sleep, Tick } from "./specs.js";
 
-async function rejectsWith(p: Promise<unknown>, code: string, message?: RegExp): Promise<ParleyError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof ParleyError, `not a ParleyError: ${String(e)}`);
-    assert.equal(e.code, code, `code of ${e.message}`);
-    if (message) assert.match(e.message, message);
-    return e;
-  }
-  assert.fail(`resolved; want ${code}`);
-}
-
-function within<T>(p: Promise<T>, ms = 2000): Promise<T> {
-  return Promise.race([p, sleep(ms).then(() => assert.fail(`still pending after ${ms} ms`))]);
-}
-
-async function expectFrame<K extends string>(peer: Peer, kind: K): Promise<Extract<Frame, Record<K, unknown>>[K]> {
-  const f = await within(peer.recv());
-  assert.ok(kind in f, `want ${kind}, got ${JSON.stringify(f)}`);
-  return (f as any)[kind];
-}
 
 /** Resolves with the first state that satisfies ok. */
 function stateWhere(conn: Connection, ok: (s: ConnectionState) => boolean): Promise<ConnectionState> {

@@ -6,31 +6,11 @@ import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
 import { Connection, ParleyError, type ConnectionOptions } from "../src/index.js";
-import type { Body, Frame } from "../src/frame.js";
-import { FakeServer, type Peer } from "./fakeserver.js";
+import type { Body } from "../src/frame.js";
+import { rejectsWith, within } from "./assert.js";
+import { FakeServer, expectFrame, type Peer } from "./fakeserver.js";
 import { Confirm, Count, EchoStream, Sum, Tick } from "./specs.js";
 
-async function rejectsWith(p: Promise<unknown>, code: string, message?: RegExp): Promise<ParleyError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof ParleyError, `not a ParleyError: ${String(e)}`);
-    assert.equal(e.code, code, `code of ${e.message}`);
-    if (message) assert.match(e.message, message);
-    return e;
-  }
-  assert.fail(`resolved; want ${code}`);
-}
-
-function within<T>(p: Promise<T>, ms = 2000): Promise<T> {
-  return Promise.race([p, sleep(ms).then(() => assert.fail(`still pending after ${ms} ms`))]);
-}
-
-async function expectFrame<K extends string>(peer: Peer, kind: K): Promise<Extract<Frame, Record<K, unknown>>[K]> {
-  const f = await within(peer.recv());
-  assert.ok(kind in f, `want ${kind}, got ${JSON.stringify(f)}`);
-  return (f as any)[kind];
-}
 
 /** Asserts that the client sends nothing for a while. */
 async function quiet(peer: Peer, ms = 50) {
