@@ -67,6 +67,7 @@ type endpoint struct {
 	cancel context.CancelCauseFunc
 
 	q       *sendQueue
+	batch   []outFrame     // the writer's batch, reused
 	callSeq *atomic.Uint64 // shared by a client's successive sockets
 	// goAwayID is the GoAway's last accepted id: calls above it that the
 	// server refused were never run.
@@ -111,7 +112,7 @@ func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *con
 		writerExited: make(chan struct{}),
 		done:         make(chan struct{}),
 	}
-	e.q = newSendQueue(cfg.sendQueueBytes, e.writeLoop)
+	e.q = newSendQueue(cfg.sendQueueBytes, e.writeLoop, cfg.writeDelay > 0)
 	e.handle = chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
 		ci, _ := CallInfoFromContext(ctx)
 		return ci.method.call(ctx, req)
@@ -161,17 +162,41 @@ func (e *endpoint) writeLoop() {
 	if d := e.cfg.writeDelay; d > 0 {
 		time.Sleep(d) // gather more frames for the first write (WithWriteDelay)
 	}
-	var batch []outFrame
-	for spins := 0; ; {
+	e.write(false)
+}
+
+// maxOwnedBatches is how many batches a goroutine that became the writer
+// by pushing (writeOwned) writes before it hands over to a writer
+// goroutine, so that a caller or handler is not kept writing for others.
+const maxOwnedBatches = 4
+
+// writeOwned writes in the calling goroutine, which a push made the writer
+// (see sendQueue.pushOwning): a handler that just queued its reply, or a
+// caller that just queued its call, sends it itself rather than waking a
+// writer goroutine to do it, which saves a goroutine hand-off per message
+// when calls come one at a time. Frames queued meanwhile go out in the same
+// batches. It hands over to a writer goroutine after maxOwnedBatches, and
+// to close the connection.
+func (e *endpoint) writeOwned() { e.write(true) }
+
+// write is the writer's loop; only the goroutine that is the writer (the
+// queue's writing flag) runs it, and it alone touches e.batch.
+func (e *endpoint) write(owned bool) {
+	for spins, batches := 0, 0; ; {
+		if owned && batches == maxOwnedBatches {
+			go e.writeLoop()
+			return
+		}
 		// Let the goroutines woken with this one (handlers answering the
 		// same read, callers sending at once) queue their frames too, so
 		// that one write carries them all.
 		runtime.Gosched()
 		var closed bool
-		batch, closed = e.q.take(batch)
-		if len(batch) > 0 {
+		e.batch, closed = e.q.take(e.batch)
+		if len(e.batch) > 0 {
 			spins = 0
-			if err := e.writeBatch(batch); err != nil {
+			batches++
+			if err := e.writeBatch(e.batch); err != nil {
 				code := closeNormal
 				if errors.Is(err, errWriteTimeout) {
 					code = closeWriteTimeout
@@ -181,6 +206,10 @@ func (e *endpoint) writeLoop() {
 				e.lastWriter()
 				return
 			}
+		}
+		if closed && owned {
+			go e.writeLoop() // the close handshake waits for the peer
+			return
 		}
 		if closed {
 			e.mu.Lock()
@@ -219,16 +248,18 @@ func (e *endpoint) lastWriter() {
 var errWriteTimeout = errors.New("write timed out")
 
 func (e *endpoint) writeBatch(batch []outFrame) error {
-	_ = e.ws.SetWriteDeadline(time.Now().Add(e.cfg.writeTimeout))
+	e.bc.extendWriteDeadline(e.cfg.writeTimeout)
+	mask := e.side == SideClient
+	opcode := byte(e.codec.messageType())
 	e.bc.begin()
 	var err error
 	for i, f := range batch {
 		switch {
 		case err != nil:
 		case f.ping:
-			err = e.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(e.cfg.writeTimeout))
+			err = e.bc.writeMessage(opPing, nil, mask)
 		default:
-			err = e.ws.WriteMessage(e.codec.messageType(), *f.b)
+			err = e.bc.writeMessage(opcode, *f.b, mask)
 		}
 		if f.pooled {
 			putBuf(f.b)
@@ -509,6 +540,16 @@ func peerSide(s Side) Side {
 
 // runCall runs one incoming call and sends its outcome.
 func (e *endpoint) runCall(c *callCtx) {
+	if w := e.runCallAndAnswer(c); w != nil {
+		w.writeOwned()
+	}
+}
+
+// runCallAndAnswer runs one incoming call and queues its outcome; it
+// returns the endpoint whose writer the caller must then be, if the
+// answer made it so (see writeOwned). The handler is Done before that
+// write: Shutdown waits for answers to be queued, not written.
+func (e *endpoint) runCallAndAnswer(c *callCtx) *endpoint {
 	defer e.handlers.Done()
 	id := c.ci.ID
 	res, err := e.callSafely(c, &c.ci, c.req)
@@ -525,13 +566,15 @@ func (e *endpoint) runCall(c *callCtx) {
 		perr = asError(err)
 	}
 	if e.sess != nil {
-		e.sess.finishCall(id, res, perr, abandoned)
-		return
+		return e.sess.finishCall(id, res, perr, abandoned)
 	}
 	if abandoned || e.ctx.Err() != nil {
-		return // the caller is gone; the wire stays quiet for this id
+		return nil // the caller is gone; the wire stays quiet for this id
 	}
-	e.sendOutcome(id, res, perr)
+	if e.sendOutcome(id, res, perr, true) {
+		return e
+	}
+	return nil
 }
 
 func (e *endpoint) callSafely(ctx context.Context, ci *CallInfo, req proto.Message) (res proto.Message, err error) {
@@ -546,22 +589,34 @@ func (e *endpoint) callSafely(ctx context.Context, ci *CallInfo, req proto.Messa
 
 // send encodes f (with msg as its payload, if non-nil) and queues it,
 // waiting for room in the send queue.
-func (e *endpoint) send(f *frame, msg proto.Message) {
+func (e *endpoint) send(f *frame, msg proto.Message) { e.sendOwning(f, msg, false) }
+
+// sendOwning is send; with own set, a writer that must start is left to
+// the caller, and sendOwning reports true: the caller must call writeOwned.
+func (e *endpoint) sendOwning(f *frame, msg proto.Message, own bool) bool {
 	b := getBuf()
 	var err error
 	*b, err = e.codec.appendFrame((*b)[:0], f, msg)
 	if err != nil {
 		putBuf(b)
 		if f.kind == kindReply {
-			e.sendError(f.id, Errorf(CodeInternal, "encoding the response: %v", err))
-			return
+			err := Errorf(CodeInternal, "encoding the response: %v", err)
+			return e.sendOwning(&frame{kind: kindError, id: f.id, code: err.code, message: err.message}, nil, own)
 		}
 		e.log.Error("parley: encoding a frame", "kind", f.kind, "err", err)
-		return
+		return false
 	}
-	if err := e.q.push(e.ctx, b, true); err != nil {
+	if !own {
+		if err := e.q.push(e.ctx, b, true); err != nil {
+			putBuf(b)
+		}
+		return false
+	}
+	writer, err := e.q.pushOwning(e.ctx, b, true)
+	if err != nil {
 		putBuf(b)
 	}
+	return writer
 }
 
 // refuseNotRun answers a call the server will not run (it is shutting
@@ -816,8 +871,11 @@ func (e *endpoint) roundTripID(ctx context.Context, spec *MethodSpec, req, res p
 	var err error
 	*b, err = e.codec.appendFrame((*b)[:0], &pc.frame, req)
 	if err == nil {
-		if err = e.q.push(ctx, b, true); err != nil {
+		var own bool
+		if own, err = e.q.pushOwning(ctx, b, true); err != nil {
 			err = asError(err)
+		} else if own {
+			e.writeOwned() // the reply cannot come before the call is out
 		}
 	} else {
 		err = Errorf(CodeInternal, "encoding the request: %v", err)

@@ -135,6 +135,9 @@ func WithSendQueueBytes(n int) Option {
 }
 
 // WithWriteTimeout sets how long one write may take (DefaultWriteTimeout).
+// The deadline is renewed at most every d/2 (re-arming it per write costs
+// a timer operation), so a write the peer does not take fails after
+// between d/2 and d.
 func WithWriteTimeout(d time.Duration) Option {
 	return option(func(c *config) { c.writeTimeout = d })
 }

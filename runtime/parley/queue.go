@@ -3,10 +3,13 @@ package parley
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
+	"time"
 )
 
 // bufPool recycles encoded frames between the goroutines that encode them
@@ -51,10 +54,11 @@ type sendQueue struct {
 	space       chan struct{} // closed (and replaced) when the writer takes and pushes wait
 	waiters     int           // blocked pushes
 	startWriter func()
+	delayed     bool // the writer waits for more frames first (WithWriteDelay)
 }
 
-func newSendQueue(maxBytes int, startWriter func()) *sendQueue {
-	return &sendQueue{maxBytes: maxBytes, space: make(chan struct{}), startWriter: startWriter}
+func newSendQueue(maxBytes int, startWriter func(), delayed bool) *sendQueue {
+	return &sendQueue{maxBytes: maxBytes, space: make(chan struct{}), startWriter: startWriter, delayed: delayed}
 }
 
 // kickLocked reports whether the caller must start a writer; q.mu is held.
@@ -101,6 +105,31 @@ func (q *sendQueue) push(ctx context.Context, b *[]byte, block bool) error {
 }
 
 func (q *sendQueue) pushFrame(ctx context.Context, f outFrame, block bool) error {
+	start, err := q.pushLocked(ctx, f, block)
+	q.mu.Unlock()
+	if start {
+		go q.startWriter()
+	}
+	return err
+}
+
+// pushOwning is push for a goroutine that can write itself: when no writer
+// runs, it becomes the writer instead of starting one, and must then call
+// the endpoint's writeOwned. With a write delay configured it never does:
+// a writer goroutine waits for more frames, the caller should not.
+func (q *sendQueue) pushOwning(ctx context.Context, b *[]byte, block bool) (own bool, err error) {
+	start, err := q.pushLocked(ctx, outFrame{b: b, pooled: true}, block)
+	q.mu.Unlock()
+	if start && q.delayed {
+		go q.startWriter()
+		return false, err
+	}
+	return start, err
+}
+
+// pushLocked queues f and reports whether a writer must start; it returns
+// with q.mu held.
+func (q *sendQueue) pushLocked(ctx context.Context, f outFrame, block bool) (start bool, err error) {
 	b := f.b
 	size := 0
 	if b != nil {
@@ -109,8 +138,7 @@ func (q *sendQueue) pushFrame(ctx context.Context, f outFrame, block bool) error
 	q.mu.Lock()
 	for !q.closed && q.bytes > 0 && q.bytes+size > q.maxBytes {
 		if !block {
-			q.mu.Unlock()
-			return errSlowConsumer
+			return false, errSlowConsumer
 		}
 		space := q.space
 		q.waiters++
@@ -120,26 +148,19 @@ func (q *sendQueue) pushFrame(ctx context.Context, f outFrame, block bool) error
 		case <-ctx.Done():
 			q.mu.Lock()
 			q.waiters--
-			q.mu.Unlock()
-			return ctx.Err()
+			return false, ctx.Err()
 		}
 		q.mu.Lock()
 		q.waiters--
 	}
 	if q.closed {
-		q.mu.Unlock()
-		return errQueueClosed
+		return false, errQueueClosed
 	}
 	q.frames = append(q.frames, f)
 	if b != nil {
 		q.bytes += len(*b)
 	}
-	start := q.kickLocked()
-	q.mu.Unlock()
-	if start {
-		go q.startWriter()
-	}
-	return nil
+	return q.kickLocked(), nil
 }
 
 // take moves every queued frame into batch (reusing its storage) and
@@ -179,11 +200,17 @@ func (q *sendQueue) close() {
 // on loopback, syscalls dominate a call's cost. Outside a batch (the
 // handshake, control frames sent by the reader), writes go straight through.
 // All writes hold mu, so a flush never interleaves with a direct write.
+//
+// The writer frames its data messages itself (writeMessage) rather than
+// through gorilla/websocket's NextWriter, which would copy each message
+// into a pooled buffer of its own before copying it into buf; gorilla
+// still writes the control frames (pongs, close) through Write.
 type batchConn struct {
 	net.Conn
 	mu       sync.Mutex
 	batching bool
 	buf      []byte
+	deadline time.Time      // the write deadline last set on Conn; guarded by mu
 	reader   *readAheadConn // reads, in blocks
 }
 
@@ -211,6 +238,89 @@ func (c *batchConn) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// SetWriteDeadline records the deadline, so that extendWriteDeadline knows
+// what the connection holds whoever set it (gorilla sets its own for the
+// control frames it writes).
+func (c *batchConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deadline = t
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// extendWriteDeadline makes sure the next writes have at least d/2 and at
+// most d to complete. Setting a deadline re-arms a runtime timer, so under
+// load it is set once per d/2, not once per batch.
+func (c *batchConn) extendWriteDeadline(d time.Duration) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.deadline.Sub(now) >= d/2 {
+		return
+	}
+	c.deadline = now.Add(d)
+	_ = c.Conn.SetWriteDeadline(c.deadline)
+}
+
+// writeMessage appends one unfragmented WebSocket frame (RFC 6455 §5.2)
+// with the given opcode and payload; a client masks it with a fresh key,
+// as the RFC requires, a server does not.
+func (c *batchConn) writeMessage(opcode byte, p []byte, mask bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.buf = appendWSFrame(c.buf, opcode, p, mask)
+	if !c.batching || len(c.buf) >= maxBatchBytes {
+		return c.writeBuffered()
+	}
+	return nil
+}
+
+// WebSocket opcodes the writer frames itself.
+const (
+	opText   = 1
+	opBinary = 2
+	opPing   = 9
+)
+
+func appendWSFrame(b []byte, opcode byte, p []byte, mask bool) []byte {
+	b = append(b, 0x80|opcode) // FIN: every message is one frame
+	var maskBit byte
+	if mask {
+		maskBit = 0x80
+	}
+	switch n := len(p); {
+	case n < 126:
+		b = append(b, maskBit|byte(n))
+	case n <= 0xFFFF:
+		b = append(b, maskBit|126, byte(n>>8), byte(n))
+	default:
+		b = append(b, maskBit|127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	if !mask {
+		return append(b, p...)
+	}
+	key := rand.Uint32()
+	b = binary.LittleEndian.AppendUint32(b, key)
+	start := len(b)
+	b = append(b, p...)
+	maskBytes(key, b[start:])
+	return b
+}
+
+// maskBytes XORs p with the masking key, whose first byte is key's lowest,
+// eight bytes at a time.
+func maskBytes(key uint32, p []byte) {
+	k := uint64(key) | uint64(key)<<32
+	i := 0
+	for ; i+8 <= len(p); i += 8 {
+		binary.LittleEndian.PutUint64(p[i:], binary.LittleEndian.Uint64(p[i:])^k)
+	}
+	for ; i < len(p); i++ {
+		p[i] ^= byte(key >> (8 * (i % 4)))
+	}
 }
 
 func (c *batchConn) begin() {

@@ -246,7 +246,7 @@ func (s *session) claimCall(e *endpoint, id uint64) bool {
 	s.mu.Lock()
 	if r, ok := s.replies[id]; ok {
 		s.mu.Unlock()
-		e.sendOutcome(id, r.res, r.err)
+		e.sendOutcome(id, r.res, r.err, false)
 		return false
 	}
 	if _, ok := s.running[id]; ok {
@@ -258,14 +258,15 @@ func (s *session) claimCall(e *endpoint, id uint64) bool {
 	return true
 }
 
-// finishCall records a call's outcome and sends it on the attached socket,
-// which may not be the one the call came on.
-func (s *session) finishCall(id uint64, res proto.Message, err *Error, abandoned bool) {
+// finishCall records a call's outcome and queues it on the attached
+// socket, which may not be the one the call came on; it returns that
+// socket when the caller must write it (see endpoint.writeOwned).
+func (s *session) finishCall(id uint64, res proto.Message, err *Error, abandoned bool) *endpoint {
 	s.mu.Lock()
 	delete(s.running, id)
 	if abandoned {
 		s.mu.Unlock()
-		return
+		return nil
 	}
 	s.replies[id] = sessionReply{res: res, err: err}
 	s.order = append(s.order, id)
@@ -279,9 +280,10 @@ func (s *session) finishCall(id uint64, res proto.Message, err *Error, abandoned
 	}
 	cur := s.cur
 	s.mu.Unlock()
-	if cur != nil {
-		cur.sendOutcome(id, res, err)
+	if cur != nil && cur.sendOutcome(id, res, err, true) {
+		return cur
 	}
+	return nil
 }
 
 // cancelCall cancels a call of this session running on any socket.
@@ -294,11 +296,10 @@ func (s *session) cancelCall(id uint64, code Code) {
 	}
 }
 
-// sendOutcome sends a call's reply or error.
-func (e *endpoint) sendOutcome(id uint64, res proto.Message, err *Error) {
+// sendOutcome queues a call's reply or error; own is as for sendOwning.
+func (e *endpoint) sendOutcome(id uint64, res proto.Message, err *Error, own bool) bool {
 	if err != nil {
-		e.sendError(id, err)
-		return
+		return e.sendOwning(&frame{kind: kindError, id: id, code: err.code, message: err.message, details: err.details}, nil, own)
 	}
-	e.send(&frame{kind: kindReply, id: id, hasPayload: true}, res)
+	return e.sendOwning(&frame{kind: kindReply, id: id, hasPayload: true}, res, own)
 }

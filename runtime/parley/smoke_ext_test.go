@@ -58,3 +58,42 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFrameLengths echoes messages across every WebSocket length encoding
+// (7-bit, 16-bit and 64-bit lengths) and every tail length of the client's
+// 8-byte masking loop: both writers frame messages themselves, and
+// gorilla/websocket's reader on the other side must read each one intact.
+func TestFrameLengths(t *testing.T) {
+	srv := parley.NewServer(parley.WithMaxMessageBytes(1 << 20))
+	srv.Register(parley.NewUnaryMethod(echoSpec, func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+		return &e2ev1.EchoResponse{Text: r.Text}, nil
+	}))
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	url := "ws" + strings.TrimPrefix(hs.URL, "http")
+	var sizes []int
+	for _, edge := range []int{0, 126, 1 << 16} {
+		for n := max(0, edge-20); n <= edge+20; n++ {
+			sizes = append(sizes, n)
+		}
+	}
+	sizes = append(sizes, 300_000)
+	for _, opts := range [][]parley.ClientOption{nil, {parley.WithJSON()}} {
+		conn, err := parley.Dial(context.Background(), url, append(opts, parley.WithMaxMessageBytes(1<<20))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() }) // before the server's shutdown
+		for _, n := range sizes {
+			text := strings.Repeat(string(rune('a'+n%26)), n)
+			res := new(e2ev1.EchoResponse)
+			if err := conn.Invoke(context.Background(), echoSpec, &e2ev1.EchoRequest{Text: text}, res); err != nil {
+				t.Fatalf("%d bytes: %v", n, err)
+			}
+			if res.Text != text {
+				t.Fatalf("%d bytes: echoed %d bytes that differ", n, len(res.Text))
+			}
+		}
+	}
+}
