@@ -217,6 +217,8 @@ interface Pending {
   metadata?: Record<string, string>;
   /** performance.now() at which the call gives up; undefined for none. */
   deadline?: number;
+  /** The timeout the deadline came from, in ms. */
+  timeout: number;
   /** The call id once the Call frame went out on sock; 0 while queued. */
   id: number;
   /** The socket the Call frame went out on; undefined while queued. */
@@ -340,6 +342,9 @@ export class Connection {
   /** Dials since the last open. */
   #attempt = 0;
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The deadline timer (see #arm) and when it fires. */
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timerAt = Infinity;
   #events = new Map<string, Set<(body: Body) => unknown>>();
   #handlers = new Map<string, { spec: MethodSpec; fn: (req: any, ctx: HandlerContext) => unknown }>();
 
@@ -503,19 +508,18 @@ export class Connection {
   ): Pending {
     const { signal } = options;
     const kind = s ? 1 : 0;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const onAbort = () => p.settle(aborted(spec, signal!), undefined, 0);
+    const onAbort = signal && (() => p.settle(aborted(spec, signal), undefined, 0));
     const p: Pending = {
       spec,
       body,
       metadata: options.metadata,
       id: 0,
+      timeout,
       s,
       settle: (error, value, cancel) => {
         // Settles once: whichever of reply, deadline, abort or close comes first.
         p.settle = () => {};
-        clearTimeout(timer);
-        signal?.removeEventListener("abort", onAbort);
+        if (onAbort) signal.removeEventListener("abort", onAbort);
         const sock = p.sock;
         if (sock) {
           this.#inflight.delete(p.id);
@@ -533,6 +537,8 @@ export class Connection {
         }
         done(error, value, cancel !== undefined);
         this.#pump();
+        // Nothing left to time out: no timer keeps the process alive.
+        if (!this.#inflight.size && !this.#queues[0].length && !this.#queues[1].length) this.#arm(Infinity);
       },
     };
     const state = this.#state;
@@ -545,17 +551,38 @@ export class Connection {
       p.settle(early);
       return p;
     }
-    if (timeout > 0) {
-      p.deadline = performance.now() + timeout;
-      timer = setTimeout(
-        () => p.settle(new ParleyError("deadline_exceeded", `${spec.procedure}: no reply within ${timeout} ms`), undefined, 4),
-        Math.min(timeout, 0x7fffffff),
-      );
-    }
-    signal?.addEventListener("abort", onAbort);
+    if (timeout > 0) this.#arm((p.deadline = performance.now() + timeout));
+    if (onAbort) signal.addEventListener("abort", onAbort);
     this.#queues[kind]!.push(p);
     this.#pump();
     return p;
+  }
+
+  /**
+   * Makes the deadline timer fire at performance.now() time at, when that
+   * is earlier than it fires now; Infinity stops it. One timer serves
+   * every call: arming and clearing one per call costs more than the call.
+   */
+  #arm(at: number) {
+    if (at == Infinity || at < this.#timerAt) {
+      clearTimeout(this.#timer);
+      this.#timerAt = at;
+      if (at < Infinity) this.#timer = setTimeout(() => this.#expire(), Math.min(Math.max(0, at - performance.now()), 0x7fffffff));
+    }
+  }
+
+  /** Fails the calls and streams whose deadline passed; arms the timer for the next. */
+  #expire() {
+    this.#timerAt = Infinity;
+    // Timers round to the millisecond: one a fraction early is on time.
+    const now = performance.now() + 1;
+    let next = Infinity;
+    for (const p of [...this.#queues.flat(), ...this.#inflight.values()]) {
+      const { deadline = Infinity } = p;
+      if (deadline < now) p.settle(new ParleyError("deadline_exceeded", `${p.spec.procedure}: no reply within ${p.timeout} ms`), undefined, 4);
+      else next = Math.min(next, deadline);
+    }
+    this.#arm(next);
   }
 
   /**
@@ -732,7 +759,9 @@ export class Connection {
     const subprotocol = this.#json ? "parley.v1+json" : "parley.v1+proto";
     const ws = new this.#WS(this.#url, subprotocol);
     const s: Sock = (this.#sock = { ws, open: [0, 0], serving: new Map(), heard: 0, timers: [] });
-    ws.binaryType = "arraybuffer";
+    // The ws package hands over its own Buffer ("nodebuffer", its default),
+    // saving a copy per message; browsers give "blob" unless told.
+    if (ws.binaryType != "nodebuffer") ws.binaryType = "arraybuffer";
     ws.onopen = () => {
       if (s.dead) return;
       if (ws.protocol != subprotocol) {

@@ -102,16 +102,38 @@ const isDefault = (t: string, v: unknown) =>
 
 // ---------------------------------------------------------------- binary
 
+/**
+ * Each kind's fields with their numbers, in the order Go's deterministic
+ * marshal writes them: the oneof (the body) after the other fields.
+ */
+const order = schema.map(([, fields]) => {
+  const all = fields.map(([name, t], i) => [name, t, i + 1] as const);
+  return [...all.filter(([, t]) => !isBody(t)), ...all.filter(([, t]) => isBody(t))];
+});
+
+/** One writer for every frame, so that its buffer grows once, not per frame. */
+let w = new BinaryWriter();
+
 /** Encodes a frame as protobuf (parley.v1+proto). */
 export function encodeBinary(frame: Frame): Uint8Array {
   const [kind, msg] = Object.entries(frame)[0]! as [string, Record<string, any>];
   const no = kindNumber(kind);
   if (!no) throw new Error(`cannot encode frame kind ${kind}`);
-  const w = new BinaryWriter();
+  try {
+    writeFrame(no, msg);
+  } catch (e) {
+    w = new BinaryWriter(); // Half a frame in it.
+    throw e;
+  }
+  const bytes = w.finish();
+  // Keep no buffer much larger than the frames usually sent.
+  if (bytes.length > 1 << 16) w = new BinaryWriter();
+  return bytes;
+}
+
+function writeFrame(no: number, msg: Record<string, any>) {
   w.tag(no, WireType.LengthDelimited).fork();
-  // Go's deterministic marshal writes a oneof (the body) after the other fields.
-  const fields = schema[no - 1]![1].map(([name, t], i) => [name, t, i + 1] as const);
-  for (const [name, t, f] of [...fields.filter(([, t]) => !isBody(t)), ...fields.filter(([, t]) => isBody(t))]) {
+  for (const [name, t, f] of order[no - 1]!) {
     const v = msg[name];
     if (isDefault(t, v)) continue;
     if (isVarint(t)) {
@@ -143,7 +165,7 @@ export function encodeBinary(frame: Frame): Uint8Array {
       }
     }
   }
-  return w.join().finish();
+  w.join();
 }
 
 /** Decodes a protobuf frame; throws on malformed input. */
