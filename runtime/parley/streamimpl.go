@@ -43,7 +43,7 @@ type stream struct {
 	sendMu sync.Mutex
 
 	mu         sync.Mutex
-	recvq      [][]byte // received payloads (copies), oldest first
+	recvq      []*[]byte // received payloads (pooled copies), oldest first
 	recvEnd    bool     // nothing more will be queued
 	recvErr    error    // returned once the queue is drained: io.EOF or the call's error
 	consumed   uint32   // items taken since the last Credit sent
@@ -191,7 +191,7 @@ func (s *stream) recv(m proto.Message) error {
 		}
 		if len(s.recvq) > 0 {
 			payload := s.recvq[0]
-			s.recvq[0] = nil
+			s.recvq[0] = nil // released to the pool once decoded
 			s.recvq = s.recvq[1:]
 			s.consumed++
 			grant := uint32(0)
@@ -202,7 +202,9 @@ func (s *stream) recv(m proto.Message) error {
 			if grant > 0 {
 				s.e.sendCtx(s.ctx, &frame{kind: kindCredit, id: s.id, items: grant}, nil) //nolint:errcheck // a failed send ends the stream anyway
 			}
-			if err := s.e.codec.unmarshal(payload, m); err != nil {
+			err := s.e.codec.unmarshal(*payload, m) // copies what it keeps
+			putBuf(payload)
+			if err != nil {
 				err = Errorf(CodeInvalidArgument, "decoding a stream item of %s: %v", s.spec.Procedure, err)
 				if !s.caller {
 					return err
@@ -263,9 +265,17 @@ func (s *stream) deliver(payload []byte) {
 		s.violate(Errorf(CodeResourceExhausted, "the peer sent stream items beyond its credit on %s", s.spec.Procedure))
 		return
 	}
-	s.recvq = append(s.recvq, append([]byte(nil), payload...))
+	s.recvq = append(s.recvq, copyPayload(payload))
 	s.mu.Unlock()
 	wake(s.notify)
+}
+
+// copyPayload copies a received payload out of the read buffer, which is
+// reused, into a pooled buffer that recv releases.
+func copyPayload(p []byte) *[]byte {
+	b := getBuf()
+	*b = append((*b)[:0], p...)
+	return b
 }
 
 // violate ends a stream whose peer broke the flow-control rules.
@@ -309,7 +319,7 @@ func (s *stream) complete(f *frame) {
 	s.e.mu.Unlock()
 	s.mu.Lock()
 	if f.kind == kindReply && f.hasPayload {
-		s.recvq = append(s.recvq, append([]byte(nil), f.payload...))
+		s.recvq = append(s.recvq, copyPayload(f.payload))
 	}
 	s.mu.Unlock()
 	if f.kind == kindError {
@@ -417,7 +427,7 @@ func (e *endpoint) acceptStream(f *frame, m *Method, ci *CallInfo) {
 	}
 	if !m.spec.Kind.streamsRequests() {
 		// The one request came in the Call frame.
-		s.recvq = [][]byte{append([]byte(nil), f.payload...)}
+		s.recvq = []*[]byte{copyPayload(f.payload)}
 		s.recvEnd, s.recvErr = true, io.EOF
 	}
 	e.streams[f.id] = s
