@@ -44,13 +44,13 @@ type stream struct {
 
 	mu         sync.Mutex
 	recvq      []*[]byte // received payloads (pooled copies), oldest first
-	recvEnd    bool     // nothing more will be queued
-	recvErr    error    // returned once the queue is drained: io.EOF or the call's error
-	consumed   uint32   // items taken since the last Credit sent
-	credit     int64    // items this side may still send
-	sendClosed bool     // CloseSend was called
-	done       bool     // the call is over; sends fail
-	opened     bool     // the Call frame went out (callers only)
+	recvEnd    bool      // nothing more will be queued
+	recvErr    error     // returned once the queue is drained: io.EOF or the call's error
+	consumed   uint32    // items taken since the last Credit sent
+	credit     int64     // items this side may still send
+	sendClosed bool      // CloseSend was called
+	done       bool      // the call is over; sends fail
+	opened     bool      // the Call frame went out (callers only)
 	notify     chan struct{}
 	creditCh   chan struct{}
 }
