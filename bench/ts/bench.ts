@@ -100,6 +100,8 @@ interface Result {
   ms: number;
   p50: number;
   p99: number;
+  /** This process's CPU time (user + system) per call, in µs: the client's own cost, whatever the server and the machine's load do. */
+  cpu: number;
 }
 
 async function drive(callers: Call[], ms: number, lat?: number[][]): Promise<[number, number]> {
@@ -127,10 +129,12 @@ async function run(t: Target, c: number, size: number): Promise<Result> {
   const callers = Array.from({ length: c }, () => t.newCaller(payload));
   await drive(callers, warmupMs);
   const lat: number[][] = callers.map(() => []);
+  const cpu0 = process.cpuUsage();
   const [calls, ms] = await drive(callers, durationMs, lat);
+  const { user, system } = process.cpuUsage(cpu0);
   const all = lat.flat().sort((a, b) => a - b);
   const q = (p: number) => all[Math.min(all.length - 1, Math.floor(all.length * p))] ?? 0;
-  return { name: t.name, c, size, calls, ms, p50: q(0.5), p99: q(0.99) };
+  return { name: t.name, c, size, calls, ms, p50: q(0.5), p99: q(0.99), cpu: (user + system) / calls };
 }
 
 async function startServers(): Promise<{ parley: string; gorilla: string; stop: () => void }> {
@@ -166,7 +170,7 @@ for (let r = 0; r < rounds; r++) {
         const res = await run(t, c, size);
         const key = `${t.name}|${c}|${size}`;
         results.set(key, [...(results.get(key) ?? []), res]);
-        console.error(`round ${r + 1}: ${t.name.padEnd(9)} c=${String(c).padEnd(3)} ${String(size).padStart(5)} B  ${Math.round((res.calls / res.ms) * 1000)} calls/s  p50 ${fmt(res.p50)}  p99 ${fmt(res.p99)}`);
+        console.error(`round ${r + 1}: ${t.name.padEnd(9)} c=${String(c).padEnd(3)} ${String(size).padStart(5)} B  ${Math.round((res.calls / res.ms) * 1000)} calls/s  p50 ${fmt(res.p50)}  p99 ${fmt(res.p99)}  client CPU ${res.cpu.toFixed(1)} µs/call`);
       }
     }
   }
@@ -185,14 +189,14 @@ out.push(`Machine: ${cpus()[0]?.model}, ${cpus().length} cores, Node ${process.v
 out.push(`Load average (1/5/15 min) at start: ${load0}; at end: ${load1}`, "");
 out.push(`Command: \`bench/ts/run.sh${process.argv.slice(2).map((a) => " " + a).join("")}\``, "");
 out.push(`Unary echo over one WebSocket on loopback; ${durationMs} ms measured per case after ${warmupMs} ms warm-up; median of ${rounds} rounds by calls/s.`, "");
-out.push("| client | in flight | payload | calls/s | vs raw ws | p50 | p99 |", "|---|---:|---:|---:|---:|---:|---:|");
+out.push("| client | in flight | payload | calls/s | vs raw ws | p50 | p99 | client CPU/call |", "|---|---:|---:|---:|---:|---:|---:|---:|");
 for (const c of concs) {
   for (const size of sizes) {
     const raw = results.has(`raw ws|${c}|${size}`) ? median(`raw ws|${c}|${size}`) : undefined;
     for (const t of targets) {
       const r = median(`${t.name}|${c}|${size}`);
       const vs = t.name === "raw ws" || !raw ? "—" : `${((rate(r) / rate(raw)) * 100).toFixed(0)} %`;
-      out.push(`| ${t.name} | ${c} | ${sizeName(size)} | ${Math.round(rate(r))} | ${vs} | ${fmt(r.p50)} | ${fmt(r.p99)} |`);
+      out.push(`| ${t.name} | ${c} | ${sizeName(size)} | ${Math.round(rate(r))} | ${vs} | ${fmt(r.p50)} | ${fmt(r.p99)} | ${r.cpu.toFixed(1)} µs |`);
     }
   }
 }

@@ -963,15 +963,10 @@ export class Connection {
     } catch (e) {
       return this.#protocolError(s, `undecodable frame from the server: ${e instanceof Error ? e.message : String(e)}`);
     }
-    /** The call or stream with this id in flight on s. */
-    const mine = (id: number) => {
-      const p = this.#inflight.get(id);
-      return p?.sock == s ? p : undefined;
-    };
     if ("welcome" in frame) {
       if (!s.session && s == this.#sock) this.#opened(s, frame.welcome);
     } else if ("reply" in frame) {
-      const p = mine(frame.reply.id);
+      const p = this.#mine(s, frame.reply.id);
       if (!p) return; // Late: the call already settled.
       let value: unknown;
       try {
@@ -985,7 +980,7 @@ export class Connection {
     } else if ("error" in frame) {
       const { id } = frame.error;
       const err = errorOf(frame.error);
-      const p = mine(id);
+      const p = this.#mine(s, id);
       if (!id) {
         this.#drop(s, err, closeResumable);
       } else if (p && !p.s && this.#reconnect && err.code == "unavailable" && (frame.error.notRun || (s.goneAway !== undefined && id > s.goneAway))) {
@@ -1016,9 +1011,9 @@ export class Connection {
         this.#setState({ ...state, goingAway: reason });
       }
     } else if ("item" in frame) {
-      mine(frame.item.id)?.s?.item(frame.item);
+      this.#mine(s, frame.item.id)?.s?.item(frame.item);
     } else if ("credit" in frame) {
-      mine(frame.credit.id)?.s?.credit(frame.credit.items ?? 0);
+      this.#mine(s, frame.credit.id)?.s?.credit(frame.credit.items ?? 0);
     } else if ("event" in frame) {
       const { method = "", topic, offset = 0 } = frame.event;
       // Events replayed after a resume may overlap those that came before
@@ -1050,6 +1045,12 @@ export class Connection {
       if (frame.unknown.id) this.#sendError(s, frame.unknown.id, "invalid_argument", `parley-ts: unknown frame kind ${frame.unknown.kind}`);
     }
     // Pong and StreamEnd (servers end calls with Reply or Error) need nothing.
+  }
+
+  /** The call or stream with this id in flight on s. */
+  #mine(s: Sock, id: number): Pending | undefined {
+    const p = this.#inflight.get(id);
+    return p?.sock == s ? p : undefined;
   }
 
   #onError = (e: unknown) => (this.#options.onError ?? console.error)(e);
@@ -1154,6 +1155,7 @@ function aborted(spec: MethodSpec, signal: AbortSignal): ParleyError {
   return new ParleyError("canceled", `${spec.procedure}: aborted${reason instanceof Error ? ": " + reason.message : ""}`, [], {}, reason);
 }
 
+/** A binary message as a plain Uint8Array (a view, never a copy): what messages decoded from it hold, whatever the WebSocket gave. */
 function bytesOf(data: unknown): Uint8Array {
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
   if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
