@@ -178,18 +178,11 @@ export function decodeBinary(bytes: Uint8Array): Frame {
     const spec = schema[no - 1];
     if (wt != WireType.LengthDelimited) {
       r.skip(wt, no);
-    } else if (!spec) {
-      // A kind from a newer version: remember its id, if field 1 is one.
-      const sub = new BinaryReader(r.bytes());
-      let id = 0;
-      while (sub.pos < sub.len) {
-        const [f, t] = sub.tag();
-        if (f == 1 && t == WireType.Varint) id = Number(sub.uint64());
-        else sub.skip(t, f);
-      }
-      unknown = { unknown: { kind: no, id } };
+    } else if (spec) {
+      frame = { [spec[0]]: readMessage(r, spec[1]) } as Frame;
     } else {
-      frame = { [spec[0]]: readMessage(r, end(r), spec[1]) } as Frame;
+      // A kind from a newer version: remember its id, if field 1 is one.
+      unknown = { unknown: { kind: no, ...readMessage(r, [["id", "i"]]) } } as Frame;
     }
   }
   const f = frame ?? unknown;
@@ -204,74 +197,45 @@ function end(r: BinaryReader): number {
   return e;
 }
 
-function readMessage(r: BinaryReader, stop: number, fields: readonly (readonly [string, string])[]) {
-  const msg = withId(fields);
+type Fields = readonly (readonly [string, string])[];
+
+// The nested messages of the schema, in its terms; y is bytes outside a oneof.
+const anyFields: Fields = [["typeUrl", "s"], ["value", "y"]];
+const mapFields = (t: string): Fields => [["key", "s"], ["value", t == "m" ? "s" : "i"]];
+
+/** A new decoded message; one with an id has it, 0 by default. */
+const newMessage = (fields: Fields): Record<string, any> => (fields[0]![0] == "id" ? { id: 0 } : {});
+
+/** Reads the length-delimited message at r. */
+function readMessage(r: BinaryReader, fields: Fields): Record<string, any> {
+  const stop = end(r);
+  const msg = newMessage(fields);
   while (r.pos < stop) {
     const [no, wt] = r.tag();
-    const [name, t] = fields[no - 1] ?? [];
-    if (!name || wt != (isVarint(t!) ? WireType.Varint : WireType.LengthDelimited)) {
+    const [name, t = ""] = fields[no - 1] ?? [];
+    if (!name || wt != (isVarint(t) ? WireType.Varint : WireType.LengthDelimited)) {
       r.skip(wt, no);
-      continue;
-    }
-    switch (t) {
-      case "i":
-        msg[name] = Number(r.uint64());
-        break;
-      case "n":
-        msg[name] = String(r.uint64());
-        break;
-      case "u":
-      case "c":
-        msg[name] = r.uint32();
-        break;
-      case "b":
-        msg[name] = r.bool();
-        break;
-      case "s":
-        msg[name] = r.string();
-        break;
-      case "p":
-        msg[name] = r.bytes();
-        delete msg["json"];
-        break;
-      case "j":
-        msg[name] = readValue(r, end(r));
-        delete msg["payload"];
-        break;
-      case "a": {
-        const any: { typeUrl: string; value: Uint8Array } = { typeUrl: "", value: new Uint8Array(0) };
-        const e = end(r);
-        while (r.pos < e) {
-          const [f, w] = r.tag();
-          if (f == 1 && w == WireType.LengthDelimited) any.typeUrl = r.string();
-          else if (f == 2 && w == WireType.LengthDelimited) any.value = r.bytes();
-          else r.skip(w, f);
-        }
-        (msg[name] ??= []).push(any);
-        break;
-      }
-      default: {
-        // m, o
-        let key = "";
-        let val: string | number = t == "m" ? "" : 0;
-        const e = end(r);
-        while (r.pos < e) {
-          const [f, w] = r.tag();
-          if (f == 1 && w == WireType.LengthDelimited) key = r.string();
-          else if (f == 2 && t == "m" && w == WireType.LengthDelimited) val = r.string();
-          else if (f == 2 && t == "o" && w == WireType.Varint) val = Number(r.uint64());
-          else r.skip(w, f);
-        }
-        (msg[name] ??= {})[key] = val;
-      }
+    } else if (t == "a") {
+      (msg[name] ??= []).push({ typeUrl: "", value: new Uint8Array(0), ...readMessage(r, anyFields) });
+    } else if (t == "m" || t == "o") {
+      const { key = "", value = t == "m" ? "" : 0 } = readMessage(r, mapFields(t));
+      (msg[name] ??= {})[key] = value;
+    } else {
+      msg[name] =
+        t == "i" ? Number(r.uint64())
+        : t == "n" ? String(r.uint64())
+        : t == "b" ? r.bool()
+        : isVarint(t) ? r.uint32()
+        : t == "s" ? r.string()
+        : t == "j" ? readValue(r, end(r))
+        : r.bytes();
+      // The body is a oneof: the last one read wins.
+      if (isBody(t)) delete msg[t == "p" ? "json" : "payload"];
     }
   }
   if (r.pos != stop) throw new Error("premature end of message");
   return msg;
 }
-
-/** A new decoded message; one with an id has it, 0 by default. */
-const withId = (fields: readonly (readonly [string, string])[]): Record<string, any> => (fields[0]![0] == "id" ? { id: 0 } : {});
 
 // google.protobuf.Value in binary: null_value 1, number_value 2,
 // string_value 3, bool_value 4, struct_value 5 (Struct: map<string, Value>
@@ -370,21 +334,19 @@ export function decodeJson(text: string): Frame {
   let frame: Frame | undefined;
   let unknown: Frame | undefined;
   for (const [kind, body] of Object.entries(obj)) {
-    const no = kindNumber(kind);
     if (body === null) continue;
     if (!isObject(body)) throw new Error(`frame field ${kind} is not an object`);
-    if (!no) {
-      unknown = { unknown: { kind, id: body["id"] == null ? 0 : u64(body["id"]) } };
-      continue;
-    }
-    const msg = withId(schema[no - 1]![1]);
-    for (const [name, t] of schema[no - 1]![1]) {
+    const fields = schema[kindNumber(kind) - 1]?.[1];
+    // A kind from a newer version: its id, if it has one.
+    const msg = newMessage(fields ?? [["id", "i"]]);
+    for (const [name, t] of fields ?? [["id", "i"]]) {
       let v = body[name] ?? body[name.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase())];
       // null means the default, except for a Value, where it is a value.
       if (v === undefined || (v === null && t != "j")) continue;
       msg[name] = readJsonField(name, t, v);
     }
-    frame = { [kind]: msg } as Frame;
+    if (fields) frame = { [kind]: msg } as Frame;
+    else unknown = { unknown: { kind, ...msg } } as Frame;
   }
   const f = frame ?? unknown;
   if (!f) throw new Error("frame has no kind");
@@ -393,45 +355,33 @@ export function decodeJson(text: string): Frame {
 
 function readJsonField(name: string, t: string, v: JsonValue): unknown {
   const bad = () => new Error(`invalid value for field ${name}: ${JSON.stringify(v)}`);
-  switch (t) {
-    case "i":
-      return u64(v);
-    case "n":
-      if ((typeof v != "string" && typeof v != "number") || !/^\d+$/.test(String(v))) throw bad();
-      return String(BigInt(v));
-    case "u":
-      return u64(v);
-    case "c":
-      if (typeof v == "string") {
-        const code = parseCode(v.replace(/^CODE_/, "").toLowerCase());
-        if (code) return codeToNumber(code);
-        if (v == "CODE_UNSPECIFIED") return 0;
-      }
-      return u64(v);
-    case "b":
-      if (typeof v != "boolean") throw bad();
-      return v;
-    case "s":
-      if (typeof v != "string") throw bad();
-      return v;
-    case "p":
-      if (typeof v != "string") throw bad();
-      return base64Decode(v);
-    case "j":
-      return v;
-    case "a":
-      if (!Array.isArray(v) || !v.every(isObject)) throw bad();
-      return v.map((json) => ({ json }));
-    default:
-      // m, o
-      if (!isObject(v)) throw bad();
-      return Object.fromEntries(
-        Object.entries(v).map(([k, e]) => {
-          if (t == "m" && typeof e != "string") throw bad();
-          return [k, t == "m" ? e : u64(e)];
-        }),
-      );
+  if (t == "j") return v;
+  if (t == "c" && typeof v == "string") {
+    const code = parseCode(v.replace(/^CODE_/, "").toLowerCase());
+    if (code) return codeToNumber(code);
+    if (v == "CODE_UNSPECIFIED") return 0;
   }
+  if ("iuc".includes(t)) return u64(v);
+  if (t == "n") {
+    if ((typeof v != "string" && typeof v != "number") || !/^\d+$/.test(String(v))) throw bad();
+    return String(BigInt(v));
+  }
+  if (t == "a") {
+    if (!Array.isArray(v) || !v.every(isObject)) throw bad();
+    return v.map((json) => ({ json }));
+  }
+  if (t == "m" || t == "o") {
+    if (!isObject(v)) throw bad();
+    return Object.fromEntries(
+      Object.entries(v).map(([k, e]) => {
+        if (t == "m" && typeof e != "string") throw bad();
+        return [k, t == "m" ? e : u64(e)];
+      }),
+    );
+  }
+  // b, s, p
+  if (typeof v != (t == "b" ? "boolean" : "string")) throw bad();
+  return t == "p" ? base64Decode(v as string) : v;
 }
 
 function u64(v: JsonValue | undefined): number {
