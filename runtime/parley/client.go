@@ -194,7 +194,7 @@ func (c *Conn) dial(ctx context.Context) (*endpoint, *parleyv1.Welcome, error) {
 			if err != nil {
 				return nil, err
 			}
-			bc = &batchConn{Conn: nc}
+			bc = newBatchConn(nc)
 			return bc, nil
 		},
 	}

@@ -66,9 +66,14 @@ type endpoint struct {
 	ctx    context.Context // ends when the socket closes
 	cancel context.CancelCauseFunc
 
-	q       *sendQueue
-	batch   []outFrame     // the writer's batch, reused
-	callSeq *atomic.Uint64 // shared by a client's successive sockets
+	q     *sendQueue
+	batch []outFrame // the writer's batch, reused
+	flush *flusher   // writes the server's events; nil on clients
+	// unflushed is set when the flusher left bytes the socket did not
+	// take in the connection's buffer, for the writer to write first.
+	// Only the goroutine holding the writer role touches it.
+	unflushed bool
+	callSeq   *atomic.Uint64 // shared by a client's successive sockets
 	// goAwayID is the GoAway's last accepted id: calls above it that the
 	// server refused were never run.
 	goAwayID uint64
@@ -193,9 +198,10 @@ func (e *endpoint) write(owned bool) {
 		runtime.Gosched()
 		var closed bool
 		e.batch, closed = e.q.take(e.batch)
-		if len(e.batch) > 0 {
+		if len(e.batch) > 0 || e.unflushed {
 			spins = 0
 			batches++
+			e.unflushed = false
 			if err := e.writeBatch(e.batch); err != nil {
 				code := closeNormal
 				if errors.Is(err, errWriteTimeout) {
@@ -249,26 +255,7 @@ var errWriteTimeout = errors.New("write timed out")
 
 func (e *endpoint) writeBatch(batch []outFrame) error {
 	e.bc.extendWriteDeadline(e.cfg.writeTimeout)
-	mask := e.side == SideClient
-	opcode := byte(e.codec.messageType())
-	e.bc.begin()
-	var err error
-	for i, f := range batch {
-		switch {
-		case err != nil:
-		case f.ping:
-			err = e.bc.writeMessage(opPing, nil, mask)
-		default:
-			err = e.bc.writeMessage(opcode, *f.b, mask)
-		}
-		if f.pooled {
-			putBuf(f.b)
-		}
-		batch[i] = outFrame{}
-	}
-	if ferr := e.bc.flush(); err == nil {
-		err = ferr
-	}
+	_, err := e.bc.writeFrames(batch, byte(e.codec.messageType()), e.side == SideClient, true)
 	if err != nil && isTimeout(err) {
 		return fmt.Errorf("%w: %v", errWriteTimeout, err)
 	}

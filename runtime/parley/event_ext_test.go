@@ -1,6 +1,7 @@
 package parley_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -472,3 +473,21 @@ func TestInterceptorOrder(t *testing.T) {
 }
 
 var _ = http.StatusOK
+
+// TestEventLargerThanTheSocketBuffer: an event the socket cannot take in
+// one write arrives whole, with nothing published after it to push it
+// out (the server writes events without waiting for the socket, and must
+// finish a write the socket took only part of).
+func TestEventLargerThanTheSocketBuffer(t *testing.T) {
+	s := newEventServer(t, parley.WithMaxMessageBytes(32<<20))
+	l := listen(t, s.url, "big", parley.WithMaxMessageBytes(32<<20))
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<20) // 16 MiB
+	for i := range 3 {
+		if err := s.srv.Publish(context.Background(), parley.ToRoom("big"), postedSpec, &e2ev1.EchoRequest{Text: fmt.Sprint(i), Data: big}); err != nil {
+			t.Fatal(err)
+		}
+		if got := l.waitFor(t, i+1); got[i] != fmt.Sprint(i) {
+			t.Fatalf("event %d arrived as %q", i, got[i])
+		}
+	}
+}

@@ -263,7 +263,15 @@ func (d *eventData) payloadFor(cd codec) ([]byte, error) {
 // client may resume and get the events it missed, if they still fit the
 // session's buffer.)
 func (e *endpoint) pushEvent(b *[]byte) {
-	err := e.q.push(e.ctx, b, false)
+	var err error
+	if e.flush == nil {
+		err = e.q.push(e.ctx, b, false)
+	} else {
+		var start bool
+		if start, err = e.q.pushHanded(b); start {
+			e.flush.add(e)
+		}
+	}
 	if err != nil {
 		putBuf(b)
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -127,6 +128,15 @@ func (q *sendQueue) pushOwning(ctx context.Context, b *[]byte, block bool) (own 
 	return start, err
 }
 
+// pushHanded is a non-blocking push that leaves starting a writer to the
+// caller: when it reports start, the caller holds the writer role and must
+// see that a writer runs (the Server's flusher takes it).
+func (q *sendQueue) pushHanded(b *[]byte) (start bool, err error) {
+	start, err = q.pushLocked(context.Background(), outFrame{b: b, pooled: true}, false)
+	q.mu.Unlock()
+	return start, err
+}
+
 // pushLocked queues f and reports whether a writer must start; it returns
 // with q.mu held.
 func (q *sendQueue) pushLocked(ctx context.Context, f outFrame, block bool) (start bool, err error) {
@@ -195,23 +205,37 @@ func (q *sendQueue) close() {
 }
 
 // batchConn is the network connection under the WebSocket. The writer
-// brackets each batch of frames with begin and flush, so that a batch
-// leaves in as few system calls as it fits in, rather than one per frame:
-// on loopback, syscalls dominate a call's cost. Outside a batch (the
-// handshake, control frames sent by the reader), writes go straight through.
-// All writes hold mu, so a flush never interleaves with a direct write.
-//
-// The writer frames its data messages itself (writeMessage) rather than
-// through gorilla/websocket's NextWriter, which would copy each message
-// into a pooled buffer of its own before copying it into buf; gorilla
-// still writes the control frames (pongs, close) through Write.
+// frames a whole batch of messages into one buffer and writes it at once,
+// so that a batch leaves in one system call rather than one per message:
+// on loopback, syscalls dominate a message's cost. It frames the messages
+// itself (writeFrames) rather than through gorilla/websocket's NextWriter,
+// which would copy each message into a pooled buffer of its own first;
+// gorilla still writes the control frames (pongs, close) through Write.
+// All writes hold mu, so bytes never interleave.
 type batchConn struct {
 	net.Conn
+	raw      syscall.RawConn // for writes that must not wait; nil if the conn has none (TLS)
 	mu       sync.Mutex
-	batching bool
-	buf      []byte
-	deadline time.Time      // the write deadline last set on Conn; guarded by mu
+	buf      []byte         // framed bytes not yet written
+	deadline time.Time      // the write deadline last set on Conn
 	reader   *readAheadConn // reads, in blocks
+
+	// tryWrite's callback and its results, kept here so that it
+	// allocates nothing; guarded by mu.
+	writeFn func(fd uintptr) bool
+	wn      int
+	werr    error
+}
+
+func newBatchConn(c net.Conn) *batchConn {
+	bc := &batchConn{Conn: c}
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			bc.raw = raw
+		}
+	}
+	bc.writeFn = bc.rawWrite
+	return bc
 }
 
 // Read reads through the read-ahead block (see readAheadConn).
@@ -222,20 +246,19 @@ func (c *batchConn) Read(p []byte) (int, error) {
 	return c.reader.Read(p)
 }
 
-// maxBatchBytes bounds what a batch buffers before it writes.
+// maxBatchBytes bounds what a waiting writer buffers before it writes.
 const maxBatchBytes = 256 << 10
 
+// Write writes p at once, after any bytes a non-waiting write left.
 func (c *batchConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.batching {
+	if len(c.buf) == 0 {
 		return c.Conn.Write(p)
 	}
 	c.buf = append(c.buf, p...)
-	if len(c.buf) >= maxBatchBytes {
-		if err := c.writeBuffered(); err != nil {
-			return 0, err
-		}
+	if err := c.writeBuffered(); err != nil {
+		return 0, err
 	}
 	return len(p), nil
 }
@@ -264,17 +287,84 @@ func (c *batchConn) extendWriteDeadline(d time.Duration) {
 	_ = c.Conn.SetWriteDeadline(c.deadline)
 }
 
-// writeMessage appends one unfragmented WebSocket frame (RFC 6455 §5.2)
-// with the given opcode and payload; a client masks it with a fresh key,
-// as the RFC requires, a server does not.
-func (c *batchConn) writeMessage(opcode byte, p []byte, mask bool) error {
+// writeFrames frames each message of batch as one WebSocket message with
+// the given opcode (a client masks them, a server does not), releases the
+// pooled ones and clears batch. With wait set it then writes everything,
+// waiting for the socket up to the write deadline. Without, it writes what
+// the socket takes at once and reports whether bytes stay buffered, for a
+// waiting write to finish (see tryWrite).
+func (c *batchConn) writeFrames(batch []outFrame, opcode byte, mask, wait bool) (buffered bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.buf = appendWSFrame(c.buf, opcode, p, mask)
-	if !c.batching || len(c.buf) >= maxBatchBytes {
-		return c.writeBuffered()
+	for i, f := range batch {
+		if err == nil {
+			if f.ping {
+				c.buf = appendWSFrame(c.buf, opPing, nil, mask)
+			} else {
+				c.buf = appendWSFrame(c.buf, opcode, *f.b, mask)
+			}
+			if wait && len(c.buf) >= maxBatchBytes {
+				err = c.writeBuffered()
+			}
+		}
+		if f.pooled {
+			putBuf(f.b)
+		}
+		batch[i] = outFrame{}
 	}
-	return nil
+	if err != nil {
+		return false, err
+	}
+	if wait || c.raw == nil {
+		return false, c.writeBuffered()
+	}
+	return c.tryWrite()
+}
+
+// writeBuffered writes the buffer, waiting for the socket.
+func (c *batchConn) writeBuffered() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.buf)
+	c.resetBuf()
+	return err
+}
+
+func (c *batchConn) resetBuf() {
+	if cap(c.buf) > 4*maxBatchBytes {
+		c.buf = nil
+	} else {
+		c.buf = c.buf[:0]
+	}
+}
+
+// tryWrite writes what the socket takes of the buffer without waiting;
+// the rest stays buffered, first in line. c.mu is held.
+func (c *batchConn) tryWrite() (buffered bool, err error) {
+	if err := c.raw.Write(c.writeFn); err != nil {
+		return len(c.buf) > 0, err // the connection is closed
+	}
+	n, werr := c.wn, c.werr
+	c.werr = nil
+	if werr == syscall.EAGAIN || werr == syscall.EINTR {
+		n, werr = 0, nil
+	}
+	if werr != nil {
+		return len(c.buf) > 0, werr
+	}
+	if n == len(c.buf) {
+		c.resetBuf()
+		return false, nil
+	}
+	c.buf = c.buf[:copy(c.buf, c.buf[n:])]
+	return true, nil
+}
+
+// rawWrite is tryWrite's callback: one write, and never wait.
+func (c *batchConn) rawWrite(fd uintptr) bool {
+	c.wn, c.werr = syscall.Write(int(fd), c.buf)
+	return true
 }
 
 // WebSocket opcodes the writer frames itself.
@@ -323,32 +413,6 @@ func maskBytes(key uint32, p []byte) {
 	}
 }
 
-func (c *batchConn) begin() {
-	c.mu.Lock()
-	c.batching = true
-	c.mu.Unlock()
-}
-
-func (c *batchConn) flush() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.batching = false
-	return c.writeBuffered()
-}
-
-func (c *batchConn) writeBuffered() error {
-	if len(c.buf) == 0 {
-		return nil
-	}
-	_, err := c.Conn.Write(c.buf)
-	if cap(c.buf) > 4*maxBatchBytes {
-		c.buf = nil
-	} else {
-		c.buf = c.buf[:0]
-	}
-	return err
-}
-
 // hijackWriter lets the server put a batchConn under gorilla/websocket's
 // connection: the upgrader hijacks through it and gets the wrapped conn.
 type hijackWriter struct {
@@ -365,7 +429,7 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.conn = &batchConn{Conn: c}
+	w.conn = newBatchConn(c)
 	return w.conn, rw, nil
 }
 

@@ -38,6 +38,7 @@ type Server struct {
 	hub      *hub
 
 	methods methodTable
+	flusher flusher // writes events (not with WithWriteDelay)
 
 	mu           sync.Mutex
 	conns        map[*endpoint]struct{}
@@ -143,6 +144,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	e := newEndpoint(ws, hw.conn, c, SideServer, &s.cfg)
 	e.methods = s.methods.lookup
+	if s.cfg.writeDelay == 0 && hw.conn.raw != nil {
+		e.flush = &s.flusher
+	}
 	if err := s.handshake(e, r); err != nil {
 		s.cfg.logger.Info("parley: handshake failed", "remote", r.RemoteAddr, "err", err)
 		_ = ws.Close()

@@ -1,0 +1,102 @@
+package parley
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+)
+
+// flushChunk is how many connections a flusher takes off the list at once;
+// a list longer than that starts another flusher, up to GOMAXPROCS.
+const flushChunk = 64
+
+// flusher writes the events a Server fans out. A push that finds a
+// connection without a writer (see sendQueue) hands the connection to the
+// flusher instead of starting a writer goroutine for it: a room of
+// thousands would otherwise wake thousands of goroutines per event, each
+// to write one. A flusher goroutine goes down the list writing each
+// connection's queue without waiting for its socket; while it works
+// through a large room the publisher queues more events, so each write
+// carries more of them the busier the server is. A connection whose
+// socket does not take everything at once gets a writer goroutine of its
+// own, which waits for it (up to the write timeout): a slow reader never
+// holds up the others.
+//
+// A listed connection's queue has its writing flag set, so it is listed
+// at most once and the list is bounded by the number of connections. The
+// flusher goroutines exist only while the list is not empty; mu guards
+// the fields below it.
+type flusher struct {
+	mu      sync.Mutex
+	list    []*endpoint
+	running int // flusher goroutines
+}
+
+// add lists e, whose queue the caller just made writing, and starts a
+// flusher goroutine if none runs or the list has grown long.
+func (f *flusher) add(e *endpoint) {
+	f.mu.Lock()
+	f.list = append(f.list, e)
+	start := f.running == 0 || len(f.list) > flushChunk*f.running && f.running < runtime.GOMAXPROCS(0)
+	if start {
+		f.running++
+	}
+	f.mu.Unlock()
+	if start {
+		go f.run()
+	}
+}
+
+// run flushes listed connections until the list is empty.
+func (f *flusher) run() {
+	var chunk []*endpoint
+	for {
+		// Let the publisher (and the pushes it makes) run first, so that
+		// the connections taken have more queued.
+		runtime.Gosched()
+		f.mu.Lock()
+		if len(f.list) == 0 {
+			f.running--
+			f.mu.Unlock()
+			return
+		}
+		n := min(len(f.list), flushChunk)
+		chunk = append(chunk[:0], f.list[:n]...)
+		rest := copy(f.list, f.list[n:])
+		clear(f.list[rest:])
+		f.list = f.list[:rest]
+		f.mu.Unlock()
+		for i, e := range chunk {
+			if e.flushQueued() {
+				f.mu.Lock()
+				f.list = append(f.list, e) // more came while it wrote
+				f.mu.Unlock()
+			}
+			chunk[i] = nil
+		}
+	}
+}
+
+// flushQueued writes e's queue for the flusher, which holds e's writer
+// role, without waiting for the socket. It reports whether e is to be
+// listed again (more frames came meanwhile); otherwise the role is given
+// up or handed to a writer goroutine.
+func (e *endpoint) flushQueued() (again bool) {
+	var closed bool
+	e.batch, closed = e.q.take(e.batch)
+	buffered, err := e.bc.writeFrames(e.batch, byte(e.codec.messageType()), false, false)
+	switch {
+	case err != nil:
+		e.log.Warn("parley: write failed", "side", e.side, "err", err, "close_code", closeNormal)
+		e.fail(fmt.Errorf("parley: write: %w", err))
+		e.lastWriter()
+		return false
+	case buffered || closed:
+		// The socket is full (the writer waits for it and writes the
+		// rest first), or the close handshake is due.
+		e.unflushed = buffered
+		go e.writeLoop()
+		return false
+	}
+	return !e.q.idle()
+}
