@@ -143,10 +143,12 @@ func WithWriteTimeout(d time.Duration) Option {
 }
 
 // WithWriteDelay makes a connection's writer, when it starts after being
-// idle, wait d for more frames before its first write. Under heavy fan-out
-// (many events to many connections at once) one write then carries several
-// events instead of one each, which cuts system calls several-fold, at the
-// cost of up to d more latency per frame. The default, 0, writes at once.
+// idle, wait d for more frames before its first write, so that one write
+// carries more frames, at the cost of up to d more latency per frame. Every
+// write then happens in a writer goroutine of the connection's own: neither
+// callers and handlers writing their own frames nor the Server's event
+// flusher, which batch by themselves under load, are used. The default, 0,
+// writes at once.
 func WithWriteDelay(d time.Duration) Option {
 	return option(func(c *config) { c.writeDelay = d })
 }
