@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	benchv1 "github.com/parleyrpc/parley/bench/gen/bench/v1"
@@ -151,6 +152,7 @@ type Result struct {
 	Elapsed  time.Duration
 	Mallocs  uint64
 	Bytes    uint64
+	CPU      time.Duration // the process's user+system CPU time in the window
 	// MinShare is the slowest stream's share of the messages relative to an
 	// even split (1 = perfectly fair), a check that no stream starves.
 	MinShare float64
@@ -239,11 +241,13 @@ func Run(ctx context.Context, t *Target, streams, payloadSize int, warmup, durat
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
+	cpu0 := processCPU()
 	n0, per0 := sum()
 	t0 := time.Now()
 	time.Sleep(duration)
 	n1, per1 := sum()
 	elapsed := time.Since(t0)
+	cpu := processCPU() - cpu0
 	runtime.ReadMemStats(&after)
 	stop.Store(true)
 	done := make(chan struct{})
@@ -268,6 +272,25 @@ func Run(ctx context.Context, t *Target, streams, payloadSize int, warmup, durat
 		Target: t.Name, Streams: streams, Payload: payloadSize,
 		Messages: msgs, Elapsed: elapsed,
 		Mallocs: after.Mallocs - before.Mallocs, Bytes: after.TotalAlloc - before.TotalAlloc,
-		MinShare: minShare,
+		CPU: cpu, MinShare: minShare,
 	}, nil
+}
+
+// processCPU is this process's user+system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// CPUPerMsg is the process's CPU time (client and server) per echo: the
+// cost of a message, which the machine's other load changes less than the
+// throughput.
+func (r Result) CPUPerMsg() time.Duration {
+	if r.Messages == 0 {
+		return 0
+	}
+	return r.CPU / time.Duration(r.Messages)
 }

@@ -122,8 +122,8 @@ func runStream(w *bufio.Writer, duration, warmup time.Duration, count int, paylo
 					if err != nil {
 						return err
 					}
-					fmt.Fprintf(os.Stderr, "round %d: stream %-7s streams=%-3d %5d B  %9.0f msgs/s  %5.1f allocs/msg  min share %.2f\n",
-						round+1, t.Name, c, size, r.PerSec(), r.AllocsPerMsg(), r.MinShare)
+					fmt.Fprintf(os.Stderr, "round %d: stream %-7s streams=%-3d %5d B  %9.0f msgs/s  %5.2f CPU µs/msg  %5.1f allocs/msg  min share %.2f\n",
+						round+1, t.Name, c, size, r.PerSec(), float64(r.CPUPerMsg().Nanoseconds())/1e3, r.AllocsPerMsg(), r.MinShare)
 					k := key{t.Name, c, size}
 					rounds[k] = append(rounds[k], r)
 				}
@@ -151,9 +151,9 @@ func runStream(w *bufio.Writer, duration, warmup time.Duration, count int, paylo
 	if count > 1 {
 		fmt.Fprintf(w, ", median of %d rounds", count)
 	}
-	fmt.Fprint(w, ". allocs/msg and B/msg are the whole process's (client and server). min share: the slowest stream's share of an even split.\n\n")
-	fmt.Fprintln(w, "| implementation | streams | item | msgs/s | vs grpc | MB/s echoed | allocs/msg | B/msg | min share |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprint(w, ". CPU µs/msg (user+system, getrusage), allocs/msg and B/msg are the whole process's (client and server) per echo. min share: the slowest stream's share of an even split.\n\n")
+	fmt.Fprintln(w, "| implementation | streams | item | msgs/s | vs grpc | MB/s echoed | CPU µs/msg | allocs/msg | B/msg | min share |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, c := range concs {
 		for _, size := range sizes {
 			for _, name := range names {
@@ -165,8 +165,8 @@ func runStream(w *bufio.Writer, duration, warmup time.Duration, count int, paylo
 				if g, ok := median(key{"grpc", c, size}); ok && name != "grpc" {
 					vs = fmt.Sprintf("%.2f×", r.PerSec()/g.PerSec())
 				}
-				fmt.Fprintf(w, "| %s | %d | %s | %.0f | %s | %.1f | %.1f | %.0f | %.2f |\n",
-					name, c, sizeName(size), r.PerSec(), vs, r.PerSec()*float64(size)/1e6, r.AllocsPerMsg(), r.BytesPerMsg(), r.MinShare)
+				fmt.Fprintf(w, "| %s | %d | %s | %.0f | %s | %.1f | %.2f | %.1f | %.0f | %.2f |\n",
+					name, c, sizeName(size), r.PerSec(), vs, r.PerSec()*float64(size)/1e6, float64(r.CPUPerMsg().Nanoseconds())/1e3, r.AllocsPerMsg(), r.BytesPerMsg(), r.MinShare)
 			}
 		}
 	}
