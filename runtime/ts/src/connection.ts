@@ -518,7 +518,7 @@ export class Connection {
       s,
       settle: (error, value, cancel) => {
         // Settles once: whichever of reply, deadline, abort or close comes first.
-        p.settle = () => {};
+        p.settle = noop;
         if (onAbort) signal.removeEventListener("abort", onAbort);
         const sock = p.sock;
         if (sock) {
@@ -1156,6 +1156,8 @@ function aborted(spec: MethodSpec, signal: AbortSignal): ParleyError {
 }
 
 /** A binary message as a plain Uint8Array (a view, never a copy): what messages decoded from it hold, whatever the WebSocket gave. */
+const noop = () => {};
+
 function bytesOf(data: unknown): Uint8Array {
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
   if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
