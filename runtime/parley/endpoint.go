@@ -79,6 +79,10 @@ type endpoint struct {
 	goAwayID uint64
 	onGoAway func()        // client: start reconnecting
 	sem      chan struct{} // bounds outgoing calls; nil for no bound
+	// windowBudget is the items stream windows may still grow by (see
+	// streamWindowGrowth).
+	windowBudget atomic.Int64
+	liveStreams  atomic.Int64 // streams registered and not finished
 
 	mu           sync.Mutex
 	pending      map[uint64]*pendingCall
@@ -117,6 +121,7 @@ func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *con
 		writerExited: make(chan struct{}),
 		done:         make(chan struct{}),
 	}
+	e.windowBudget.Store(int64(cfg.streamWindow) * (streamWindowGrowth - 1))
 	e.q = newSendQueue(cfg.sendQueueBytes, e.writeLoop, cfg.writeDelay > 0)
 	e.handle = chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
 		ci, _ := CallInfoFromContext(ctx)

@@ -187,7 +187,11 @@ func WithLogger(l *slog.Logger) Option {
 // WithStreamWindow sets how many items this side accepts per stream before
 // it grants the sender more (DefaultStreamWindow). It bounds a stream's
 // receive buffer to that many items, and lets a stalled stream stall only
-// itself.
+// itself. A stream whose reader keeps its queue drained has its window
+// doubled at each grant, so that round trips for credit do not hold back
+// a fast stream; all of a connection's streams share 15 windows' worth of
+// such growth (each live stream at most its share), and a reader that
+// falls behind never grows its window.
 func WithStreamWindow(items int) Option {
 	return option(func(c *config) { c.streamWindow = uint32(max(1, items)) })
 }

@@ -405,8 +405,11 @@ func TestPeerIgnoringCreditIsStopped(t *testing.T) {
 	if _, _, err := ws.ReadMessage(); err != nil {
 		t.Fatal(err)
 	}
-	write(&parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: sumSpec.Procedure}}})
-	item, _ := proto.Marshal(&e2ev1.EchoRequest{Text: "x"})
+	// The handler takes the first item and stalls, so the window cannot
+	// grow (a receiver that keeps draining would grant more credit, and
+	// a peer that sends ahead of it would not be caught overrunning).
+	write(&parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: echoesSpec.Procedure}}})
+	item, _ := proto.Marshal(&e2ev1.EchoRequest{Text: "stall"})
 	for range 100 {
 		write(&parleyv1.Frame{Kind: &parleyv1.Frame_Item{Item: &parleyv1.StreamItem{Id: 1, Body: &parleyv1.StreamItem_Payload{Payload: item}}}})
 	}
@@ -426,5 +429,77 @@ func TestPeerIgnoringCreditIsStopped(t *testing.T) {
 			}
 			return
 		}
+	}
+}
+
+// TestDrainedStreamWindowGrows: a receiver that keeps its queue drained
+// grants more credit than it consumed, doubling its window, so that a
+// fast stream is not held back by credit round trips; a raw peer sees the
+// credit frames.
+func TestDrainedStreamWindowGrows(t *testing.T) {
+	_, url := newStreamServer(t, parley.WithStreamWindow(8))
+	d := websocket.Dialer{Subprotocols: []string{parley.SubprotocolProto}}
+	ws, _, err := d.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	write := func(f *parleyv1.Frame) {
+		t.Helper()
+		b, err := proto.Marshal(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() *parleyv1.Frame {
+		t.Helper()
+		_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, data, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := new(parleyv1.Frame)
+		if err := proto.Unmarshal(data, f); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	write(&parleyv1.Frame{Kind: &parleyv1.Frame_Hello{Hello: &parleyv1.Hello{StreamWindow: 1 << 20}}})
+	if w := read().GetWelcome(); w.GetStreamWindow() != 8 {
+		t.Fatalf("welcome announces a window of %d, want 8", w.GetStreamWindow())
+	}
+	write(&parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: echoesSpec.Procedure}}})
+	// One item at a time, each echoed before the next goes: the server's
+	// queue is empty whenever it grants credit.
+	credit, sent := 8, 0
+	var grants []uint32
+	for sent < 40 {
+		if credit == 0 {
+			t.Fatalf("out of credit after %d items (grants %v)", sent, grants)
+		}
+		item, _ := proto.Marshal(&e2ev1.EchoRequest{Text: fmt.Sprint(sent)})
+		write(&parleyv1.Frame{Kind: &parleyv1.Frame_Item{Item: &parleyv1.StreamItem{Id: 1, Body: &parleyv1.StreamItem_Payload{Payload: item}}}})
+		sent++
+		credit--
+		for echoed := false; !echoed; {
+			f := read()
+			switch {
+			case f.GetCredit() != nil:
+				grants = append(grants, f.GetCredit().GetItems())
+				credit += int(f.GetCredit().GetItems())
+			case f.GetItem() != nil:
+				echoed = true
+			default:
+				t.Fatalf("unexpected frame %v", f)
+			}
+		}
+	}
+	// Without growth every grant would be 4 (half the window); drained,
+	// the window doubles at each grant: 4+8, 8+16, 16+32...
+	if len(grants) < 2 || grants[0] != 4+8 || grants[1] != 8+16 {
+		t.Fatalf("grants %v, want the window doubling (12, 24, ...)", grants)
 	}
 }

@@ -19,6 +19,16 @@ const (
 	DefaultMaxStreams   = 100
 )
 
+// streamWindowGrowth bounds how far receivers grow stream windows beyond
+// the configured one when the application keeps draining them: a stream
+// whose receiver waits on the network, rather than the other way round,
+// is held back by credit round trips, not by its reader, so more credit
+// costs no memory that is not used at once. A reader that falls behind
+// never grows its window. All the streams of a connection share the extra
+// items, streamWindowGrowth-1 windows' worth, so a connection buffers at
+// most that many more items than its streams' windows.
+const streamWindowGrowth = 16
+
 // stream is one streaming call on an endpoint, from either end: the caller
 // (who opened it) or the callee (whose handler serves it).
 //
@@ -33,7 +43,7 @@ type stream struct {
 	caller bool
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	window uint32 // the credit this side grants the peer
+	window uint32 // the credit this side grants the peer; grows while drained (guarded by mu)
 	// stop unregisters the caller's context watcher; stopTimer releases
 	// the method's default deadline.
 	stop      func() bool
@@ -93,6 +103,7 @@ func (e *endpoint) newStream(ctx context.Context, spec *MethodSpec) (*Stream, er
 		return nil, err
 	}
 	e.streams[s.id] = s
+	e.liveStreams.Add(1)
 	e.mu.Unlock()
 	// The caller giving up (its ctx ending) abandons the call.
 	s.stop = context.AfterFunc(sctx, func() {
@@ -197,6 +208,11 @@ func (s *stream) recv(m proto.Message) error {
 			grant := uint32(0)
 			if !s.recvEnd && s.consumed >= max(1, s.window/2) {
 				grant, s.consumed = s.consumed, 0
+				if len(s.recvq) == 0 && s.e.growWindow(s.window) {
+					// Drained: the peer is likely waiting for credit.
+					grant += s.window
+					s.window *= 2
+				}
 			}
 			s.mu.Unlock()
 			if grant > 0 {
@@ -268,6 +284,23 @@ func (s *stream) deliver(payload []byte) {
 	s.recvq = append(s.recvq, copyPayload(payload))
 	s.mu.Unlock()
 	wake(s.notify)
+}
+
+// growWindow reports whether a stream may double its window from n items,
+// taking n from the connection's budget (see streamWindowGrowth). Each
+// live stream may grow to its share of the budget, so that a few fast
+// streams do not take it all from the others.
+func (e *endpoint) growWindow(n uint32) bool {
+	total := int64(e.cfg.streamWindow) * (streamWindowGrowth - 1)
+	extra := int64(2*n - e.cfg.streamWindow) // beyond the configured window, once doubled
+	if extra*max(1, e.liveStreams.Load()) > total {
+		return false
+	}
+	if e.windowBudget.Add(-int64(n)) >= 0 {
+		return true
+	}
+	e.windowBudget.Add(int64(n))
+	return false
 }
 
 // copyPayload copies a received payload out of the read buffer, which is
@@ -345,7 +378,10 @@ func (s *stream) finish(err error) {
 	if !s.recvEnd || err != io.EOF {
 		s.recvEnd, s.recvErr = true, err
 	}
+	grown := s.window - s.e.cfg.streamWindow
 	s.mu.Unlock()
+	s.e.windowBudget.Add(int64(grown))
+	s.e.liveStreams.Add(-1)
 	if s.stop != nil {
 		s.stop()
 	}
@@ -431,6 +467,7 @@ func (e *endpoint) acceptStream(f *frame, m *Method, ci *CallInfo) {
 		s.recvEnd, s.recvErr = true, io.EOF
 	}
 	e.streams[f.id] = s
+	e.liveStreams.Add(1)
 	e.running[f.id] = &incomingCall{cancelFn: cancel, hasDeadline: f.timeoutMs > 0}
 	e.openStreams++
 	e.lastAccepted = max(e.lastAccepted, f.id)
