@@ -216,7 +216,8 @@ type batchConn struct {
 	net.Conn
 	raw      syscall.RawConn // for writes that must not wait; nil if the conn has none (TLS)
 	mu       sync.Mutex
-	buf      []byte         // framed bytes not yet written
+	buf      []byte         // framed bytes not yet written, in *bufp while writing
+	bufp     *[]byte        // the pooled buffer buf came from; nil when idle
 	deadline time.Time      // the write deadline last set on Conn
 	reader   *readAheadConn // reads, in blocks
 
@@ -298,6 +299,10 @@ func (c *batchConn) writeFrames(batch []outFrame, opcode byte, mask, wait bool) 
 	defer c.mu.Unlock()
 	for i, f := range batch {
 		if err == nil {
+			if c.bufp == nil {
+				c.bufp = getBuf()
+				c.buf = (*c.bufp)[:0] // buf is empty whenever bufp is nil
+			}
 			if f.ping {
 				c.buf = appendWSFrame(c.buf, opPing, nil, mask)
 			} else {
@@ -324,6 +329,7 @@ func (c *batchConn) writeFrames(batch []outFrame, opcode byte, mask, wait bool) 
 // writeBuffered writes the buffer, waiting for the socket.
 func (c *batchConn) writeBuffered() error {
 	if len(c.buf) == 0 {
+		c.resetBuf()
 		return nil
 	}
 	_, err := c.Conn.Write(c.buf)
@@ -331,12 +337,14 @@ func (c *batchConn) writeBuffered() error {
 	return err
 }
 
+// resetBuf gives the emptied buffer back to the pool: an idle connection
+// holds none, whatever its last batch was.
 func (c *batchConn) resetBuf() {
-	if cap(c.buf) > 4*maxBatchBytes {
-		c.buf = nil
-	} else {
-		c.buf = c.buf[:0]
+	if c.bufp != nil {
+		*c.bufp = c.buf[:0]
+		putBuf(c.bufp) // which drops a large one
 	}
+	c.buf, c.bufp = nil, nil
 }
 
 // tryWrite writes what the socket takes of the buffer without waiting;
