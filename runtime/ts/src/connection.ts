@@ -938,6 +938,12 @@ export class Connection {
    * Encodes and sends a frame on s unless it is larger than the send
    * limit; then returns a "resource_exhausted" error naming what was too
    * large. On a dead socket it does nothing.
+   *
+   * Frames sent in one turn of the event loop leave in one system call
+   * where the socket allows it: the ws package's TCP socket (its _socket)
+   * is corked until the pending microtasks have run, much as the Go
+   * runtime's writer coalesces what is queued. Each frame is still its own
+   * WebSocket message. Browsers and other WebSockets batch as they do.
    */
   #send(s: Sock, frame: Frame, what = "a frame"): ParleyError | undefined {
     const data = this.#json ? encodeJson(frame) : encodeBinary(frame);
@@ -945,7 +951,13 @@ export class Connection {
     let size = data.length;
     if (typeof data == "string" && size * 3 > max) size = new TextEncoder().encode(data).length;
     if (size > max) return new ParleyError("resource_exhausted", `${what} is ${size} bytes, the limit ${max}`);
-    if (!s.dead) s.ws.send(data);
+    if (s.dead) return;
+    const tcp: { cork?(): void; uncork(): void; writableCorked?: number } | undefined = (s.ws as any)._socket;
+    if (tcp?.cork && !tcp.writableCorked) {
+      tcp.cork();
+      queueMicrotask(() => tcp.uncork());
+    }
+    s.ws.send(data);
   }
 
   #receive(s: Sock, data: unknown) {
