@@ -122,7 +122,7 @@ func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *con
 		done:         make(chan struct{}),
 	}
 	e.windowBudget.Store(int64(cfg.streamWindow) * (streamWindowGrowth - 1))
-	e.q = newSendQueue(cfg.sendQueueBytes, e.writeLoop, cfg.writeDelay > 0)
+	e.q = newSendQueue(cfg.sendQueueBytes, e.writeLoop, cfg.writeDelay > 0 || bc.raw == nil)
 	e.handle = chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
 		ci, _ := CallInfoFromContext(ctx)
 		return ci.method.call(ctx, req)
@@ -164,39 +164,17 @@ func (e *endpoint) ping() {
 }
 
 // writeLoop sends queued frames in batches. The queue starts it when a
-// frame arrives and none runs; it exits when the queue is empty, so idle
-// connections have no writer. The last writer, which finds the queue
-// closed (or fails a write), sends the close frame, drops the connection
-// and closes writerExited.
+// frame arrives and none runs (or a goroutine that wrote without waiting
+// hands over to it); it exits when the queue is empty, so idle connections
+// have no writer. Only the goroutine holding the writer role (the queue's
+// writing flag) writes, and it alone touches e.batch and e.unflushed. The
+// last writer, which finds the queue closed (or fails a write), sends the
+// close frame, drops the connection and closes writerExited.
 func (e *endpoint) writeLoop() {
 	if d := e.cfg.writeDelay; d > 0 {
 		time.Sleep(d) // gather more frames for the first write (WithWriteDelay)
 	}
-	e.write(false)
-}
-
-// maxOwnedBatches is how many batches a goroutine that became the writer
-// by pushing (writeOwned) writes before it hands over to a writer
-// goroutine, so that a caller or handler is not kept writing for others.
-const maxOwnedBatches = 4
-
-// writeOwned writes in the calling goroutine, which a push made the writer
-// (see sendQueue.pushOwning): a handler that just queued its reply, or a
-// caller that just queued its call, sends it itself rather than waking a
-// writer goroutine to do it, which saves a goroutine hand-off per message
-// when calls come one at a time. Frames queued meanwhile go out in the same
-// batches. It hands over to a writer goroutine after maxOwnedBatches, and
-// to close the connection.
-func (e *endpoint) writeOwned() { e.write(true) }
-
-// write is the writer's loop; only the goroutine that is the writer (the
-// queue's writing flag) runs it, and it alone touches e.batch.
-func (e *endpoint) write(owned bool) {
-	for spins, batches := 0, 0; ; {
-		if owned && batches == maxOwnedBatches {
-			go e.writeLoop()
-			return
-		}
+	for spins := 0; ; {
 		// Let the goroutines woken with this one (handlers answering the
 		// same read, callers sending at once) queue their frames too, so
 		// that one write carries them all.
@@ -205,22 +183,15 @@ func (e *endpoint) write(owned bool) {
 		e.batch, closed = e.q.take(e.batch)
 		if len(e.batch) > 0 || e.unflushed {
 			spins = 0
-			batches++
 			e.unflushed = false
 			if err := e.writeBatch(e.batch); err != nil {
 				code := closeNormal
 				if errors.Is(err, errWriteTimeout) {
 					code = closeWriteTimeout
 				}
-				e.log.Warn("parley: write failed", "side", e.side, "err", err, "close_code", code)
-				e.fail(fmt.Errorf("parley: write: %w", err))
-				e.lastWriter()
+				e.writeFailed(err, code)
 				return
 			}
-		}
-		if closed && owned {
-			go e.writeLoop() // the close handshake waits for the peer
-			return
 		}
 		if closed {
 			e.mu.Lock()
@@ -245,6 +216,57 @@ func (e *endpoint) write(owned bool) {
 			return
 		}
 	}
+}
+
+func (e *endpoint) writeFailed(err error, code int) {
+	e.log.Warn("parley: write failed", "side", e.side, "err", err, "close_code", code)
+	e.fail(fmt.Errorf("parley: write: %w", err))
+	e.lastWriter()
+}
+
+// maxOwnedBatches is how many batches a goroutine that became the writer
+// by pushing (writeOwned) writes before it hands over to a writer
+// goroutine, so that a caller or handler is not kept writing for others.
+const maxOwnedBatches = 4
+
+// writeOwned writes in the calling goroutine, which a push made the writer
+// (see sendQueue.pushOwning): a handler that just queued its reply, or a
+// caller that just queued its call, sends it itself rather than waking a
+// writer goroutine to do it, which saves a goroutine hand-off per message
+// when calls come one at a time. Frames queued meanwhile go out in the same
+// batches. It never waits for the socket (a caller's deadline must not wait
+// on it): what the socket does not take at once, and anything after
+// maxOwnedBatches, is left to a writer goroutine.
+func (e *endpoint) writeOwned() {
+	for range maxOwnedBatches {
+		runtime.Gosched() // as in writeLoop: let others queue theirs
+		if !e.writeQueued() {
+			return
+		}
+	}
+	go e.writeLoop()
+}
+
+// writeQueued writes what the queue holds without waiting for the socket,
+// for the goroutine holding the writer role without being the writer
+// goroutine (writeOwned, the Server's flusher). It reports whether more
+// frames came meanwhile, the role still held; otherwise the role is given
+// up, or handed to a writer goroutine that finishes what the socket did
+// not take, or closes the connection.
+func (e *endpoint) writeQueued() (more bool) {
+	var closed bool
+	e.batch, closed = e.q.take(e.batch)
+	buffered, err := e.bc.writeFrames(e.batch, byte(e.codec.messageType()), e.side == SideClient, false)
+	switch {
+	case err != nil:
+		e.writeFailed(err, closeNormal)
+		return false
+	case buffered || closed:
+		e.unflushed = buffered
+		go e.writeLoop()
+		return false
+	}
+	return !e.q.idle()
 }
 
 // lastWriter ends writing for good: the connection is dropped, which also

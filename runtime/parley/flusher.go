@@ -1,7 +1,6 @@
 package parley
 
 import (
-	"fmt"
 	"runtime"
 	"sync"
 )
@@ -67,7 +66,7 @@ func (f *flusher) run() {
 		f.list = f.list[:rest]
 		f.mu.Unlock()
 		for i, e := range chunk {
-			if e.flushQueued() {
+			if e.writeQueued() {
 				f.mu.Lock()
 				f.list = append(f.list, e) // more came while it wrote
 				f.mu.Unlock()
@@ -75,28 +74,4 @@ func (f *flusher) run() {
 			chunk[i] = nil
 		}
 	}
-}
-
-// flushQueued writes e's queue for the flusher, which holds e's writer
-// role, without waiting for the socket. It reports whether e is to be
-// listed again (more frames came meanwhile); otherwise the role is given
-// up or handed to a writer goroutine.
-func (e *endpoint) flushQueued() (again bool) {
-	var closed bool
-	e.batch, closed = e.q.take(e.batch)
-	buffered, err := e.bc.writeFrames(e.batch, byte(e.codec.messageType()), false, false)
-	switch {
-	case err != nil:
-		e.log.Warn("parley: write failed", "side", e.side, "err", err, "close_code", closeNormal)
-		e.fail(fmt.Errorf("parley: write: %w", err))
-		e.lastWriter()
-		return false
-	case buffered || closed:
-		// The socket is full (the writer waits for it and writes the
-		// rest first), or the close handshake is due.
-		e.unflushed = buffered
-		go e.writeLoop()
-		return false
-	}
-	return !e.q.idle()
 }

@@ -55,11 +55,14 @@ type sendQueue struct {
 	space       chan struct{} // closed (and replaced) when the writer takes and pushes wait
 	waiters     int           // blocked pushes
 	startWriter func()
-	delayed     bool // the writer waits for more frames first (WithWriteDelay)
+	// noOwner: a push never makes the pusher the writer, because the
+	// writer waits for more frames first (WithWriteDelay) or because the
+	// socket cannot be written without waiting (TLS).
+	noOwner bool
 }
 
-func newSendQueue(maxBytes int, startWriter func(), delayed bool) *sendQueue {
-	return &sendQueue{maxBytes: maxBytes, space: make(chan struct{}), startWriter: startWriter, delayed: delayed}
+func newSendQueue(maxBytes int, startWriter func(), noOwner bool) *sendQueue {
+	return &sendQueue{maxBytes: maxBytes, space: make(chan struct{}), startWriter: startWriter, noOwner: noOwner}
 }
 
 // kickLocked reports whether the caller must start a writer; q.mu is held.
@@ -116,12 +119,11 @@ func (q *sendQueue) pushFrame(ctx context.Context, f outFrame, block bool) error
 
 // pushOwning is push for a goroutine that can write itself: when no writer
 // runs, it becomes the writer instead of starting one, and must then call
-// the endpoint's writeOwned. With a write delay configured it never does:
-// a writer goroutine waits for more frames, the caller should not.
+// the endpoint's writeOwned (unless noOwner).
 func (q *sendQueue) pushOwning(ctx context.Context, b *[]byte, block bool) (own bool, err error) {
 	start, err := q.pushLocked(ctx, outFrame{b: b, pooled: true}, block)
 	q.mu.Unlock()
-	if start && q.delayed {
+	if start && q.noOwner {
 		go q.startWriter()
 		return false, err
 	}

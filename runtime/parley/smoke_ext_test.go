@@ -2,15 +2,20 @@ package parley_test
 
 import (
 	"context"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+
+	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
 	e2ev1 "github.com/parleyrpc/parley/internal/e2e/gen/e2e/v1"
 	"github.com/parleyrpc/parley/runtime/parley"
-	"go.uber.org/goleak"
 )
 
 var echoSpec = &parley.MethodSpec{Procedure: "/e2e.v1.EchoService/Echo"}
@@ -95,5 +100,43 @@ func TestFrameLengths(t *testing.T) {
 				t.Fatalf("%d bytes: echoed %d bytes that differ", n, len(res.Text))
 			}
 		}
+	}
+}
+
+// TestDeadlineWhileTheSocketIsFull: a caller whose call the peer does not
+// read still gets deadline_exceeded at its deadline. (The caller writes its
+// own call when no write is in progress; it must never wait for the socket
+// to do so.)
+func TestDeadlineWhileTheSocketIsFull(t *testing.T) {
+	release := make(chan struct{})
+	up := websocket.Upgrader{Subprotocols: []string{parley.SubprotocolProto}}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.Close()
+		if _, _, err := ws.ReadMessage(); err != nil { // Hello
+			return
+		}
+		welcome, _ := proto.Marshal(&parleyv1.Frame{Kind: &parleyv1.Frame_Welcome{Welcome: &parleyv1.Welcome{SessionId: "s", MaxInFlight: 16}}})
+		if err := ws.WriteMessage(websocket.BinaryMessage, welcome); err != nil {
+			return
+		}
+		<-release // and read nothing more: the client's socket fills up
+	}))
+	t.Cleanup(hs.Close)
+	conn := dialT(t, "ws"+strings.TrimPrefix(hs.URL, "http"), parley.WithoutReconnect())
+	t.Cleanup(func() { close(release) }) // first: the server lets go, then conn closes
+	big := strings.Repeat("x", 32<<20) // more than loopback's socket buffers take
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := conn.Invoke(ctx, echoSpec, &e2ev1.EchoRequest{Text: big}, new(e2ev1.EchoResponse))
+	if parley.CodeOf(err) != parley.CodeDeadlineExceeded {
+		t.Fatalf("got %v, want deadline_exceeded", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("the call returned %v after it began, for a 300ms deadline", took)
 	}
 }
