@@ -128,7 +128,7 @@ func TestDeadlineWhileTheSocketIsFull(t *testing.T) {
 	t.Cleanup(hs.Close)
 	conn := dialT(t, "ws"+strings.TrimPrefix(hs.URL, "http"), parley.WithoutReconnect())
 	t.Cleanup(func() { close(release) }) // first: the server lets go, then conn closes
-	big := strings.Repeat("x", 32<<20) // more than loopback's socket buffers take
+	big := strings.Repeat("x", 32<<20)   // more than loopback's socket buffers take
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
