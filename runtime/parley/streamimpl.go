@@ -51,6 +51,9 @@ type stream struct {
 
 	// sendMu serializes senders so one item's credit and frame go together.
 	sendMu sync.Mutex
+	// item is the frame send encodes, kept here so that it is not
+	// allocated per item; guarded by sendMu.
+	item frame
 
 	mu         sync.Mutex
 	recvq      []*[]byte // received payloads (pooled copies), oldest first
@@ -169,7 +172,8 @@ func (s *stream) send(m proto.Message) error {
 		case s.credit > 0:
 			s.credit--
 			s.mu.Unlock()
-			return s.e.sendCtx(s.ctx, &frame{kind: kindItem, id: s.id, hasPayload: true}, m)
+			s.item = frame{kind: kindItem, id: s.id, hasPayload: true}
+			return s.e.sendCtx(s.ctx, &s.item, m)
 		}
 		s.mu.Unlock()
 		select {
