@@ -104,6 +104,26 @@ for (const protocol of ["proto", "json"] as const) {
       conn.close();
     });
 
+    test("deadline: each call at its own, a shorter one made later included", async () => {
+      const conn = connect(server, { protocol });
+      const peer = await server.peer();
+      const started = performance.now();
+      let longDone = false;
+      const long = conn.call(Echo, { text: "long" }, { timeoutMs: 1000 });
+      long.catch(() => {}).finally(() => (longDone = true));
+      const short = conn.call(Echo, { text: "short" }, { timeoutMs: 50 });
+      const [a, b] = [await expectFrame(peer, "call"), await expectFrame(peer, "call")];
+      await rejectsWith(short, "deadline_exceeded", /within 50 ms/);
+      const shortAt = performance.now() - started;
+      assert.ok(shortAt >= 49 && shortAt < 1000, `the 50 ms call failed after ${shortAt} ms`);
+      assert.ok(!longDone, "the 1000 ms call ended with the 50 ms one");
+      assert.deepEqual(await expectFrame(peer, "cancel"), { id: b.id, code: 4 });
+      await rejectsWith(long, "deadline_exceeded", /within 1000 ms/);
+      assert.ok(performance.now() - started >= 999);
+      assert.deepEqual(await expectFrame(peer, "cancel"), { id: a.id, code: 4 });
+      conn.close();
+    });
+
     test("deadline: the method's, else the connection's default", async () => {
       const conn = connect(server, { protocol, defaultTimeoutMs: 150 });
       const peer = await server.peer();
