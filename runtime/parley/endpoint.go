@@ -298,7 +298,6 @@ func isTimeout(err error) bool {
 // then tears the endpoint down. The first frame has been read already
 // (Hello or Welcome).
 func (e *endpoint) readLoop() {
-	var f frame
 	var err error
 	for {
 		var typ int
@@ -307,16 +306,19 @@ func (e *endpoint) readLoop() {
 		if err != nil {
 			break
 		}
-		// The message buffer comes from a pool only while a message is
-		// read and dispatched, so an idle connection holds none.
+		// The message buffer and the decoded frame come from pools only
+		// while a message is read and dispatched, so an idle connection
+		// holds neither.
 		buf := getBuf()
 		*buf, err = readAll(r, (*buf)[:0])
 		if err != nil {
 			putBuf(buf)
 			break
 		}
-		e.handleMessage(typ, *buf, &f)
-		f = frame{}
+		f := framePool.Get().(*frame)
+		e.handleMessage(typ, *buf, f)
+		*f = frame{}
+		framePool.Put(f)
 		putBuf(buf)
 	}
 	var ce *websocket.CloseError
@@ -328,6 +330,9 @@ func (e *endpoint) readLoop() {
 	<-e.writerExited
 	close(e.done)
 }
+
+// framePool holds the frames readers decode messages into.
+var framePool = sync.Pool{New: func() any { return new(frame) }}
 
 // handleMessage decodes and dispatches one message. Nothing may keep data
 // after it returns: the buffer goes back to the pool.

@@ -38,7 +38,7 @@ type hub struct {
 	sessions  map[string]*session
 	users     map[string]map[*session]struct{}
 	rooms     map[string]map[*session]struct{}
-	roomsOfSn map[*session]map[string]struct{}
+	roomsOfSn map[*session][]string // a session's rooms, sorted; few per session, so a slice
 
 	presenceMu sync.Mutex
 	hooks      hookRunner
@@ -50,7 +50,7 @@ func newHub(s *Server) *hub {
 		sessions:  make(map[string]*session),
 		users:     make(map[string]map[*session]struct{}),
 		rooms:     make(map[string]map[*session]struct{}),
-		roomsOfSn: make(map[*session]map[string]struct{}),
+		roomsOfSn: make(map[*session][]string),
 	}
 }
 
@@ -100,14 +100,14 @@ func (h *hub) remove(sn *session) {
 	}
 	rooms := h.roomsOfSn[sn]
 	delete(h.roomsOfSn, sn)
-	for room := range rooms {
+	for _, room := range rooms {
 		delete(h.rooms[room], sn)
 		if len(h.rooms[room]) == 0 {
 			delete(h.rooms, room)
 		}
 	}
 	h.mu.Unlock()
-	for room := range rooms {
+	for _, room := range rooms {
 		if err := h.s.broker.Leave(ctx, room, sn.peer.member()); err != nil {
 			h.s.cfg.logger.Error("parley: broker: leaving a room", "room", room, "err", err)
 		}
@@ -140,10 +140,10 @@ func (h *hub) join(ctx context.Context, sn *session, room string) error {
 		h.rooms[room] = make(map[*session]struct{})
 	}
 	h.rooms[room][sn] = struct{}{}
-	if h.roomsOfSn[sn] == nil {
-		h.roomsOfSn[sn] = make(map[string]struct{})
+	if rooms := h.roomsOfSn[sn]; !slices.Contains(rooms, room) {
+		i, _ := slices.BinarySearch(rooms, room)
+		h.roomsOfSn[sn] = slices.Insert(rooms, i, room)
 	}
-	h.roomsOfSn[sn][room] = struct{}{}
 	h.mu.Unlock()
 	return h.s.broker.Join(ctx, room, sn.peer.member())
 }
@@ -154,7 +154,16 @@ func (h *hub) leave(ctx context.Context, sn *session, room string) error {
 	if len(h.rooms[room]) == 0 {
 		delete(h.rooms, room)
 	}
-	delete(h.roomsOfSn[sn], room)
+	if rooms := h.roomsOfSn[sn]; len(rooms) > 0 {
+		if i, ok := slices.BinarySearch(rooms, room); ok {
+			rooms = slices.Delete(rooms, i, i+1)
+		}
+		if len(rooms) == 0 {
+			delete(h.roomsOfSn, sn)
+		} else {
+			h.roomsOfSn[sn] = rooms
+		}
+	}
 	h.mu.Unlock()
 	return h.s.broker.Leave(ctx, room, sn.peer.member())
 }
@@ -162,12 +171,7 @@ func (h *hub) leave(ctx context.Context, sn *session, room string) error {
 func (h *hub) roomsOf(sn *session) []string {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	rooms := make([]string, 0, len(h.roomsOfSn[sn]))
-	for r := range h.roomsOfSn[sn] {
-		rooms = append(rooms, r)
-	}
-	slices.Sort(rooms)
-	return rooms
+	return append([]string{}, h.roomsOfSn[sn]...)
 }
 
 func (h *hub) session(id string) *session {
