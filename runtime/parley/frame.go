@@ -207,12 +207,12 @@ func (binaryCodec) appendFrame(b []byte, f *frame, msg proto.Message) ([]byte, e
 		b = appendVarint(b, 1, f.id)
 		return appendPayload(b, 2)
 	case kindEvent:
+		if msg == nil {
+			return append(appendEventHead(b, f), f.payload...), nil
+		}
 		inner = sizeStringField(1, f.method) + sizeBytes(2, size) + sizeStringField(4, f.topic) + sizeVarint(5, f.offset) + sizeStringField(6, f.epoch)
 		b = appendHeader(b, f.kind, inner)
-		b = appendString(b, 1, f.method)
-		b = appendString(b, 4, f.topic)
-		b = appendVarint(b, 5, f.offset)
-		b = appendString(b, 6, f.epoch)
+		b = appendEventFields(b, f)
 		return appendPayload(b, 2)
 	}
 	// The rare kinds go through the generated types.
@@ -228,6 +228,27 @@ func boolVarint(b bool) uint64 {
 		return 1
 	}
 	return 0
+}
+
+// appendEventHead appends a binary Event frame carrying f.payload, all but
+// the payload's bytes, which come last in the encoding: the head followed
+// by f.payload is the whole frame. A payload many connections share is
+// then written after each one's head instead of being copied into it.
+func appendEventHead(b []byte, f *frame) []byte {
+	inner := sizeStringField(1, f.method) + sizeBytes(2, len(f.payload)) + sizeStringField(4, f.topic) + sizeVarint(5, f.offset) + sizeStringField(6, f.epoch)
+	b = appendHeader(b, kindEvent, inner)
+	b = appendEventFields(b, f)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	return protowire.AppendVarint(b, uint64(len(f.payload)))
+}
+
+// appendEventFields appends an Event's fields but its body, in the order
+// Go's deterministic marshalling uses (the oneof body goes last).
+func appendEventFields(b []byte, f *frame) []byte {
+	b = appendString(b, 1, f.method)
+	b = appendString(b, 4, f.topic)
+	b = appendVarint(b, 5, f.offset)
+	return appendString(b, 6, f.epoch)
 }
 
 func appendHeader(b []byte, k frameKind, size int) []byte {

@@ -266,18 +266,18 @@ func (d *eventData) payloadFor(cd codec) ([]byte, error) {
 // the other connections never wait for it. (Its session survives: the
 // client may resume and get the events it missed, if they still fit the
 // session's buffer.)
-func (e *endpoint) pushEvent(b *[]byte) {
+func (e *endpoint) pushEvent(f outFrame) {
 	var err error
 	if e.flush == nil {
-		err = e.q.push(e.ctx, b, false)
+		err = e.q.pushFrame(e.ctx, f, false)
 	} else {
 		var start bool
-		if start, err = e.q.pushHanded(b); start {
+		if start, err = e.q.pushHanded(f); start {
 			e.flush.add(e)
 		}
 	}
 	if err != nil {
-		putBuf(b)
+		putBuf(f.b)
 	}
 	if errors.Is(err, errSlowConsumer) {
 		e.log.Warn("parley: closing a slow consumer", "conn", e.peer.id, "send_queue_bytes", e.cfg.sendQueueBytes)

@@ -92,20 +92,28 @@ func (q *sendQueue) finish() {
 	q.mu.Unlock()
 }
 
-// outFrame is an encoded frame waiting to be written. A pooled frame
-// returns to bufPool once written; a shared one (an event encoded once for
-// many connections) is only read.
+// outFrame is an encoded frame waiting to be written: b, a pooled buffer
+// that returns to bufPool once written, then tail, bytes shared with other
+// connections (an event's payload), which are only read.
 type outFrame struct {
-	b      *[]byte
-	pooled bool
-	ping   bool // a WebSocket ping control frame; b is nil
+	b    *[]byte
+	tail []byte
+	ping bool // a WebSocket ping control frame; b is nil
+}
+
+// size is what the frame counts against the queue's bound.
+func (f *outFrame) size() int {
+	if f.b == nil {
+		return 0
+	}
+	return len(*f.b) + len(f.tail)
 }
 
 // push queues b, a pooled buffer. With block set it waits for room until
 // ctx ends; otherwise a full queue returns errSlowConsumer. On success the
 // queue owns b; on failure the caller still does.
 func (q *sendQueue) push(ctx context.Context, b *[]byte, block bool) error {
-	return q.pushFrame(ctx, outFrame{b: b, pooled: true}, block)
+	return q.pushFrame(ctx, outFrame{b: b}, block)
 }
 
 func (q *sendQueue) pushFrame(ctx context.Context, f outFrame, block bool) error {
@@ -121,7 +129,7 @@ func (q *sendQueue) pushFrame(ctx context.Context, f outFrame, block bool) error
 // runs, it becomes the writer instead of starting one, and must then call
 // the endpoint's writeOwned (unless noOwner).
 func (q *sendQueue) pushOwning(ctx context.Context, b *[]byte, block bool) (own bool, err error) {
-	start, err := q.pushLocked(ctx, outFrame{b: b, pooled: true}, block)
+	start, err := q.pushLocked(ctx, outFrame{b: b}, block)
 	q.mu.Unlock()
 	if start && q.noOwner {
 		go q.startWriter()
@@ -130,11 +138,11 @@ func (q *sendQueue) pushOwning(ctx context.Context, b *[]byte, block bool) (own 
 	return start, err
 }
 
-// pushHanded is a non-blocking push that leaves starting a writer to the
-// caller: when it reports start, the caller holds the writer role and must
-// see that a writer runs (the Server's flusher takes it).
-func (q *sendQueue) pushHanded(b *[]byte) (start bool, err error) {
-	start, err = q.pushLocked(context.Background(), outFrame{b: b, pooled: true}, false)
+// pushHanded is a non-blocking push of f that leaves starting a writer to
+// the caller: when it reports start, the caller holds the writer role and
+// must see that a writer runs (the Server's flusher takes it).
+func (q *sendQueue) pushHanded(f outFrame) (start bool, err error) {
+	start, err = q.pushLocked(context.Background(), f, false)
 	q.mu.Unlock()
 	return start, err
 }
@@ -142,11 +150,7 @@ func (q *sendQueue) pushHanded(b *[]byte) (start bool, err error) {
 // pushLocked queues f and reports whether a writer must start; it returns
 // with q.mu held.
 func (q *sendQueue) pushLocked(ctx context.Context, f outFrame, block bool) (start bool, err error) {
-	b := f.b
-	size := 0
-	if b != nil {
-		size = len(*b)
-	}
+	size := f.size()
 	q.mu.Lock()
 	for !q.closed && q.bytes > 0 && q.bytes+size > q.maxBytes {
 		if !block {
@@ -169,9 +173,7 @@ func (q *sendQueue) pushLocked(ctx context.Context, f outFrame, block bool) (sta
 		return false, errQueueClosed
 	}
 	q.frames = append(q.frames, f)
-	if b != nil {
-		q.bytes += len(*b)
-	}
+	q.bytes += size
 	return q.kickLocked(), nil
 }
 
@@ -291,8 +293,8 @@ func (c *batchConn) extendWriteDeadline(d time.Duration) {
 }
 
 // writeFrames frames each message of batch as one WebSocket message with
-// the given opcode (a client masks them, a server does not), releases the
-// pooled ones and clears batch. With wait set it then writes everything,
+// the given opcode (a client masks them, a server does not), releases
+// their buffers and clears batch. With wait set it then writes everything,
 // waiting for the socket up to the write deadline. Without, it writes what
 // the socket takes at once and reports whether bytes stay buffered, for a
 // waiting write to finish (see tryWrite).
@@ -306,15 +308,15 @@ func (c *batchConn) writeFrames(batch []outFrame, opcode byte, mask, wait bool) 
 				c.buf = (*c.bufp)[:0] // buf is empty whenever bufp is nil
 			}
 			if f.ping {
-				c.buf = appendWSFrame(c.buf, opPing, nil, mask)
+				c.buf = appendWSFrame(c.buf, opPing, nil, nil, mask)
 			} else {
-				c.buf = appendWSFrame(c.buf, opcode, *f.b, mask)
+				c.buf = appendWSFrame(c.buf, opcode, *f.b, f.tail, mask)
 			}
 			if wait && len(c.buf) >= maxBatchBytes {
 				err = c.writeBuffered()
 			}
 		}
-		if f.pooled {
+		if f.b != nil {
 			putBuf(f.b)
 		}
 		batch[i] = outFrame{}
@@ -377,20 +379,20 @@ func (c *batchConn) rawWrite(fd uintptr) bool {
 	return true
 }
 
-// WebSocket opcodes the writer frames itself.
-const (
-	opText   = 1
-	opBinary = 2
-	opPing   = 9
-)
+// opPing is the WebSocket ping opcode; data messages use the codec's
+// message type, which is its opcode.
+const opPing = 9
 
-func appendWSFrame(b []byte, opcode byte, p []byte, mask bool) []byte {
+// appendWSFrame appends one unfragmented WebSocket frame (RFC 6455 §5.2)
+// whose payload is p followed by tail; a client masks it with a fresh key,
+// as the RFC requires, a server does not.
+func appendWSFrame(b []byte, opcode byte, p, tail []byte, mask bool) []byte {
 	b = append(b, 0x80|opcode) // FIN: every message is one frame
 	var maskBit byte
 	if mask {
 		maskBit = 0x80
 	}
-	switch n := len(p); {
+	switch n := len(p) + len(tail); {
 	case n < 126:
 		b = append(b, maskBit|byte(n))
 	case n <= 0xFFFF:
@@ -400,12 +402,12 @@ func appendWSFrame(b []byte, opcode byte, p []byte, mask bool) []byte {
 		b = binary.BigEndian.AppendUint64(b, uint64(n))
 	}
 	if !mask {
-		return append(b, p...)
+		return append(append(b, p...), tail...)
 	}
 	key := rand.Uint32()
 	b = binary.LittleEndian.AppendUint32(b, key)
 	start := len(b)
-	b = append(b, p...)
+	b = append(append(b, p...), tail...)
 	maskBytes(key, b[start:])
 	return b
 }
@@ -447,7 +449,7 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 func (q *sendQueue) discard() {
 	q.mu.Lock()
 	for _, f := range q.frames {
-		if f.pooled && f.b != nil {
+		if f.b != nil {
 			putBuf(f.b)
 		}
 	}

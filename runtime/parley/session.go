@@ -231,12 +231,19 @@ func (s *session) sendEventLocked(e *endpoint, se sessionEvent) {
 		f.topic, f.offset = "", 0
 	}
 	b := getBuf()
-	*b, err = e.codec.appendFrame((*b)[:0], &f, nil)
+	out := outFrame{b: b}
+	if _, isJSON := e.codec.(jsonCodec); isJSON {
+		*b, err = e.codec.appendFrame((*b)[:0], &f, nil)
+	} else {
+		// The payload, which every recipient shares, is not copied: it
+		// goes out after this connection's head.
+		*b, out.tail = appendEventHead((*b)[:0], &f), payload
+	}
 	if err != nil {
 		putBuf(b)
 		return
 	}
-	e.pushEvent(b)
+	e.pushEvent(out)
 }
 
 // claimCall decides what to do with an incoming call id: run it (true), or
