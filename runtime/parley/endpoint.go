@@ -99,7 +99,15 @@ type endpoint struct {
 	closeReason  string // and its reason
 	closeErr     error  // why outgoing calls fail once closed
 
-	pingTimer    *time.Timer // guarded by mu
+	pingTimer *time.Timer // guarded by mu
+	// reader, inlineSince, standIn and standInArmed hand reading over
+	// while the reader runs a call (see runInline). The reader creates
+	// standIn.
+	afterRead    func() // run by the last reader once the endpoint is done; set before reading
+	reader       atomic.Uint64
+	inlineSince  atomic.Int64 // when the call running inline began, in Unix ns
+	standIn      *time.Timer
+	standInArmed atomic.Bool
 	handlers     sync.WaitGroup
 	readerDone   chan struct{}
 	writerExited chan struct{}
@@ -296,8 +304,11 @@ func isTimeout(err error) bool {
 
 // readLoop reads and dispatches frames until the socket fails or closes,
 // then tears the endpoint down. The first frame has been read already
-// (Hello or Welcome).
+// (Hello or Welcome). A reader that runs a call itself may hand reading
+// over to a stand-in (see runInline); it then returns at once, and the
+// stand-in's readLoop tears down.
 func (e *endpoint) readLoop() {
+	gen := e.reader.Load() >> 1
 	var err error
 	for {
 		var typ int
@@ -320,6 +331,9 @@ func (e *endpoint) readLoop() {
 		*f = frame{}
 		framePool.Put(f)
 		putBuf(buf)
+		if e.reader.Load()>>1 != gen {
+			return // a stand-in reads now
+		}
 	}
 	var ce *websocket.CloseError
 	if errors.As(err, &ce) && (ce.Code == closeNormal || ce.Code == closeGoingAway) {
@@ -329,6 +343,72 @@ func (e *endpoint) readLoop() {
 	close(e.readerDone)
 	<-e.writerExited
 	close(e.done)
+	if e.afterRead != nil {
+		e.afterRead()
+	}
+}
+
+// inlineBudget is how long the reader runs a call itself before a
+// stand-in takes over reading (see runInline).
+const inlineBudget = time.Millisecond
+
+// runInline runs a call on the reader's goroutine, which read it: when no
+// other call runs, a goroutine per call (and the wake-up of an idle thread
+// that comes with it) would cost more than most handlers do; a process
+// serving calls one at a time spends most of its time in such wake-ups.
+// If the handler is still running after inlineBudget, a stand-in reader
+// takes over (checkInline), so a slow handler holds up the connection's
+// other frames by a millisecond or two at most; one that calls the peer
+// hands reading over at once (needReader). This goroutine then finishes
+// its call and leaves reading to the stand-in.
+//
+// e.reader holds the reader's generation times two, plus one while the
+// reader runs a call: finishing and a stand-in's start race on it, and a
+// stand-in is a new generation. The stand-in timer is not stopped after
+// each call (a timer set or stopped sooner than the poller's next wake-up
+// costs a thread wake-up); it fires at most once per inlineBudget while
+// calls run inline, and is armed again only by the next inline call.
+func (e *endpoint) runInline(c *callCtx) {
+	gen := e.reader.Load() >> 1
+	e.inlineSince.Store(time.Now().UnixNano())
+	e.reader.Store(gen<<1 | 1)
+	if e.standInArmed.CompareAndSwap(false, true) {
+		if e.standIn == nil {
+			e.standIn = time.AfterFunc(inlineBudget, e.checkInline)
+		} else {
+			e.standIn.Reset(inlineBudget)
+		}
+	}
+	e.runCall(c)
+	e.reader.CompareAndSwap(gen<<1|1, gen<<1)
+}
+
+// checkInline is the stand-in timer's: if the reader has run one call
+// for inlineBudget, its goroutine becomes the reader.
+func (e *endpoint) checkInline() {
+	e.standInArmed.Store(false)
+	v := e.reader.Load()
+	if v&1 == 0 {
+		return // no call runs inline; the next one arms the timer
+	}
+	if left := inlineBudget - time.Duration(time.Now().UnixNano()-e.inlineSince.Load()); left > 0 {
+		if e.standInArmed.CompareAndSwap(false, true) {
+			e.standIn.Reset(left)
+		}
+		return
+	}
+	if e.reader.CompareAndSwap(v, (v>>1+1)<<1) {
+		e.readLoop()
+	}
+}
+
+// needReader hands reading over to a new goroutine at once if the reader
+// runs a call: whoever is about to wait for the peer needs the socket
+// read, and the call running inline may be the one waiting.
+func (e *endpoint) needReader() {
+	if v := e.reader.Load(); v&1 == 1 && e.reader.CompareAndSwap(v, (v>>1+1)<<1) {
+		go e.readLoop()
+	}
 }
 
 // framePool holds the frames readers decode messages into.
@@ -520,6 +600,9 @@ func (e *endpoint) acceptCall(f *frame) {
 	// Added under mu, with draining checked: Shutdown waits for handlers
 	// only once draining is set, so no Add can race its Wait.
 	e.handlers.Add(1)
+	// Alone: no other call runs, and no more bytes wait in the read-ahead
+	// (a burst of calls runs concurrently, and its replies share writes).
+	alone := e.inFlight == 1 && !e.bc.reader.buffered()
 	e.mu.Unlock()
 	if e.sess != nil && !e.sess.claimCall(e, f.id) {
 		// A call re-sent after a reconnect that ran (or runs) already.
@@ -528,6 +611,10 @@ func (e *endpoint) acceptCall(f *frame) {
 		e.inFlight--
 		e.mu.Unlock()
 		e.handlers.Done()
+		return
+	}
+	if alone {
+		e.runInline(c)
 		return
 	}
 	go e.runCall(c)
@@ -912,6 +999,7 @@ func (e *endpoint) roundTripID(ctx context.Context, spec *MethodSpec, req, res p
 		return err
 	}
 
+	e.needReader()
 	select {
 	case err = <-pc.done:
 	case <-ctx.Done():

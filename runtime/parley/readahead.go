@@ -58,6 +58,10 @@ func (r *readAheadConn) rawRead(fd uintptr) bool {
 	return true
 }
 
+// buffered reports whether bytes read from the socket wait here unread.
+// Only the connection's reader calls it.
+func (r *readAheadConn) buffered() bool { return r != nil && r.buf != nil }
+
 func (r *readAheadConn) Read(p []byte) (int, error) {
 	if r.buf != nil {
 		n := copy(p, (*r.buf)[r.pos:r.end])

@@ -160,10 +160,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	go s.serveConn(e)
 }
 
-// serveConn runs a connection after its handshake, until it closes and its
-// handlers have returned.
+// serveConn runs a connection after its handshake: it reads until the
+// connection closes (or hands reading over to a stand-in, see
+// endpoint.runInline); the last reader then calls connEnded.
 func (s *Server) serveConn(e *endpoint) {
-	defer s.served.Done()
 	s.mu.Lock()
 	if s.shuttingDown {
 		e.draining = true
@@ -173,8 +173,15 @@ func (s *Server) serveConn(e *endpoint) {
 	s.mu.Unlock()
 	e.sess.attach(e, e.resumeFrom)
 	e.start()
+	// The last reader ends the connection: this goroutine, or a stand-in
+	// if this one went on running a call (see endpoint.runInline).
+	e.afterRead = func() { s.connEnded(e) }
 	e.readLoop()
-	<-e.done
+}
+
+// connEnded cleans up after a connection whose reader and writer ended.
+func (s *Server) connEnded(e *endpoint) {
+	defer s.served.Done()
 	// The resume window starts now, not when this socket's handlers end:
 	// they run on the session's context, which only ends with the session.
 	s.mu.Lock()

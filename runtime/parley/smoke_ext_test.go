@@ -2,6 +2,7 @@ package parley_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -138,5 +139,53 @@ func TestDeadlineWhileTheSocketIsFull(t *testing.T) {
 	}
 	if took := time.Since(start); took > 2*time.Second {
 		t.Fatalf("the call returned %v after it began, for a 300ms deadline", took)
+	}
+}
+
+// TestBlockedCallDoesNotBlockTheConnection: a call that arrives alone runs
+// on the connection's reader (saving a goroutine hand-off); while it
+// blocks, a stand-in reads, so a second call on the same connection runs
+// and answers, and the first sees the second's effect.
+func TestBlockedCallDoesNotBlockTheConnection(t *testing.T) {
+	waitSpec := &parley.MethodSpec{Procedure: "/test.Block/Wait"}
+	openSpec := &parley.MethodSpec{Procedure: "/test.Block/Open"}
+	gate, started := make(chan struct{}), make(chan struct{})
+	srv := parley.NewServer()
+	srv.Register(
+		parley.NewUnaryMethod(waitSpec, func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+			close(started)
+			select {
+			case <-gate:
+				return &e2ev1.EchoResponse{Text: "opened"}, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}),
+		parley.NewUnaryMethod(openSpec, func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+			close(gate)
+			return &e2ev1.EchoResponse{Text: "open"}, nil
+		}),
+	)
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	conn := dialT(t, "ws"+strings.TrimPrefix(hs.URL, "http"))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	waited := make(chan error, 1)
+	go func() {
+		res := new(e2ev1.EchoResponse)
+		err := conn.Invoke(ctx, waitSpec, &e2ev1.EchoRequest{}, res)
+		if err == nil && res.GetText() != "opened" {
+			err = fmt.Errorf("wait answered %q", res.GetText())
+		}
+		waited <- err
+	}()
+	<-started // Wait runs, alone on the connection: on its reader
+	if err := conn.Invoke(ctx, openSpec, &e2ev1.EchoRequest{}, new(e2ev1.EchoResponse)); err != nil {
+		t.Fatalf("open, while wait blocks: %v", err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatal(err)
 	}
 }

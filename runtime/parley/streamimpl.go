@@ -108,6 +108,7 @@ func (e *endpoint) newStream(ctx context.Context, spec *MethodSpec) (*Stream, er
 	e.streams[s.id] = s
 	e.liveStreams.Add(1)
 	e.mu.Unlock()
+	e.needReader() // the stream's replies and credit must be read
 	// The caller giving up (its ctx ending) abandons the call.
 	s.stop = context.AfterFunc(sctx, func() {
 		code := CodeOf(context.Cause(sctx))
