@@ -254,6 +254,11 @@ func (c *batchConn) Read(p []byte) (int, error) {
 // maxBatchBytes bounds what a waiting writer buffers before it writes.
 const maxBatchBytes = 256 << 10
 
+// batchPool recycles the buffers batches are framed into: a busy
+// connection's grow to its batches' size and are reused at that size (up
+// to 4*maxBatchBytes); an idle connection holds none.
+var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
 // Write writes p at once, after any bytes a non-waiting write left.
 func (c *batchConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
@@ -304,7 +309,7 @@ func (c *batchConn) writeFrames(batch []outFrame, opcode byte, mask, wait bool) 
 	for i, f := range batch {
 		if err == nil {
 			if c.bufp == nil {
-				c.bufp = getBuf()
+				c.bufp = batchPool.Get().(*[]byte)
 				c.buf = (*c.bufp)[:0] // buf is empty whenever bufp is nil
 			}
 			if f.ping {
@@ -344,9 +349,9 @@ func (c *batchConn) writeBuffered() error {
 // resetBuf gives the emptied buffer back to the pool: an idle connection
 // holds none, whatever its last batch was.
 func (c *batchConn) resetBuf() {
-	if c.bufp != nil {
+	if c.bufp != nil && cap(c.buf) <= 4*maxBatchBytes {
 		*c.bufp = c.buf[:0]
-		putBuf(c.bufp) // which drops a large one
+		batchPool.Put(c.bufp)
 	}
 	c.buf, c.bufp = nil, nil
 }
