@@ -19,7 +19,7 @@ var (
 	streamImpl  *string
 	roomsFlag   *string
 	eventsFlag  *string
-	windowFlag  *int
+	windowFlag  *string
 	writeDelay  *time.Duration
 	clientFlag  *string
 	idleConns   *int
@@ -35,7 +35,7 @@ func registerModeFlags() {
 	streamImpl = flag.String("stream-impl", strings.Join(stream.Names, ","), "stream mode: targets")
 	roomsFlag = flag.String("rooms", "1000,10000", "fanout mode: connections per room, comma-separated")
 	eventsFlag = flag.String("events", "100,1024", "fanout mode: event data sizes in bytes, comma-separated")
-	windowFlag = flag.Int("window", 8, "fanout mode: events the publisher may be ahead of the slowest connection")
+	windowFlag = flag.String("window", "8,64", "fanout mode: events the publisher may be ahead of the slowest connection, comma-separated (each a run)")
 	writeDelay = flag.Duration("write-delay", 0, "fanout mode: the server's parley.WithWriteDelay (0 = default)")
 	clientFlag = flag.String("client", "raw", "fanout mode: clients, raw (gorilla readers) or parley (parley.Dial); with -mode clients, the kind to open")
 	fanDuration = flag.Duration("fanout-duration", 2*time.Second, "fanout mode: measured time per case")
@@ -184,19 +184,28 @@ func runFanout(w *bufio.Writer, warmup time.Duration) error {
 	if err != nil {
 		return err
 	}
-	o := fanout.Options{Rooms: rooms, Sizes: sizes, Warmup: max(warmup, 500*time.Millisecond), Duration: *fanDuration, Window: *windowFlag, Client: *clientFlag, WriteDelay: *writeDelay}
-	rs, err := fanout.Run(o, func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) })
+	windows, err := ints(*windowFlag)
 	if err != nil {
 		return err
 	}
+	var rs []fanout.Result
+	var o fanout.Options
+	for _, window := range windows {
+		o = fanout.Options{Rooms: rooms, Sizes: sizes, Warmup: max(warmup, 500*time.Millisecond), Duration: *fanDuration, Window: window, Client: *clientFlag, WriteDelay: *writeDelay}
+		r, err := fanout.Run(o, func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) })
+		if err != nil {
+			return err
+		}
+		rs = append(rs, r...)
+	}
 	fmt.Fprintf(w, "### Fan-out: one publisher, one room (write delay %v)\n\n", *writeDelay)
-	fmt.Fprintf(w, "Server and publisher in this process (parley.NewServer on a plain http.Server, default options: 1 MiB send queue per connection); the room's clients in a child process (%s), because the machine's open-files hard limit (%d) cannot hold both ends of 10,000 sockets in one process. The publisher calls Server.Publish(ToRoom) in a loop, at most %d events ahead of the slowest connection (paced, not flooded: a flood would only fill send queues and cut connections off as slow consumers). Each event's data carries its publish time (wall clock); latency is publish → the client's read of it, over every delivery in the window. %v measured per case after %v warm-up. CPU µs/delivery from /proc/<pid>/stat (10 ms ticks).\n\n",
-		clientDesc(*clientFlag), fanout.FDLimit(), *windowFlag, *fanDuration, o.Warmup)
-	fmt.Fprintln(w, "| room | event data | deliveries/s | events/s | p50 | p99 | max | server CPU µs/delivery | clients CPU µs/delivery | server allocs/event | server writes/delivery |")
-	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintf(w, "Server and publisher in this process (parley.NewServer on a plain http.Server, default options: 1 MiB send queue per connection); the room's clients in a child process (%s), because the machine's open-files hard limit (%d) cannot hold both ends of 10,000 sockets in one process. The publisher calls Server.Publish(ToRoom) in a loop, at most `window` events ahead of the slowest connection (paced, not flooded: a flood would only fill send queues and cut connections off as slow consumers; the child reports each event once every connection has it). The more events may be in flight, the more each write carries, and the longer each waits. Each event's data carries its publish time (wall clock); latency is publish → the client's read of it, over every delivery in the window. %v measured per case after %v warm-up. CPU µs/delivery from /proc/<pid>/stat (10 ms ticks).\n\n",
+		clientDesc(*clientFlag), fanout.FDLimit(), *fanDuration, o.Warmup)
+	fmt.Fprintln(w, "| window | room | event data | deliveries/s | events/s | p50 | p99 | max | server CPU µs/delivery | clients CPU µs/delivery | server allocs/event | server writes/delivery |")
+	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rs {
-		fmt.Fprintf(w, "| %d | %s | %.0f | %.0f | %s | %s | %s | %.2f | %.2f | %.0f | %.2f |\n",
-			r.Conns, sizeName(r.Size), r.PerSec(), float64(r.Events)/r.Elapsed.Seconds(), dur(r.P50), dur(r.P99), dur(r.Max),
+		fmt.Fprintf(w, "| %d | %d | %s | %.0f | %.0f | %s | %s | %s | %.2f | %.2f | %.0f | %.2f |\n",
+			r.Window, r.Conns, sizeName(r.Size), r.PerSec(), float64(r.Events)/r.Elapsed.Seconds(), dur(r.P50), dur(r.P99), dur(r.Max),
 			float64(r.ServerCPU.Microseconds())/float64(r.Deliveries), float64(r.ClientCPU.Microseconds())/float64(r.Deliveries),
 			float64(r.ServerMallocs)/float64(r.Events), float64(r.ServerWrites)/float64(r.Deliveries))
 	}
