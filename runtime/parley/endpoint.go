@@ -35,11 +35,16 @@ var errPeerCanceled = errors.New("parley: call canceled by the caller")
 // endpoint is one end of a Parley WebSocket, server or client: it runs the
 // handlers of calls the peer makes and correlates the calls this side makes.
 //
-// Goroutines: the owner (the server's ServeHTTP, or the goroutine Dial
-// starts) runs readLoop; start launches the writer, which ends after the
-// reader does; each incoming call runs in its own goroutine, tracked by
-// handlers, whose context ends no later than the socket. done is closed
-// once the reader and writer have both returned.
+// Goroutines: one reader at a time runs readLoop: the owner (the server's
+// serveConn, or the goroutine Dial starts), or a stand-in it handed
+// reading to while it ran a call itself (runInline); the last reader tears
+// down and runs afterRead. One writer at a time holds the queue's writing
+// flag: a writer goroutine the queue starts (writeLoop), a caller or
+// handler that queued a frame when none wrote (writeOwned), or the
+// Server's flusher; none of the last two waits for the socket. Incoming
+// calls run in a goroutine each (or on the reader, alone), tracked by
+// handlers, whose context ends no later than the session. done is closed
+// once the reader and writer have both finished.
 //
 // Any goroutine may call invoke and closeWith. mu guards pending, running,
 // inFlight, draining, lastAccepted and closeErr.
