@@ -286,7 +286,7 @@ func clientHandshake(ctx context.Context, e *endpoint, hello *parleyv1.Hello) (*
 		return nil, Errorf(CodeUnavailable, "sending hello: %w", err)
 	}
 	_ = e.ws.SetReadDeadline(deadline)
-	typ, data, err := e.ws.ReadMessage()
+	typ, data, err := e.readMessage(nil)
 	if err != nil {
 		return nil, Errorf(CodeUnavailable, "awaiting welcome: %w", err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"runtime"
 	"runtime/debug"
@@ -108,7 +107,8 @@ type endpoint struct {
 	// reader, inlineSince, standIn and standInArmed hand reading over
 	// while the reader runs a call (see runInline). The reader creates
 	// standIn.
-	afterRead    func() // run by the last reader once the endpoint is done; set before reading
+	afterRead    func()  // run by the last reader once the endpoint is done; set before reading
+	rhdr         [8]byte // readMessage's scratch for frame headers; the reader's
 	reader       atomic.Uint64
 	inlineSince  atomic.Int64 // when the call running inline began, in Unix ns
 	standIn      *time.Timer
@@ -140,7 +140,6 @@ func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *con
 		ci, _ := CallInfoFromContext(ctx)
 		return ci.method.call(ctx, req)
 	}, cfg.interceptors)
-	ws.SetReadLimit(int64(cfg.maxMessageBytes))
 	return e
 }
 
@@ -155,9 +154,6 @@ func (e *endpoint) nextID() uint64 {
 
 // start launches the writer. The caller then runs readLoop.
 func (e *endpoint) start() {
-	e.ws.SetPongHandler(func(string) error {
-		return e.ws.SetReadDeadline(time.Now().Add(e.cfg.pingInterval + e.cfg.pongTimeout))
-	})
 	_ = e.ws.SetReadDeadline(time.Now().Add(e.cfg.pingInterval + e.cfg.pongTimeout))
 	e.mu.Lock()
 	e.pingTimer = time.AfterFunc(e.cfg.pingInterval, e.ping)
@@ -316,17 +312,12 @@ func (e *endpoint) readLoop() {
 	gen := e.reader.Load() >> 1
 	var err error
 	for {
-		var typ int
-		var r interface{ Read([]byte) (int, error) }
-		typ, r, err = e.ws.NextReader()
-		if err != nil {
-			break
-		}
 		// The message buffer and the decoded frame come from pools only
 		// while a message is read and dispatched, so an idle connection
 		// holds neither.
 		buf := getBuf()
-		*buf, err = readAll(r, (*buf)[:0])
+		var typ int
+		typ, *buf, err = e.readMessage((*buf)[:0])
 		if err != nil {
 			putBuf(buf)
 			break
@@ -450,22 +441,6 @@ func truncateReason(s string) string {
 		return s[:120]
 	}
 	return s
-}
-
-func readAll(r interface{ Read([]byte) (int, error) }, b []byte) ([]byte, error) {
-	for {
-		if len(b) == cap(b) {
-			b = append(b, 0)[:len(b)]
-		}
-		n, err := r.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if err != nil {
-			if err == io.EOF {
-				return b, nil
-			}
-			return b, err
-		}
-	}
 }
 
 func (e *endpoint) isClosing() bool {

@@ -197,7 +197,7 @@ func (s *Server) connEnded(e *endpoint) {
 // handshake reads Hello, authenticates, and answers Welcome.
 func (s *Server) handshake(e *endpoint, r *http.Request) error {
 	_ = e.ws.SetReadDeadline(time.Now().Add(s.cfg.handshakeTimeout))
-	typ, data, err := e.ws.ReadMessage()
+	typ, data, err := e.readMessage(nil)
 	if err != nil {
 		return err
 	}
