@@ -184,7 +184,7 @@ func (c *Conn) dial(ctx context.Context) (*endpoint, *parleyv1.Welcome, error) {
 	var bc *batchConn
 	netDialer := &net.Dialer{}
 	dialer := websocket.Dialer{
-		ReadBufferSize:   c.cfg.readBufferSize,
+		ReadBufferSize:   clientHandshakeBuffer, // reads the upgrade response; frames are read by readMessage
 		WriteBufferSize:  4096,
 		WriteBufferPool:  writeBufferPool,
 		Subprotocols:     []string{c.cfg.subprotocol},

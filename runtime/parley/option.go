@@ -32,10 +32,12 @@ const (
 	// DefaultHandshakeTimeout bounds the WebSocket upgrade plus the
 	// Hello/Welcome exchange.
 	DefaultHandshakeTimeout = 10 * time.Second
-	// DefaultReadBufferSize is the WebSocket read buffer each connection
-	// keeps for its lifetime. It can be small: underneath it the socket is
-	// read in 4 KiB blocks taken from a pool only while they hold unread
-	// bytes, so back-to-back messages still cost one system call.
+	// DefaultReadBufferSize is kept for compatibility; see
+	// WithReadBufferSize.
+	//
+	// Deprecated: Parley reads frames itself, from 4 KiB blocks taken
+	// from a pool only while they hold unread bytes; a connection keeps no
+	// read buffer of its own.
 	DefaultReadBufferSize = 512
 	// DefaultCallTimeout is a client call's deadline when neither its
 	// context nor its method's timeout_ms gives one.
@@ -49,7 +51,6 @@ type config struct {
 	sendQueueBytes   int
 	writeTimeout     time.Duration
 	writeDelay       time.Duration
-	readBufferSize   int
 	pingInterval     time.Duration
 	pongTimeout      time.Duration
 	handshakeTimeout time.Duration
@@ -85,7 +86,6 @@ func defaultConfig() config {
 		pingInterval:     DefaultPingInterval,
 		pongTimeout:      DefaultPongTimeout,
 		handshakeTimeout: DefaultHandshakeTimeout,
-		readBufferSize:   DefaultReadBufferSize,
 		streamWindow:     DefaultStreamWindow,
 		resumeWindow:     DefaultResumeWindow,
 		resumeEvents:     DefaultResumeEvents,
@@ -153,11 +153,13 @@ func WithWriteDelay(d time.Duration) Option {
 	return option(func(c *config) { c.writeDelay = d })
 }
 
-// WithReadBufferSize sets the WebSocket read buffer each connection keeps
-// for its lifetime (DefaultReadBufferSize), on top of the pooled 4 KiB
-// socket read-ahead.
+// WithReadBufferSize has no effect.
+//
+// Deprecated: Parley reads frames itself, from 4 KiB blocks taken from a
+// pool only while they hold unread bytes; a connection keeps no read
+// buffer of its own. The option is kept so that code using it compiles.
 func WithReadBufferSize(n int) Option {
-	return option(func(c *config) { c.readBufferSize = max(n, 256) })
+	return option(func(*config) {})
 }
 
 // WithKeepalive sets how often this side pings (DefaultPingInterval) and

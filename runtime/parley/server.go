@@ -64,9 +64,10 @@ func NewServer(opts ...ServerOption) *Server {
 		s.cfg.logger.Error("parley: subscribing to the broker", "err", err)
 	}
 	s.upgrader = websocket.Upgrader{
-		// A small read buffer and pooled write buffers keep an idle
-		// connection's memory low; large messages bypass the read buffer.
-		ReadBufferSize:   s.cfg.readBufferSize,
+		// Parley reads frames itself (readMessage) and writes data frames
+		// itself: gorilla's buffers serve only the control frames it
+		// writes, so they are as small as it allows.
+		ReadBufferSize:   minGorillaBuffer,
 		WriteBufferSize:  4096,
 		WriteBufferPool:  writeBufferPool,
 		HandshakeTimeout: s.cfg.handshakeTimeout,

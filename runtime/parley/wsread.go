@@ -12,6 +12,15 @@ import (
 	"github.com/gorilla/websocket"
 )
 
+// gorilla/websocket keeps a read buffer per connection that Parley does not
+// use once connected: minGorillaBuffer asks for the smallest it allows
+// (it raises anything smaller to a control frame's 125 bytes); a client's
+// reads the HTTP upgrade response through clientHandshakeBuffer first.
+const (
+	minGorillaBuffer      = 1
+	clientHandshakeBuffer = 1024
+)
+
 // readMessage reads the next data message from the socket into buf,
 // appending, and returns its type (websocket.TextMessage or
 // BinaryMessage). It reads the frames of RFC 6455 §5 itself rather than
