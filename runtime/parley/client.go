@@ -2,6 +2,7 @@ package parley
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -195,6 +196,28 @@ func (c *Conn) dial(ctx context.Context) (*endpoint, *parleyv1.Welcome, error) {
 				return nil, err
 			}
 			bc = newBatchConn(nc)
+			return bc, nil
+		},
+		// For wss, the batchConn goes over TLS, not under it: the writer
+		// writes frames into it, and they must be encrypted.
+		NetDialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nc, err := netDialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			cfg := c.cfg.tls.Clone()
+			if cfg == nil {
+				cfg = &tls.Config{}
+			}
+			if cfg.ServerName == "" {
+				cfg.ServerName, _, _ = net.SplitHostPort(addr)
+			}
+			tc := tls.Client(nc, cfg)
+			if err := tc.HandshakeContext(ctx); err != nil {
+				_ = nc.Close()
+				return nil, err
+			}
+			bc = newBatchConn(tc)
 			return bc, nil
 		},
 	}

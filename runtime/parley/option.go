@@ -2,6 +2,7 @@ package parley
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net/http"
 	"time"
@@ -75,6 +76,7 @@ type config struct {
 	subprotocol string
 	metadata    map[string]string
 	header      http.Header
+	tls         *tls.Config
 }
 
 func defaultConfig() config {
@@ -305,4 +307,11 @@ func WithoutReconnect() ClientOption {
 // WithHTTPHeader adds headers to the WebSocket upgrade request.
 func WithHTTPHeader(h http.Header) ClientOption {
 	return clientOption(func(c *config) { c.header = h })
+}
+
+// WithTLSConfig sets the TLS configuration for wss:// URLs (the roots to
+// trust, a client certificate). The default is Go's: the system's roots,
+// and the URL's host as the server name.
+func WithTLSConfig(cfg *tls.Config) ClientOption {
+	return clientOption(func(c *config) { c.tls = cfg })
 }
