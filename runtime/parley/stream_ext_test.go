@@ -381,49 +381,20 @@ func TestMaxStreams(t *testing.T) {
 // the server buffering without bound.
 func TestPeerIgnoringCreditIsStopped(t *testing.T) {
 	_, url := newStreamServer(t, parley.WithStreamWindow(8))
-	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
-	if err == nil {
+	if _, _, err := websocket.DefaultDialer.Dial(url, nil); err == nil {
 		t.Fatal("dial without a subprotocol succeeded")
 	}
-	d := websocket.Dialer{Subprotocols: []string{parley.SubprotocolProto}}
-	ws, _, err = d.Dial(url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.Close()
-	write := func(f *parleyv1.Frame) {
-		t.Helper()
-		b, err := proto.Marshal(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(&parleyv1.Frame{Kind: &parleyv1.Frame_Hello{Hello: &parleyv1.Hello{}}})
-	if _, _, err := ws.ReadMessage(); err != nil {
-		t.Fatal(err)
-	}
+	p := dialRaw(t, url, 0, nil)
 	// The handler takes the first item and stalls, so the window cannot
 	// grow (a receiver that keeps draining would grant more credit, and
 	// a peer that sends ahead of it would not be caught overrunning).
-	write(&parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: echoesSpec.Procedure}}})
+	p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: echoesSpec.Procedure}}})
 	item, _ := proto.Marshal(&e2ev1.EchoRequest{Text: "stall"})
 	for range 100 {
-		write(&parleyv1.Frame{Kind: &parleyv1.Frame_Item{Item: &parleyv1.StreamItem{Id: 1, Body: &parleyv1.StreamItem_Payload{Payload: item}}}})
+		p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Item{Item: &parleyv1.StreamItem{Id: 1, Body: &parleyv1.StreamItem_Payload{Payload: item}}}})
 	}
-	_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
 	for {
-		_, data, err := ws.ReadMessage()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var f parleyv1.Frame
-		if err := proto.Unmarshal(data, &f); err != nil {
-			t.Fatal(err)
-		}
-		if e := f.GetError(); e != nil {
+		if e := p.read(t).GetError(); e != nil {
 			if e.GetId() != 1 || e.GetCode() != parleyv1.Code_CODE_RESOURCE_EXHAUSTED {
 				t.Fatalf("got %v, want resource_exhausted for stream 1", e)
 			}
@@ -438,40 +409,11 @@ func TestPeerIgnoringCreditIsStopped(t *testing.T) {
 // credit frames.
 func TestDrainedStreamWindowGrows(t *testing.T) {
 	_, url := newStreamServer(t, parley.WithStreamWindow(8))
-	d := websocket.Dialer{Subprotocols: []string{parley.SubprotocolProto}}
-	ws, _, err := d.Dial(url, nil)
-	if err != nil {
-		t.Fatal(err)
+	p := dialRaw(t, url, 0, &parleyv1.Hello{StreamWindow: 1 << 20})
+	if w := p.welcome.GetStreamWindow(); w != 8 {
+		t.Fatalf("welcome announces a window of %d, want 8", w)
 	}
-	defer ws.Close()
-	write := func(f *parleyv1.Frame) {
-		t.Helper()
-		b, err := proto.Marshal(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	read := func() *parleyv1.Frame {
-		t.Helper()
-		_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
-		_, data, err := ws.ReadMessage()
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := new(parleyv1.Frame)
-		if err := proto.Unmarshal(data, f); err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
-	write(&parleyv1.Frame{Kind: &parleyv1.Frame_Hello{Hello: &parleyv1.Hello{StreamWindow: 1 << 20}}})
-	if w := read().GetWelcome(); w.GetStreamWindow() != 8 {
-		t.Fatalf("welcome announces a window of %d, want 8", w.GetStreamWindow())
-	}
-	write(&parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: echoesSpec.Procedure}}})
+	p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: echoesSpec.Procedure}}})
 	// One item at a time, each echoed before the next goes: the server's
 	// queue is empty whenever it grants credit.
 	credit, sent := 8, 0
@@ -481,11 +423,11 @@ func TestDrainedStreamWindowGrows(t *testing.T) {
 			t.Fatalf("out of credit after %d items (grants %v)", sent, grants)
 		}
 		item, _ := proto.Marshal(&e2ev1.EchoRequest{Text: fmt.Sprint(sent)})
-		write(&parleyv1.Frame{Kind: &parleyv1.Frame_Item{Item: &parleyv1.StreamItem{Id: 1, Body: &parleyv1.StreamItem_Payload{Payload: item}}}})
+		p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Item{Item: &parleyv1.StreamItem{Id: 1, Body: &parleyv1.StreamItem_Payload{Payload: item}}}})
 		sent++
 		credit--
 		for echoed := false; !echoed; {
-			f := read()
+			f := p.read(t)
 			switch {
 			case f.GetCredit() != nil:
 				grants = append(grants, f.GetCredit().GetItems())

@@ -17,14 +17,19 @@ import (
 	"github.com/parleyrpc/parley/runtime/parley"
 )
 
-// rawPeer is a client that speaks WebSocket through gorilla/websocket but
-// can also write raw bytes on the socket underneath.
+// rawPeer is a client that speaks WebSocket through gorilla/websocket and
+// Parley's frames by hand, and can write raw bytes on the socket
+// underneath.
 type rawPeer struct {
-	ws  *websocket.Conn
-	raw net.Conn
+	ws      *websocket.Conn
+	raw     net.Conn
+	welcome *parleyv1.Welcome
 }
 
-func dialRaw(t *testing.T, url string, writeBuffer int) *rawPeer {
+// dialRaw connects and exchanges hello (a bare one if nil) for the
+// server's Welcome; writeBuffer is gorilla's (0: its default), which
+// fragments longer messages.
+func dialRaw(t *testing.T, url string, writeBuffer int, hello *parleyv1.Hello) *rawPeer {
 	t.Helper()
 	p := &rawPeer{}
 	d := websocket.Dialer{
@@ -42,9 +47,12 @@ func dialRaw(t *testing.T, url string, writeBuffer int) *rawPeer {
 	}
 	p.ws = ws
 	t.Cleanup(func() { _ = ws.Close() })
-	p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Hello{Hello: &parleyv1.Hello{}}})
-	if f := p.read(t); f.GetWelcome() == nil {
-		t.Fatalf("got %v, want welcome", f)
+	if hello == nil {
+		hello = &parleyv1.Hello{}
+	}
+	p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Hello{Hello: hello}})
+	if p.welcome = p.read(t).GetWelcome(); p.welcome == nil {
+		t.Fatal("no welcome")
 	}
 	return p
 }
@@ -105,7 +113,7 @@ func newEchoServer(t *testing.T) string {
 // TestFragmentsAndPings: the server reads a message sent in many frames,
 // with a ping between them, and answers the ping.
 func TestFragmentsAndPings(t *testing.T) {
-	p := dialRaw(t, newEchoServer(t), 64) // gorilla sends what overflows 64 bytes as a fragment
+	p := dialRaw(t, newEchoServer(t), 64, nil) // gorilla sends what overflows 64 bytes as a fragment
 	pong := make(chan string, 1)
 	p.ws.SetPongHandler(func(s string) error { pong <- s; return nil })
 	if err := p.ws.WriteControl(websocket.PingMessage, []byte("are you there"), time.Now().Add(time.Second)); err != nil {
@@ -164,7 +172,7 @@ func TestBadFrames(t *testing.T) {
 		{"too big", append([]byte{0x82, 0xff, 0, 0, 0, 0, 0x10, 0, 0, 0}, mask...), websocket.CloseMessageTooBig},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := dialRaw(t, url, 0)
+			p := dialRaw(t, url, 0, nil)
 			if _, err := p.raw.Write(tc.bytes); err != nil {
 				t.Fatal(err)
 			}
