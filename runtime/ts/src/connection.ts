@@ -92,7 +92,10 @@ export interface ConnectionOptions {
    * the server more (sent in Hello as stream_window). It bounds each
    * stream's receive buffer to that many items; a server sending beyond
    * it fails that stream with "resource_exhausted". Default
-   * {@link defaultStreamWindow} (64).
+   * {@link defaultStreamWindow} (64). A stream read as fast as it arrives
+   * doubles its window at each grant, so that credit round trips do not
+   * hold it back; the connection's streams share 15 windows' worth of
+   * such growth, each live stream at most its share.
    */
   streamWindow?: number;
   /**
@@ -345,6 +348,9 @@ export class Connection {
   /** The deadline timer (see #arm) and when it fires. */
   #timer: ReturnType<typeof setTimeout> | undefined;
   #timerAt = Infinity;
+  /** Live streams, and the items their windows grew by (see streamWindow). */
+  #streams = 0;
+  #grown = 0;
   #events = new Map<string, Set<(body: Body) => unknown>>();
   #handlers = new Map<string, { spec: MethodSpec; fn: (req: any, ctx: HandlerContext) => unknown }>();
 
@@ -591,7 +597,9 @@ export class Connection {
    */
   #stream(spec: MethodSpec, options: CallOptions, request?: unknown): any {
     const { procedure } = spec;
-    const window = this.#options.streamWindow || defaultStreamWindow;
+    const base = this.#options.streamWindow || defaultStreamWindow;
+    let window = base;
+    this.#streams++;
     /** Received items not yet read. */
     const q: unknown[] = [];
     /** Sends waiting for credit, in order; one without body is the StreamEnd. */
@@ -648,6 +656,7 @@ export class Connection {
       },
     };
     const done = (e: ParleyError | undefined, v: unknown, local: boolean) => {
+      if (!ended) this.#streams--, (this.#grown -= window - base);
       ended = true;
       error = e;
       value = v;
@@ -702,9 +711,16 @@ export class Connection {
           for (;;) {
             if (q.length) {
               const value = q.shift();
-              // Grant the server what was read, half a window at a time.
+              // Grant the server what was read, half a window at a time;
+              // drained, the window doubles (the server may be waiting).
               if (++consumed >= Math.max(1, window >> 1) && !ended) {
-                this.#send(sock, { credit: { id, items: consumed } });
+                let items = consumed;
+                if (!q.length && (2 * window - base) * this.#streams <= 15 * base && this.#grown + window <= 15 * base) {
+                  this.#grown += window;
+                  items += window;
+                  window *= 2;
+                }
+                this.#send(sock, { credit: { id, items } });
                 consumed = 0;
               }
               return { value, done: false };

@@ -169,7 +169,7 @@ for (const protocol of ["proto", "json"] as const) {
     };
     const item = (peer: Peer, id: number, n: number) => peer.send({ item: { id, ...body(peer, Count.output, { n }) } });
 
-    test("server stream: the request rides in the Call; items in order; Reply ends the loop; credit at half the window", async () => {
+    test("server stream: the request rides in the Call; items in order; Reply ends the loop; credit at half the window, doubled when drained", async () => {
       const { conn, peer } = await connect();
       const stream = conn.serverStream(Count, { from: 5, count: 6 });
       const call = await expectFrame(peer, "call");
@@ -182,18 +182,25 @@ for (const protocol of ["proto", "json"] as const) {
       got.push((await next(it)).value!.n);
       await quiet(peer, 20);
       got.push((await next(it)).value!.n);
+      // Two read, two still queued: half the window back, no growth.
       assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2 });
       got.push((await next(it)).value!.n, (await next(it)).value!.n);
-      assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2 });
-      item(peer, call.id, 9);
-      item(peer, call.id, 10);
+      // Read to the last: the window (4) doubles, and the server gets it.
+      assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2 + 4 });
+      for (let n = 9; n < 17; n++) item(peer, call.id, n); // the new window of 8, all at once
+      for (let n = 9; n < 13; n++) got.push((await next(it)).value!.n);
+      assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 4 }, "not drained: no growth");
+      for (let n = 13; n < 17; n++) got.push((await next(it)).value!.n);
+      assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 4 + 8 });
+      item(peer, call.id, 17);
+      item(peer, call.id, 18);
       peer.send({ reply: { id: call.id } });
       for (;;) {
         const r = await next(it);
         if (r.done) break;
         got.push(r.value.n);
       }
-      assert.deepEqual(got, [5, 6, 7, 8, 9, 10]);
+      assert.deepEqual(got, Array.from({ length: 14 }, (_, i) => i + 5));
       await quiet(peer); // no credit once the call ended
       conn.close();
     });
