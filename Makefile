@@ -54,7 +54,8 @@ node_modules: package-lock.json
 bench:
 	cd bench && go run ./cmd/parley-bench
 
-## fuzz: run the frame fuzz target for a while (CI runs its seed corpus).
+## fuzz: run the fuzz targets for a while each (CI runs their seed corpora).
 fuzz:
 	go test -run '^$$' -fuzz FuzzDecodeFrame -fuzztime 60s ./runtime/parley
 	go test -run '^$$' -fuzz FuzzDispatch -fuzztime 60s ./runtime/parley
+	go test -run '^$$' -fuzz FuzzWebSocketFrames -fuzztime 60s ./runtime/parley
