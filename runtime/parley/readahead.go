@@ -8,10 +8,27 @@ import (
 	"syscall"
 )
 
-// readAhead is how much a connection reads from the socket at once.
-const readAhead = 4096
+// readAhead is how much a connection reads from the socket at once, and
+// readAheadBig how much once a read filled its block: a busy stream then
+// costs one system call per 64 KiB rather than per 4 KiB.
+const (
+	readAhead    = 4096
+	readAheadBig = 64 << 10
+)
 
-var readAheadPool = sync.Pool{New: func() any { b := make([]byte, readAhead); return &b }}
+var (
+	readAheadPool    = sync.Pool{New: func() any { b := make([]byte, readAhead); return &b }}
+	readAheadBigPool = sync.Pool{New: func() any { b := make([]byte, readAheadBig); return &b }}
+)
+
+// putBlock returns a block to its pool.
+func putBlock(b *[]byte) {
+	if len(*b) == readAheadBig {
+		readAheadBigPool.Put(b)
+		return
+	}
+	readAheadPool.Put(b)
+}
 
 // readAheadConn reads from its socket in blocks of readAhead bytes, so that
 // small messages arriving back to back cost one system call, not one each;
@@ -32,6 +49,7 @@ type readAheadConn struct {
 	got    *[]byte
 	n      int
 	rerr   error
+	big    bool // the last read filled its block: take a big one
 }
 
 func newReadAhead(c net.Conn) *readAheadConn {
@@ -48,13 +66,18 @@ func newReadAhead(c net.Conn) *readAheadConn {
 // rawRead runs inside RawConn.Read: once the socket is readable, it takes
 // a block and reads into it.
 func (r *readAheadConn) rawRead(fd uintptr) bool {
-	b := readAheadPool.Get().(*[]byte)
+	pool := &readAheadPool
+	if r.big {
+		pool = &readAheadBigPool
+	}
+	b := pool.Get().(*[]byte)
 	r.n, r.rerr = syscall.Read(int(fd), *b)
 	if errors.Is(r.rerr, syscall.EAGAIN) {
-		readAheadPool.Put(b) // not readable yet: wait holding nothing
+		pool.Put(b) // not readable yet: wait holding nothing
 		return false
 	}
 	r.got = b
+	r.big = r.n == len(*b) || r.big && r.n > readAheadBig/4
 	return true
 }
 
@@ -67,7 +90,7 @@ func (r *readAheadConn) Read(p []byte) (int, error) {
 		n := copy(p, (*r.buf)[r.pos:r.end])
 		r.pos += n
 		if r.pos == r.end {
-			readAheadPool.Put(r.buf)
+			putBlock(r.buf)
 			r.buf = nil
 		}
 		return n, nil
@@ -81,7 +104,7 @@ func (r *readAheadConn) Read(p []byte) (int, error) {
 	b, n, rerr := r.got, r.n, r.rerr
 	r.got, r.rerr = nil, nil
 	if rerr != nil || n <= 0 {
-		readAheadPool.Put(b)
+		putBlock(b)
 		if rerr == nil {
 			rerr = io.EOF
 		}
@@ -91,7 +114,7 @@ func (r *readAheadConn) Read(p []byte) (int, error) {
 	if m < n {
 		r.buf, r.pos, r.end = b, m, n
 	} else {
-		readAheadPool.Put(b)
+		putBlock(b)
 	}
 	return m, nil
 }
