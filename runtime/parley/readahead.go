@@ -45,11 +45,12 @@ type readAheadConn struct {
 
 	// The raw read's callback and its results, kept here so that a read
 	// allocates nothing.
-	readFn func(fd uintptr) bool
-	got    *[]byte
-	n      int
-	rerr   error
-	big    bool // the last read filled its block: take a big one
+	readFn    func(fd uintptr) bool
+	readBigFn func(fd uintptr) bool
+	got       *[]byte
+	n         int
+	rerr      error
+	big       bool // a recent read filled its block: take big ones
 }
 
 func newReadAhead(c net.Conn) *readAheadConn {
@@ -59,25 +60,32 @@ func newReadAhead(c net.Conn) *readAheadConn {
 			r.raw = raw
 		}
 	}
-	r.readFn = r.rawRead
+	r.readFn, r.readBigFn = r.rawRead, r.rawReadBig
 	return r
 }
 
 // rawRead runs inside RawConn.Read: once the socket is readable, it takes
 // a block and reads into it.
 func (r *readAheadConn) rawRead(fd uintptr) bool {
-	pool := &readAheadPool
-	if r.big {
-		pool = &readAheadBigPool
-	}
-	b := pool.Get().(*[]byte)
+	b := readAheadPool.Get().(*[]byte)
 	r.n, r.rerr = syscall.Read(int(fd), *b)
 	if errors.Is(r.rerr, syscall.EAGAIN) {
-		pool.Put(b) // not readable yet: wait holding nothing
+		readAheadPool.Put(b) // not readable yet: wait holding nothing
 		return false
 	}
 	r.got = b
-	r.big = r.n == len(*b) || r.big && r.n > readAheadBig/4
+	return true
+}
+
+// rawReadBig is rawRead with a big block, while reads fill their blocks.
+func (r *readAheadConn) rawReadBig(fd uintptr) bool {
+	b := readAheadBigPool.Get().(*[]byte)
+	r.n, r.rerr = syscall.Read(int(fd), *b)
+	if errors.Is(r.rerr, syscall.EAGAIN) {
+		readAheadBigPool.Put(b)
+		return false
+	}
+	r.got = b
 	return true
 }
 
@@ -98,11 +106,16 @@ func (r *readAheadConn) Read(p []byte) (int, error) {
 	if r.raw == nil || len(p) >= readAhead {
 		return r.conn.Read(p)
 	}
-	if err := r.raw.Read(r.readFn); err != nil { // a deadline or a closed connection
+	fn := r.readFn
+	if r.big {
+		fn = r.readBigFn
+	}
+	if err := r.raw.Read(fn); err != nil { // a deadline or a closed connection
 		return 0, err
 	}
 	b, n, rerr := r.got, r.n, r.rerr
 	r.got, r.rerr = nil, nil
+	r.big = n == len(*b) || r.big && n > readAheadBig/4
 	if rerr != nil || n <= 0 {
 		putBlock(b)
 		if rerr == nil {
