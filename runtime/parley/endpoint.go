@@ -104,11 +104,11 @@ type endpoint struct {
 	closeErr     error  // why outgoing calls fail once closed
 
 	pingTimer *time.Timer // guarded by mu
+	afterRead func()      // run by the last reader once the endpoint is done; set before reading
+	rhdr      [8]byte     // readMessage's scratch for frame headers; the reader's
 	// reader, inlineSince, standIn and standInArmed hand reading over
 	// while the reader runs a call (see runInline). The reader creates
 	// standIn.
-	afterRead    func()  // run by the last reader once the endpoint is done; set before reading
-	rhdr         [8]byte // readMessage's scratch for frame headers; the reader's
 	reader       atomic.Uint64
 	inlineSince  atomic.Int64 // when the call running inline began, in Unix ns
 	standIn      *time.Timer
@@ -227,6 +227,11 @@ func (e *endpoint) writeLoop() {
 	}
 }
 
+// writeFrames frames batch for this side (see batchConn.writeFrames).
+func (e *endpoint) writeFrames(batch []outFrame, wait bool) (buffered bool, err error) {
+	return e.bc.writeFrames(batch, byte(e.codec.messageType()), e.side == SideClient, wait)
+}
+
 func (e *endpoint) writeFailed(err error, code int) {
 	e.log.Warn("parley: write failed", "side", e.side, "err", err, "close_code", code)
 	e.fail(fmt.Errorf("parley: write: %w", err))
@@ -265,7 +270,7 @@ func (e *endpoint) writeOwned() {
 func (e *endpoint) writeQueued() (more bool) {
 	var closed bool
 	e.batch, closed = e.q.take(e.batch)
-	buffered, err := e.bc.writeFrames(e.batch, byte(e.codec.messageType()), e.side == SideClient, false)
+	buffered, err := e.writeFrames(e.batch, false)
 	switch {
 	case err != nil:
 		e.writeFailed(err, closeNormal)
@@ -291,7 +296,7 @@ var errWriteTimeout = errors.New("write timed out")
 
 func (e *endpoint) writeBatch(batch []outFrame) error {
 	e.bc.extendWriteDeadline(e.cfg.writeTimeout)
-	_, err := e.bc.writeFrames(batch, byte(e.codec.messageType()), e.side == SideClient, true)
+	_, err := e.writeFrames(batch, true)
 	if err != nil && isTimeout(err) {
 		return fmt.Errorf("%w: %v", errWriteTimeout, err)
 	}
@@ -393,16 +398,22 @@ func (e *endpoint) checkInline() {
 		}
 		return
 	}
-	if e.reader.CompareAndSwap(v, (v>>1+1)<<1) {
+	if e.takeReading(v) {
 		e.readLoop()
 	}
+}
+
+// takeReading makes the calling goroutine the next reader generation, if
+// the reader still runs a call as v says.
+func (e *endpoint) takeReading(v uint64) bool {
+	return v&1 == 1 && e.reader.CompareAndSwap(v, (v>>1+1)<<1)
 }
 
 // needReader hands reading over to a new goroutine at once if the reader
 // runs a call: whoever is about to wait for the peer needs the socket
 // read, and the call running inline may be the one waiting.
 func (e *endpoint) needReader() {
-	if v := e.reader.Load(); v&1 == 1 && e.reader.CompareAndSwap(v, (v>>1+1)<<1) {
+	if e.takeReading(e.reader.Load()) {
 		go e.readLoop()
 	}
 }
@@ -686,19 +697,17 @@ func (e *endpoint) sendOwning(f *frame, msg proto.Message, own bool) bool {
 	if err != nil {
 		putBuf(b)
 		if f.kind == kindReply {
-			err := Errorf(CodeInternal, "encoding the response: %v", err)
-			return e.sendOwning(&frame{kind: kindError, id: f.id, code: err.code, message: err.message}, nil, own)
+			return e.sendOwning(errorFrame(f.id, Errorf(CodeInternal, "encoding the response: %v", err)), nil, own)
 		}
 		e.log.Error("parley: encoding a frame", "kind", f.kind, "err", err)
 		return false
 	}
-	if !own {
-		if err := e.q.push(e.ctx, b, true); err != nil {
-			putBuf(b)
-		}
-		return false
+	var writer bool
+	if own {
+		writer, err = e.q.pushOwning(e.ctx, b, true)
+	} else {
+		err = e.q.push(e.ctx, b, true)
 	}
-	writer, err := e.q.pushOwning(e.ctx, b, true)
 	if err != nil {
 		putBuf(b)
 	}
@@ -712,7 +721,12 @@ func (e *endpoint) refuseNotRun(id uint64, message string) {
 }
 
 func (e *endpoint) sendError(id uint64, err *Error) {
-	e.send(&frame{kind: kindError, id: id, code: err.code, message: err.message, details: err.details}, nil)
+	e.send(errorFrame(id, err), nil)
+}
+
+// errorFrame is the Error frame answering call id with err.
+func errorFrame(id uint64, err *Error) *frame {
+	return &frame{kind: kindError, id: id, code: err.code, message: err.message, details: err.details}
 }
 
 // closeWith starts a graceful close: frames already queued are sent, then a

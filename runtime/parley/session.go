@@ -306,7 +306,7 @@ func (s *session) cancelCall(id uint64, code Code) {
 // sendOutcome queues a call's reply or error; own is as for sendOwning.
 func (e *endpoint) sendOutcome(id uint64, res proto.Message, err *Error, own bool) bool {
 	if err != nil {
-		return e.sendOwning(&frame{kind: kindError, id: id, code: err.code, message: err.message, details: err.details}, nil, own)
+		return e.sendOwning(errorFrame(id, err), nil, own)
 	}
 	return e.sendOwning(&frame{kind: kindReply, id: id, hasPayload: true}, res, own)
 }
