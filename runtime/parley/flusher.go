@@ -27,7 +27,8 @@ const flushChunk = 64
 // the fields below it.
 type flusher struct {
 	mu      sync.Mutex
-	list    []*endpoint
+	list    []*endpoint // listed connections from list[head], oldest first
+	head    int
 	running int // flusher goroutines
 }
 
@@ -36,7 +37,7 @@ type flusher struct {
 func (f *flusher) add(e *endpoint) {
 	f.mu.Lock()
 	f.list = append(f.list, e)
-	start := f.running == 0 || len(f.list) > flushChunk*f.running && f.running < runtime.GOMAXPROCS(0)
+	start := f.running == 0 || len(f.list)-f.head > flushChunk*f.running && f.running < runtime.GOMAXPROCS(0)
 	if start {
 		f.running++
 	}
@@ -54,16 +55,20 @@ func (f *flusher) run() {
 		// the connections taken have more queued.
 		runtime.Gosched()
 		f.mu.Lock()
-		if len(f.list) == 0 {
+		if len(f.list) == 0 { // the rest moves up once head passes the middle: head < len unless empty
 			f.running--
 			f.mu.Unlock()
 			return
 		}
-		n := min(len(f.list), flushChunk)
-		chunk = append(chunk[:0], f.list[:n]...)
-		rest := copy(f.list, f.list[n:])
-		clear(f.list[rest:])
-		f.list = f.list[:rest]
+		n := min(len(f.list)-f.head, flushChunk)
+		chunk = append(chunk[:0], f.list[f.head:f.head+n]...)
+		clear(f.list[f.head : f.head+n])
+		f.head += n
+		if f.head > len(f.list)/2 { // move the rest to the front, so the list does not grow
+			m := copy(f.list, f.list[f.head:])
+			clear(f.list[m:])
+			f.list, f.head = f.list[:m], 0
+		}
 		f.mu.Unlock()
 		for i, e := range chunk {
 			if e.writeQueued() {
