@@ -240,16 +240,12 @@ func newBatchConn(c net.Conn) *batchConn {
 		}
 	}
 	bc.writeFn = bc.rawWrite
+	bc.reader = newReadAhead(c, bc.raw)
 	return bc
 }
 
 // Read reads through the read-ahead block (see readAheadConn).
-func (c *batchConn) Read(p []byte) (int, error) {
-	if c.reader == nil {
-		c.reader = newReadAhead(c.Conn)
-	}
-	return c.reader.Read(p)
-}
+func (c *batchConn) Read(p []byte) (int, error) { return c.reader.Read(p) }
 
 // maxBatchBytes bounds what a waiting writer buffers before it writes.
 const maxBatchBytes = 256 << 10

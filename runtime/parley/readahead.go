@@ -53,36 +53,24 @@ type readAheadConn struct {
 	big       bool // a recent read filled its block: take big ones
 }
 
-func newReadAhead(c net.Conn) *readAheadConn {
-	r := &readAheadConn{conn: c}
-	if sc, ok := c.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			r.raw = raw
-		}
-	}
+// newReadAhead reads c, through raw when it is not nil.
+func newReadAhead(c net.Conn, raw syscall.RawConn) *readAheadConn {
+	r := &readAheadConn{conn: c, raw: raw}
 	r.readFn, r.readBigFn = r.rawRead, r.rawReadBig
 	return r
 }
 
 // rawRead runs inside RawConn.Read: once the socket is readable, it takes
-// a block and reads into it.
-func (r *readAheadConn) rawRead(fd uintptr) bool {
-	b := readAheadPool.Get().(*[]byte)
-	r.n, r.rerr = syscall.Read(int(fd), *b)
-	if errors.Is(r.rerr, syscall.EAGAIN) {
-		readAheadPool.Put(b) // not readable yet: wait holding nothing
-		return false
-	}
-	r.got = b
-	return true
-}
+// a block and reads into it. rawReadBig does the same with a big block,
+// while reads fill their blocks.
+func (r *readAheadConn) rawRead(fd uintptr) bool    { return r.readBlock(fd, &readAheadPool) }
+func (r *readAheadConn) rawReadBig(fd uintptr) bool { return r.readBlock(fd, &readAheadBigPool) }
 
-// rawReadBig is rawRead with a big block, while reads fill their blocks.
-func (r *readAheadConn) rawReadBig(fd uintptr) bool {
-	b := readAheadBigPool.Get().(*[]byte)
+func (r *readAheadConn) readBlock(fd uintptr, pool *sync.Pool) bool {
+	b := pool.Get().(*[]byte)
 	r.n, r.rerr = syscall.Read(int(fd), *b)
 	if errors.Is(r.rerr, syscall.EAGAIN) {
-		readAheadBigPool.Put(b)
+		pool.Put(b) // not readable yet: wait holding nothing
 		return false
 	}
 	r.got = b
@@ -91,7 +79,7 @@ func (r *readAheadConn) rawReadBig(fd uintptr) bool {
 
 // buffered reports whether bytes read from the socket wait here unread.
 // Only the connection's reader calls it.
-func (r *readAheadConn) buffered() bool { return r != nil && r.buf != nil }
+func (r *readAheadConn) buffered() bool { return r.buf != nil }
 
 func (r *readAheadConn) Read(p []byte) (int, error) {
 	if r.buf != nil {

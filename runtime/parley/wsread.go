@@ -36,7 +36,7 @@ const (
 // the protocol is answered with a 1002 close and returned as an error.
 // Only the connection's reader calls it.
 func (e *endpoint) readMessage(buf []byte) (typ int, msg []byte, err error) {
-	src := e.ws.NetConn() // the read-ahead batchConn, or TLS over it
+	src := e.bc // the connection, read through its read-ahead (over TLS, if any)
 	hdr := e.rhdr[:]
 	for {
 		if _, err := io.ReadFull(src, hdr[:2]); err != nil {
