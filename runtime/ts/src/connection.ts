@@ -598,6 +598,7 @@ export class Connection {
   #stream(spec: MethodSpec, options: CallOptions, request?: unknown): any {
     const { procedure } = spec;
     const base = this.#options.streamWindow || defaultStreamWindow;
+    const budget = 15 * base; // the growth all of the connection's streams share
     let window = base;
     this.#streams++;
     /** Received items not yet read. */
@@ -715,7 +716,7 @@ export class Connection {
               // drained, the window doubles (the server may be waiting).
               if (++consumed >= Math.max(1, window >> 1) && !ended) {
                 let items = consumed;
-                if (!q.length && (2 * window - base) * this.#streams <= 15 * base && this.#grown + window <= 15 * base) {
+                if (!q.length && (2 * window - base) * this.#streams <= budget && this.#grown + window <= budget) {
                   this.#grown += window;
                   items += window;
                   window *= 2;
