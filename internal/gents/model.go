@@ -81,7 +81,10 @@ type methodModel struct {
 	Event, Handled bool
 	// LocalName is the client's or the handler's method (join), or the
 	// subscriber's for an event (onMessagePosted).
-	LocalName  string
+	LocalName string
+	// Member is LocalName as the handler interface declares it: quoted
+	// where the bare name means something else in an interface ("new").
+	Member     string
 	Input      messageRef
 	Output     messageRef
 	TimeoutMs  uint32 // 0: none set
@@ -354,6 +357,7 @@ func buildService(fd protoreflect.FileDescriptor, sd protoreflect.ServiceDescrip
 		case s.ClientSide:
 			meth.Handled = true
 			meth.LocalName = members.declare(esMethodLocalName(string(md.Name())))
+			meth.Member = interfaceMember(meth.LocalName)
 			meth.Doc = jsDocText(fd, md, from, mo.deprecated, handledUsage(fd, md))
 		default:
 			meth.LocalName = members.declare(esMethodLocalName(string(md.Name())))

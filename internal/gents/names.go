@@ -189,6 +189,17 @@ func esMethodLocalName(name string) string {
 	return esSafeObjectProperty(strings.ToLower(name[:1]) + name[1:])
 }
 
+// interfaceMember spells a method's name as an interface member: in an
+// interface, new(...) declares a construct signature, so a method named new
+// is declared with a quoted name ("new"(...)), which implementations and
+// callers still spell handler.new.
+func interfaceMember(name string) string {
+	if name == "new" {
+		return `"new"`
+	}
+	return name
+}
+
 // scope hands out unique identifiers within one namespace. Names are
 // escaped and salted in the same way as protobuf-es's, so a clash reads
 // familiar: ChatServiceJoinSpec, ChatServiceJoinSpec$, ChatServiceJoinSpec$1.

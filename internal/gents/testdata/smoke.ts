@@ -1,4 +1,4 @@
-// Runs the plain and mixed golden code against a recording Connection: each
+// Runs the plain, mixed and tsmembers golden code against a recording Connection: each
 // client method passes its own spec, the request and the options through,
 // and returns what the connection gives; a subscriber and a handler
 // register on the connection with their specs and unregister.
@@ -11,6 +11,8 @@ import { ChatServiceClient, ChatServiceHistorySpec, ChatServiceJoinSpec } from "
 import { JoinRequestSchema } from "./plain/chat/v1/chat_pb";
 import * as mixed from "./mixed/chat/v1/chat_parley";
 import { ChatMessageSchema, LeaveRequestSchema } from "./mixed/chat/v1/chat_pb";
+import * as members from "./tsmembers/tsmembers/v1/members_parley";
+import { ThingSchema } from "./tsmembers/tsmembers/v1/members_pb";
 
 type Handler = (request: unknown, context: { signal: AbortSignal; metadata: Record<string, string> }) => unknown;
 const seen: { spec: MethodSpec; request: unknown; options: CallOptions | undefined }[] = [];
@@ -145,4 +147,20 @@ const report = (await handled.get(mixed.ChatEventsStatusSpec)!(create(EmptySchem
 check(report.status === "fine", "status answers");
 unregister();
 check(handled.size === 0, "unregister removes every handler");
+
+// A handler's methods may be named like keywords: an object literal
+// implements them, and registration calls them by those names.
+const unregisterPeers = members.registerPeersHandler(recorder as unknown as Connection, {
+  new(request) {
+    return { name: "new " + request.name };
+  },
+  delete(request) {
+    return { name: "deleted " + request.name };
+  },
+});
+const made = (await handled.get(members.PeersNewSpec)!(create(ThingSchema, { name: "a" }), context)) as { name: string };
+check(made.name === "new a", "the handler's new answers");
+const deleted = (await handled.get(members.PeersDeleteSpec)!(create(ThingSchema, { name: "b" }), context)) as { name: string };
+check(deleted.name === "deleted b", "the handler's delete answers");
+unregisterPeers();
 console.log("smoke ok");
