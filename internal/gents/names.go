@@ -218,10 +218,20 @@ func newScope(reserved map[string]bool) *scope {
 	return s
 }
 
-// newMemberScope returns the scope of a class's members, where keywords are
-// fine (a method may be called delete) and the constructor is not.
+// newMemberScope returns the scope of a class's or an interface's members,
+// where keywords are fine (a method may be called delete) and the
+// constructor is not. Nor is then: an object with a then method is a
+// thenable, which await and Promise.resolve call instead of returning the
+// object, so a client with a method then could not be returned from an
+// async function. It is escaped as protobuf-es escapes built-in properties:
+// then$.
 func newMemberScope() *scope {
-	return &scope{taken: map[string]bool{"constructor": true}, escape: esSafeObjectProperty}
+	return &scope{taken: map[string]bool{"constructor": true}, escape: func(name string) string {
+		if name == "then" {
+			return name + "$"
+		}
+		return esSafeObjectProperty(name)
+	}}
 }
 
 // declare claims a unique identifier derived from ideal.

@@ -157,10 +157,20 @@ const unregisterPeers = members.registerPeersHandler(recorder as unknown as Conn
   delete(request) {
     return { name: "deleted " + request.name };
   },
+  then$(request) {
+    return request;
+  },
 });
 const made = (await handled.get(members.PeersNewSpec)!(create(ThingSchema, { name: "a" }), context)) as { name: string };
 check(made.name === "new a", "the handler's new answers");
 const deleted = (await handled.get(members.PeersDeleteSpec)!(create(ThingSchema, { name: "b" }), context)) as { name: string };
 check(deleted.name === "deleted b", "the handler's delete answers");
 unregisterPeers();
+
+// A client is not a thenable, so an async function can return one.
+const store = await Promise.resolve(new members.StoreClient(recorder as unknown as Connection));
+check(store instanceof members.StoreClient, "awaiting a client gives the client");
+seen.length = 0;
+await store.then$({ name: "c" });
+check(seen.length === 1 && seen[0]!.spec === members.StoreThenSpec, "then$ calls Store.then");
 console.log("smoke ok");

@@ -32,8 +32,18 @@ export const StoreDeleteSpec: MethodSpec<typeof ThingSchema, typeof ThingSchema>
 };
 
 /**
- * Store is called by clients; its methods are named like keywords, which
- * are fine as class members.
+ * Describes rpc tsmembers.v1.Store.then for Connection.call.
+ */
+export const StoreThenSpec: MethodSpec<typeof ThingSchema, typeof ThingSchema> = {
+  procedure: "/tsmembers.v1.Store/then",
+  input: ThingSchema,
+  output: ThingSchema,
+};
+
+/**
+ * Store is called by clients. Keywords are fine as class members, but a
+ * method named then would make every client a thenable, which await and
+ * Promise.resolve would call instead of returning the client.
  *
  * @generated from service tsmembers.v1.Store
  */
@@ -57,6 +67,13 @@ export class StoreClient {
   delete(request: Thing | MessageInitShape<typeof ThingSchema>, options?: CallOptions): Promise<Thing> {
     return this.#connection.call(StoreDeleteSpec, request, options);
   }
+
+  /**
+   * @generated from rpc tsmembers.v1.Store.then
+   */
+  then$(request: Thing | MessageInitShape<typeof ThingSchema>, options?: CallOptions): Promise<Thing> {
+    return this.#connection.call(StoreThenSpec, request, options);
+  }
 }
 
 /**
@@ -75,6 +92,16 @@ export const PeersNewSpec: MethodSpec<typeof ThingSchema, typeof ThingSchema> = 
  */
 export const PeersDeleteSpec: MethodSpec<typeof ThingSchema, typeof ThingSchema> = {
   procedure: "/tsmembers.v1.Peers/delete",
+  input: ThingSchema,
+  output: ThingSchema,
+};
+
+/**
+ * Describes rpc tsmembers.v1.Peers.Then, which the server calls on clients,
+ * for Connection.handle.
+ */
+export const PeersThenSpec: MethodSpec<typeof ThingSchema, typeof ThingSchema> = {
+  procedure: "/tsmembers.v1.Peers/Then",
   input: ThingSchema,
   output: ThingSchema,
 };
@@ -147,6 +174,13 @@ export interface PeersHandler {
    * @generated from rpc tsmembers.v1.Peers.delete
    */
   delete(request: Thing, context: { signal: AbortSignal; metadata: Record<string, string> }): Thing | MessageInitShape<typeof ThingSchema> | Promise<Thing | MessageInitShape<typeof ThingSchema>>;
+
+  /**
+   * Answers tsmembers.v1.Peers.Then when the server calls it.
+   *
+   * @generated from rpc tsmembers.v1.Peers.Then
+   */
+  then$(request: Thing, context: { signal: AbortSignal; metadata: Record<string, string> }): Thing | MessageInitShape<typeof ThingSchema> | Promise<Thing | MessageInitShape<typeof ThingSchema>>;
 }
 
 /**
@@ -160,6 +194,7 @@ export function registerPeersHandler(connection: Connection, handler: PeersHandl
   const unregister = [
     connection.handle(PeersNewSpec, (request, context) => handler.new(request, context)),
     connection.handle(PeersDeleteSpec, (request, context) => handler.delete(request, context)),
+    connection.handle(PeersThenSpec, (request, context) => handler.then$(request, context)),
   ];
   return () => {
     for (const u of unregister) {

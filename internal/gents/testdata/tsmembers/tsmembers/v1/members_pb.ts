@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tsmembers/v1/members.proto.
  */
 export const file_tsmembers_v1_members: GenFile = /*@__PURE__*/
-  fileDesc("Chp0c21lbWJlcnMvdjEvbWVtYmVycy5wcm90bxIMdHNtZW1iZXJzLnYxIhUKBVRoaW5nEgwKBG5hbWUYASABKAkybAoFU3RvcmUSLwoDbmV3EhMudHNtZW1iZXJzLnYxLlRoaW5nGhMudHNtZW1iZXJzLnYxLlRoaW5nEjIKBmRlbGV0ZRITLnRzbWVtYmVycy52MS5UaGluZxoTLnRzbWVtYmVycy52MS5UaGluZzKpAQoFUGVlcnMSLwoDbmV3EhMudHNtZW1iZXJzLnYxLlRoaW5nGhMudHNtZW1iZXJzLnYxLlRoaW5nEjIKBmRlbGV0ZRITLnRzbWVtYmVycy52MS5UaGluZxoTLnRzbWVtYmVycy52MS5UaGluZxIzCgRMZWZ0EhMudHNtZW1iZXJzLnYxLlRoaW5nGhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5GgaKzxgCCAJCKlooZXhhbXBsZS5jb20vZ2VuL3RzbWVtYmVycy92MTt0c21lbWJlcnN2MWIGcHJvdG8z", [file_google_protobuf_empty, file_parley_v1_options]);
+  fileDesc("Chp0c21lbWJlcnMvdjEvbWVtYmVycy5wcm90bxIMdHNtZW1iZXJzLnYxIhUKBVRoaW5nEgwKBG5hbWUYASABKAkyngEKBVN0b3JlEi8KA25ldxITLnRzbWVtYmVycy52MS5UaGluZxoTLnRzbWVtYmVycy52MS5UaGluZxIyCgZkZWxldGUSEy50c21lbWJlcnMudjEuVGhpbmcaEy50c21lbWJlcnMudjEuVGhpbmcSMAoEdGhlbhITLnRzbWVtYmVycy52MS5UaGluZxoTLnRzbWVtYmVycy52MS5UaGluZzLbAQoFUGVlcnMSLwoDbmV3EhMudHNtZW1iZXJzLnYxLlRoaW5nGhMudHNtZW1iZXJzLnYxLlRoaW5nEjIKBmRlbGV0ZRITLnRzbWVtYmVycy52MS5UaGluZxoTLnRzbWVtYmVycy52MS5UaGluZxIwCgRUaGVuEhMudHNtZW1iZXJzLnYxLlRoaW5nGhMudHNtZW1iZXJzLnYxLlRoaW5nEjMKBExlZnQSEy50c21lbWJlcnMudjEuVGhpbmcaFi5nb29nbGUucHJvdG9idWYuRW1wdHkaBorPGAIIAkIqWihleGFtcGxlLmNvbS9nZW4vdHNtZW1iZXJzL3YxO3RzbWVtYmVyc3YxYgZwcm90bzM", [file_google_protobuf_empty, file_parley_v1_options]);
 
 /**
  * @generated from message tsmembers.v1.Thing
@@ -37,8 +37,9 @@ export const ThingSchema: GenMessage<Thing> = /*@__PURE__*/
   messageDesc(file_tsmembers_v1_members, 0);
 
 /**
- * Store is called by clients; its methods are named like keywords, which
- * are fine as class members.
+ * Store is called by clients. Keywords are fine as class members, but a
+ * method named then would make every client a thenable, which await and
+ * Promise.resolve would call instead of returning the client.
  *
  * @generated from service tsmembers.v1.Store
  */
@@ -55,6 +56,14 @@ export const Store: GenService<{
    * @generated from rpc tsmembers.v1.Store.delete
    */
   delete: {
+    methodKind: "unary";
+    input: typeof ThingSchema;
+    output: typeof ThingSchema;
+  },
+  /**
+   * @generated from rpc tsmembers.v1.Store.then
+   */
+  then: {
     methodKind: "unary";
     input: typeof ThingSchema;
     output: typeof ThingSchema;
@@ -81,6 +90,14 @@ export const Peers: GenService<{
    * @generated from rpc tsmembers.v1.Peers.delete
    */
   delete: {
+    methodKind: "unary";
+    input: typeof ThingSchema;
+    output: typeof ThingSchema;
+  },
+  /**
+   * @generated from rpc tsmembers.v1.Peers.Then
+   */
+  then: {
     methodKind: "unary";
     input: typeof ThingSchema;
     output: typeof ThingSchema;
