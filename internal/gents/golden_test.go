@@ -153,6 +153,31 @@ func TestGoldenRuns(t *testing.T) {
 	}
 }
 
+// TestGoldenParses compiles every golden _parley.ts file on its own with
+// esbuild, as bundlers (esbuild, Vite) and Babel-based tools read them:
+// stricter than tsc about what a module may bind, such as an import named
+// eval.
+func TestGoldenParses(t *testing.T) {
+	esbuild := nodeTool(t, "esbuild")
+	var files []string
+	err := filepath.WalkDir(goldenRoot, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, "_parley.ts") {
+			files = append(files, p)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatalf("no _parley.ts files under %s", goldenRoot)
+	}
+	args := append([]string{"--format=esm", "--log-level=warning", "--outdir=" + t.TempDir()}, files...)
+	if out, err := exec.Command(esbuild, args...).CombinedOutput(); err != nil {
+		t.Fatalf("esbuild: %v\n%s", err, out)
+	}
+}
+
 func runParley(t *testing.T, req *pluginpb.CodeGeneratorRequest, parameter string) *pluginpb.CodeGeneratorResponse {
 	t.Helper()
 	req = proto.CloneOf(req)

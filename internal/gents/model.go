@@ -211,7 +211,7 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 
 	// Our own declarations claim their names first; imports are aliased
 	// around them, as protoplugin does.
-	top := newScope(globalsWeUse)
+	top := newScope(globalsWeUse, unbindable)
 	var services []protoreflect.ServiceDescriptor // those modelled, in order
 	for i := 0; i < fd.Services().Len(); i++ {
 		sd := fd.Services().Get(i)

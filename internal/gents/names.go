@@ -41,6 +41,12 @@ var reservedIdentifiers = setOf(
 // they are not part of esSafeIdentifier.)
 var globalsWeUse = setOf("Promise", "AsyncIterable", "AbortSignal", "Record")
 
+// unbindable are names a module cannot bind, though protoc-gen-es exports
+// type names spelled so: eval and arguments in strict code, await in a
+// module. An import of one of them is aliased (eval as eval$1); tsc lets it
+// pass, but esbuild and Babel refuse to parse the file.
+var unbindable = setOf("eval", "arguments", "await")
+
 // reservedObjectProperties are the names protobuf-es escapes in a method's
 // localName (@bufbuild/protobuf reflect/names.ts safeObjectProperty): a
 // class method of that name would replace a built-in.
@@ -209,11 +215,13 @@ type scope struct {
 }
 
 // newScope returns the scope of a module's top-level identifiers, where
-// reserved words are escaped.
-func newScope(reserved map[string]bool) *scope {
+// reserved words are escaped and the reserved names are taken.
+func newScope(reserved ...map[string]bool) *scope {
 	s := &scope{taken: map[string]bool{}, escape: esSafeIdentifier}
-	for n := range reserved {
-		s.taken[n] = true
+	for _, names := range reserved {
+		for n := range names {
+			s.taken[n] = true
+		}
 	}
 	return s
 }

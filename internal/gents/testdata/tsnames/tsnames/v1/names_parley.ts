@@ -9,8 +9,8 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { CallOptions, Connection, MethodSpec } from "@parleyrpc/runtime";
-import type { CallOptions as CallOptions$1, EchoClient as EchoClient$1, Item, MessageInitShape as MessageInitShape$1, MethodSpec as MethodSpec$1, Object$, Outer, Outer_Inner, Promise as Promise$1, interface$ } from "./names_pb";
-import { CallOptionsSchema, EchoClientSchema, ItemSchema, MessageInitShapeSchema, MethodSpecSchema, ObjectSchema, OuterSchema, Outer_InnerSchema, PromiseSchema, interfaceSchema } from "./names_pb";
+import type { CallOptions as CallOptions$1, EchoClient as EchoClient$1, Item, MessageInitShape as MessageInitShape$1, MethodSpec as MethodSpec$1, Object$, Outer, Outer_Inner, Promise as Promise$1, arguments as arguments$1, eval as eval$1, interface$ } from "./names_pb";
+import { CallOptionsSchema, EchoClientSchema, ItemSchema, MessageInitShapeSchema, MethodSpecSchema, ObjectSchema, OuterSchema, Outer_InnerSchema, PromiseSchema, argumentsSchema, evalSchema, interfaceSchema } from "./names_pb";
 import type { Connection as Connection$1, Item as Item$1 } from "../other/other_pb";
 import { ConnectionSchema, ItemSchema as ItemSchema$1 } from "../other/other_pb";
 import type { Empty } from "@bufbuild/protobuf/wkt";
@@ -80,6 +80,15 @@ export const EchoConnectSpec: MethodSpec<typeof ConnectionSchema, typeof EmptySc
 };
 
 /**
+ * Describes rpc tsnames.v1.Echo.Evaluate for Connection.call.
+ */
+export const EchoEvaluateSpec: MethodSpec<typeof evalSchema, typeof argumentsSchema> = {
+  procedure: "/tsnames.v1.Echo/Evaluate",
+  input: evalSchema,
+  output: argumentsSchema,
+};
+
+/**
  * Echo has methods named like built-in object properties, reserved words
  * and the runtime's call. (Two methods differing only in the case of their
  * first letter, Call and call, would get call and call$ from us, but
@@ -143,5 +152,12 @@ export class EchoClient {
    */
   connect(request: Connection$1 | MessageInitShape<typeof ConnectionSchema>, options?: CallOptions): Promise<Empty> {
     return this.#connection.call(EchoConnectSpec, request, options);
+  }
+
+  /**
+   * @generated from rpc tsnames.v1.Echo.Evaluate
+   */
+  evaluate(request: eval$1 | MessageInitShape<typeof evalSchema>, options?: CallOptions): Promise<arguments$1> {
+    return this.#connection.call(EchoEvaluateSpec, request, options);
   }
 }

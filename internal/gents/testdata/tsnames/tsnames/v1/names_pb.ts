@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tsnames/v1/names.proto.
  */
 export const file_tsnames_v1_names: GenFile = /*@__PURE__*/
-  fileDesc("ChZ0c25hbWVzL3YxL25hbWVzLnByb3RvEgp0c25hbWVzLnYxIgkKB1Byb21pc2UiCwoJaW50ZXJmYWNlIggKBk9iamVjdCISChBNZXNzYWdlSW5pdFNoYXBlIg0KC0NhbGxPcHRpb25zIgwKCk1ldGhvZFNwZWMiDAoKRWNob0NsaWVudCIGCgRJdGVtIhAKBU91dGVyGgcKBUlubmVyMpUDCgRFY2hvEjcKC2NvbnN0cnVjdG9yEhMudHNuYW1lcy52MS5Qcm9taXNlGhMudHNuYW1lcy52MS5Qcm9taXNlEjUKCHRvU3RyaW5nEhUudHNuYW1lcy52MS5pbnRlcmZhY2UaEi50c25hbWVzLnYxLk9iamVjdBI0CgZkZWxldGUSFy50c25hbWVzLnYxLk91dGVyLklubmVyGhEudHNuYW1lcy52MS5PdXRlchI9CgRDYWxsEhwudHNuYW1lcy52MS5NZXNzYWdlSW5pdFNoYXBlGhcudHNuYW1lcy52MS5DYWxsT3B0aW9ucxI6CghEZXNjcmliZRIWLnRzbmFtZXMudjEuTWV0aG9kU3BlYxoWLnRzbmFtZXMudjEuRWNob0NsaWVudBIuCgVJdGVtcxIQLnRzbmFtZXMudjEuSXRlbRoTLnRzbmFtZXMub3RoZXIuSXRlbRI8CgdDb25uZWN0EhkudHNuYW1lcy5vdGhlci5Db25uZWN0aW9uGhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5MgkKB05vdGhpbmdiBnByb3RvMw", [file_google_protobuf_empty, file_tsnames_other_other]);
+  fileDesc("ChZ0c25hbWVzL3YxL25hbWVzLnByb3RvEgp0c25hbWVzLnYxIgkKB1Byb21pc2UiCwoJaW50ZXJmYWNlIggKBk9iamVjdCISChBNZXNzYWdlSW5pdFNoYXBlIg0KC0NhbGxPcHRpb25zIgwKCk1ldGhvZFNwZWMiDAoKRWNob0NsaWVudCIGCgRJdGVtIgYKBGV2YWwiCwoJYXJndW1lbnRzIhAKBU91dGVyGgcKBUlubmVyMsoDCgRFY2hvEjcKC2NvbnN0cnVjdG9yEhMudHNuYW1lcy52MS5Qcm9taXNlGhMudHNuYW1lcy52MS5Qcm9taXNlEjUKCHRvU3RyaW5nEhUudHNuYW1lcy52MS5pbnRlcmZhY2UaEi50c25hbWVzLnYxLk9iamVjdBI0CgZkZWxldGUSFy50c25hbWVzLnYxLk91dGVyLklubmVyGhEudHNuYW1lcy52MS5PdXRlchI9CgRDYWxsEhwudHNuYW1lcy52MS5NZXNzYWdlSW5pdFNoYXBlGhcudHNuYW1lcy52MS5DYWxsT3B0aW9ucxI6CghEZXNjcmliZRIWLnRzbmFtZXMudjEuTWV0aG9kU3BlYxoWLnRzbmFtZXMudjEuRWNob0NsaWVudBIuCgVJdGVtcxIQLnRzbmFtZXMudjEuSXRlbRoTLnRzbmFtZXMub3RoZXIuSXRlbRI8CgdDb25uZWN0EhkudHNuYW1lcy5vdGhlci5Db25uZWN0aW9uGhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EjMKCEV2YWx1YXRlEhAudHNuYW1lcy52MS5ldmFsGhUudHNuYW1lcy52MS5hcmd1bWVudHMyCQoHTm90aGluZ2IGcHJvdG8z", [file_google_protobuf_empty, file_tsnames_other_other]);
 
 /**
  * Shadows the global Promise in a return type unless aliased.
@@ -136,6 +136,36 @@ export const ItemSchema: GenMessage<Item> = /*@__PURE__*/
   messageDesc(file_tsnames_v1_names, 7);
 
 /**
+ * protoc-gen-es exports eval and arguments as they are (type names may be
+ * spelled so), but a module cannot bind them: an import of them is a
+ * syntax error to esbuild and Babel.
+ *
+ * @generated from message tsnames.v1.eval
+ */
+export type eval = Message<"tsnames.v1.eval"> & {
+};
+
+/**
+ * Describes the message tsnames.v1.eval.
+ * Use `create(evalSchema)` to create a new message.
+ */
+export const evalSchema: GenMessage<eval> = /*@__PURE__*/
+  messageDesc(file_tsnames_v1_names, 8);
+
+/**
+ * @generated from message tsnames.v1.arguments
+ */
+export type arguments = Message<"tsnames.v1.arguments"> & {
+};
+
+/**
+ * Describes the message tsnames.v1.arguments.
+ * Use `create(argumentsSchema)` to create a new message.
+ */
+export const argumentsSchema: GenMessage<arguments> = /*@__PURE__*/
+  messageDesc(file_tsnames_v1_names, 9);
+
+/**
  * @generated from message tsnames.v1.Outer
  */
 export type Outer = Message<"tsnames.v1.Outer"> & {
@@ -146,7 +176,7 @@ export type Outer = Message<"tsnames.v1.Outer"> & {
  * Use `create(OuterSchema)` to create a new message.
  */
 export const OuterSchema: GenMessage<Outer> = /*@__PURE__*/
-  messageDesc(file_tsnames_v1_names, 8);
+  messageDesc(file_tsnames_v1_names, 10);
 
 /**
  * @generated from message tsnames.v1.Outer.Inner
@@ -159,7 +189,7 @@ export type Outer_Inner = Message<"tsnames.v1.Outer.Inner"> & {
  * Use `create(Outer_InnerSchema)` to create a new message.
  */
 export const Outer_InnerSchema: GenMessage<Outer_Inner> = /*@__PURE__*/
-  messageDesc(file_tsnames_v1_names, 8, 0);
+  messageDesc(file_tsnames_v1_names, 10, 0);
 
 /**
  * Echo has methods named like built-in object properties, reserved words
@@ -227,6 +257,14 @@ export const Echo: GenService<{
     methodKind: "unary";
     input: typeof ConnectionSchema;
     output: typeof EmptySchema;
+  },
+  /**
+   * @generated from rpc tsnames.v1.Echo.Evaluate
+   */
+  evaluate: {
+    methodKind: "unary";
+    input: typeof evalSchema;
+    output: typeof argumentsSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tsnames_v1_names, 0);

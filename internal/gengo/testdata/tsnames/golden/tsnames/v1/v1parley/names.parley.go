@@ -52,6 +52,9 @@ const (
 	EchoItemsProcedure = "/tsnames.v1.Echo/Items"
 	// EchoConnectProcedure is the procedure of the tsnames.v1.Echo.Connect method.
 	EchoConnectProcedure = "/tsnames.v1.Echo/Connect"
+	// EchoEvaluateProcedure is the procedure of the tsnames.v1.Echo.Evaluate
+	// method.
+	EchoEvaluateProcedure = "/tsnames.v1.Echo/Evaluate"
 )
 
 // These variables describe each method to the runtime. They are shared by the
@@ -85,6 +88,10 @@ var (
 	echoConnectSpec = &parley.MethodSpec{
 		Procedure: EchoConnectProcedure,
 	}
+	// echoEvaluateSpec describes tsnames.v1.Echo.Evaluate.
+	echoEvaluateSpec = &parley.MethodSpec{
+		Procedure: EchoEvaluateProcedure,
+	}
 )
 
 // EchoClient is a client for the tsnames.v1.Echo service.
@@ -108,6 +115,8 @@ type EchoClient interface {
 	Items(ctx context.Context, req *v1.Item) (*other.Item, error)
 	// Connect calls tsnames.v1.Echo.Connect.
 	Connect(ctx context.Context, req *other.Connection) (*emptypb.Empty, error)
+	// Evaluate calls tsnames.v1.Echo.Evaluate.
+	Evaluate(ctx context.Context, req *v1.Eval) (*v1.Arguments, error)
 }
 
 // NewEchoClient returns a client for the tsnames.v1.Echo service that calls it
@@ -186,6 +195,15 @@ func (c *echoClient) Connect(ctx context.Context, req *other.Connection) (*empty
 	return res, nil
 }
 
+// Evaluate calls tsnames.v1.Echo.Evaluate.
+func (c *echoClient) Evaluate(ctx context.Context, req *v1.Eval) (*v1.Arguments, error) {
+	res := new(v1.Arguments)
+	if err := c.conn.Invoke(ctx, echoEvaluateSpec, req, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
 // EchoServer is the server side of the tsnames.v1.Echo service: implement it
 // and register the implementation with RegisterEchoServer. Embed
 // UnimplementedEchoServer to keep compiling when methods are added to the
@@ -210,6 +228,8 @@ type EchoServer interface {
 	Items(context.Context, *v1.Item) (*other.Item, error)
 	// Connect handles tsnames.v1.Echo.Connect.
 	Connect(context.Context, *other.Connection) (*emptypb.Empty, error)
+	// Evaluate handles tsnames.v1.Echo.Evaluate.
+	Evaluate(context.Context, *v1.Eval) (*v1.Arguments, error)
 }
 
 // RegisterEchoServer registers impl's methods with r, usually a *parley.Server.
@@ -224,6 +244,7 @@ func RegisterEchoServer(r parley.Registrar, impl EchoServer) {
 		parley.NewUnaryMethod(echoDescribeSpec, impl.Describe),
 		parley.NewUnaryMethod(echoItemsSpec, impl.Items),
 		parley.NewUnaryMethod(echoConnectSpec, impl.Connect),
+		parley.NewUnaryMethod(echoEvaluateSpec, impl.Evaluate),
 	)
 }
 
@@ -265,6 +286,11 @@ func (UnimplementedEchoServer) Items(context.Context, *v1.Item) (*other.Item, er
 // Connect returns a parley.CodeUnimplemented error.
 func (UnimplementedEchoServer) Connect(context.Context, *other.Connection) (*emptypb.Empty, error) {
 	return nil, parley.NewError(parley.CodeUnimplemented, "tsnames.v1.Echo.Connect is not implemented")
+}
+
+// Evaluate returns a parley.CodeUnimplemented error.
+func (UnimplementedEchoServer) Evaluate(context.Context, *v1.Eval) (*v1.Arguments, error) {
+	return nil, parley.NewError(parley.CodeUnimplemented, "tsnames.v1.Echo.Evaluate is not implemented")
 }
 
 // NothingClient is a client for the tsnames.v1.Nothing service.
