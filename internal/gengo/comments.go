@@ -30,13 +30,13 @@ func (d *doc) proto(c protogen.Comments) *doc {
 }
 
 // deprecated adds a "Deprecated:" paragraph, unless the proto comment
-// already has one.
+// already has one. Go's tools only see a notice that starts a paragraph.
 func (d *doc) deprecated(yes bool, sourcePath string) *doc {
 	if !yes {
 		return d
 	}
-	for _, line := range d.lines {
-		if strings.HasPrefix(line, "Deprecated:") {
+	for i, line := range d.lines {
+		if strings.HasPrefix(line, "Deprecated:") && (i == 0 || d.lines[i-1] == "") {
 			return d
 		}
 	}
@@ -111,6 +111,12 @@ func protoLines(c protogen.Comments) []string {
 		if strings.HasPrefix(line, " ") || strings.HasPrefix(line, "\t") {
 			out = append(out, line)
 			continue
+		}
+		// A deprecation notice written on the line after the text it
+		// follows must start a paragraph of its own for Go's tools (go doc,
+		// gopls, staticcheck) to see it.
+		if strings.HasPrefix(line, "Deprecated:") && len(out) > 0 && out[len(out)-1] != "" {
+			out = append(out, "")
 		}
 		out = append(out, wrap(line, "")...)
 	}

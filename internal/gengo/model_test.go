@@ -211,6 +211,26 @@ func TestProtoLines(t *testing.T) {
 	}
 }
 
+// TestDeprecatedParagraph checks a "Deprecated:" notice in a proto comment
+// becomes a paragraph of its own, as Go's tools need, even when the proto
+// writes it on the line after the text, and is not added twice.
+func TestDeprecatedParagraph(t *testing.T) {
+	for _, c := range []struct {
+		comment protogen.Comments
+		want    []string
+	}{
+		{" Clear deletes.\n Deprecated: use Purge.\n", []string{"Clear deletes.", "", "Deprecated: use Purge."}},
+		{" Clear deletes.\n\n Deprecated: use Purge.\n", []string{"Clear deletes.", "", "Deprecated: use Purge."}},
+		{" Clear deletes.\n", []string{"Clear deletes.", "", "Deprecated: Marked as deprecated in x.proto."}},
+		{" Clear, not Deprecated: yet.\n", []string{"Clear, not Deprecated: yet.", "", "Deprecated: Marked as deprecated in x.proto."}},
+	} {
+		got := new(doc).proto(c.comment).deprecated(true, "x.proto").lines
+		if !slices.Equal(got, c.want) {
+			t.Errorf("comment %q: got %q, want %q", c.comment, got, c.want)
+		}
+	}
+}
+
 // TestEmptyService checks a service without methods yields a client and a
 // server with nothing in them, and no empty declaration blocks.
 func TestEmptyService(t *testing.T) {

@@ -42,6 +42,17 @@ export const NoteServicePurgeSpec: MethodSpec<typeof PurgeRequestSchema, typeof 
 };
 
 /**
+ * Describes rpc comments.v1.NoteService.Clear for Connection.call.
+ *
+ * @deprecated
+ */
+export const NoteServiceClearSpec: MethodSpec<typeof PurgeRequestSchema, typeof PurgeResponseSchema> = {
+  procedure: "/comments.v1.NoteService/Clear",
+  input: PurgeRequestSchema,
+  output: PurgeResponseSchema,
+};
+
+/**
  * Describes rpc comments.v1.NoteService.Count for Connection.call.
  */
 export const NoteServiceCountSpec: MethodSpec<typeof CountRequestSchema, typeof CountResponseSchema> = {
@@ -97,6 +108,17 @@ export class NoteServiceClient {
    */
   purge(request: PurgeRequest | MessageInitShape<typeof PurgeRequestSchema>, options?: CallOptions): Promise<PurgeResponse> {
     return this.#connection.call(NoteServicePurgeSpec, request, options);
+  }
+
+  /**
+   * Clear deletes every note too.
+   * Deprecated: use Purge, which this notice follows without a blank line.
+   *
+   * @generated from rpc comments.v1.NoteService.Clear
+   * @deprecated
+   */
+  clear(request: PurgeRequest | MessageInitShape<typeof PurgeRequestSchema>, options?: CallOptions): Promise<PurgeResponse> {
+    return this.#connection.call(NoteServiceClearSpec, request, options);
   }
 
   /**

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file comments/v1/notes.proto.
  */
 export const file_comments_v1_notes: GenFile = /*@__PURE__*/
-  fileDesc("Chdjb21tZW50cy92MS9ub3Rlcy5wcm90bxILY29tbWVudHMudjEiGgoKQWRkUmVxdWVzdBIMCgR0ZXh0GAEgASgJIhkKC0FkZFJlc3BvbnNlEgoKAmlkGAEgASgEIhsKDVJlbW92ZVJlcXVlc3QSCgoCaWQYASABKAQiEAoOUmVtb3ZlUmVzcG9uc2UiDgoMUHVyZ2VSZXF1ZXN0Ig8KDVB1cmdlUmVzcG9uc2UiDgoMQ291bnRSZXF1ZXN0Ih4KDUNvdW50UmVzcG9uc2USDQoFY291bnQYASABKAQiGAoKR2V0UmVxdWVzdBIKCgJpZBgBIAEoBCIbCgtHZXRSZXNwb25zZRIMCgR0ZXh0GAEgASgJMpQCCgtOb3RlU2VydmljZRI4CgNBZGQSFy5jb21tZW50cy52MS5BZGRSZXF1ZXN0GhguY29tbWVudHMudjEuQWRkUmVzcG9uc2USRgoGUmVtb3ZlEhouY29tbWVudHMudjEuUmVtb3ZlUmVxdWVzdBobLmNvbW1lbnRzLnYxLlJlbW92ZVJlc3BvbnNlIgOIAgESQwoFUHVyZ2USGS5jb21tZW50cy52MS5QdXJnZVJlcXVlc3QaGi5jb21tZW50cy52MS5QdXJnZVJlc3BvbnNlIgOIAgESPgoFQ291bnQSGS5jb21tZW50cy52MS5Db3VudFJlcXVlc3QaGi5jb21tZW50cy52MS5Db3VudFJlc3BvbnNlMlIKEUxlZ2FjeU5vdGVTZXJ2aWNlEjgKA0dldBIXLmNvbW1lbnRzLnYxLkdldFJlcXVlc3QaGC5jb21tZW50cy52MS5HZXRSZXNwb25zZRoDiAIBQihaJmV4YW1wbGUuY29tL2dlbi9jb21tZW50cy92MTtjb21tZW50c3YxYgZwcm90bzM");
+  fileDesc("Chdjb21tZW50cy92MS9ub3Rlcy5wcm90bxILY29tbWVudHMudjEiGgoKQWRkUmVxdWVzdBIMCgR0ZXh0GAEgASgJIhkKC0FkZFJlc3BvbnNlEgoKAmlkGAEgASgEIhsKDVJlbW92ZVJlcXVlc3QSCgoCaWQYASABKAQiEAoOUmVtb3ZlUmVzcG9uc2UiDgoMUHVyZ2VSZXF1ZXN0Ig8KDVB1cmdlUmVzcG9uc2UiDgoMQ291bnRSZXF1ZXN0Ih4KDUNvdW50UmVzcG9uc2USDQoFY291bnQYASABKAQiGAoKR2V0UmVxdWVzdBIKCgJpZBgBIAEoBCIbCgtHZXRSZXNwb25zZRIMCgR0ZXh0GAEgASgJMtkCCgtOb3RlU2VydmljZRI4CgNBZGQSFy5jb21tZW50cy52MS5BZGRSZXF1ZXN0GhguY29tbWVudHMudjEuQWRkUmVzcG9uc2USRgoGUmVtb3ZlEhouY29tbWVudHMudjEuUmVtb3ZlUmVxdWVzdBobLmNvbW1lbnRzLnYxLlJlbW92ZVJlc3BvbnNlIgOIAgESQwoFUHVyZ2USGS5jb21tZW50cy52MS5QdXJnZVJlcXVlc3QaGi5jb21tZW50cy52MS5QdXJnZVJlc3BvbnNlIgOIAgESQwoFQ2xlYXISGS5jb21tZW50cy52MS5QdXJnZVJlcXVlc3QaGi5jb21tZW50cy52MS5QdXJnZVJlc3BvbnNlIgOIAgESPgoFQ291bnQSGS5jb21tZW50cy52MS5Db3VudFJlcXVlc3QaGi5jb21tZW50cy52MS5Db3VudFJlc3BvbnNlMlIKEUxlZ2FjeU5vdGVTZXJ2aWNlEjgKA0dldBIXLmNvbW1lbnRzLnYxLkdldFJlcXVlc3QaGC5jb21tZW50cy52MS5HZXRSZXNwb25zZRoDiAIBQihaJmV4YW1wbGUuY29tL2dlbi9jb21tZW50cy92MTtjb21tZW50c3YxYgZwcm90bzM");
 
 /**
  * @generated from message comments.v1.AddRequest
@@ -210,6 +210,18 @@ export const NoteService: GenService<{
    * @deprecated
    */
   purge: {
+    methodKind: "unary";
+    input: typeof PurgeRequestSchema;
+    output: typeof PurgeResponseSchema;
+  },
+  /**
+   * Clear deletes every note too.
+   * Deprecated: use Purge, which this notice follows without a blank line.
+   *
+   * @generated from rpc comments.v1.NoteService.Clear
+   * @deprecated
+   */
+  clear: {
     methodKind: "unary";
     input: typeof PurgeRequestSchema;
     output: typeof PurgeResponseSchema;

@@ -49,6 +49,11 @@ const (
 	//
 	// Deprecated: Marked as deprecated in comments/v1/notes.proto.
 	NoteServicePurgeProcedure = "/comments.v1.NoteService/Purge"
+	// NoteServiceClearProcedure is the procedure of the
+	// comments.v1.NoteService.Clear method.
+	//
+	// Deprecated: Marked as deprecated in comments/v1/notes.proto.
+	NoteServiceClearProcedure = "/comments.v1.NoteService/Clear"
 	// NoteServiceCountProcedure is the procedure of the
 	// comments.v1.NoteService.Count method.
 	NoteServiceCountProcedure = "/comments.v1.NoteService/Count"
@@ -73,6 +78,10 @@ var (
 	// noteServicePurgeSpec describes comments.v1.NoteService.Purge.
 	noteServicePurgeSpec = &parley.MethodSpec{
 		Procedure: NoteServicePurgeProcedure,
+	}
+	// noteServiceClearSpec describes comments.v1.NoteService.Clear.
+	noteServiceClearSpec = &parley.MethodSpec{
+		Procedure: NoteServiceClearProcedure,
 	}
 	// noteServiceCountSpec describes comments.v1.NoteService.Count.
 	noteServiceCountSpec = &parley.MethodSpec{
@@ -105,6 +114,10 @@ type NoteServiceClient interface {
 	//
 	// Deprecated: use Remove for each note instead.
 	Purge(ctx context.Context, req *commentsv1.PurgeRequest) (*commentsv1.PurgeResponse, error)
+	// Clear deletes every note too.
+	//
+	// Deprecated: use Purge, which this notice follows without a blank line.
+	Clear(ctx context.Context, req *commentsv1.PurgeRequest) (*commentsv1.PurgeResponse, error)
 	// Count calls comments.v1.NoteService.Count.
 	Count(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
 }
@@ -149,6 +162,15 @@ func (c *noteServiceClient) Purge(ctx context.Context, req *commentsv1.PurgeRequ
 	return res, nil
 }
 
+// Clear calls comments.v1.NoteService.Clear.
+func (c *noteServiceClient) Clear(ctx context.Context, req *commentsv1.PurgeRequest) (*commentsv1.PurgeResponse, error) {
+	res := new(commentsv1.PurgeResponse)
+	if err := c.conn.Invoke(ctx, noteServiceClearSpec, req, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
 // Count calls comments.v1.NoteService.Count.
 func (c *noteServiceClient) Count(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error) {
 	res := new(commentsv1.CountResponse)
@@ -182,6 +204,10 @@ type NoteServiceServer interface {
 	//
 	// Deprecated: use Remove for each note instead.
 	Purge(context.Context, *commentsv1.PurgeRequest) (*commentsv1.PurgeResponse, error)
+	// Clear deletes every note too.
+	//
+	// Deprecated: use Purge, which this notice follows without a blank line.
+	Clear(context.Context, *commentsv1.PurgeRequest) (*commentsv1.PurgeResponse, error)
 	// Count handles comments.v1.NoteService.Count.
 	Count(context.Context, *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
 }
@@ -194,6 +220,7 @@ func RegisterNoteServiceServer(r parley.Registrar, impl NoteServiceServer) {
 		parley.NewUnaryMethod(noteServiceAddSpec, impl.Add),
 		parley.NewUnaryMethod(noteServiceRemoveSpec, impl.Remove),
 		parley.NewUnaryMethod(noteServicePurgeSpec, impl.Purge),
+		parley.NewUnaryMethod(noteServiceClearSpec, impl.Clear),
 		parley.NewUnaryMethod(noteServiceCountSpec, impl.Count),
 	)
 }
@@ -216,6 +243,11 @@ func (UnimplementedNoteServiceServer) Remove(context.Context, *commentsv1.Remove
 // Purge returns a parley.CodeUnimplemented error.
 func (UnimplementedNoteServiceServer) Purge(context.Context, *commentsv1.PurgeRequest) (*commentsv1.PurgeResponse, error) {
 	return nil, parley.NewError(parley.CodeUnimplemented, "comments.v1.NoteService.Purge is not implemented")
+}
+
+// Clear returns a parley.CodeUnimplemented error.
+func (UnimplementedNoteServiceServer) Clear(context.Context, *commentsv1.PurgeRequest) (*commentsv1.PurgeResponse, error) {
+	return nil, parley.NewError(parley.CodeUnimplemented, "comments.v1.NoteService.Clear is not implemented")
 }
 
 // Count returns a parley.CodeUnimplemented error.
