@@ -307,6 +307,11 @@ func (c *batchConn) writeFrames(batch []outFrame, opcode byte, mask, wait bool) 
 			if c.bufp == nil {
 				c.bufp = batchPool.Get().(*[]byte)
 				c.buf = (*c.bufp)[:0] // buf is empty whenever bufp is nil
+				if need := framedSize(batch[i:]); cap(c.buf) < need {
+					// One allocation of the size the batch needs, not a
+					// chain of doublings up to it.
+					c.buf = make([]byte, 0, need)
+				}
 			}
 			if f.ping {
 				c.buf = appendWSFrame(c.buf, opPing, nil, nil, mask)
@@ -330,6 +335,23 @@ func (c *batchConn) writeFrames(batch []outFrame, opcode byte, mask, wait bool) 
 	}
 	return c.tryWrite()
 }
+
+// framedSize is the buffer that framing batch takes: up to maxBatchBytes
+// and the frame that crosses it (the most a waiting write buffers).
+func framedSize(batch []outFrame) int {
+	n := 0
+	for _, f := range batch {
+		if n >= maxBatchBytes {
+			break
+		}
+		n += f.size() + maxWSHeader
+	}
+	return n
+}
+
+// maxWSHeader is the longest WebSocket frame header: opcode, length and
+// masking key.
+const maxWSHeader = 14
 
 // writeBuffered writes the buffer, waiting for the socket.
 func (c *batchConn) writeBuffered() error {

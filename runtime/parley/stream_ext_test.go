@@ -439,9 +439,10 @@ func TestDrainedStreamWindowGrows(t *testing.T) {
 			}
 		}
 	}
-	// Without growth every grant would be 4 (half the window); drained,
-	// the window doubles at each grant: 4+8, 8+16, 16+32...
-	if len(grants) < 2 || grants[0] != 4+8 || grants[1] != 8+16 {
-		t.Fatalf("grants %v, want the window doubling (12, 24, ...)", grants)
+	// Credit goes back every half configured window consumed (4 items).
+	// Without growth every grant would be 4; drained, the window doubles
+	// at each grant, which adds the window's old size: 4+8, 4+16, 4+32...
+	if len(grants) < 3 || grants[0] != 4+8 || grants[1] != 4+16 || grants[2] != 4+32 {
+		t.Fatalf("grants %v, want the window doubling (12, 20, 36, ...)", grants)
 	}
 }

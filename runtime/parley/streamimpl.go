@@ -211,7 +211,11 @@ func (s *stream) recv(m proto.Message) error {
 			s.recvq = s.recvq[1:]
 			s.consumed++
 			grant := uint32(0)
-			if !s.recvEnd && s.consumed >= max(1, s.window/2) {
+			// Credit goes back every half configured window consumed, also
+			// once the window has grown: a grown window then refills in
+			// steady steps rather than in bursts of half its size, which
+			// left both ends idle in turn.
+			if !s.recvEnd && s.consumed >= max(1, s.e.cfg.streamWindow/2) {
 				grant, s.consumed = s.consumed, 0
 				if len(s.recvq) == 0 && s.e.growWindow(s.window) {
 					// Drained: the peer is likely waiting for credit.
