@@ -3,7 +3,10 @@
 // HTTP/2 connection), 1 and many concurrent streams. Each stream has a
 // sender goroutine that sends as fast as flow control lets it and a
 // receiver goroutine that counts the echoes; the server echoes every item
-// as it receives it. Server and client run in this one process.
+// as it receives it. The servers run in this process (New) or in another
+// one (Serve in a child process, Dial here): in one process each side's
+// garbage collections and goroutines share one Go runtime with the other
+// side's, which no deployment does.
 package stream
 
 import (
@@ -40,88 +43,118 @@ type Stream interface {
 	CloseSend() error
 }
 
-// Target is a running server plus one client connection to it.
+// Target is one client connection to a running server.
 type Target struct {
 	Name  string
 	Open  func(ctx context.Context) (Stream, error)
 	Close func()
+	// Server, when the server runs in another process, reports that
+	// process's counters, which Run adds to this process's.
+	Server func() (Usage, error)
 }
 
-// New starts the named target.
+// Usage is a process's CPU time and allocation counters so far.
+type Usage struct {
+	CPU     time.Duration
+	Mallocs uint64
+	Bytes   uint64
+}
+
+// SelfUsage is this process's Usage.
+func SelfUsage() Usage {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return Usage{CPU: processCPU(), Mallocs: ms.Mallocs, Bytes: ms.TotalAlloc}
+}
+
+// New starts the named target's server in this process and dials it.
 func New(ctx context.Context, name string) (*Target, error) {
+	addr, stop, err := Serve(name)
+	if err != nil {
+		return nil, err
+	}
+	t, err := Dial(ctx, name, addr)
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	closeClient := t.Close
+	t.Close = func() { closeClient(); stop() }
+	return t, nil
+}
+
+// Serve starts the named target's echo server on loopback and returns the
+// address to Dial and a function that stops it.
+func Serve(name string) (addr string, stop func(), err error) {
 	switch name {
 	case "parley":
-		return NewParley(ctx)
-	case "grpc":
-		return NewGRPC(ctx)
-	}
-	return nil, fmt.Errorf("unknown stream target %q (want one of %s)", name, strings.Join(Names, ", "))
-}
-
-// NewParley serves the bidi echo with parley.NewServer (default options:
-// stream window DefaultStreamWindow items) and dials it once.
-func NewParley(ctx context.Context) (*Target, error) {
-	srv := parley.NewServer()
-	srv.Register(parley.NewBidiStreamMethod(echoSpec, func(ctx context.Context, s *parley.BidiStream[benchv1.EchoRequest, benchv1.EchoResponse]) error {
-		for {
-			req, err := s.Recv()
-			if errors.Is(err, io.EOF) {
-				return nil
+		srv := parley.NewServer()
+		srv.Register(parley.NewBidiStreamMethod(echoSpec, func(ctx context.Context, s *parley.BidiStream[benchv1.EchoRequest, benchv1.EchoResponse]) error {
+			for {
+				req, err := s.Recv()
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				if err != nil {
+					return err
+				}
+				if err := s.Send(&benchv1.EchoResponse{Data: req.Data}); err != nil {
+					return err
+				}
 			}
-			if err != nil {
-				return err
-			}
-			if err := s.Send(&benchv1.EchoResponse{Data: req.Data}); err != nil {
-				return err
-			}
-		}
-	}))
-	hs := httptest.NewServer(srv)
-	conn, err := parley.Dial(ctx, "ws"+strings.TrimPrefix(hs.URL, "http")+"/")
-	if err != nil {
-		hs.Close()
-		return nil, err
-	}
-	return &Target{
-		Name: "parley",
-		Open: func(ctx context.Context) (Stream, error) {
-			return parley.CallBidiStream[benchv1.EchoRequest, benchv1.EchoResponse](ctx, conn, echoSpec)
-		},
-		Close: func() {
-			_ = conn.Close()
+		}))
+		hs := httptest.NewServer(srv)
+		return "ws" + strings.TrimPrefix(hs.URL, "http") + "/", func() {
 			_ = srv.Shutdown(context.Background())
 			hs.Close()
-		},
-	}, nil
+		}, nil
+	case "grpc":
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", nil, err
+		}
+		gs := grpc.NewServer()
+		benchv1.RegisterEchoServiceServer(gs, grpcEcho{})
+		go func() { _ = gs.Serve(lis) }()
+		return lis.Addr().String(), gs.Stop, nil
+	}
+	return "", nil, fmt.Errorf("unknown stream target %q (want one of %s)", name, strings.Join(Names, ", "))
 }
 
-// NewGRPC serves the same echo as a grpc-go bidirectional stream (default
-// options: HTTP/2 flow-control windows with BDP estimation) over one
-// ClientConn, which opens one HTTP/2 connection.
-func NewGRPC(ctx context.Context) (*Target, error) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
+// Dial connects one client of the named target to a server Serve started:
+// Parley dials once with default options (stream window
+// DefaultStreamWindow items); grpc-go opens one ClientConn, which opens
+// one HTTP/2 connection, with default options (HTTP/2 flow-control
+// windows with BDP estimation).
+func Dial(ctx context.Context, name, addr string) (*Target, error) {
+	switch name {
+	case "parley":
+		conn, err := parley.Dial(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &Target{
+			Name: "parley",
+			Open: func(ctx context.Context) (Stream, error) {
+				return parley.CallBidiStream[benchv1.EchoRequest, benchv1.EchoResponse](ctx, conn, echoSpec)
+			},
+			Close: func() { _ = conn.Close() },
+		}, nil
+	case "grpc":
+		cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, err
+		}
+		client := benchv1.NewEchoServiceClient(cc)
+		return &Target{
+			Name: "grpc",
+			Open: func(ctx context.Context) (Stream, error) {
+				return client.EchoStream(ctx)
+			},
+			Close: func() { _ = cc.Close() },
+		}, nil
 	}
-	gs := grpc.NewServer()
-	benchv1.RegisterEchoServiceServer(gs, grpcEcho{})
-	go func() { _ = gs.Serve(lis) }()
-	cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		gs.Stop()
-		return nil, err
-	}
-	client := benchv1.NewEchoServiceClient(cc)
-	return &Target{
-		Name: "grpc",
-		Open: func(ctx context.Context) (Stream, error) {
-			return client.EchoStream(ctx)
-		},
-		Close: func() {
-			_ = cc.Close()
-			gs.Stop()
-		},
-	}, nil
+	return nil, fmt.Errorf("unknown stream target %q (want one of %s)", name, strings.Join(Names, ", "))
 }
 
 type grpcEcho struct {
@@ -152,7 +185,10 @@ type Result struct {
 	Elapsed  time.Duration
 	Mallocs  uint64
 	Bytes    uint64
-	CPU      time.Duration // the process's user+system CPU time in the window
+	CPU      time.Duration // user+system CPU time in the window, client and server processes
+	// Processes is 1 when the server ran in the client's process, 2 when
+	// it ran in its own.
+	Processes int
 	// MinShare is the slowest stream's share of the messages relative to an
 	// even split (1 = perfectly fair), a check that no stream starves.
 	MinShare float64
@@ -161,10 +197,10 @@ type Result struct {
 // PerSec is the throughput: echoed items received per second.
 func (r Result) PerSec() float64 { return float64(r.Messages) / r.Elapsed.Seconds() }
 
-// AllocsPerMsg is the whole process's allocations per echoed item.
+// AllocsPerMsg is the allocations (client and server) per echoed item.
 func (r Result) AllocsPerMsg() float64 { return float64(r.Mallocs) / float64(r.Messages) }
 
-// BytesPerMsg is the whole process's allocated bytes per echoed item.
+// BytesPerMsg is the bytes allocated (client and server) per echoed item.
 func (r Result) BytesPerMsg() float64 { return float64(r.Bytes) / float64(r.Messages) }
 
 type counter struct {
@@ -237,18 +273,29 @@ func Run(ctx context.Context, t *Target, streams, payloadSize int, warmup, durat
 		}
 		return n, per
 	}
+	usage := func() (Usage, error) {
+		u := SelfUsage()
+		if t.Server == nil {
+			return u, nil
+		}
+		su, err := t.Server()
+		return Usage{CPU: u.CPU + su.CPU, Mallocs: u.Mallocs + su.Mallocs, Bytes: u.Bytes + su.Bytes}, err
+	}
 	time.Sleep(warmup)
 	runtime.GC()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	cpu0 := processCPU()
+	before, err := usage()
+	if err != nil {
+		return Result{}, err
+	}
 	n0, per0 := sum()
 	t0 := time.Now()
 	time.Sleep(duration)
 	n1, per1 := sum()
 	elapsed := time.Since(t0)
-	cpu := processCPU() - cpu0
-	runtime.ReadMemStats(&after)
+	after, err := usage()
+	if err != nil {
+		return Result{}, err
+	}
 	stop.Store(true)
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
@@ -259,6 +306,10 @@ func Run(ctx context.Context, t *Target, streams, payloadSize int, warmup, durat
 	}
 	if firstErr != nil {
 		return Result{}, firstErr
+	}
+	processes := 1
+	if t.Server != nil {
+		processes = 2
 	}
 	msgs := n1 - n0
 	minShare := 1.0
@@ -271,8 +322,8 @@ func Run(ctx context.Context, t *Target, streams, payloadSize int, warmup, durat
 	return Result{
 		Target: t.Name, Streams: streams, Payload: payloadSize,
 		Messages: msgs, Elapsed: elapsed,
-		Mallocs: after.Mallocs - before.Mallocs, Bytes: after.TotalAlloc - before.TotalAlloc,
-		CPU: cpu, MinShare: minShare,
+		Mallocs: after.Mallocs - before.Mallocs, Bytes: after.Bytes - before.Bytes,
+		CPU: after.CPU - before.CPU, MinShare: minShare, Processes: processes,
 	}, nil
 }
 
@@ -285,7 +336,7 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// CPUPerMsg is the process's CPU time (client and server) per echo: the
+// CPUPerMsg is the CPU time (client and server) per echo: the
 // cost of a message, which the machine's other load changes less than the
 // throughput.
 func (r Result) CPUPerMsg() time.Duration {

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"time"
@@ -17,6 +18,7 @@ import (
 var (
 	streamsFlag *string
 	streamImpl  *string
+	streamProcs *string
 	roomsFlag   *string
 	eventsFlag  *string
 	windowFlag  *string
@@ -33,6 +35,7 @@ var (
 func registerModeFlags() {
 	streamsFlag = flag.String("streams", "1,64", "stream mode: concurrent streams, comma-separated")
 	streamImpl = flag.String("stream-impl", strings.Join(stream.Names, ","), "stream mode: targets")
+	streamProcs = flag.String("stream-procs", "2,1", "stream mode: processes, comma-separated: 2 runs the servers in a child process, 1 in this one")
 	roomsFlag = flag.String("rooms", "1000,10000", "fanout mode: connections per room, comma-separated")
 	eventsFlag = flag.String("events", "100,1024", "fanout mode: event data sizes in bytes, comma-separated")
 	windowFlag = flag.String("window", "8,64", "fanout mode: events the publisher may be ahead of the slowest connection, comma-separated (each a run)")
@@ -58,6 +61,8 @@ func runMode(mode string, duration, warmup time.Duration, count int, payloads st
 		return fanout.ClientsMain(*childURL, *childN, *clientFlag)
 	case "ts-servers":
 		return runTSServers()
+	case "stream-servers":
+		return stream.ServeChild(os.Stdin, os.Stdout, strings.Split(*streamImpl, ","))
 	case "stream", "fanout", "idle", "all":
 	default:
 		return fmt.Errorf("unknown -mode %q (unary, stream, fanout, idle or all)", mode)
@@ -98,34 +103,58 @@ func runStream(w *bufio.Writer, duration, warmup time.Duration, count int, paylo
 	if err != nil {
 		return err
 	}
+	procs, err := ints(*streamProcs)
+	if err != nil {
+		return err
+	}
 	names := strings.Split(*streamImpl, ",")
 	ctx := context.Background()
-	var ts []*stream.Target
-	for _, name := range names {
-		t, err := stream.New(ctx, name)
-		if err != nil {
-			return err
-		}
-		defer t.Close()
-		ts = append(ts, t)
-	}
 	type key struct {
-		name    string
-		c, size int
+		name           string
+		procs, c, size int
 	}
 	rounds := map[key][]stream.Result{}
-	for round := range count {
-		for _, c := range concs {
-			for _, size := range sizes {
-				for _, t := range ts {
-					r, err := stream.Run(ctx, t, c, size, warmup, duration)
-					if err != nil {
-						return err
+	for _, p := range procs {
+		var ts []*stream.Target
+		switch p {
+		case 1:
+			for _, name := range names {
+				t, err := stream.New(ctx, name)
+				if err != nil {
+					return err
+				}
+				defer t.Close()
+				ts = append(ts, t)
+			}
+		case 2:
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			cmd := exec.Command(self, "-mode", "stream-servers", "-stream-impl", *streamImpl)
+			cmd.Stderr = os.Stderr
+			var stop func()
+			ts, stop, err = stream.SpawnServers(ctx, cmd, names)
+			if err != nil {
+				return err
+			}
+			defer stop()
+		default:
+			return fmt.Errorf("-stream-procs: %d processes (want 1 or 2)", p)
+		}
+		for round := range count {
+			for _, c := range concs {
+				for _, size := range sizes {
+					for _, t := range ts {
+						r, err := stream.Run(ctx, t, c, size, warmup, duration)
+						if err != nil {
+							return err
+						}
+						fmt.Fprintf(os.Stderr, "round %d: stream %-7s procs=%d streams=%-3d %5d B  %9.0f msgs/s  %5.2f CPU µs/msg  %5.1f allocs/msg  min share %.2f\n",
+							round+1, t.Name, p, c, size, r.PerSec(), float64(r.CPUPerMsg().Nanoseconds())/1e3, r.AllocsPerMsg(), r.MinShare)
+						k := key{t.Name, p, c, size}
+						rounds[k] = append(rounds[k], r)
 					}
-					fmt.Fprintf(os.Stderr, "round %d: stream %-7s streams=%-3d %5d B  %9.0f msgs/s  %5.2f CPU µs/msg  %5.1f allocs/msg  min share %.2f\n",
-						round+1, t.Name, c, size, r.PerSec(), float64(r.CPUPerMsg().Nanoseconds())/1e3, r.AllocsPerMsg(), r.MinShare)
-					k := key{t.Name, c, size}
-					rounds[k] = append(rounds[k], r)
 				}
 			}
 		}
@@ -147,26 +176,28 @@ func runStream(w *bufio.Writer, duration, warmup time.Duration, count int, paylo
 		return rs[len(rs)/2], true
 	}
 	fmt.Fprintf(w, "### Streaming: bidirectional echo over one connection\n\n")
-	fmt.Fprintf(w, "Each stream has a sender goroutine sending items as fast as flow control allows and a receiver goroutine counting the echoes; the server handler echoes each item as it arrives. msgs/s counts echoes received (each item crossed the socket twice). Default flow control on both (Parley: %d-item stream window; grpc-go: HTTP/2 windows with BDP estimation). One process, %v measured after %v warm-up", 64, duration, warmup)
+	fmt.Fprintf(w, "Each stream has a sender goroutine sending items as fast as flow control allows and a receiver goroutine counting the echoes; the server handler echoes each item as it arrives. msgs/s counts echoes received (each item crossed the socket twice). Default flow control on both (Parley: %d-item stream window; grpc-go: HTTP/2 windows with BDP estimation). processes: 2 runs both servers in a child process, as a deployment does; 1 runs them in the client's process, where each side's garbage collections and goroutines share one Go runtime with the other's. %v measured after %v warm-up", 64, duration, warmup)
 	if count > 1 {
 		fmt.Fprintf(w, ", median of %d rounds", count)
 	}
-	fmt.Fprint(w, ". CPU µs/msg (user+system, getrusage), allocs/msg and B/msg are the whole process's (client and server) per echo. min share: the slowest stream's share of an even split.\n\n")
-	fmt.Fprintln(w, "| implementation | streams | item | msgs/s | vs grpc | MB/s echoed | CPU µs/msg | allocs/msg | B/msg | min share |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-	for _, c := range concs {
-		for _, size := range sizes {
-			for _, name := range names {
-				r, ok := median(key{name, c, size})
-				if !ok {
-					continue
+	fmt.Fprint(w, ". CPU µs/msg (user+system, getrusage), allocs/msg and B/msg are client's and server's together, per echo. min share: the slowest stream's share of an even split.\n\n")
+	fmt.Fprintln(w, "| implementation | processes | streams | item | msgs/s | vs grpc | MB/s echoed | CPU µs/msg | allocs/msg | B/msg | min share |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, p := range procs {
+		for _, c := range concs {
+			for _, size := range sizes {
+				for _, name := range names {
+					r, ok := median(key{name, p, c, size})
+					if !ok {
+						continue
+					}
+					vs := "—"
+					if g, ok := median(key{"grpc", p, c, size}); ok && name != "grpc" {
+						vs = fmt.Sprintf("%.2f×", r.PerSec()/g.PerSec())
+					}
+					fmt.Fprintf(w, "| %s | %d | %d | %s | %.0f | %s | %.1f | %.2f | %.1f | %.0f | %.2f |\n",
+						name, p, c, sizeName(size), r.PerSec(), vs, r.PerSec()*float64(size)/1e6, float64(r.CPUPerMsg().Nanoseconds())/1e3, r.AllocsPerMsg(), r.BytesPerMsg(), r.MinShare)
 				}
-				vs := "—"
-				if g, ok := median(key{"grpc", c, size}); ok && name != "grpc" {
-					vs = fmt.Sprintf("%.2f×", r.PerSec()/g.PerSec())
-				}
-				fmt.Fprintf(w, "| %s | %d | %s | %.0f | %s | %.1f | %.2f | %.1f | %.0f | %.2f |\n",
-					name, c, sizeName(size), r.PerSec(), vs, r.PerSec()*float64(size)/1e6, float64(r.CPUPerMsg().Nanoseconds())/1e3, r.AllocsPerMsg(), r.BytesPerMsg(), r.MinShare)
 			}
 		}
 	}
