@@ -1,18 +1,9 @@
-import {
-  create,
-  fromBinary,
-  fromJson,
-  toBinary,
-  toJson,
-  type DescMessage,
-  type MessageInitShape,
-  type MessageShape,
-  type Registry,
-} from "@bufbuild/protobuf";
+import { create, type DescMessage, type MessageInitShape, type MessageShape, type Registry } from "@bufbuild/protobuf";
 import { codeFromNumber, codeToNumber, type Code } from "./code.js";
 import { ParleyError } from "./error.js";
-import { decodeBinary, decodeJson, encodeBinary, encodeJson, type Body, type Call, type ErrorFrame, type Frame, type Welcome } from "./frame.js";
+import type { Body, Call, ErrorFrame, Frame, Welcome } from "./frame.js";
 import type { BidiStreamCall, CallOptions, ClientStreamCall, MethodSpec } from "./method.js";
+import { binaryProtocol, type Protocol } from "./protocol.js";
 
 /** The agent this runtime names in its Hello. */
 export const agent = "parley-ts/0.1.0";
@@ -44,11 +35,14 @@ export type WebSocketConstructor = new (url: string, protocols: string) => WebSo
 /** Options of a {@link Connection}. */
 export interface ConnectionOptions {
   /**
-   * The encoding: "proto" (subprotocol parley.v1+proto, binary messages,
-   * the default) or "json" (parley.v1+json, text messages of protojson,
-   * for debugging).
+   * The encoding: {@link binaryProtocol} (subprotocol parley.v1+proto,
+   * binary messages, the default) or `jsonProtocol` (parley.v1+json, text
+   * messages of protojson, for debugging), which an application imports
+   * from `@parleyrpc/runtime/json` when it wants it, so that others do not
+   * bundle it. The string "proto" of earlier versions still means the
+   * default; the string "json" throws, saying what to import.
    */
-  protocol?: "proto" | "json";
+  protocol?: Protocol;
   /**
    * The WebSocket constructor. Defaults to the global WebSocket; pass the
    * `ws` package's on Node 20, which has none.
@@ -85,7 +79,7 @@ export interface ConnectionOptions {
    * applies too). Default {@link defaultMaxMessageBytes} (4 MiB).
    */
   maxMessageBytes?: number;
-  /** Resolves google.protobuf.Any and extensions in JSON payloads. */
+  /** Resolves google.protobuf.Any and extensions in JSON payloads and error details (jsonProtocol). */
   registry?: Registry;
   /**
    * How many stream items this client accepts per stream before it grants
@@ -329,7 +323,7 @@ export class Connection {
   #sock: Sock | undefined;
   /** Sockets after a GoAway, finishing the calls they carry. */
   #draining = new Set<Sock>();
-  #json: boolean;
+  #protocol: Protocol;
   #options: ConnectionOptions;
   /** Calls and streams waiting for a socket or a slot: [unary, streams]. */
   #queues: [Pending[], Pending[]] = [[], []];
@@ -357,7 +351,7 @@ export class Connection {
   constructor(url: string, options: ConnectionOptions = {}) {
     this.#options = options;
     this.#url = url;
-    this.#json = options.protocol == "json";
+    this.#protocol = protocolOf(options.protocol);
     this.ready = new Promise((resolve, reject) => (this.#ready = [resolve, reject]));
     this.ready.catch(() => {}); // Unobserved, a failure must not crash Node.
     const WS: WebSocketConstructor | undefined = options.WebSocket ?? (globalThis as any).WebSocket;
@@ -773,7 +767,7 @@ export class Connection {
 
   /** Opens a socket; it becomes the one calls go to once the server's Welcome arrives on it. */
   #dial() {
-    const subprotocol = this.#json ? "parley.v1+json" : "parley.v1+proto";
+    const subprotocol = this.#protocol.name;
     const ws = new this.#WS(this.#url, subprotocol);
     const s: Sock = (this.#sock = { ws, open: [0, 0], serving: new Map(), heard: 0, timers: [] });
     // The ws package hands over its own Buffer ("nodebuffer", its default),
@@ -963,7 +957,7 @@ export class Connection {
    * WebSocket message. Browsers and other WebSockets batch as they do.
    */
   #send(s: Sock, frame: Frame, what = "a frame"): ParleyError | undefined {
-    const data = this.#json ? encodeJson(frame) : encodeBinary(frame);
+    const data = this.#protocol.encodeFrame(frame);
     const max = Math.min(this.#options.maxMessageBytes ?? defaultMaxMessageBytes, s.session?.maxMessageBytes || Infinity);
     let size = data.length;
     if (typeof data == "string" && size * 3 > max) size = new TextEncoder().encode(data).length;
@@ -982,13 +976,10 @@ export class Connection {
     s.heard = performance.now();
     let frame: Frame;
     try {
-      if (this.#json != (typeof data == "string")) {
-        throw new Error(`a ${this.#json ? "binary" : "text"} message on ${this.#json ? "parley.v1+json" : "parley.v1+proto"}`);
-      }
       const size = typeof data == "string" ? data.length : (data as ArrayBuffer).byteLength;
       const max = this.#options.maxMessageBytes ?? defaultMaxMessageBytes;
       if (size > max) throw new Error(`a message of ${size} bytes, more than the limit of ${max}`);
-      frame = typeof data == "string" ? decodeJson(data) : decodeBinary(bytesOf(data));
+      frame = this.#protocol.decodeFrame(typeof data == "string" ? data : bytesOf(data));
     } catch (e) {
       return this.#protocolError(s, `undecodable frame from the server: ${e instanceof Error ? e.message : String(e)}`);
     }
@@ -1008,7 +999,7 @@ export class Connection {
       p.settle(undefined, value);
     } else if ("error" in frame) {
       const { id } = frame.error;
-      const err = errorOf(frame.error);
+      const err = this.#errorOf(frame.error);
       const p = this.#mine(s, id);
       if (!id) {
         this.#drop(s, err, closeResumable);
@@ -1135,15 +1126,19 @@ export class Connection {
   /** Encodes a message (or init object) as a body; throws a ParleyError with code. */
   #encode(schema: DescMessage, value: unknown, what: string, code: Code = "invalid_argument"): Body {
     try {
-      const msg = create(schema, value as MessageInitShape<DescMessage>);
-      return this.#json ? { json: toJson(schema, msg, { registry: this.#options.registry }) } : { payload: toBinary(schema, msg) };
+      return this.#protocol.encodeMessage(schema, create(schema, value as MessageInitShape<DescMessage>), this.#options.registry);
     } catch (e) {
       throw new ParleyError(code, `${what}: cannot encode ${schema.typeName}: ${String(e)}`, [], {}, e);
     }
   }
 
-  #decode(schema: DescMessage, { json, payload }: Body): unknown {
-    return json !== undefined ? fromJson(schema, json, { registry: this.#options.registry }) : fromBinary(schema, payload ?? new Uint8Array(0));
+  #decode(schema: DescMessage, body: Body): unknown {
+    return this.#protocol.decodeMessage(schema, body, this.#options.registry);
+  }
+
+  #errorOf(e: ErrorFrame): ParleyError {
+    const details = (e.details ?? []).map((d) => this.#protocol.readDetail(d));
+    return new ParleyError(codeFromNumber(e.code ?? 0), e.message ?? "", details, e.metadata);
   }
 
   #sendError(s: Sock, id: number, code: Code, message: string) {
@@ -1210,15 +1205,15 @@ function sessionOf(w: Welcome): Session {
   };
 }
 
-function errorOf(e: ErrorFrame): ParleyError {
-  const details = (e.details ?? []).map((d) => {
-    if ("json" in d) {
-      const url = d.json["@type"];
-      return { type: typeName(typeof url == "string" ? url : ""), json: d.json };
-    }
-    return { type: typeName(d.typeUrl), value: d.value };
-  });
-  return new ParleyError(codeFromNumber(e.code ?? 0), e.message ?? "", details, e.metadata);
+/**
+ * The protocol of ConnectionOptions.protocol. JavaScript callers of
+ * earlier versions passed a string: "proto" is still the default, and
+ * "json" must not quietly become binary.
+ */
+function protocolOf(p: Protocol | string | undefined): Protocol {
+  if (p === undefined || p === "proto") return binaryProtocol;
+  if (typeof p != "string") return p;
+  throw new TypeError(
+    `parley: protocol ${JSON.stringify(p)} is not a Protocol; for JSON, import { jsonProtocol } from "@parleyrpc/runtime/json" and pass { protocol: jsonProtocol }`,
+  );
 }
-
-const typeName = (url: string) => url.slice(url.lastIndexOf("/") + 1);

@@ -1,11 +1,4 @@
-import {
-  fromBinary,
-  fromJson,
-  type DescMessage,
-  type JsonValue,
-  type MessageShape,
-  type Registry,
-} from "@bufbuild/protobuf";
+import { fromBinary, type DescMessage, type JsonValue, type MessageShape, type Registry } from "@bufbuild/protobuf";
 import type { Code } from "./code.js";
 
 /**
@@ -19,6 +12,14 @@ export interface ErrorDetail {
   readonly value?: Uint8Array;
   /** The protojson form of the Any, "@type" included (parley.v1+json). */
   readonly json?: JsonValue;
+  /**
+   * Decodes `json` as a message of the given type. The JSON protocol
+   * (`jsonProtocol`, from `@parleyrpc/runtime/json`) sets it on the details
+   * that arrive over parley.v1+json: it carries protobuf-es's JSON reader,
+   * which this module leaves out so that applications speaking only
+   * binary do not bundle it.
+   */
+  readonly readJson?: <Desc extends DescMessage>(schema: Desc, registry?: Registry) => MessageShape<Desc>;
 }
 
 /**
@@ -73,9 +74,13 @@ export class ParleyError extends Error {
   }
 
   /**
-   * Decodes the details whose type is the given message type. A JSON detail
-   * of a type whose protojson form is special (a well-known type) is read
-   * from its "value" field, as protojson writes it.
+   * Decodes the details whose type is the given message type: binary ones
+   * with protobuf-es's fromBinary, JSON ones (parley.v1+json) with the
+   * reader the JSON protocol gave them. A JSON detail of a type whose
+   * protojson form is special (a well-known type) is read from its "value"
+   * field, as protojson writes it. registry resolves Any and extensions in
+   * JSON details. Throws when a detail cannot be decoded, and for a JSON
+   * detail without a reader (one made by hand rather than received).
    */
   findDetails<Desc extends DescMessage>(
     schema: Desc,
@@ -86,10 +91,10 @@ export class ParleyError extends Error {
       if (d.type !== schema.typeName) continue;
       if (d.value) {
         found.push(fromBinary(schema, d.value));
-      } else if (d.json && typeof d.json == "object" && !Array.isArray(d.json)) {
-        const { "@type": _, ...rest } = d.json;
-        const special = schema.typeName.startsWith("google.protobuf.") && "value" in rest;
-        found.push(fromJson(schema, special ? rest["value"]! : rest, { registry }));
+      } else if (d.readJson) {
+        found.push(d.readJson(schema, registry));
+      } else if (d.json !== undefined) {
+        throw new Error(`parley: the JSON detail ${d.type} has no reader: only details received over jsonProtocol (@parleyrpc/runtime/json) can be decoded`);
       }
     }
     return found;

@@ -1,7 +1,10 @@
 /**
  * The codec of `parley.v1.Frame` (proto/parley/v1/frame.proto), written by
  * hand against the schema to keep the runtime small: no generated code, one
- * table that drives both encodings.
+ * table that drives both encodings. This file holds the table and the
+ * binary encoding (parley.v1+proto); the JSON one (parley.v1+json) is in
+ * jsonframe.ts, which only the JSON protocol imports, so that applications
+ * speaking binary do not bundle it.
  *
  * Encoding follows Go's deterministic marshal, so frames round-trip byte for
  * byte: fields in field-number order except the oneof body, which comes
@@ -16,8 +19,7 @@
  * @internal
  */
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
-import { BinaryReader, BinaryWriter, WireType, base64Decode, base64Encode } from "@bufbuild/protobuf/wire";
-import { codeFromNumber, codeToNumber, parseCode } from "./code.js";
+import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 
 type Strings = Record<string, string>;
 
@@ -67,7 +69,7 @@ export type Frame =
 //   b bool   c Code enum   p bytes (oneof: always written when set)
 //   j google.protobuf.Value (oneof)   m map<string,string>
 //   o map<string,uint64>   a repeated google.protobuf.Any
-const schema = (
+export const schema = (
   "hello metadata:m sessionId:s resumeToken:s offsets:o agent:s streamWindow:u|" +
   "welcome sessionId:s resumeToken:s resumed:b resumeWindowMs:u maxMessageBytes:u maxInFlight:u pingIntervalMs:u agent:s metadata:m streamWindow:u maxStreams:u|" +
   "call id:i method:s payload:p json:j timeoutMs:u metadata:m|" +
@@ -88,7 +90,7 @@ const schema = (
     return [kind!, fields.map((f) => f.split(":") as [string, string])] as const;
   });
 
-const kindNumber = (kind: string) => schema.findIndex(([k]) => k == kind) + 1;
+export const kindNumber = (kind: string) => schema.findIndex(([k]) => k == kind) + 1;
 
 /** Wire type per field type: varint for scalars, length-delimited otherwise. */
 const isVarint = (t: string) => "inucb".includes(t);
@@ -96,7 +98,7 @@ const isVarint = (t: string) => "inucb".includes(t);
 /** Is the field a member of the oneof body? */
 const isBody = (t: string) => t == "p" || t == "j";
 
-const isDefault = (t: string, v: unknown) =>
+export const isDefault = (t: string, v: unknown) =>
   v === undefined ||
   (!isBody(t) && (v === 0 || v === "" || (t == "n" && v === "0") || v === false || (typeof v == "object" && v !== null && Object.keys(v).length == 0)));
 
@@ -197,14 +199,14 @@ function end(r: BinaryReader): number {
   return e;
 }
 
-type Fields = readonly (readonly [string, string])[];
+export type Fields = readonly (readonly [string, string])[];
 
 // The nested messages of the schema, in its terms; y is bytes outside a oneof.
 const anyFields: Fields = [["typeUrl", "s"], ["value", "y"]];
 const mapFields = (t: string): Fields => [["key", "s"], ["value", t == "m" ? "s" : "i"]];
 
 /** A new decoded message; one with an id has it, 0 by default. */
-const newMessage = (fields: Fields): Record<string, any> => (fields[0]![0] == "id" ? { id: 0 } : {});
+export const newMessage = (fields: Fields): Record<string, any> => (fields[0]![0] == "id" ? { id: 0 } : {});
 
 /** Reads the length-delimited message at r. */
 function readMessage(r: BinaryReader, fields: Fields): Record<string, any> {
@@ -300,96 +302,3 @@ function readValue(r: BinaryReader, stop: number): JsonValue {
   }
   return v;
 }
-
-// ------------------------------------------------------------------ JSON
-
-/** Encodes a frame as protojson (parley.v1+json). */
-export function encodeJson(frame: Frame): string {
-  const [kind, msg] = Object.entries(frame)[0]! as [string, Record<string, any>];
-  const spec = schema[kindNumber(kind) - 1];
-  if (!spec) throw new Error(`cannot encode frame kind ${kind}`);
-  const out: JsonObject = {};
-  for (const [name, t] of spec[1]) {
-    const v = msg[name];
-    if (isDefault(t, v)) continue;
-    out[name] =
-      t == "i" || t == "n" ? String(v)
-      : t == "o" ? Object.fromEntries(Object.entries(v).map(([k, n]) => [k, String(n)]))
-      : t == "p" ? base64Encode(v)
-      : t == "c" ? (v > 0 && v <= 16 ? "CODE_" + codeFromNumber(v).toUpperCase() : v)
-      : t == "a" ? (v as AnyDetail[]).map((d) => ("json" in d ? d.json : { "@type": d.typeUrl, value: base64Encode(d.value) }))
-      : v;
-  }
-  return JSON.stringify({ [kind]: out });
-}
-
-/**
- * Decodes a protojson frame; throws on malformed input. Reads lowerCamel
- * and original (snake_case) field names alike, uint64s as strings or
- * numbers, and the code as its enum name or number, as protojson does.
- */
-export function decodeJson(text: string): Frame {
-  const obj: unknown = JSON.parse(text);
-  if (!isObject(obj)) throw new Error("frame is not a JSON object");
-  let frame: Frame | undefined;
-  let unknown: Frame | undefined;
-  for (const [kind, body] of Object.entries(obj)) {
-    if (body === null) continue;
-    if (!isObject(body)) throw new Error(`frame field ${kind} is not an object`);
-    const fields = schema[kindNumber(kind) - 1]?.[1];
-    // A kind from a newer version: its id, if it has one.
-    const msg = newMessage(fields ?? [["id", "i"]]);
-    for (const [name, t] of fields ?? [["id", "i"]]) {
-      let v = body[name] ?? body[name.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase())];
-      // null means the default, except for a Value, where it is a value.
-      if (v === undefined || (v === null && t != "j")) continue;
-      msg[name] = readJsonField(name, t, v);
-    }
-    if (fields) frame = { [kind]: msg } as Frame;
-    else unknown = { unknown: { kind, ...msg } } as Frame;
-  }
-  const f = frame ?? unknown;
-  if (!f) throw new Error("frame has no kind");
-  return f;
-}
-
-function readJsonField(name: string, t: string, v: JsonValue): unknown {
-  const bad = () => new Error(`invalid value for field ${name}: ${JSON.stringify(v)}`);
-  if (t == "j") return v;
-  if (t == "c" && typeof v == "string") {
-    const code = parseCode(v.replace(/^CODE_/, "").toLowerCase());
-    if (code) return codeToNumber(code);
-    if (v == "CODE_UNSPECIFIED") return 0;
-  }
-  if ("iuc".includes(t)) return u64(v);
-  if (t == "n") {
-    if ((typeof v != "string" && typeof v != "number") || !/^\d+$/.test(String(v))) throw bad();
-    return String(BigInt(v));
-  }
-  if (t == "a") {
-    if (!Array.isArray(v) || !v.every(isObject)) throw bad();
-    return v.map((json) => ({ json }));
-  }
-  if (t == "m" || t == "o") {
-    if (!isObject(v)) throw bad();
-    return Object.fromEntries(
-      Object.entries(v).map(([k, e]) => {
-        if (t == "m" && typeof e != "string") throw bad();
-        return [k, t == "m" ? e : u64(e)];
-      }),
-    );
-  }
-  // b, s, p
-  if (typeof v != (t == "b" ? "boolean" : "string")) throw bad();
-  return t == "p" ? base64Decode(v as string) : v;
-}
-
-function u64(v: JsonValue | undefined): number {
-  const n = typeof v == "string" && /^\d+$/.test(v) ? Number(v) : v;
-  if (typeof n != "number" || !Number.isSafeInteger(n) || n < 0) {
-    throw new Error(`invalid unsigned integer ${JSON.stringify(v)}`);
-  }
-  return n;
-}
-
-const isObject = (v: unknown): v is JsonObject => typeof v == "object" && v !== null && !Array.isArray(v);

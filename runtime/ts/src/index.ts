@@ -1,13 +1,16 @@
 /**
  * Parley's TypeScript runtime: typed RPC over one WebSocket. Generated
  * clients (protoc-gen-parley-ts) call {@link Connection.call} with a
- * {@link MethodSpec} per method.
+ * {@link MethodSpec} per method. The JSON protocol (parley.v1+json) is a
+ * module of its own, `@parleyrpc/runtime/json`, bundled only by
+ * applications that import it.
  *
  * @packageDocumentation
  */
 export { type Code, codeFromNumber, codeToNumber } from "./code.js";
 export { ParleyError, type ErrorDetail } from "./error.js";
 export type { BidiStreamCall, CallOptions, ClientStreamCall, MethodSpec } from "./method.js";
+export { binaryProtocol, type Protocol } from "./protocol.js";
 export {
   Connection,
   agent,

@@ -5,11 +5,12 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
-import { Connection, ParleyError, type ConnectionOptions, type ConnectionState } from "../src/index.js";
+import { Connection, ParleyError, binaryProtocol, type ConnectionOptions, type ConnectionState, type Protocol } from "../src/index.js";
 import { rejectsWith, within } from "./assert.js";
 import { FakeServer, expectFrame, type Peer } from "./fakeserver.js";
 import { EchoRequestSchema, EchoResponseSchema } from "./gen/e2e/v1/echo_pb.js";
 import { Echo, Sleep } from "./specs.js";
+import { protocols } from "./protocols.js";
 
 
 const connect = (server: FakeServer, options: ConnectionOptions = {}) => new Connection(server.url, { WebSocket, ...options });
@@ -31,7 +32,7 @@ for (const protocol of ["proto", "json"] as const) {
 
     test("handshake: Hello with agent and token, then open", async () => {
       const states: ConnectionState["status"][] = [];
-      const conn = connect(server, { protocol, metadata: { room: "lobby" }, token: async () => "tok" });
+      const conn = connect(server, { protocol: protocols[protocol], metadata: { room: "lobby" }, token: async () => "tok" });
       conn.onStateChange((s) => states.push(s.status));
       assert.equal(conn.state.status, "connecting");
       const peer = await server.peer();
@@ -46,7 +47,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("many concurrent calls, answered in reverse order, each reach their caller", async () => {
-      const conn = connect(server, { protocol });
+      const conn = connect(server, { protocol: protocols[protocol] });
       const peer = await server.peer();
       const n = 100;
       const results = Promise.all(
@@ -71,7 +72,7 @@ for (const protocol of ["proto", "json"] as const) {
     test("a call made before the connection opens waits for the Welcome", async () => {
       const s = await FakeServer.start({ welcome: false });
       try {
-        const conn = connect(s, { protocol });
+        const conn = connect(s, { protocol: protocols[protocol] });
         const res = conn.call(Echo, { text: "early" });
         const peer = await s.peer();
         await peer.hello;
@@ -86,7 +87,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("deadline: rejects with deadline_exceeded, sends Cancel, drops the late reply", async () => {
-      const conn = connect(server, { protocol });
+      const conn = connect(server, { protocol: protocols[protocol] });
       const peer = await server.peer();
       const started = performance.now();
       const res = conn.call(Echo, { text: "slow" }, { timeoutMs: 100 });
@@ -105,7 +106,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("deadline: each call at its own, a shorter one made later included", async () => {
-      const conn = connect(server, { protocol });
+      const conn = connect(server, { protocol: protocols[protocol] });
       const peer = await server.peer();
       const started = performance.now();
       let longDone = false;
@@ -125,7 +126,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("deadline: the method's, else the connection's default", async () => {
-      const conn = connect(server, { protocol, defaultTimeoutMs: 150 });
+      const conn = connect(server, { protocol: protocols[protocol], defaultTimeoutMs: 150 });
       const peer = await server.peer();
       const withSpec = conn.call({ ...Echo, timeoutMs: 60 }, {});
       withSpec.catch(() => {}); // rejects before it is awaited below
@@ -144,7 +145,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("abort: rejects with canceled and sends Cancel; an aborted signal sends nothing", async () => {
-      const conn = connect(server, { protocol });
+      const conn = connect(server, { protocol: protocols[protocol] });
       const peer = await server.peer();
       const ac = new AbortController();
       const res = conn.call(Echo, {}, { signal: ac.signal });
@@ -164,7 +165,7 @@ for (const protocol of ["proto", "json"] as const) {
     test("an abort while waiting for the connection sends nothing", async () => {
       const s = await FakeServer.start({ welcome: false });
       try {
-        const conn = connect(s, { protocol });
+        const conn = connect(s, { protocol: protocols[protocol] });
         const ac = new AbortController();
         const res = conn.call(Echo, {}, { signal: ac.signal });
         const peer = await s.peer();
@@ -183,7 +184,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("an Error frame rejects its call with the code, message, details and metadata", async () => {
-      const conn = connect(server, { protocol });
+      const conn = connect(server, { protocol: protocols[protocol] });
       const peer = await server.peer();
       const res = conn.call(Echo, {});
       const call = await expectFrame(peer, "call");
@@ -215,7 +216,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("an undecodable reply payload rejects that call only", async () => {
-      const conn = connect(server, { protocol });
+      const conn = connect(server, { protocol: protocols[protocol] });
       const peer = await server.peer();
       const res = conn.call(Echo, {});
       const call = await expectFrame(peer, "call");
@@ -228,7 +229,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("answers Ping with Pong, server calls with unimplemented, unknown kinds with an id with invalid_argument", async () => {
-      const conn = connect(server, { protocol });
+      const conn = connect(server, { protocol: protocols[protocol] });
       const peer = await server.peer();
       await conn.ready;
       peer.send({ ping: { nonce: "18446744073709551615" } });
@@ -251,7 +252,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("GoAway, reconnect off: calls in flight finish, new calls fail with unavailable", async () => {
-      const conn = connect(server, { protocol, reconnect: false });
+      const conn = connect(server, { protocol: protocols[protocol], reconnect: false });
       const peer = await server.peer();
       const inFlight = conn.call(Echo, { text: "ab" });
       const call = await expectFrame(peer, "call");
@@ -269,7 +270,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("reconnect off: a closed socket fails the calls in flight with unavailable", async () => {
-      const conn = connect(server, { protocol, reconnect: false });
+      const conn = connect(server, { protocol: protocols[protocol], reconnect: false });
       const peer = await server.peer();
       const res = conn.call(Echo, {});
       await expectFrame(peer, "call");
@@ -279,7 +280,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("close() fails waiting and in-flight calls with canceled", async () => {
-      const conn = connect(server, { protocol });
+      const conn = connect(server, { protocol: protocols[protocol] });
       const peer = await server.peer();
       const res = conn.call(Echo, {});
       await expectFrame(peer, "call");
@@ -293,7 +294,7 @@ for (const protocol of ["proto", "json"] as const) {
     test("the server's max_in_flight holds calls back until a slot is free", async () => {
       const s = await FakeServer.start({ welcome: { maxInFlight: 2 } });
       try {
-        const conn = connect(s, { protocol });
+        const conn = connect(s, { protocol: protocols[protocol] });
         const peer = await s.peer();
         const all = Promise.all([1, 2, 3, 4, 5].map((i) => conn.call(Echo, { text: String(i) })));
         const a = await expectFrame(peer, "call");
@@ -315,7 +316,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("a request larger than maxMessageBytes fails with resource_exhausted", async () => {
-      const conn = connect(server, { protocol, maxMessageBytes: 1000 });
+      const conn = connect(server, { protocol: protocols[protocol], maxMessageBytes: 1000 });
       const peer = await server.peer();
       await rejectsWith(conn.call(Echo, { text: "x".repeat(2000) }), "resource_exhausted", /limit 1000/);
       const res = conn.call(Echo, { text: "small" });
@@ -342,7 +343,7 @@ for (const protocol of ["proto", "json"] as const) {
       test(name, async () => {
         const server = await FakeServer.start();
         try {
-          const conn = connect(server, { protocol, maxMessageBytes: 4096, reconnect: false });
+          const conn = connect(server, { protocol: protocols[protocol], maxMessageBytes: 4096, reconnect: false });
           const peer = await server.peer();
           const res = conn.call(Echo, {});
           await expectFrame(peer, "call");
@@ -421,7 +422,54 @@ describe("connection failures", () => {
   });
 });
 
+describe("choosing the protocol", () => {
+  test('the string "json" of earlier versions throws, naming the module to import; it never falls back to binary', () => {
+    // A JavaScript caller, whom the types do not stop.
+    const options = { WebSocket, protocol: "json" } as unknown as ConnectionOptions;
+    assert.throws(
+      () => new Connection("ws://127.0.0.1:1/", options),
+      (e) => e instanceof TypeError && /import \{ jsonProtocol \} from "@parleyrpc\/runtime\/json"/.test(e.message),
+    );
+  });
+
+  test('no protocol, binaryProtocol and the string "proto" all speak parley.v1+proto', async () => {
+    const server = await FakeServer.start();
+    try {
+      for (const protocol of [undefined, binaryProtocol, "proto" as unknown as Protocol]) {
+        const conn = connect(server, { protocol });
+        const peer = await server.peer();
+        assert.equal(peer.ws.protocol, "parley.v1+proto");
+        await within(conn.ready);
+        conn.close();
+      }
+    } finally {
+      await server.close();
+    }
+  });
+
+  test("on parley.v1+proto a reply with a json body fails its call, clearly", async () => {
+    const server = await FakeServer.start();
+    try {
+      const conn = connect(server);
+      const peer = await server.peer();
+      const res = conn.call(Echo, {});
+      peer.send({ reply: { id: (await expectFrame(peer, "call")).id, json: { text: "hi" } } });
+      await rejectsWith(res, "internal", /undecodable reply from the server: Error: a json body on parley\.v1\+proto/);
+      conn.close();
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 describe("ParleyError", () => {
+  test("findDetails of a JSON detail that did not come through jsonProtocol throws, saying why", () => {
+    const e = new ParleyError("internal", "x", [{ type: "google.protobuf.StringValue", json: { "@type": "type.googleapis.com/google.protobuf.StringValue", value: "v" } }]);
+    assert.throws(() => e.findDetails(StringValueSchema), /has no reader: only details received over jsonProtocol/);
+    assert.deepEqual(e.findDetails(EchoRequestSchema), []);
+  });
+
+
   test("instanceof holds across two copies of the library", async () => {
     const other = (await import("../src/error.js?copy=2" as string)) as typeof import("../src/error.js");
     assert.notEqual(other.ParleyError, ParleyError);

@@ -10,6 +10,7 @@ import { Connection, type ConnectionState } from "../src/index.js";
 import { startE2EServer } from "./e2eserver.js";
 import { TcpProxy } from "./proxy.js";
 import { Echo, Outcome, Sleep, Subscribe, Tick } from "./specs.js";
+import { protocols } from "./protocols.js";
 
 function within<T>(p: Promise<T>, ms = 5000, what = "it"): Promise<T> {
   return Promise.race([p, sleep(ms, undefined, { ref: false }).then(() => assert.fail(`${what}: still pending after ${ms} ms`))]);
@@ -42,7 +43,7 @@ for (const protocol of ["proto", "json"] as const) {
       await server?.stop();
     });
 
-    const connect = () => new Connection(proxy.url(server.url), { WebSocket, protocol, reconnect });
+    const connect = () => new Connection(proxy.url(server.url), { WebSocket, protocol: protocols[protocol], reconnect });
 
     test("the connection killed mid-burst of events: after resume, every event once, in order", async () => {
       const conn = connect();
@@ -111,7 +112,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("a blackholed socket: the client notices within the keepalive bound and resumes on a new one", async () => {
-      const conn = new Connection(proxy.url(server.url), { WebSocket, protocol, reconnect, pingIntervalMs: 100, pongTimeoutMs: 200 });
+      const conn = new Connection(proxy.url(server.url), { WebSocket, protocol: protocols[protocol], reconnect, pingIntervalMs: 100, pongTimeoutMs: 200 });
       await within(conn.ready);
       const seen: number[] = [];
       conn.onEvent(Tick, (ev) => void seen.push(ev.seq));

@@ -8,6 +8,7 @@ import { Connection, ParleyError } from "../src/index.js";
 import { rejectsWith } from "./assert.js";
 import { startE2EServer } from "./e2eserver.js";
 import { AskBack, Confirm, Count, Echo, EchoStream, StreamOutcome, Subscribe, Sum, Tick } from "./specs.js";
+import { protocols } from "./protocols.js";
 
 let url: string;
 let stop: () => Promise<void>;
@@ -36,7 +37,7 @@ for (const protocol of ["proto", "json"] as const) {
     let n = 0;
     const token = () => `${protocol}-${Date.now()}-${n++}`;
     before(async () => {
-      conn = new Connection(url, { WebSocket, protocol });
+      conn = new Connection(url, { WebSocket, protocol: protocols[protocol] });
       await conn.ready;
     });
     after(() => conn.close());
@@ -79,7 +80,7 @@ for (const protocol of ["proto", "json"] as const) {
 
     test("100 concurrent streams interleave with unary calls on one socket", async () => {
       // A connection of its own: the server allows 100 streams per connection.
-      const c = new Connection(url, { WebSocket, protocol });
+      const c = new Connection(url, { WebSocket, protocol: protocols[protocol] });
       try {
         await c.ready;
         const streams = range(0, 100).map(async (i) => {
@@ -198,7 +199,7 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("the connection closing ends open streams", async () => {
-      const c = new Connection(url, { WebSocket, protocol });
+      const c = new Connection(url, { WebSocket, protocol: protocols[protocol] });
       const it = c.serverStream(Count, { count: 1000, delayMs: 10 })[Symbol.asyncIterator]();
       await it.next();
       c.close();

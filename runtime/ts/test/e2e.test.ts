@@ -8,6 +8,7 @@ import { Connection, type Code } from "../src/index.js";
 import { rejectsWith } from "./assert.js";
 import { startE2EServer } from "./e2eserver.js";
 import { Echo, Fail, Outcome, Panic, Sleep, SleepWithDefault } from "./specs.js";
+import { protocols } from "./protocols.js";
 
 let url: string;
 let stop: () => Promise<void>;
@@ -26,7 +27,7 @@ for (const protocol of ["proto", "json"] as const) {
   describe(`e2e ${protocol}`, () => {
     let conn: Connection;
     before(async () => {
-      conn = new Connection(url, { WebSocket, protocol });
+      conn = new Connection(url, { WebSocket, protocol: protocols[protocol] });
       await conn.ready;
     });
     after(() => conn.close());

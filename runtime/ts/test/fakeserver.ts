@@ -4,7 +4,8 @@ import assert from "node:assert/strict";
 import type { AddressInfo } from "node:net";
 import { WebSocketServer, type WebSocket } from "ws";
 import { within } from "./assert.js";
-import { decodeBinary, decodeJson, encodeBinary, encodeJson, type Frame, type Hello, type Welcome } from "../src/frame.js";
+import { decodeBinary, encodeBinary, type Frame, type Hello, type Welcome } from "../src/frame.js";
+import { decodeJson, encodeJson } from "../src/jsonframe.js";
 
 export interface FakeServerOptions {
   /** The subprotocol to accept; by default whichever Parley one is offered. false accepts none. */

@@ -3,7 +3,8 @@
 import { create, fromBinary, fromJson, toBinary, toJson, type MessageInitShape } from "@bufbuild/protobuf";
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { decodeBinary, decodeJson, encodeBinary, encodeJson, type Frame } from "../src/frame.js";
+import { decodeBinary, encodeBinary, type Frame } from "../src/frame.js";
+import { decodeJson, encodeJson } from "../src/jsonframe.js";
 import { Code as PbCode, FrameSchema } from "./gen/parley/v1/frame_pb.js";
 
 const bytes = (...b: number[]) => new Uint8Array(b);

@@ -10,6 +10,7 @@ import type { Body } from "../src/frame.js";
 import { rejectsWith, within } from "./assert.js";
 import { FakeServer, expectFrame, type Peer } from "./fakeserver.js";
 import { Confirm, Count, EchoStream, Sum, Tick } from "./specs.js";
+import { protocols } from "./protocols.js";
 
 
 /** Asserts that the client sends nothing for a while. */
@@ -39,7 +40,7 @@ for (const protocol of ["proto", "json"] as const) {
     before(async () => (server = await FakeServer.start()));
     after(() => server.close());
     const connect = async (options: ConnectionOptions = {}) => {
-      const conn = new Connection(server.url, { WebSocket, protocol, ...options });
+      const conn = new Connection(server.url, { WebSocket, protocol: protocols[protocol], ...options });
       const peer = await server.peer();
       await within(conn.ready);
       return { conn, peer };
@@ -161,7 +162,7 @@ for (const protocol of ["proto", "json"] as const) {
     before(async () => (server = await FakeServer.start({ welcome: { sessionId: "s", streamWindow: 2 } })));
     after(() => server.close());
     const connect = async (options: ConnectionOptions = {}) => {
-      const conn = new Connection(server.url, { WebSocket, protocol, streamWindow: 4, ...options });
+      const conn = new Connection(server.url, { WebSocket, protocol: protocols[protocol], streamWindow: 4, ...options });
       const peer = await server.peer();
       assert.equal(((await peer.hello) as { hello: { streamWindow?: number } }).hello.streamWindow, options.streamWindow ?? 4);
       await within(conn.ready);
@@ -380,7 +381,7 @@ for (const protocol of ["proto", "json"] as const) {
     test("streams beyond Welcome.max_streams wait for a free slot; unary calls do not", async () => {
       const s = await FakeServer.start({ welcome: { maxStreams: 1, maxInFlight: 1 } });
       try {
-        const conn = new Connection(s.url, { WebSocket, protocol });
+        const conn = new Connection(s.url, { WebSocket, protocol: protocols[protocol] });
         const peer = await s.peer();
         const first = conn.serverStream(Count, {});
         const second = conn.serverStream(Count, { from: 2 });

@@ -8,7 +8,8 @@ import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { test } from "node:test";
-import { decodeBinary, decodeJson, encodeBinary, encodeJson } from "../src/frame.js";
+import { decodeBinary, encodeBinary } from "../src/frame.js";
+import { decodeJson, encodeJson } from "../src/jsonframe.js";
 
 const file = fileURLToPath(new URL("../../../../internal/testdata/frames/vectors.json", import.meta.url));
 

@@ -1,0 +1,60 @@
+/**
+ * The parley.v1+json protocol, which an application opts into by importing
+ * it:
+ *
+ * ```ts
+ * import { Connection } from "@parleyrpc/runtime";
+ * import { jsonProtocol } from "@parleyrpc/runtime/json";
+ *
+ * const conn = new Connection(url, { protocol: jsonProtocol });
+ * ```
+ *
+ * Frames travel as protojson text messages and payloads as the protojson
+ * form of their messages (readable in a browser's devtools). It lives in
+ * this module of its own, apart from the package's main one, because it
+ * needs protobuf-es's toJson and fromJson and a JSON frame codec: about
+ * 9 KB min+gz that applications speaking binary (the default,
+ * parley.v1+proto) would otherwise bundle without using them.
+ *
+ * @packageDocumentation
+ */
+import { fromBinary, fromJson, toJson, type DescMessage, type JsonObject, type MessageShape, type Registry } from "@bufbuild/protobuf";
+import { decodeJson, encodeJson } from "./jsonframe.js";
+import { binaryProtocol, jsonDetail, type Protocol } from "./protocol.js";
+
+export type { Protocol } from "./protocol.js";
+
+/**
+ * parley.v1+json: frames as protojson in text WebSocket messages, payloads
+ * as the protojson form of their messages (frame.proto's `json` fields).
+ * `ConnectionOptions.registry` resolves google.protobuf.Any and extensions
+ * in payloads and in error details.
+ */
+export const jsonProtocol: Protocol = {
+  name: "parley.v1+json",
+  encodeFrame: encodeJson,
+  decodeFrame(data) {
+    if (typeof data != "string") throw new Error("a binary message on parley.v1+json");
+    return decodeJson(data);
+  },
+  encodeMessage: (schema, message, registry) => ({ json: toJson(schema, message, { registry }) }),
+  decodeMessage: (schema, { json, payload }, registry) =>
+    json !== undefined ? fromJson(schema, json, { registry }) : fromBinary(schema, payload ?? new Uint8Array(0)),
+  readDetail(d) {
+    // decodeJson gives every detail in its protojson form.
+    if (!("json" in d)) return binaryProtocol.readDetail(d);
+    const { json } = d;
+    return { ...jsonDetail(json), readJson: (schema, registry) => readJsonDetail(schema, json, registry) };
+  },
+};
+
+/**
+ * Reads an Any's protojson form as a message of the given type. A type
+ * whose protojson form is special (a well-known type) is read from the
+ * "value" field, as protojson writes it.
+ */
+function readJsonDetail<Desc extends DescMessage>(schema: Desc, json: JsonObject, registry?: Registry): MessageShape<Desc> {
+  const { "@type": _, ...rest } = json;
+  const special = schema.typeName.startsWith("google.protobuf.") && "value" in rest;
+  return fromJson(schema, special ? rest["value"]! : rest, { registry });
+}
