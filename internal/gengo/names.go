@@ -20,6 +20,10 @@ import (
 //     so they are never keywords or predeclared identifiers either.
 //   - Two methods of a service with the same Go name (get_item, GetItem):
 //     the later one gets a trailing underscore, GetItem_.
+//   - A method named like one that go vet's stdmethods check holds to a
+//     standard signature whatever its receiver (MarshalJSON, ReadByte,
+//     GobEncode, ...; see vetCheckedMethods) gets a trailing underscore,
+//     MarshalJSON_, so that the generated package passes go vet.
 //   - Two services whose identifiers collide anywhere in the generated
 //     package (FooBar and foo_bar; Foo and UnimplementedFoo, whose server
 //     interface is Foo's UnimplementedFooServer; client-implemented Foo
@@ -168,6 +172,9 @@ func nameService(s *service, declared map[string]bool) {
 	seen := map[string]bool{}
 	for i, m := range s.methods {
 		name := m.proto.GoName
+		if vetCheckedMethods[name] {
+			name += "_"
+		}
 		for seen[name] {
 			name += "_"
 		}
@@ -191,6 +198,20 @@ func nameService(s *service, declared map[string]bool) {
 		}
 		base += "_"
 	}
+}
+
+// vetCheckedMethods are the method names go vet's stdmethods analyzer
+// holds to a standard library signature (json.Marshaler's MarshalJSON,
+// io.ByteReader's ReadByte, ...) on any type. Its other names (Seek, Scan,
+// Format, ReadFrom, WriteTo, Is, As, Unwrap) are checked only when their
+// first parameter or their receiver matches the standard one, which a
+// Parley method's never does.
+var vetCheckedMethods = map[string]bool{
+	"GobDecode": true, "GobEncode": true,
+	"MarshalJSON": true, "UnmarshalJSON": true,
+	"MarshalXML": true, "UnmarshalXML": true,
+	"ReadByte": true, "UnreadByte": true, "WriteByte": true,
+	"ReadRune": true, "UnreadRune": true,
 }
 
 // anyDeclared reports whether any of ids is in declared or repeats another

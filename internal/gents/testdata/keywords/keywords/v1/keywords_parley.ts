@@ -7,7 +7,7 @@
 /* eslint-disable */
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import type { CallOptions, Connection, MethodSpec } from "@parleyrpc/runtime";
+import type { BidiStreamCall, CallOptions, ClientStreamCall, Connection, MethodSpec } from "@parleyrpc/runtime";
 import type { Client, String, context, func, type } from "./types/types_pb";
 import { ClientSchema, StringSchema, contextSchema, funcSchema, typeSchema } from "./types/types_pb";
 
@@ -120,6 +120,181 @@ export class TypeClient {
    */
   getItem(request: String | MessageInitShape<typeof StringSchema>, options?: CallOptions): Promise<String> {
     return this.#connection.call(TypeGetItemSpec, request, options);
+  }
+}
+
+/**
+ * Describes rpc keywords.v1.Codec.MarshalJSON for Connection.call.
+ */
+export const CodecMarshalJSONSpec: MethodSpec<typeof StringSchema, typeof StringSchema> = {
+  procedure: "/keywords.v1.Codec/MarshalJSON",
+  input: StringSchema,
+  output: StringSchema,
+};
+
+/**
+ * Describes rpc keywords.v1.Codec.MarshalJSON_ for Connection.call.
+ */
+export const CodecMarshalJSON_Spec: MethodSpec<typeof StringSchema, typeof StringSchema> = {
+  procedure: "/keywords.v1.Codec/MarshalJSON_",
+  input: StringSchema,
+  output: StringSchema,
+};
+
+/**
+ * Describes rpc keywords.v1.Codec.UnmarshalJSON for Connection.call.
+ */
+export const CodecUnmarshalJSONSpec: MethodSpec<typeof StringSchema, typeof StringSchema> = {
+  procedure: "/keywords.v1.Codec/UnmarshalJSON",
+  input: StringSchema,
+  output: StringSchema,
+};
+
+/**
+ * Describes rpc keywords.v1.Codec.ReadByte for Connection.serverStream.
+ */
+export const CodecReadByteSpec: MethodSpec<typeof StringSchema, typeof StringSchema> = {
+  procedure: "/keywords.v1.Codec/ReadByte",
+  input: StringSchema,
+  output: StringSchema,
+  kind: "server_streaming",
+};
+
+/**
+ * Describes rpc keywords.v1.Codec.WriteByte for Connection.clientStream.
+ */
+export const CodecWriteByteSpec: MethodSpec<typeof StringSchema, typeof StringSchema> = {
+  procedure: "/keywords.v1.Codec/WriteByte",
+  input: StringSchema,
+  output: StringSchema,
+  kind: "client_streaming",
+};
+
+/**
+ * Describes rpc keywords.v1.Codec.UnreadRune for Connection.bidiStream.
+ */
+export const CodecUnreadRuneSpec: MethodSpec<typeof StringSchema, typeof StringSchema> = {
+  procedure: "/keywords.v1.Codec/UnreadRune",
+  input: StringSchema,
+  output: StringSchema,
+  kind: "bidi_streaming",
+};
+
+/**
+ * Describes rpc keywords.v1.Codec.GobEncode for Connection.call.
+ */
+export const CodecGobEncodeSpec: MethodSpec<typeof StringSchema, typeof StringSchema> = {
+  procedure: "/keywords.v1.Codec/GobEncode",
+  input: StringSchema,
+  output: StringSchema,
+};
+
+/**
+ * Describes rpc keywords.v1.Codec.Seek for Connection.call.
+ */
+export const CodecSeekSpec: MethodSpec<typeof StringSchema, typeof StringSchema> = {
+  procedure: "/keywords.v1.Codec/Seek",
+  input: StringSchema,
+  output: StringSchema,
+};
+
+/**
+ * Codec has methods named like the methods go vet's stdmethods check holds
+ * to their standard signatures (json.Marshaler, io.ByteReader, ...), whatever
+ * their receiver. MarshalJSON_ is already named like MarshalJSON escaped.
+ *
+ * @generated from service keywords.v1.Codec
+ */
+export class CodecClient {
+  readonly #connection: Connection;
+
+  constructor(connection: Connection) {
+    this.#connection = connection;
+  }
+
+  /**
+   * @generated from rpc keywords.v1.Codec.MarshalJSON
+   */
+  marshalJSON(request: String | MessageInitShape<typeof StringSchema>, options?: CallOptions): Promise<String> {
+    return this.#connection.call(CodecMarshalJSONSpec, request, options);
+  }
+
+  /**
+   * @generated from rpc keywords.v1.Codec.MarshalJSON_
+   */
+  marshalJSON_(request: String | MessageInitShape<typeof StringSchema>, options?: CallOptions): Promise<String> {
+    return this.#connection.call(CodecMarshalJSON_Spec, request, options);
+  }
+
+  /**
+   * @generated from rpc keywords.v1.Codec.UnmarshalJSON
+   */
+  unmarshalJSON(request: String | MessageInitShape<typeof StringSchema>, options?: CallOptions): Promise<String> {
+    return this.#connection.call(CodecUnmarshalJSONSpec, request, options);
+  }
+
+  /**
+   * Sends the request and returns the server's responses as they arrive:
+   * `for await (const response of client.readByte(request))` receives each one,
+   * ends when the server ends the stream, and throws a ParleyError if the
+   * call fails. Leaving the loop early cancels the call on the server, as
+   * does aborting options.signal.
+   * The deadline, from options.timeoutMs or the method's default, covers
+   * the whole stream.
+   *
+   * @generated from rpc keywords.v1.Codec.ReadByte
+   */
+  readByte(request: String | MessageInitShape<typeof StringSchema>, options?: CallOptions): AsyncIterable<String> {
+    return this.#connection.serverStream(CodecReadByteSpec, request, options);
+  }
+
+  /**
+   * Opens the stream and returns a call to send the requests on:
+   * `await call.send(request)` for each one (it waits while the server is
+   * not ready for more), then `await call.closeAndReceive()` to end the
+   * requests and get the server's one response. Either throws a ParleyError
+   * if the call fails. Aborting options.signal cancels the call on the
+   * server.
+   * The deadline, from options.timeoutMs or the method's default, covers
+   * the whole stream.
+   *
+   * @generated from rpc keywords.v1.Codec.WriteByte
+   */
+  writeByte(options?: CallOptions): ClientStreamCall<typeof StringSchema, typeof StringSchema> {
+    return this.#connection.clientStream(CodecWriteByteSpec, options);
+  }
+
+  /**
+   * Opens the stream and returns a call that sends and receives at once:
+   * `await call.send(request)` sends a request (it waits while the server is
+   * not ready for more), `call.closeSend()` says there are no more, and
+   * `for await (const response of call)` receives the responses until the
+   * server ends the stream, throwing a ParleyError if the call fails.
+   * Aborting options.signal cancels the call on the server.
+   * The deadline, from options.timeoutMs or the method's default, covers
+   * the whole stream.
+   *
+   * @generated from rpc keywords.v1.Codec.UnreadRune
+   */
+  unreadRune(options?: CallOptions): BidiStreamCall<typeof StringSchema, typeof StringSchema> {
+    return this.#connection.bidiStream(CodecUnreadRuneSpec, options);
+  }
+
+  /**
+   * @generated from rpc keywords.v1.Codec.GobEncode
+   */
+  gobEncode(request: String | MessageInitShape<typeof StringSchema>, options?: CallOptions): Promise<String> {
+    return this.#connection.call(CodecGobEncodeSpec, request, options);
+  }
+
+  /**
+   * Seek is checked only when its first parameter is an int64, which a
+   * Parley method's never is: it keeps its name.
+   *
+   * @generated from rpc keywords.v1.Codec.Seek
+   */
+  seek(request: String | MessageInitShape<typeof StringSchema>, options?: CallOptions): Promise<String> {
+    return this.#connection.call(CodecSeekSpec, request, options);
   }
 }
 

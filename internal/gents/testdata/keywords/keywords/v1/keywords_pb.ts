@@ -14,7 +14,7 @@ import { file_keywords_v1_types_types } from "./types/types_pb";
  * Describes the file keywords/v1/keywords.proto.
  */
 export const file_keywords_v1_keywords: GenFile = /*@__PURE__*/
-  fileDesc("ChprZXl3b3Jkcy92MS9rZXl3b3Jkcy5wcm90bxILa2V5d29yZHMudjEygAMKBFR5cGUSOgoEVHlwZRIXLmtleXdvcmRzLnYxLnR5cGVzLnR5cGUaGS5rZXl3b3Jkcy52MS50eXBlcy5DbGllbnQSPgoGU3RyaW5nEhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nEjgKBGZ1bmMSFy5rZXl3b3Jkcy52MS50eXBlcy5mdW5jGhcua2V5d29yZHMudjEudHlwZXMuZnVuYxI/CgVlcnJvchIaLmtleXdvcmRzLnYxLnR5cGVzLmNvbnRleHQaGi5rZXl3b3Jkcy52MS50eXBlcy5jb250ZXh0EkAKCGdldF9pdGVtEhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nEj8KB0dldEl0ZW0SGS5rZXl3b3Jkcy52MS50eXBlcy5TdHJpbmcaGS5rZXl3b3Jkcy52MS50eXBlcy5TdHJpbmcyQgoDRm9vEjsKA0JhchIZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZxoZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZzJPChBVbmltcGxlbWVudGVkRm9vEjsKA0JhchIZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZxoZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZzJFCgZOZXdGb28SOwoDQmFyEhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nMkYKB2Zvb19iYXISOwoDQmF6Ehkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nMkUKBkZvb0JhchI7CgNCYXoSGS5rZXl3b3Jkcy52MS50eXBlcy5TdHJpbmcaGS5rZXl3b3Jkcy52MS50eXBlcy5TdHJpbmcySwoEQ2hhdBJDCgtTZXJ2aWNlSm9pbhIZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZxoZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZzJLCgtDaGF0U2VydmljZRI8CgRKb2luEhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nQihaJmV4YW1wbGUuY29tL2dlbi9rZXl3b3Jkcy92MTtrZXl3b3Jkc3YxYgZwcm90bzM", [file_keywords_v1_types_types]);
+  fileDesc("ChprZXl3b3Jkcy92MS9rZXl3b3Jkcy5wcm90bxILa2V5d29yZHMudjEygAMKBFR5cGUSOgoEVHlwZRIXLmtleXdvcmRzLnYxLnR5cGVzLnR5cGUaGS5rZXl3b3Jkcy52MS50eXBlcy5DbGllbnQSPgoGU3RyaW5nEhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nEjgKBGZ1bmMSFy5rZXl3b3Jkcy52MS50eXBlcy5mdW5jGhcua2V5d29yZHMudjEudHlwZXMuZnVuYxI/CgVlcnJvchIaLmtleXdvcmRzLnYxLnR5cGVzLmNvbnRleHQaGi5rZXl3b3Jkcy52MS50eXBlcy5jb250ZXh0EkAKCGdldF9pdGVtEhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nEj8KB0dldEl0ZW0SGS5rZXl3b3Jkcy52MS50eXBlcy5TdHJpbmcaGS5rZXl3b3Jkcy52MS50eXBlcy5TdHJpbmcyqwQKBUNvZGVjEkMKC01hcnNoYWxKU09OEhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nEkQKDE1hcnNoYWxKU09OXxIZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZxoZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZxJFCg1Vbm1hcnNoYWxKU09OEhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nEkIKCFJlYWRCeXRlEhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nMAESQwoJV3JpdGVCeXRlEhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nKAESRgoKVW5yZWFkUnVuZRIZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZxoZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZygBMAESQQoJR29iRW5jb2RlEhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nEjwKBFNlZWsSGS5rZXl3b3Jkcy52MS50eXBlcy5TdHJpbmcaGS5rZXl3b3Jkcy52MS50eXBlcy5TdHJpbmcyQgoDRm9vEjsKA0JhchIZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZxoZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZzJPChBVbmltcGxlbWVudGVkRm9vEjsKA0JhchIZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZxoZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZzJFCgZOZXdGb28SOwoDQmFyEhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nMkYKB2Zvb19iYXISOwoDQmF6Ehkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nMkUKBkZvb0JhchI7CgNCYXoSGS5rZXl3b3Jkcy52MS50eXBlcy5TdHJpbmcaGS5rZXl3b3Jkcy52MS50eXBlcy5TdHJpbmcySwoEQ2hhdBJDCgtTZXJ2aWNlSm9pbhIZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZxoZLmtleXdvcmRzLnYxLnR5cGVzLlN0cmluZzJLCgtDaGF0U2VydmljZRI8CgRKb2luEhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nGhkua2V5d29yZHMudjEudHlwZXMuU3RyaW5nQihaJmV4YW1wbGUuY29tL2dlbi9rZXl3b3Jkcy92MTtrZXl3b3Jkc3YxYgZwcm90bzM", [file_keywords_v1_types_types]);
 
 /**
  * Type has methods named after Go keywords, predeclared identifiers and
@@ -77,6 +77,84 @@ export const Type: GenService<{
   serviceDesc(file_keywords_v1_keywords, 0);
 
 /**
+ * Codec has methods named like the methods go vet's stdmethods check holds
+ * to their standard signatures (json.Marshaler, io.ByteReader, ...), whatever
+ * their receiver. MarshalJSON_ is already named like MarshalJSON escaped.
+ *
+ * @generated from service keywords.v1.Codec
+ */
+export const Codec: GenService<{
+  /**
+   * @generated from rpc keywords.v1.Codec.MarshalJSON
+   */
+  marshalJSON: {
+    methodKind: "unary";
+    input: typeof StringSchema;
+    output: typeof StringSchema;
+  },
+  /**
+   * @generated from rpc keywords.v1.Codec.MarshalJSON_
+   */
+  marshalJSON_: {
+    methodKind: "unary";
+    input: typeof StringSchema;
+    output: typeof StringSchema;
+  },
+  /**
+   * @generated from rpc keywords.v1.Codec.UnmarshalJSON
+   */
+  unmarshalJSON: {
+    methodKind: "unary";
+    input: typeof StringSchema;
+    output: typeof StringSchema;
+  },
+  /**
+   * @generated from rpc keywords.v1.Codec.ReadByte
+   */
+  readByte: {
+    methodKind: "server_streaming";
+    input: typeof StringSchema;
+    output: typeof StringSchema;
+  },
+  /**
+   * @generated from rpc keywords.v1.Codec.WriteByte
+   */
+  writeByte: {
+    methodKind: "client_streaming";
+    input: typeof StringSchema;
+    output: typeof StringSchema;
+  },
+  /**
+   * @generated from rpc keywords.v1.Codec.UnreadRune
+   */
+  unreadRune: {
+    methodKind: "bidi_streaming";
+    input: typeof StringSchema;
+    output: typeof StringSchema;
+  },
+  /**
+   * @generated from rpc keywords.v1.Codec.GobEncode
+   */
+  gobEncode: {
+    methodKind: "unary";
+    input: typeof StringSchema;
+    output: typeof StringSchema;
+  },
+  /**
+   * Seek is checked only when its first parameter is an int64, which a
+   * Parley method's never is: it keeps its name.
+   *
+   * @generated from rpc keywords.v1.Codec.Seek
+   */
+  seek: {
+    methodKind: "unary";
+    input: typeof StringSchema;
+    output: typeof StringSchema;
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_keywords_v1_keywords, 1);
+
+/**
  * Foo's generated identifiers are claimed first; the services below derive
  * some of the same ones.
  *
@@ -92,7 +170,7 @@ export const Foo: GenService<{
     output: typeof StringSchema;
   },
 }> = /*@__PURE__*/
-  serviceDesc(file_keywords_v1_keywords, 1);
+  serviceDesc(file_keywords_v1_keywords, 2);
 
 /**
  * UnimplementedFoo's server interface would be UnimplementedFooServer, the
@@ -110,7 +188,7 @@ export const UnimplementedFoo: GenService<{
     output: typeof StringSchema;
   },
 }> = /*@__PURE__*/
-  serviceDesc(file_keywords_v1_keywords, 2);
+  serviceDesc(file_keywords_v1_keywords, 3);
 
 /**
  * NewFoo's client interface would be NewFooClient, the name of Foo's client
@@ -128,7 +206,7 @@ export const NewFoo: GenService<{
     output: typeof StringSchema;
   },
 }> = /*@__PURE__*/
-  serviceDesc(file_keywords_v1_keywords, 3);
+  serviceDesc(file_keywords_v1_keywords, 4);
 
 /**
  * foo_bar and FooBar both become FooBar in Go.
@@ -145,7 +223,7 @@ export const foo_bar: GenService<{
     output: typeof StringSchema;
   },
 }> = /*@__PURE__*/
-  serviceDesc(file_keywords_v1_keywords, 4);
+  serviceDesc(file_keywords_v1_keywords, 5);
 
 /**
  * @generated from service keywords.v1.FooBar
@@ -160,7 +238,7 @@ export const FooBar: GenService<{
     output: typeof StringSchema;
   },
 }> = /*@__PURE__*/
-  serviceDesc(file_keywords_v1_keywords, 5);
+  serviceDesc(file_keywords_v1_keywords, 6);
 
 /**
  * Chat.ServiceJoin and ChatService.Join both derive
@@ -178,7 +256,7 @@ export const Chat: GenService<{
     output: typeof StringSchema;
   },
 }> = /*@__PURE__*/
-  serviceDesc(file_keywords_v1_keywords, 6);
+  serviceDesc(file_keywords_v1_keywords, 7);
 
 /**
  * @generated from service keywords.v1.ChatService
@@ -193,5 +271,5 @@ export const ChatService: GenService<{
     output: typeof StringSchema;
   },
 }> = /*@__PURE__*/
-  serviceDesc(file_keywords_v1_keywords, 7);
+  serviceDesc(file_keywords_v1_keywords, 8);
 

@@ -25,6 +25,8 @@ const _ = parley.IsAtLeastVersion0_1_0
 const (
 	// TypeName is the full name of the keywords.v1.Type service.
 	TypeName = "keywords.v1.Type"
+	// CodecName is the full name of the keywords.v1.Codec service.
+	CodecName = "keywords.v1.Codec"
 	// FooName is the full name of the keywords.v1.Foo service.
 	FooName = "keywords.v1.Foo"
 	// UnimplementedFoo_Name is the full name of the keywords.v1.UnimplementedFoo
@@ -60,6 +62,29 @@ const (
 	// TypeGetItem_Procedure is the procedure of the keywords.v1.Type.GetItem
 	// method.
 	TypeGetItem_Procedure = "/keywords.v1.Type/GetItem"
+	// CodecMarshalJSON_Procedure is the procedure of the
+	// keywords.v1.Codec.MarshalJSON method.
+	CodecMarshalJSON_Procedure = "/keywords.v1.Codec/MarshalJSON"
+	// CodecMarshalJSON__Procedure is the procedure of the
+	// keywords.v1.Codec.MarshalJSON_ method.
+	CodecMarshalJSON__Procedure = "/keywords.v1.Codec/MarshalJSON_"
+	// CodecUnmarshalJSON_Procedure is the procedure of the
+	// keywords.v1.Codec.UnmarshalJSON method.
+	CodecUnmarshalJSON_Procedure = "/keywords.v1.Codec/UnmarshalJSON"
+	// CodecReadByte_Procedure is the procedure of the keywords.v1.Codec.ReadByte
+	// method.
+	CodecReadByte_Procedure = "/keywords.v1.Codec/ReadByte"
+	// CodecWriteByte_Procedure is the procedure of the keywords.v1.Codec.WriteByte
+	// method.
+	CodecWriteByte_Procedure = "/keywords.v1.Codec/WriteByte"
+	// CodecUnreadRune_Procedure is the procedure of the
+	// keywords.v1.Codec.UnreadRune method.
+	CodecUnreadRune_Procedure = "/keywords.v1.Codec/UnreadRune"
+	// CodecGobEncode_Procedure is the procedure of the keywords.v1.Codec.GobEncode
+	// method.
+	CodecGobEncode_Procedure = "/keywords.v1.Codec/GobEncode"
+	// CodecSeekProcedure is the procedure of the keywords.v1.Codec.Seek method.
+	CodecSeekProcedure = "/keywords.v1.Codec/Seek"
 	// FooBarProcedure is the procedure of the keywords.v1.Foo.Bar method.
 	FooBarProcedure = "/keywords.v1.Foo/Bar"
 	// UnimplementedFoo_BarProcedure is the procedure of the
@@ -105,6 +130,44 @@ var (
 	// typeGetItem_Spec describes keywords.v1.Type.GetItem.
 	typeGetItem_Spec = &parley.MethodSpec{
 		Procedure: TypeGetItem_Procedure,
+	}
+	// codecMarshalJSON_Spec describes keywords.v1.Codec.MarshalJSON.
+	codecMarshalJSON_Spec = &parley.MethodSpec{
+		Procedure: CodecMarshalJSON_Procedure,
+	}
+	// codecMarshalJSON__Spec describes keywords.v1.Codec.MarshalJSON_.
+	codecMarshalJSON__Spec = &parley.MethodSpec{
+		Procedure: CodecMarshalJSON__Procedure,
+	}
+	// codecUnmarshalJSON_Spec describes keywords.v1.Codec.UnmarshalJSON.
+	codecUnmarshalJSON_Spec = &parley.MethodSpec{
+		Procedure: CodecUnmarshalJSON_Procedure,
+	}
+	// codecReadByte_Spec describes keywords.v1.Codec.ReadByte. It is a
+	// server-streaming method.
+	codecReadByte_Spec = &parley.MethodSpec{
+		Procedure: CodecReadByte_Procedure,
+		Kind:      parley.StreamServer,
+	}
+	// codecWriteByte_Spec describes keywords.v1.Codec.WriteByte. It is a
+	// client-streaming method.
+	codecWriteByte_Spec = &parley.MethodSpec{
+		Procedure: CodecWriteByte_Procedure,
+		Kind:      parley.StreamClient,
+	}
+	// codecUnreadRune_Spec describes keywords.v1.Codec.UnreadRune. It is a
+	// bidirectional-streaming method.
+	codecUnreadRune_Spec = &parley.MethodSpec{
+		Procedure: CodecUnreadRune_Procedure,
+		Kind:      parley.StreamBidi,
+	}
+	// codecGobEncode_Spec describes keywords.v1.Codec.GobEncode.
+	codecGobEncode_Spec = &parley.MethodSpec{
+		Procedure: CodecGobEncode_Procedure,
+	}
+	// codecSeekSpec describes keywords.v1.Codec.Seek.
+	codecSeekSpec = &parley.MethodSpec{
+		Procedure: CodecSeekProcedure,
 	}
 	// fooBarSpec describes keywords.v1.Foo.Bar.
 	fooBarSpec = &parley.MethodSpec{
@@ -291,6 +354,227 @@ func (UnimplementedTypeServer) GetItem(context.Context, *req1.String) (*req1.Str
 // GetItem_ returns a parley.CodeUnimplemented error.
 func (UnimplementedTypeServer) GetItem_(context.Context, *req1.String) (*req1.String, error) {
 	return nil, parley.NewError(parley.CodeUnimplemented, "keywords.v1.Type.GetItem is not implemented")
+}
+
+// CodecClient is a client for the keywords.v1.Codec service.
+//
+// Codec has methods named like the methods go vet's stdmethods check holds
+// to their standard signatures (json.Marshaler, io.ByteReader, ...), whatever
+// their receiver. MarshalJSON_ is already named like MarshalJSON escaped.
+type CodecClient interface {
+	// MarshalJSON_ calls keywords.v1.Codec.MarshalJSON.
+	MarshalJSON_(ctx context.Context, req *req1.String) (*req1.String, error)
+	// MarshalJSON__ calls keywords.v1.Codec.MarshalJSON_.
+	MarshalJSON__(ctx context.Context, req *req1.String) (*req1.String, error)
+	// UnmarshalJSON_ calls keywords.v1.Codec.UnmarshalJSON.
+	UnmarshalJSON_(ctx context.Context, req *req1.String) (*req1.String, error)
+	// ReadByte_ calls keywords.v1.Codec.ReadByte.
+	//
+	// The request is sent when the call opens. Call Recv on the returned stream for
+	// each response: it returns io.EOF once the server has ended the stream
+	// cleanly, and any other error is the call's outcome (parley.CodeOf gives its
+	// code). Close the stream to stop early; the server's handler sees its context
+	// cancelled. The deadline, from ctx or the method's timeout, covers the whole
+	// stream.
+	ReadByte_(ctx context.Context, req *req1.String) (*parley.ServerStreamClient[req1.String], error)
+	// WriteByte_ calls keywords.v1.Codec.WriteByte.
+	//
+	// Send each request on the returned stream, then call CloseAndRecv to end the
+	// requests and await the response. If Send returns io.EOF the server has
+	// already ended the call: CloseAndRecv returns its outcome. Close abandons the
+	// call. The deadline, from ctx or the method's timeout, covers the whole
+	// stream.
+	WriteByte_(ctx context.Context) (*parley.ClientStreamClient[req1.String, req1.String], error)
+	// UnreadRune_ calls keywords.v1.Codec.UnreadRune.
+	//
+	// Send requests and Recv responses on the returned stream, from one goroutine
+	// or from two (one sending, one receiving); call CloseSend when there are no
+	// more requests. Recv returns io.EOF once the server has ended the stream
+	// cleanly, and any other error is the call's outcome. If Send returns io.EOF
+	// the server has already ended the call: Recv returns its outcome. Close
+	// abandons the call. The deadline, from ctx or the method's timeout, covers the
+	// whole stream.
+	UnreadRune_(ctx context.Context) (*parley.BidiStreamClient[req1.String, req1.String], error)
+	// GobEncode_ calls keywords.v1.Codec.GobEncode.
+	GobEncode_(ctx context.Context, req *req1.String) (*req1.String, error)
+	// Seek is checked only when its first parameter is an int64, which a
+	// Parley method's never is: it keeps its name.
+	Seek(ctx context.Context, req *req1.String) (*req1.String, error)
+}
+
+// NewCodecClient returns a client for the keywords.v1.Codec service that calls
+// it over conn, usually the *parley.Conn from parley.Dial. The client is safe
+// for concurrent use by multiple goroutines, and as many calls as conn allows
+// run at once.
+func NewCodecClient(conn parley.Invoker) CodecClient {
+	return &codecClient{conn: conn}
+}
+
+// codecClient implements CodecClient over a parley.Invoker.
+type codecClient struct {
+	conn parley.Invoker
+}
+
+// MarshalJSON_ calls keywords.v1.Codec.MarshalJSON.
+func (c *codecClient) MarshalJSON_(ctx context.Context, req *req1.String) (*req1.String, error) {
+	res := new(req1.String)
+	if err := c.conn.Invoke(ctx, codecMarshalJSON_Spec, req, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// MarshalJSON__ calls keywords.v1.Codec.MarshalJSON_.
+func (c *codecClient) MarshalJSON__(ctx context.Context, req *req1.String) (*req1.String, error) {
+	res := new(req1.String)
+	if err := c.conn.Invoke(ctx, codecMarshalJSON__Spec, req, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// UnmarshalJSON_ calls keywords.v1.Codec.UnmarshalJSON.
+func (c *codecClient) UnmarshalJSON_(ctx context.Context, req *req1.String) (*req1.String, error) {
+	res := new(req1.String)
+	if err := c.conn.Invoke(ctx, codecUnmarshalJSON_Spec, req, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// ReadByte_ calls keywords.v1.Codec.ReadByte.
+func (c *codecClient) ReadByte_(ctx context.Context, req *req1.String) (*parley.ServerStreamClient[req1.String], error) {
+	return parley.CallServerStream[req1.String](ctx, c.conn, codecReadByte_Spec, req)
+}
+
+// WriteByte_ calls keywords.v1.Codec.WriteByte.
+func (c *codecClient) WriteByte_(ctx context.Context) (*parley.ClientStreamClient[req1.String, req1.String], error) {
+	return parley.CallClientStream[req1.String, req1.String](ctx, c.conn, codecWriteByte_Spec)
+}
+
+// UnreadRune_ calls keywords.v1.Codec.UnreadRune.
+func (c *codecClient) UnreadRune_(ctx context.Context) (*parley.BidiStreamClient[req1.String, req1.String], error) {
+	return parley.CallBidiStream[req1.String, req1.String](ctx, c.conn, codecUnreadRune_Spec)
+}
+
+// GobEncode_ calls keywords.v1.Codec.GobEncode.
+func (c *codecClient) GobEncode_(ctx context.Context, req *req1.String) (*req1.String, error) {
+	res := new(req1.String)
+	if err := c.conn.Invoke(ctx, codecGobEncode_Spec, req, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// Seek calls keywords.v1.Codec.Seek.
+func (c *codecClient) Seek(ctx context.Context, req *req1.String) (*req1.String, error) {
+	res := new(req1.String)
+	if err := c.conn.Invoke(ctx, codecSeekSpec, req, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// CodecServer is the server side of the keywords.v1.Codec service: implement it
+// and register the implementation with RegisterCodecServer. Embed
+// UnimplementedCodecServer to keep compiling when methods are added to the
+// service.
+//
+// Codec has methods named like the methods go vet's stdmethods check holds
+// to their standard signatures (json.Marshaler, io.ByteReader, ...), whatever
+// their receiver. MarshalJSON_ is already named like MarshalJSON escaped.
+type CodecServer interface {
+	// MarshalJSON_ handles keywords.v1.Codec.MarshalJSON.
+	MarshalJSON_(context.Context, *req1.String) (*req1.String, error)
+	// MarshalJSON__ handles keywords.v1.Codec.MarshalJSON_.
+	MarshalJSON__(context.Context, *req1.String) (*req1.String, error)
+	// UnmarshalJSON_ handles keywords.v1.Codec.UnmarshalJSON.
+	UnmarshalJSON_(context.Context, *req1.String) (*req1.String, error)
+	// ReadByte_ handles keywords.v1.Codec.ReadByte.
+	//
+	// Send the responses on the stream; it waits while the client is not ready for
+	// more. Returning ends the stream: nil cleanly (the client's Recv returns
+	// io.EOF), an error with that error's code. The context ends when the client
+	// closes the stream, the deadline passes or the connection closes.
+	ReadByte_(context.Context, *req1.String, *parley.ServerStream[req1.String]) error
+	// WriteByte_ handles keywords.v1.Codec.WriteByte.
+	//
+	// Recv returns the client's requests one by one, then io.EOF after the last.
+	// Return the response, or an error, to end the call; returning before io.EOF
+	// ends it early.
+	WriteByte_(context.Context, *parley.ClientStream[req1.String]) (*req1.String, error)
+	// UnreadRune_ handles keywords.v1.Codec.UnreadRune.
+	//
+	// Recv returns the client's requests, then io.EOF after its last; Send
+	// responses whenever they are ready, from the handler's goroutine or another
+	// one. Returning ends the stream: nil cleanly, an error with that error's code.
+	UnreadRune_(context.Context, *parley.BidiStream[req1.String, req1.String]) error
+	// GobEncode_ handles keywords.v1.Codec.GobEncode.
+	GobEncode_(context.Context, *req1.String) (*req1.String, error)
+	// Seek is checked only when its first parameter is an int64, which a
+	// Parley method's never is: it keeps its name.
+	Seek(context.Context, *req1.String) (*req1.String, error)
+}
+
+// RegisterCodecServer registers impl's methods with r, usually a
+// *parley.Server. The server runs each call in its own goroutine, so impl must
+// be safe for concurrent use.
+func RegisterCodecServer(r parley.Registrar, impl CodecServer) {
+	r.Register(
+		parley.NewUnaryMethod(codecMarshalJSON_Spec, impl.MarshalJSON_),
+		parley.NewUnaryMethod(codecMarshalJSON__Spec, impl.MarshalJSON__),
+		parley.NewUnaryMethod(codecUnmarshalJSON_Spec, impl.UnmarshalJSON_),
+		parley.NewServerStreamMethod(codecReadByte_Spec, impl.ReadByte_),
+		parley.NewClientStreamMethod(codecWriteByte_Spec, impl.WriteByte_),
+		parley.NewBidiStreamMethod(codecUnreadRune_Spec, impl.UnreadRune_),
+		parley.NewUnaryMethod(codecGobEncode_Spec, impl.GobEncode_),
+		parley.NewUnaryMethod(codecSeekSpec, impl.Seek),
+	)
+}
+
+// UnimplementedCodecServer answers every method of keywords.v1.Codec with
+// parley.CodeUnimplemented. Embed it in an implementation of CodecServer that
+// does not implement every method yet.
+type UnimplementedCodecServer struct{}
+
+// MarshalJSON_ returns a parley.CodeUnimplemented error.
+func (UnimplementedCodecServer) MarshalJSON_(context.Context, *req1.String) (*req1.String, error) {
+	return nil, parley.NewError(parley.CodeUnimplemented, "keywords.v1.Codec.MarshalJSON is not implemented")
+}
+
+// MarshalJSON__ returns a parley.CodeUnimplemented error.
+func (UnimplementedCodecServer) MarshalJSON__(context.Context, *req1.String) (*req1.String, error) {
+	return nil, parley.NewError(parley.CodeUnimplemented, "keywords.v1.Codec.MarshalJSON_ is not implemented")
+}
+
+// UnmarshalJSON_ returns a parley.CodeUnimplemented error.
+func (UnimplementedCodecServer) UnmarshalJSON_(context.Context, *req1.String) (*req1.String, error) {
+	return nil, parley.NewError(parley.CodeUnimplemented, "keywords.v1.Codec.UnmarshalJSON is not implemented")
+}
+
+// ReadByte_ returns a parley.CodeUnimplemented error.
+func (UnimplementedCodecServer) ReadByte_(context.Context, *req1.String, *parley.ServerStream[req1.String]) error {
+	return parley.NewError(parley.CodeUnimplemented, "keywords.v1.Codec.ReadByte is not implemented")
+}
+
+// WriteByte_ returns a parley.CodeUnimplemented error.
+func (UnimplementedCodecServer) WriteByte_(context.Context, *parley.ClientStream[req1.String]) (*req1.String, error) {
+	return nil, parley.NewError(parley.CodeUnimplemented, "keywords.v1.Codec.WriteByte is not implemented")
+}
+
+// UnreadRune_ returns a parley.CodeUnimplemented error.
+func (UnimplementedCodecServer) UnreadRune_(context.Context, *parley.BidiStream[req1.String, req1.String]) error {
+	return parley.NewError(parley.CodeUnimplemented, "keywords.v1.Codec.UnreadRune is not implemented")
+}
+
+// GobEncode_ returns a parley.CodeUnimplemented error.
+func (UnimplementedCodecServer) GobEncode_(context.Context, *req1.String) (*req1.String, error) {
+	return nil, parley.NewError(parley.CodeUnimplemented, "keywords.v1.Codec.GobEncode is not implemented")
+}
+
+// Seek returns a parley.CodeUnimplemented error.
+func (UnimplementedCodecServer) Seek(context.Context, *req1.String) (*req1.String, error) {
+	return nil, parley.NewError(parley.CodeUnimplemented, "keywords.v1.Codec.Seek is not implemented")
 }
 
 // FooClient is a client for the keywords.v1.Foo service.
