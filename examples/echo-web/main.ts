@@ -1,8 +1,11 @@
 // The echo page: three buttons, each making a real call to the Go server
 // (internal/e2e/cmd/e2eserver) with the generated EchoServiceClient, and
 // showing what came back. Bundled by esbuild into app.js (see build.mjs).
-// ?protocol=json switches the connection to parley.v1+json.
-import { Connection, ParleyError } from "@parleyrpc/runtime";
+// ?protocol=json switches the connection to parley.v1+json, which the page
+// imports from @parleyrpc/runtime/json for that (an app without such a
+// switch leaves it out, and with it protobuf-es's JSON code).
+import { Connection, ParleyError, binaryProtocol } from "@parleyrpc/runtime";
+import { jsonProtocol } from "@parleyrpc/runtime/json";
 import { EchoServiceClient } from "./gen/e2e/v1/echo_parley";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
@@ -11,12 +14,12 @@ const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
   return el as T;
 };
 
-const protocol = new URLSearchParams(location.search).get("protocol") === "json" ? "json" : "proto";
+const protocol = new URLSearchParams(location.search).get("protocol") === "json" ? jsonProtocol : binaryProtocol;
 const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/parley`;
 const conn = new Connection(url, { protocol });
 const echo = new EchoServiceClient(conn);
 
-$("protocol").textContent = `parley.v1+${protocol}`;
+$("protocol").textContent = protocol.name;
 const showState = () => {
   const s = conn.state;
   $("state").textContent = s.status === "closed" ? `closed (${s.error.message})` : s.status;

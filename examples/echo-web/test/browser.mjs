@@ -66,7 +66,7 @@ export function pageBuildOptions(entry, outfile) {
     format: "esm",
     platform: "browser",
     target: "es2022",
-    alias: { "@parleyrpc/runtime": "./runtime/ts/src/index.ts" },
+    alias: { "@parleyrpc/runtime": "./runtime/ts/src/index.ts", "@parleyrpc/runtime/json": "./runtime/ts/src/json.ts" },
     logLevel: "warning",
   };
 }

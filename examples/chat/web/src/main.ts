@@ -13,9 +13,13 @@
 // opened again either way.
 //
 // `make generate` bundles it with esbuild into ../static/app.js, which the
-// Go server embeds. ?user=NAME&room=ROOM signs in at once.
+// Go server embeds. ?user=NAME&room=ROOM signs in at once; &protocol=json
+// speaks parley.v1+json, which is why the page imports
+// @parleyrpc/runtime/json (a page without that switch leaves it out, and
+// with it protobuf-es's JSON code).
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { Connection, ParleyError, type BidiStreamCall } from "@parleyrpc/runtime";
+import { Connection, ParleyError, binaryProtocol, type BidiStreamCall } from "@parleyrpc/runtime";
+import { jsonProtocol } from "@parleyrpc/runtime/json";
 import type { ChatMessage, TypingStreamRequestSchema, TypingStreamResponseSchema } from "../../gen/ts/chat/v1/chat_pb";
 import { ChatEventsSubscriber, ChatServiceClient, registerChatEventsHandler } from "../../gen/ts/chat/v1/chat_parley";
 
@@ -56,7 +60,7 @@ class ChatPage {
     // a WebSocket.
     this.conn = new Connection(parleyURL, {
       token: `dev-${user}`,
-      protocol: params.get("protocol") === "json" ? "json" : "proto",
+      protocol: params.get("protocol") === "json" ? jsonProtocol : binaryProtocol,
     });
     this.chat = new ChatServiceClient(this.conn);
     this.conn.onStateChange((s) => {
