@@ -56,11 +56,23 @@ const clients = [
       "one WebSocket; unary, server/client/bidi streams with credit windows, server events, " +
       "server->client calls, deadlines, cancel, metadata, error details, keepalive, GoAway, " +
       "reconnect with backoff and session resume (missed events replayed, calls re-sent); " +
-      "binary protobuf or protojson; no client interceptors, no fallback transport",
+      "binary protobuf (protojson is the next row's opt-in module); no client interceptors, no fallback transport",
     entry: `
       import { Connection } from "@parleyrpc/runtime";
       import { EchoRequestSchema, EchoResponseSchema } from "${schemas}";
       const conn = new Connection("wss://example.com/parley");
+      export const res = await conn.call(${echoSpec}, { text: "hi" });`,
+  },
+  {
+    name: "@parleyrpc/runtime with @parleyrpc/runtime/json",
+    pkg: "@parleyrpc/runtime",
+    proto: true,
+    features: "as the row above, speaking protojson (parley.v1+json) with the jsonProtocol it imports",
+    entry: `
+      import { Connection } from "@parleyrpc/runtime";
+      import { jsonProtocol } from "@parleyrpc/runtime/json";
+      import { EchoRequestSchema, EchoResponseSchema } from "${schemas}";
+      const conn = new Connection("wss://example.com/parley", { protocol: jsonProtocol });
       export const res = await conn.call(${echoSpec}, { text: "hi" });`,
   },
   {
@@ -193,7 +205,7 @@ async function measure(entry, withProtobuf) {
     format: "esm",
     target: "es2022",
     platform: "browser",
-    alias: { "@parleyrpc/runtime": root + "runtime/ts/src/index.ts" },
+    alias: { "@parleyrpc/runtime": root + "runtime/ts/src/index.ts", "@parleyrpc/runtime/json": root + "runtime/ts/src/json.ts" },
     plugins: [withProtobuf ? echoSchemas : leaveOutProtobuf],
     write: false,
     logLevel: "error",
