@@ -74,10 +74,15 @@ func (d *doc) String() string {
 func (d *doc) code() jen.Code { return jen.Comment(d.String()) }
 
 // protoLines returns a proto comment's lines: with the comment markers'
-// common indentation removed, trailing spaces and blank lines trimmed, and
+// common indentation (and a Javadoc opening's star) removed, trailing spaces and blank lines trimmed, and
 // long lines wrapped.
 func protoLines(c protogen.Comments) []string {
 	text := strings.TrimRight(string(c), " \t\n")
+	// A Javadoc-style comment, /** ... */, reaches us with the opening's
+	// second star in front of its text; protoc strips the stars that start
+	// the lines after. Left there, the star reads as a list item and
+	// indents the rest into a code block.
+	text = strings.TrimPrefix(text, "*")
 	if strings.TrimSpace(text) == "" {
 		return nil
 	}

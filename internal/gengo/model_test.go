@@ -211,6 +211,20 @@ func TestProtoLines(t *testing.T) {
 	}
 }
 
+// TestJavadocComments checks a /** ... */ comment loses the star protoc
+// leaves from its opening, so its text is not a list item or a code block.
+func TestJavadocComments(t *testing.T) {
+	for c, want := range map[protogen.Comments][]string{
+		"*\n Export writes.\n\n Its second paragraph.\n": {"Export writes.", "", "Its second paragraph."},
+		"* Import reads. ":             {"Import reads."},
+		" * a list item\n * another\n": {"* a list item", "* another"},
+	} {
+		if got := protoLines(c); !slices.Equal(got, want) {
+			t.Errorf("protoLines(%q) = %q, want %q", c, got, want)
+		}
+	}
+}
+
 // TestDeprecatedParagraph checks a "Deprecated:" notice in a proto comment
 // becomes a paragraph of its own, as Go's tools need, even when the proto
 // writes it on the line after the text, and is not added twice.

@@ -53,6 +53,24 @@ export const NoteServiceClearSpec: MethodSpec<typeof PurgeRequestSchema, typeof 
 };
 
 /**
+ * Describes rpc comments.v1.NoteService.Export for Connection.call.
+ */
+export const NoteServiceExportSpec: MethodSpec<typeof CountRequestSchema, typeof CountResponseSchema> = {
+  procedure: "/comments.v1.NoteService/Export",
+  input: CountRequestSchema,
+  output: CountResponseSchema,
+};
+
+/**
+ * Describes rpc comments.v1.NoteService.Import for Connection.call.
+ */
+export const NoteServiceImportSpec: MethodSpec<typeof CountRequestSchema, typeof CountResponseSchema> = {
+  procedure: "/comments.v1.NoteService/Import",
+  input: CountRequestSchema,
+  output: CountResponseSchema,
+};
+
+/**
  * Describes rpc comments.v1.NoteService.Count for Connection.call.
  */
 export const NoteServiceCountSpec: MethodSpec<typeof CountRequestSchema, typeof CountResponseSchema> = {
@@ -119,6 +137,27 @@ export class NoteServiceClient {
    */
   clear(request: PurgeRequest | MessageInitShape<typeof PurgeRequestSchema>, options?: CallOptions): Promise<PurgeResponse> {
     return this.#connection.call(NoteServiceClearSpec, request, options);
+  }
+
+  /**
+   * *
+   * Export writes every note out, in a Javadoc-style block comment.
+   *
+   * Its second paragraph.
+   *
+   * @generated from rpc comments.v1.NoteService.Export
+   */
+  export(request: CountRequest | MessageInitShape<typeof CountRequestSchema>, options?: CallOptions): Promise<CountResponse> {
+    return this.#connection.call(NoteServiceExportSpec, request, options);
+  }
+
+  /**
+   * * Import reads notes in, in a one-line Javadoc-style comment. 
+   *
+   * @generated from rpc comments.v1.NoteService.Import
+   */
+  import(request: CountRequest | MessageInitShape<typeof CountRequestSchema>, options?: CallOptions): Promise<CountResponse> {
+    return this.#connection.call(NoteServiceImportSpec, request, options);
   }
 
   /**

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file comments/v1/notes.proto.
  */
 export const file_comments_v1_notes: GenFile = /*@__PURE__*/
-  fileDesc("Chdjb21tZW50cy92MS9ub3Rlcy5wcm90bxILY29tbWVudHMudjEiGgoKQWRkUmVxdWVzdBIMCgR0ZXh0GAEgASgJIhkKC0FkZFJlc3BvbnNlEgoKAmlkGAEgASgEIhsKDVJlbW92ZVJlcXVlc3QSCgoCaWQYASABKAQiEAoOUmVtb3ZlUmVzcG9uc2UiDgoMUHVyZ2VSZXF1ZXN0Ig8KDVB1cmdlUmVzcG9uc2UiDgoMQ291bnRSZXF1ZXN0Ih4KDUNvdW50UmVzcG9uc2USDQoFY291bnQYASABKAQiGAoKR2V0UmVxdWVzdBIKCgJpZBgBIAEoBCIbCgtHZXRSZXNwb25zZRIMCgR0ZXh0GAEgASgJMtkCCgtOb3RlU2VydmljZRI4CgNBZGQSFy5jb21tZW50cy52MS5BZGRSZXF1ZXN0GhguY29tbWVudHMudjEuQWRkUmVzcG9uc2USRgoGUmVtb3ZlEhouY29tbWVudHMudjEuUmVtb3ZlUmVxdWVzdBobLmNvbW1lbnRzLnYxLlJlbW92ZVJlc3BvbnNlIgOIAgESQwoFUHVyZ2USGS5jb21tZW50cy52MS5QdXJnZVJlcXVlc3QaGi5jb21tZW50cy52MS5QdXJnZVJlc3BvbnNlIgOIAgESQwoFQ2xlYXISGS5jb21tZW50cy52MS5QdXJnZVJlcXVlc3QaGi5jb21tZW50cy52MS5QdXJnZVJlc3BvbnNlIgOIAgESPgoFQ291bnQSGS5jb21tZW50cy52MS5Db3VudFJlcXVlc3QaGi5jb21tZW50cy52MS5Db3VudFJlc3BvbnNlMlIKEUxlZ2FjeU5vdGVTZXJ2aWNlEjgKA0dldBIXLmNvbW1lbnRzLnYxLkdldFJlcXVlc3QaGC5jb21tZW50cy52MS5HZXRSZXNwb25zZRoDiAIBQihaJmV4YW1wbGUuY29tL2dlbi9jb21tZW50cy92MTtjb21tZW50c3YxYgZwcm90bzM");
+  fileDesc("Chdjb21tZW50cy92MS9ub3Rlcy5wcm90bxILY29tbWVudHMudjEiGgoKQWRkUmVxdWVzdBIMCgR0ZXh0GAEgASgJIhkKC0FkZFJlc3BvbnNlEgoKAmlkGAEgASgEIhsKDVJlbW92ZVJlcXVlc3QSCgoCaWQYASABKAQiEAoOUmVtb3ZlUmVzcG9uc2UiDgoMUHVyZ2VSZXF1ZXN0Ig8KDVB1cmdlUmVzcG9uc2UiDgoMQ291bnRSZXF1ZXN0Ih4KDUNvdW50UmVzcG9uc2USDQoFY291bnQYASABKAQiGAoKR2V0UmVxdWVzdBIKCgJpZBgBIAEoBCIbCgtHZXRSZXNwb25zZRIMCgR0ZXh0GAEgASgJMtsDCgtOb3RlU2VydmljZRI4CgNBZGQSFy5jb21tZW50cy52MS5BZGRSZXF1ZXN0GhguY29tbWVudHMudjEuQWRkUmVzcG9uc2USRgoGUmVtb3ZlEhouY29tbWVudHMudjEuUmVtb3ZlUmVxdWVzdBobLmNvbW1lbnRzLnYxLlJlbW92ZVJlc3BvbnNlIgOIAgESQwoFUHVyZ2USGS5jb21tZW50cy52MS5QdXJnZVJlcXVlc3QaGi5jb21tZW50cy52MS5QdXJnZVJlc3BvbnNlIgOIAgESQwoFQ2xlYXISGS5jb21tZW50cy52MS5QdXJnZVJlcXVlc3QaGi5jb21tZW50cy52MS5QdXJnZVJlc3BvbnNlIgOIAgESPwoGRXhwb3J0EhkuY29tbWVudHMudjEuQ291bnRSZXF1ZXN0GhouY29tbWVudHMudjEuQ291bnRSZXNwb25zZRI/CgZJbXBvcnQSGS5jb21tZW50cy52MS5Db3VudFJlcXVlc3QaGi5jb21tZW50cy52MS5Db3VudFJlc3BvbnNlEj4KBUNvdW50EhkuY29tbWVudHMudjEuQ291bnRSZXF1ZXN0GhouY29tbWVudHMudjEuQ291bnRSZXNwb25zZTJSChFMZWdhY3lOb3RlU2VydmljZRI4CgNHZXQSFy5jb21tZW50cy52MS5HZXRSZXF1ZXN0GhguY29tbWVudHMudjEuR2V0UmVzcG9uc2UaA4gCAUIoWiZleGFtcGxlLmNvbS9nZW4vY29tbWVudHMvdjE7Y29tbWVudHN2MWIGcHJvdG8z");
 
 /**
  * @generated from message comments.v1.AddRequest
@@ -225,6 +225,29 @@ export const NoteService: GenService<{
     methodKind: "unary";
     input: typeof PurgeRequestSchema;
     output: typeof PurgeResponseSchema;
+  },
+  /**
+   * *
+   * Export writes every note out, in a Javadoc-style block comment.
+   *
+   * Its second paragraph.
+   *
+   * @generated from rpc comments.v1.NoteService.Export
+   */
+  export: {
+    methodKind: "unary";
+    input: typeof CountRequestSchema;
+    output: typeof CountResponseSchema;
+  },
+  /**
+   * * Import reads notes in, in a one-line Javadoc-style comment. 
+   *
+   * @generated from rpc comments.v1.NoteService.Import
+   */
+  import: {
+    methodKind: "unary";
+    input: typeof CountRequestSchema;
+    output: typeof CountResponseSchema;
   },
   /**
    * A trailing comment is not documentation.

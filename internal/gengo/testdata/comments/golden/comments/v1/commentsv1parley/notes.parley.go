@@ -54,6 +54,12 @@ const (
 	//
 	// Deprecated: Marked as deprecated in comments/v1/notes.proto.
 	NoteServiceClearProcedure = "/comments.v1.NoteService/Clear"
+	// NoteServiceExportProcedure is the procedure of the
+	// comments.v1.NoteService.Export method.
+	NoteServiceExportProcedure = "/comments.v1.NoteService/Export"
+	// NoteServiceImportProcedure is the procedure of the
+	// comments.v1.NoteService.Import method.
+	NoteServiceImportProcedure = "/comments.v1.NoteService/Import"
 	// NoteServiceCountProcedure is the procedure of the
 	// comments.v1.NoteService.Count method.
 	NoteServiceCountProcedure = "/comments.v1.NoteService/Count"
@@ -82,6 +88,14 @@ var (
 	// noteServiceClearSpec describes comments.v1.NoteService.Clear.
 	noteServiceClearSpec = &parley.MethodSpec{
 		Procedure: NoteServiceClearProcedure,
+	}
+	// noteServiceExportSpec describes comments.v1.NoteService.Export.
+	noteServiceExportSpec = &parley.MethodSpec{
+		Procedure: NoteServiceExportProcedure,
+	}
+	// noteServiceImportSpec describes comments.v1.NoteService.Import.
+	noteServiceImportSpec = &parley.MethodSpec{
+		Procedure: NoteServiceImportProcedure,
 	}
 	// noteServiceCountSpec describes comments.v1.NoteService.Count.
 	noteServiceCountSpec = &parley.MethodSpec{
@@ -118,6 +132,12 @@ type NoteServiceClient interface {
 	//
 	// Deprecated: use Purge, which this notice follows without a blank line.
 	Clear(ctx context.Context, req *commentsv1.PurgeRequest) (*commentsv1.PurgeResponse, error)
+	// Export writes every note out, in a Javadoc-style block comment.
+	//
+	// Its second paragraph.
+	Export(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
+	// Import reads notes in, in a one-line Javadoc-style comment.
+	Import(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
 	// Count calls comments.v1.NoteService.Count.
 	Count(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
 }
@@ -171,6 +191,24 @@ func (c *noteServiceClient) Clear(ctx context.Context, req *commentsv1.PurgeRequ
 	return res, nil
 }
 
+// Export calls comments.v1.NoteService.Export.
+func (c *noteServiceClient) Export(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error) {
+	res := new(commentsv1.CountResponse)
+	if err := c.conn.Invoke(ctx, noteServiceExportSpec, req, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// Import calls comments.v1.NoteService.Import.
+func (c *noteServiceClient) Import(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error) {
+	res := new(commentsv1.CountResponse)
+	if err := c.conn.Invoke(ctx, noteServiceImportSpec, req, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
 // Count calls comments.v1.NoteService.Count.
 func (c *noteServiceClient) Count(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error) {
 	res := new(commentsv1.CountResponse)
@@ -208,6 +246,12 @@ type NoteServiceServer interface {
 	//
 	// Deprecated: use Purge, which this notice follows without a blank line.
 	Clear(context.Context, *commentsv1.PurgeRequest) (*commentsv1.PurgeResponse, error)
+	// Export writes every note out, in a Javadoc-style block comment.
+	//
+	// Its second paragraph.
+	Export(context.Context, *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
+	// Import reads notes in, in a one-line Javadoc-style comment.
+	Import(context.Context, *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
 	// Count handles comments.v1.NoteService.Count.
 	Count(context.Context, *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
 }
@@ -221,6 +265,8 @@ func RegisterNoteServiceServer(r parley.Registrar, impl NoteServiceServer) {
 		parley.NewUnaryMethod(noteServiceRemoveSpec, impl.Remove),
 		parley.NewUnaryMethod(noteServicePurgeSpec, impl.Purge),
 		parley.NewUnaryMethod(noteServiceClearSpec, impl.Clear),
+		parley.NewUnaryMethod(noteServiceExportSpec, impl.Export),
+		parley.NewUnaryMethod(noteServiceImportSpec, impl.Import),
 		parley.NewUnaryMethod(noteServiceCountSpec, impl.Count),
 	)
 }
@@ -248,6 +294,16 @@ func (UnimplementedNoteServiceServer) Purge(context.Context, *commentsv1.PurgeRe
 // Clear returns a parley.CodeUnimplemented error.
 func (UnimplementedNoteServiceServer) Clear(context.Context, *commentsv1.PurgeRequest) (*commentsv1.PurgeResponse, error) {
 	return nil, parley.NewError(parley.CodeUnimplemented, "comments.v1.NoteService.Clear is not implemented")
+}
+
+// Export returns a parley.CodeUnimplemented error.
+func (UnimplementedNoteServiceServer) Export(context.Context, *commentsv1.CountRequest) (*commentsv1.CountResponse, error) {
+	return nil, parley.NewError(parley.CodeUnimplemented, "comments.v1.NoteService.Export is not implemented")
+}
+
+// Import returns a parley.CodeUnimplemented error.
+func (UnimplementedNoteServiceServer) Import(context.Context, *commentsv1.CountRequest) (*commentsv1.CountResponse, error) {
+	return nil, parley.NewError(parley.CodeUnimplemented, "comments.v1.NoteService.Import is not implemented")
 }
 
 // Count returns a parley.CodeUnimplemented error.
