@@ -20,8 +20,10 @@ const (
 )
 
 // streamWindowGrowth bounds how far receivers grow stream windows beyond
-// the configured one when the application keeps draining them: a stream
-// whose receiver waits on the network, rather than the other way round,
+// the configured one while the application reads faster than items come
+// (it waited for one since the last grant, or has drained the queue): a
+// stream whose receiver waits on the network, rather than the other way
+// round,
 // is held back by credit round trips, not by its reader, so more credit
 // costs no memory that is not used at once. A reader that falls behind
 // never grows its window. All the streams of a connection share the extra
@@ -55,11 +57,25 @@ type stream struct {
 	// allocated per item; guarded by sendMu.
 	item frame
 
+	// The receiving goroutine (RecvMsg has one at a time) takes the queue
+	// in batches: taken holds the items of the last batch, next is the
+	// first it has not returned, and read counts those it returned since
+	// it last told mu's side (see settle). They need no lock: only that
+	// goroutine touches them, so each item costs it no lock, and the
+	// reader, which queues items, no cache-line transfer.
+	taken []*[]byte
+	next  int
+	read  uint32
+
 	mu         sync.Mutex
 	recvq      []*[]byte // received payloads (pooled copies), oldest first
+	inTaken    uint32    // items moved to taken and not yet settled as consumed
+	drop       bool      // the caller gave up: the items taken are dropped too
 	recvEnd    bool      // nothing more will be queued
 	recvErr    error     // returned once the queue is drained: io.EOF or the call's error
-	consumed   uint32    // items taken since the last Credit sent
+	consumed   uint32    // items consumed since the last Credit sent
+	starved    bool      // recv waited for an item since the last Credit sent
+	waiting    bool      // recv waits for notify: deliver must wake it
 	credit     int64     // items this side may still send
 	sendClosed bool      // CloseSend was called
 	done       bool      // the call is over; sends fail
@@ -196,60 +212,130 @@ func (s *stream) ctxErr() error {
 
 // recv receives one item into m.
 func (s *stream) recv(m proto.Message) error {
+	// The fast path: an item of the batch taken, while the call is live.
+	// The context is checked as on the slow path: once it ends, the slow
+	// path decides whether queued items still count.
+	if s.next < len(s.taken) && s.ctx.Err() == nil {
+		payload := s.takeNext()
+		if s.read >= s.grantEvery() {
+			s.mu.Lock()
+			grant := s.settle()
+			s.mu.Unlock()
+			s.sendCredit(grant)
+		}
+		return s.decode(payload, m)
+	}
 	for {
 		s.mu.Lock()
-		if !s.done && s.ctx.Err() != nil {
+		grant := s.settle()
+		if s.drop {
+			s.releaseTaken()
+		}
+		switch {
+		case !s.done && s.ctx.Err() != nil:
 			// Cancelled or past the deadline: what is queued no longer
 			// matters. (A finished call's context ends too, but its queued
 			// items are still delivered.)
 			s.mu.Unlock()
+			s.sendCredit(grant)
 			return s.ctxErr()
+		case s.next == len(s.taken) && len(s.recvq) > 0:
+			// Take the whole queue; the emptied batch's storage becomes
+			// the queue's.
+			clear(s.taken)
+			s.taken, s.recvq, s.next = s.recvq, s.taken[:0], 0
+			s.inTaken += uint32(len(s.taken))
 		}
-		if len(s.recvq) > 0 {
-			payload := s.recvq[0]
-			s.recvq[0] = nil // released to the pool once decoded
-			s.recvq = s.recvq[1:]
-			s.consumed++
-			grant := uint32(0)
-			// Credit goes back every half configured window consumed, also
-			// once the window has grown: a grown window then refills in
-			// steady steps rather than in bursts of half its size, which
-			// left both ends idle in turn.
-			if !s.recvEnd && s.consumed >= max(1, s.e.cfg.streamWindow/2) {
-				grant, s.consumed = s.consumed, 0
-				if len(s.recvq) == 0 && s.e.growWindow(s.window) {
-					// Drained: the peer is likely waiting for credit.
-					grant += s.window
-					s.window *= 2
-				}
-			}
+		if s.next < len(s.taken) {
 			s.mu.Unlock()
-			if grant > 0 {
-				s.e.sendCtx(s.ctx, &frame{kind: kindCredit, id: s.id, items: grant}, nil) //nolint:errcheck // a failed send ends the stream anyway
-			}
-			err := s.e.codec.unmarshal(*payload, m) // copies what it keeps
-			putBuf(payload)
-			if err != nil {
-				err = Errorf(CodeInvalidArgument, "decoding a stream item of %s: %v", s.spec.Procedure, err)
-				if !s.caller {
-					return err
-				}
-				s.abandon(CodeCanceled)
-				return err
-			}
-			return nil
+			s.sendCredit(grant)
+			return s.decode(s.takeNext(), m)
 		}
 		if s.recvEnd {
 			err := s.recvErr
 			s.mu.Unlock()
+			s.sendCredit(grant)
 			return err
 		}
+		s.starved, s.waiting = true, true
 		s.mu.Unlock()
+		s.sendCredit(grant)
 		select {
 		case <-s.notify:
 		case <-s.ctx.Done():
 		}
 	}
+}
+
+// takeNext returns the next item of the batch taken. Only the receiving
+// goroutine calls it.
+func (s *stream) takeNext() *[]byte {
+	payload := s.taken[s.next]
+	s.taken[s.next] = nil // released to the pool once decoded
+	s.next++
+	s.read++
+	return payload
+}
+
+// grantEvery is how many items a receiver consumes between grants: half
+// the configured window, also once the window has grown, so that a grown
+// window refills in steady steps rather than in bursts of half its size,
+// which left both ends idle in turn.
+func (s *stream) grantEvery() uint32 { return max(1, s.e.cfg.streamWindow/2) }
+
+// settle counts the items the receiving goroutine returned since it last
+// settled as consumed, and returns the credit to grant for them, if it is
+// time: every grantEvery items, plus the window's size when it doubles.
+// s.mu is held; only the receiving goroutine calls it.
+func (s *stream) settle() (grant uint32) {
+	s.inTaken -= s.read
+	s.consumed += s.read
+	s.read = 0
+	if s.recvEnd || s.consumed < s.grantEvery() {
+		return 0
+	}
+	grant, s.consumed = s.consumed, 0
+	drained := s.next == len(s.taken) && len(s.recvq) == 0
+	if (s.starved || drained) && s.e.growWindow(s.window) {
+		// The reader waits for items, not the other way round: the peer
+		// is likely waiting for credit.
+		grant += s.window
+		s.window *= 2
+	}
+	s.starved = false
+	return grant
+}
+
+// releaseTaken drops the items taken and not returned (the caller gave up
+// on them). Only the receiving goroutine calls it, with s.mu held.
+func (s *stream) releaseTaken() {
+	for _, p := range s.taken[s.next:] {
+		putBuf(p)
+	}
+	clear(s.taken)
+	s.taken, s.next, s.inTaken = s.taken[:0], 0, 0
+}
+
+// sendCredit grants the peer n more items, if n > 0.
+func (s *stream) sendCredit(n uint32) {
+	if n > 0 {
+		s.e.sendCtx(s.ctx, &frame{kind: kindCredit, id: s.id, items: n}, nil) //nolint:errcheck // a failed send ends the stream anyway
+	}
+}
+
+// decode unmarshals a received item into m and releases its buffer.
+func (s *stream) decode(payload *[]byte, m proto.Message) error {
+	err := s.e.codec.unmarshal(*payload, m) // copies what it keeps
+	putBuf(payload)
+	if err == nil {
+		return nil
+	}
+	err = Errorf(CodeInvalidArgument, "decoding a stream item of %s: %v", s.spec.Procedure, err)
+	if !s.caller {
+		return err
+	}
+	s.abandon(CodeCanceled)
+	return err
 }
 
 // closeSend half-closes the caller's requests.
@@ -285,14 +371,21 @@ func (s *stream) deliver(payload []byte) {
 		s.mu.Unlock()
 		return
 	}
-	if uint32(len(s.recvq))+s.consumed >= s.window {
+	if uint32(len(s.recvq))+s.inTaken+s.consumed >= s.window {
 		s.mu.Unlock()
 		s.violate(Errorf(CodeResourceExhausted, "the peer sent stream items beyond its credit on %s", s.spec.Procedure))
 		return
 	}
 	s.recvq = append(s.recvq, copyPayload(payload))
+	// Wake the receiver only if it waits: one that is busy finds the item
+	// when it next looks, and a channel operation per item would cost the
+	// reader a cache-line transfer each.
+	waiting := s.waiting
+	s.waiting = false
 	s.mu.Unlock()
-	wake(s.notify)
+	if waiting {
+		wake(s.notify)
+	}
 }
 
 // growWindow reports whether a stream may double its window from n items,
@@ -431,7 +524,11 @@ func (s *stream) abandon(why Code) {
 		err = cause
 	}
 	s.mu.Lock()
+	for _, p := range s.recvq {
+		putBuf(p)
+	}
 	s.recvq = nil // the caller gave up: drop what it did not read
+	s.drop = true
 	s.mu.Unlock()
 	s.finish(err)
 	if opened {
