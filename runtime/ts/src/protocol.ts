@@ -4,7 +4,7 @@ import { decodeBinary, encodeBinary, type AnyDetail, type Body, type Frame } fro
 
 /**
  * A wire encoding of Parley: the WebSocket subprotocol a
- * {@link Connection} offers and how its frames and messages are written.
+ * `Connection` offers and how its frames and messages are written.
  * Pass one as `ConnectionOptions.protocol`: {@link binaryProtocol}
  * (parley.v1+proto, the default) or `jsonProtocol` (parley.v1+json, from
  * `@parleyrpc/runtime/json`).
@@ -45,7 +45,7 @@ const empty = new Uint8Array(0);
 
 /**
  * parley.v1+proto: frames and messages in the protobuf binary encoding, in
- * binary WebSocket messages. The default protocol of a {@link Connection}.
+ * binary WebSocket messages. The default protocol of a `Connection`.
  */
 export const binaryProtocol: Protocol = {
   name: "parley.v1+proto",
