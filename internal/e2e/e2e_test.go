@@ -223,6 +223,11 @@ func TestErrorsKeepTheSocket(t *testing.T) {
 			err = conn.Invoke(context.Background(), unknown, &emptypb.Empty{}, &emptypb.Empty{})
 			wantCode(t, err, parley.CodeUnimplemented)
 
+			// A request that cannot be encoded (invalid UTF-8 in a proto3
+			// string) is the caller's error and never leaves.
+			_, err = client.Echo(context.Background(), &e2ev1.EchoRequest{Text: "bad \xff"})
+			wantCode(t, err, parley.CodeInvalidArgument)
+
 			res, err := client.Echo(context.Background(), &e2ev1.EchoRequest{Text: "still here"})
 			if err != nil || res.GetText() != "still here" {
 				t.Fatalf("socket unusable after errors: %v", err)

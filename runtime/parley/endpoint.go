@@ -978,7 +978,9 @@ func (e *endpoint) roundTripID(ctx context.Context, spec *MethodSpec, req, res p
 			e.writeOwned() // the reply cannot come before the call is out
 		}
 	} else {
-		err = Errorf(CodeInternal, "encoding the request: %v", err)
+		// The caller's request cannot be sent as it is (a proto2 required
+		// field unset, invalid UTF-8 in a string): its fault, as in TS.
+		err = Errorf(CodeInvalidArgument, "encoding the request of %s: %v", spec.Procedure, err)
 	}
 	if err != nil {
 		putBuf(b)

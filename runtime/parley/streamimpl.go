@@ -619,7 +619,8 @@ func (e *endpoint) sendCtx(ctx context.Context, f *frame, msg proto.Message) err
 	*b, err = e.codec.appendFrame((*b)[:0], f, msg)
 	if err != nil {
 		putBuf(b)
-		return Errorf(CodeInternal, "encoding a %v frame: %v", f.kind, err)
+		// Only a message can fail to encode: the application's to send.
+		return Errorf(CodeInvalidArgument, "encoding a %v frame: %v", f.kind, err)
 	}
 	if err := e.q.push(ctx, b, true); err != nil {
 		putBuf(b)
