@@ -603,6 +603,7 @@ export class Connection {
     let id = 0;
     let sock: Sock;
     let consumed = 0; // items read since the last Credit
+    let starved = false; // the reader waited for an item since the last Credit
     let credit = 0;
     let ended = false;
     let sendClosed = false;
@@ -706,17 +707,21 @@ export class Connection {
           for (;;) {
             if (q.length) {
               const value = q.shift();
-              // Grant the server what was read, half a window at a time;
-              // drained, the window doubles (the server may be waiting).
-              if (++consumed >= Math.max(1, window >> 1) && !ended) {
+              // Grant the server what was read every half configured
+              // window, also once the window has grown (steady steps, not
+              // bursts of half a grown window). While this reader waits
+              // for items rather than the other way round, the window
+              // doubles: the server is likely waiting for credit.
+              if (++consumed >= Math.max(1, base >> 1) && !ended) {
                 let items = consumed;
-                if (!q.length && (2 * window - base) * this.#streams <= budget && this.#grown + window <= budget) {
+                if ((starved || !q.length) && (2 * window - base) * this.#streams <= budget && this.#grown + window <= budget) {
                   this.#grown += window;
                   items += window;
                   window *= 2;
                 }
                 this.#send(sock, { credit: { id, items } });
                 consumed = 0;
+                starved = false;
               }
               return { value, done: false };
             }
@@ -724,6 +729,7 @@ export class Connection {
               if (error) throw error;
               return { value: undefined, done: true };
             }
+            starved = true;
             await wait();
           }
         },
@@ -1090,7 +1096,7 @@ export class Connection {
     const c: Serving = { ac: new AbortController(), deadline: !!timeoutMs };
     s.serving.set(id, c);
     const timer = timeoutMs
-      ? setTimeout(() => c.ac.abort(new ParleyError("deadline_exceeded", `${method}: deadline exceeded`)), timeoutMs)
+      ? setTimeout(() => c.ac.abort(new ParleyError("deadline_exceeded", `${method}: deadline exceeded`)), Math.min(timeoutMs, 0x7fffffff))
       : undefined;
     let reply: Frame;
     try {

@@ -170,38 +170,44 @@ for (const protocol of ["proto", "json"] as const) {
     };
     const item = (peer: Peer, id: number, n: number) => peer.send({ item: { id, ...body(peer, Count.output, { n }) } });
 
-    test("server stream: the request rides in the Call; items in order; Reply ends the loop; credit at half the window, doubled when drained", async () => {
+    test("server stream: the request rides in the Call; items in order; Reply ends the loop; credit every half window, which doubles while the reader waits", async () => {
       const { conn, peer } = await connect();
       const stream = conn.serverStream(Count, { from: 5, count: 6 });
       const call = await expectFrame(peer, "call");
       assert.equal(call.method, Count.procedure);
       assert.equal(decode(Count.input, call).from, 5);
       assert.equal(call.timeoutMs, undefined, "no connection default deadline for streams");
-      for (let n = 5; n < 9; n++) item(peer, call.id, n); // the whole window of 4
+      // All sent items are queued once the client answered a later ping.
+      const queued = async () => {
+        peer.send({ ping: { nonce: "9" } });
+        await expectFrame(peer, "pong");
+      };
       const got: number[] = [];
       const it = stream[Symbol.asyncIterator]();
-      got.push((await next(it)).value!.n);
-      await quiet(peer, 20);
-      got.push((await next(it)).value!.n);
-      // Two read, two still queued: half the window back, no growth.
-      assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2 });
-      got.push((await next(it)).value!.n, (await next(it)).value!.n);
-      // Read to the last: the window (4) doubles, and the server gets it.
+      const first = next(it); // waits: nothing has come yet
+      for (let n = 5; n < 9; n++) item(peer, call.id, n); // the whole window of 4
+      got.push((await first).value!.n, (await next(it)).value!.n);
+      // Two read; the reader waited for items: half the window back, and
+      // the window (4) doubles.
       assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2 + 4 });
-      for (let n = 9; n < 17; n++) item(peer, call.id, n); // the new window of 8, all at once
-      for (let n = 9; n < 13; n++) got.push((await next(it)).value!.n);
-      assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 4 }, "not drained: no growth");
-      for (let n = 13; n < 17; n++) got.push((await next(it)).value!.n);
-      assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 4 + 8 });
-      item(peer, call.id, 17);
-      item(peer, call.id, 18);
+      got.push((await next(it)).value!.n, (await next(it)).value!.n);
+      // Read to the last: drained, the window (8) doubles again.
+      assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2 + 8 });
+      for (let n = 9; n < 13; n++) item(peer, call.id, n);
+      await queued();
+      for (let n = 9; n < 11; n++) got.push((await next(it)).value!.n);
+      assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2 }, "neither waiting nor drained: no growth");
+      for (let n = 11; n < 13; n++) got.push((await next(it)).value!.n);
+      assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2 + 16 }, "drained");
+      item(peer, call.id, 13);
+      item(peer, call.id, 14);
       peer.send({ reply: { id: call.id } });
       for (;;) {
         const r = await next(it);
         if (r.done) break;
         got.push(r.value.n);
       }
-      assert.deepEqual(got, Array.from({ length: 14 }, (_, i) => i + 5));
+      assert.deepEqual(got, Array.from({ length: 10 }, (_, i) => i + 5));
       await quiet(peer); // no credit once the call ended
       conn.close();
     });
