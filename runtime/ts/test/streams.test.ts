@@ -139,6 +139,13 @@ for (const protocol of ["proto", "json"] as const) {
       assert.equal(e.id, 6, "the cancelled calls 2 and 4 got no answer");
       assert.equal(e.code, 4);
       assert.equal((reasons[1] as ParleyError).code, "deadline_exceeded");
+      // A deadline beyond setTimeout's range (2^31-1 ms, 24.8 days) is far
+      // off, not past: the handler keeps running and nothing is sent.
+      const aborted = reasons.length;
+      peer.send({ call: { id: 10, method: Confirm.procedure, ...body(peer, Confirm.input, { question: "slow" }), timeoutMs: 3_000_000_000 } });
+      await quiet(peer, 50);
+      assert.equal(reasons.length, aborted, "a 35-day deadline aborted the handler");
+      peer.send({ cancel: { id: 10 } });
       off();
       peer.send({ call: { id: 8, method: Confirm.procedure, ...body(peer, Confirm.input, { question: "fast" }) } });
       assert.equal((await expectFrame(peer, "error")).code, 12, "unregistered");
