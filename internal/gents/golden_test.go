@@ -2,7 +2,6 @@ package gents_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,17 +9,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 
-	"github.com/bufbuild/protocompile"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protodesc"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/pluginpb"
 
 	"github.com/parleyrpc/parley/internal/gents"
+	"github.com/parleyrpc/parley/internal/plugintest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -32,7 +28,6 @@ const (
 	// laid out like the shared ones; their goldens sit beside the shared
 	// cases' in testdata/<case>/.
 	tsCases    = "testdata/tscases"
-	protoRoot  = "../../proto"
 	goldenRoot = "testdata"
 	// errorFile holds the plugin's error in the golden dir of a case the
 	// plugin must refuse.
@@ -221,48 +216,14 @@ func runPlugin(t *testing.T, plugin string, req *pluginpb.CodeGeneratorRequest, 
 }
 
 // buildRequest compiles every .proto under dir, keeping comments, with
-// dir, proto/ and the well-known types on the import path; the request
-// generates the case's files and carries all their dependencies.
+// dir, proto/ and the well-known types on the import path, as buf would;
+// the request generates the case's files and carries all their
+// dependencies.
 func buildRequest(t *testing.T, dir string) *pluginpb.CodeGeneratorRequest {
 	t.Helper()
-	var names []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".proto") {
-			return err
-		}
-		rel, err := filepath.Rel(dir, p)
-		names = append(names, filepath.ToSlash(rel))
-		return err
-	})
+	req, err := plugintest.RequestDir(dir, "")
 	if err != nil {
 		t.Fatal(err)
-	}
-	sort.Strings(names)
-	c := protocompile.Compiler{
-		Resolver: protocompile.WithStandardImports(&protocompile.SourceResolver{
-			ImportPaths: []string{dir, protoRoot},
-		}),
-		SourceInfoMode: protocompile.SourceInfoStandard,
-	}
-	files, err := c.Compile(context.Background(), names...)
-	if err != nil {
-		t.Fatalf("compiling %s: %v", dir, err)
-	}
-	req := &pluginpb.CodeGeneratorRequest{FileToGenerate: names}
-	seen := map[string]bool{}
-	var add func(fd protoreflect.FileDescriptor)
-	add = func(fd protoreflect.FileDescriptor) {
-		if seen[fd.Path()] {
-			return
-		}
-		seen[fd.Path()] = true
-		for i := 0; i < fd.Imports().Len(); i++ {
-			add(fd.Imports().Get(i).FileDescriptor)
-		}
-		req.ProtoFile = append(req.ProtoFile, protodesc.ToFileDescriptorProto(fd))
-	}
-	for _, f := range files {
-		add(f)
 	}
 	return req
 }

@@ -2,8 +2,10 @@
 // internal/testdata/cases, for the Go and TypeScript generators' golden
 // tests.
 //
-// Request compiles a case with protocompile, keeping source info so proto
-// comments reach the plugin as they would from protoc or buf, and returns
+// Request compiles a case with protocompile's experimental compiler, the
+// one buf generate uses (it knows edition 2024, which protocompile's older
+// Compiler refuses), keeping source info so proto comments reach the
+// plugin as they would from protoc or buf, and returns
 // the CodeGeneratorRequest protoc would send. No protoc, buf or subprocess
 // is involved, which keeps golden tests fast and hermetic.
 package plugintest
@@ -18,11 +20,14 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/bufbuild/protocompile"
-	"github.com/bufbuild/protocompile/protoutil"
+	"github.com/bufbuild/protocompile/experimental/fdp"
+	"github.com/bufbuild/protocompile/experimental/incremental"
+	"github.com/bufbuild/protocompile/experimental/incremental/queries"
+	"github.com/bufbuild/protocompile/experimental/ir"
+	"github.com/bufbuild/protocompile/experimental/report"
+	"github.com/bufbuild/protocompile/experimental/source"
 	"google.golang.org/protobuf/compiler/protogen"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/pluginpb"
 )
@@ -68,7 +73,12 @@ func Cases() ([]string, error) {
 // would on a plugin's stdin, so custom options decode against the
 // extensions linked into the test binary just as they would in the plugin.
 func Request(caseName, parameter string) (*pluginpb.CodeGeneratorRequest, error) {
-	dir := filepath.Join(CasesDir(), caseName)
+	return RequestDir(filepath.Join(CasesDir(), caseName), parameter)
+}
+
+// RequestDir is Request for the .proto files under any folder dir, laid
+// out under their import paths.
+func RequestDir(dir, parameter string) (*pluginpb.CodeGeneratorRequest, error) {
 	var toGenerate []string
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".proto") {
@@ -82,44 +92,45 @@ func Request(caseName, parameter string) (*pluginpb.CodeGeneratorRequest, error)
 		return nil, err
 	}
 	if len(toGenerate) == 0 {
-		return nil, fmt.Errorf("plugintest: case %s has no .proto files", caseName)
+		return nil, fmt.Errorf("plugintest: %s has no .proto files", dir)
 	}
 	slices.Sort(toGenerate)
 
-	compiler := protocompile.Compiler{
-		Resolver: protocompile.WithStandardImports(&protocompile.SourceResolver{
-			ImportPaths: []string{dir, filepath.Join(root, "proto")},
-		}),
-		SourceInfoMode: protocompile.SourceInfoStandard,
+	// The compiler buf generate uses (buf 1.75 builds images with
+	// protocompile's experimental compiler, which knows edition 2024), with
+	// the source info buf sends a plugin.
+	var opts fdp.Options
+	opts.Apply(fdp.IncludeSourceCodeInfo(true), fdp.GenerateExtraOptionLocations(true))
+	results, diags, err := incremental.Run(context.Background(), incremental.New(), queries.FDS{
+		Opener: &source.Openers{
+			&source.FS{FS: os.DirFS(dir)},
+			&source.FS{FS: os.DirFS(filepath.Join(root, "proto"))},
+			source.WKTs(),
+		},
+		Session:   new(ir.Session),
+		Workspace: source.NewWorkspace(toGenerate...),
+		Options:   opts,
+	})
+	if err == nil && len(results) == 1 {
+		err = results[0].Fatal
 	}
-	compiled, err := compiler.Compile(context.Background(), toGenerate...)
 	if err != nil {
-		return nil, fmt.Errorf("plugintest: compiling case %s: %w", caseName, err)
+		return nil, fmt.Errorf("plugintest: compiling %s: %w", dir, err)
 	}
-
+	if diags != nil {
+		text, errs, _ := report.Renderer{}.RenderString(diags)
+		if errs > 0 {
+			return nil, fmt.Errorf("plugintest: compiling %s:\n%s", dir, text)
+		}
+	}
+	// protoc lists every file after its imports, as the compiler does.
 	req := &pluginpb.CodeGeneratorRequest{
 		FileToGenerate:  toGenerate,
+		ProtoFile:       results[0].Value.GetFile(),
 		CompilerVersion: &pluginpb.Version{Major: proto.Int32(0), Minor: proto.Int32(0), Patch: proto.Int32(0), Suffix: proto.String("protocompile")},
 	}
 	if parameter != "" {
 		req.Parameter = proto.String(parameter)
-	}
-	// protoc lists every file after its imports.
-	seen := map[string]bool{}
-	var add func(fd protoreflect.FileDescriptor)
-	add = func(fd protoreflect.FileDescriptor) {
-		if seen[fd.Path()] {
-			return
-		}
-		seen[fd.Path()] = true
-		imports := fd.Imports()
-		for i := range imports.Len() {
-			add(imports.Get(i).FileDescriptor)
-		}
-		req.ProtoFile = append(req.ProtoFile, protoutil.ProtoFromFileDescriptor(fd))
-	}
-	for _, fd := range compiled {
-		add(fd)
 	}
 
 	b, err := proto.Marshal(req)
