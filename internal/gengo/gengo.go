@@ -35,9 +35,12 @@ const runtimeVersionConstant = "IsAtLeastVersion0_1_0"
 
 // Editions the plugin accepts. Editions only change how protoc-gen-go
 // lays out messages; services and methods read the same in every edition.
+// Generated code only names message types (never their fields), so it
+// builds against 2024's default opaque API as against the open one; local
+// messages (2024's symbol visibility) are still exported Go types.
 const (
 	editionMinimum = descriptorpb.Edition_EDITION_PROTO2
-	editionMaximum = descriptorpb.Edition_EDITION_2023
+	editionMaximum = descriptorpb.Edition_EDITION_2024
 )
 
 // Generate writes a .parley.go file for every file to generate that

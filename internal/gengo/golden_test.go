@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/cmd/protoc-gen-go/internal_gengo"
 	"google.golang.org/protobuf/compiler/protogen"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/pluginpb"
 
 	"github.com/parleyrpc/parley/internal/gengo"
@@ -148,6 +149,9 @@ func TestSupportedEditions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if resp.Error != nil {
+			continue // a refused case: its golden error.txt says why
+		}
 		if resp.GetSupportedFeatures()&uint64(pluginpb.CodeGeneratorResponse_FEATURE_SUPPORTS_EDITIONS) == 0 {
 			t.Errorf("%s: response does not declare editions support", c)
 		}
@@ -213,6 +217,15 @@ func TestGoldenCompiles(t *testing.T) {
 			}
 			if goResp.Error != nil {
 				t.Fatalf("protoc-gen-go: %s", goResp.GetError())
+			}
+			// From edition 2024 protoc-gen-go defaults to the opaque API:
+			// messages without exported fields. Parley's code must build
+			// against it, so make sure that is what it builds against.
+			if slices.ContainsFunc(plugintest.Editions(req), func(e descriptorpb.Edition) bool { return e >= descriptorpb.Edition_EDITION_2024 }) &&
+				!slices.ContainsFunc(goResp.File, func(f *pluginpb.CodeGeneratorResponse_File) bool {
+					return strings.Contains(f.GetContent(), "xxx_hidden_")
+				}) {
+				t.Fatal("protoc-gen-go's messages for an edition 2024 case are not opaque (no xxx_hidden_ fields)")
 			}
 
 			// With paths=import every file lands under its import path, so
@@ -289,4 +302,35 @@ func sortedKeys(maps ...map[string]string) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// TestOptionImportNotSent runs the edition 2024 case, whose file takes
+// Parley's options through `import option`, without options.proto in the
+// request: a compiler need not send a file only imported for its options.
+// The options are read from their wire form, so the output must not change.
+func TestOptionImportNotSent(t *testing.T) {
+	want, _ := generate(t, "edition2024")
+	req := request(t, "edition2024", "paths=source_relative")
+	n := len(req.ProtoFile)
+	req.ProtoFile = slices.DeleteFunc(req.ProtoFile, func(f *descriptorpb.FileDescriptorProto) bool {
+		return f.GetName() == "parley/v1/options.proto"
+	})
+	if len(req.ProtoFile) != n-1 {
+		t.Fatal("the request did not hold parley/v1/options.proto")
+	}
+	resp, err := plugintest.Run(req, protogen.Options{}, gengo.Generate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Error != nil {
+		t.Fatal(resp.GetError())
+	}
+	if len(resp.File) != len(want) {
+		t.Fatalf("%d files, want %d", len(resp.File), len(want))
+	}
+	for _, f := range resp.File {
+		if f.GetContent() != want[f.GetName()] {
+			t.Errorf("%s differs without options.proto in the request:\n%s", f.GetName(), lineDiff(want[f.GetName()], f.GetContent()))
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/compiler/protogen"
@@ -129,6 +130,10 @@ func buildModel(plugin *protogen.Plugin) ([]*file, error) {
 		if !pf.Generate || len(pf.Services) == 0 {
 			continue
 		}
+		if err := refuseEdition(pf); err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		f := newFile(pf)
 		for _, ps := range pf.Services {
 			s, err := newService(ps)
@@ -200,6 +205,24 @@ func (m *method) messages() []*protogen.Message {
 		return []*protogen.Message{m.proto.Input}
 	}
 	return []*protogen.Message{m.proto.Input, m.proto.Output}
+}
+
+// refuseEdition refuses a file of an edition newer than the plugin
+// declares. protoc and buf check the declared range before they run the
+// plugin; this keeps a request that skipped the check from being generated
+// as if the edition were one we know.
+func refuseEdition(pf *protogen.File) error {
+	edition := pf.Proto.GetEdition()
+	if pf.Proto.GetSyntax() != "editions" || edition <= editionMaximum {
+		return nil
+	}
+	return fmt.Errorf("%s: %s: edition %s is not supported: %s supports proto2, proto3 and editions up to %s",
+		PluginName, pf.Desc.Path(), editionName(edition), PluginName, editionName(editionMaximum))
+}
+
+// editionName spells an edition as a proto file does: 2024, not EDITION_2024.
+func editionName(e descriptorpb.Edition) string {
+	return strings.TrimPrefix(e.String(), "EDITION_")
 }
 
 func refusal(pm *protogen.Method, why string) error {

@@ -2,13 +2,16 @@ package gents_test
 
 import (
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/pluginpb"
 
 	"github.com/parleyrpc/parley/internal/gents"
+	"github.com/parleyrpc/parley/internal/plugintest"
 )
 
 func TestResponseDeclaresSupport(t *testing.T) {
@@ -20,11 +23,29 @@ func TestResponseDeclaresSupport(t *testing.T) {
 	if resp.GetSupportedFeatures() != want {
 		t.Errorf("supported_features = %b, want %b", resp.GetSupportedFeatures(), want)
 	}
-	if resp.GetMaximumEdition() != int32(descriptorpb.Edition_EDITION_2023) {
-		t.Errorf("maximum_edition = %d, want EDITION_2023", resp.GetMaximumEdition())
+	if resp.GetMaximumEdition() != int32(descriptorpb.Edition_EDITION_2024) {
+		t.Errorf("maximum_edition = %d, want EDITION_2024", resp.GetMaximumEdition())
 	}
 	if resp.GetMinimumEdition() > int32(descriptorpb.Edition_EDITION_PROTO3) {
 		t.Errorf("minimum_edition = %d, want at most EDITION_PROTO3", resp.GetMinimumEdition())
+	}
+}
+
+// TestSupportedEditions checks the response declares every syntax and
+// edition the cases the plugin generates use, so protoc and buf accept
+// them.
+func TestSupportedEditions(t *testing.T) {
+	for name, dir := range caseDirs(t) {
+		req := buildRequest(t, dir)
+		resp := runParley(t, req, "")
+		if resp.Error != nil {
+			continue // a refused case: its golden error.txt says why
+		}
+		for _, e := range plugintest.Editions(req) {
+			if int32(e) < resp.GetMinimumEdition() || int32(e) > resp.GetMaximumEdition() {
+				t.Errorf("%s: uses %v, outside the declared editions [%d, %d]", name, e, resp.GetMinimumEdition(), resp.GetMaximumEdition())
+			}
+		}
 	}
 }
 
@@ -81,5 +102,31 @@ func TestBadOptions(t *testing.T) {
 		if !strings.HasPrefix(resp.GetError(), "protoc-gen-parley-ts: ") || !strings.Contains(resp.GetError(), want) {
 			t.Errorf("%q: error %q, want it to contain %q", parameter, resp.GetError(), want)
 		}
+	}
+}
+
+// TestOptionImportNotSent runs the edition 2024 case, whose file takes
+// Parley's options through `import option`, without options.proto in the
+// request: a compiler need not send a file only imported for its options.
+// The options are read from their wire form, so the output must not change.
+func TestOptionImportNotSent(t *testing.T) {
+	req := buildRequest(t, filepath.Join(sharedCases, "edition2024"))
+	want := runParley(t, req, "")
+	if want.Error != nil {
+		t.Fatal(want.GetError())
+	}
+	n := len(req.ProtoFile)
+	req.ProtoFile = slices.DeleteFunc(req.ProtoFile, func(f *descriptorpb.FileDescriptorProto) bool {
+		return f.GetName() == "parley/v1/options.proto"
+	})
+	if len(req.ProtoFile) != n-1 {
+		t.Fatal("the request did not hold parley/v1/options.proto")
+	}
+	got := runParley(t, req, "")
+	if got.Error != nil {
+		t.Fatal(got.GetError())
+	}
+	if !proto.Equal(got, want) {
+		t.Errorf("output differs without options.proto in the request:\n%s", diff(want.GetFile()[0].GetContent(), got.GetFile()[0].GetContent()))
 	}
 }
