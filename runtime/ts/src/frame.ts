@@ -6,6 +6,12 @@
  * jsonframe.ts, which only the JSON protocol imports, so that applications
  * speaking binary do not bundle it.
  *
+ * The `json` body (google.protobuf.Value) belongs to parley.v1+json, and the
+ * binary codec has no encoding of it: encodeBinary refuses one, and
+ * decodeBinary skips its bytes and gives the body as `json: null`. The frame
+ * still decodes, its id included, and binaryProtocol.decodeMessage fails the
+ * one call, stream or event it came with as undecodable.
+ *
  * Encoding follows Go's deterministic marshal, so frames round-trip byte for
  * byte: fields in field-number order except the oneof body, which comes
  * last (as Go orders oneofs) and is always written when set; other default
@@ -23,7 +29,10 @@ import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 
 type Strings = Record<string, string>;
 
-/** A message body: the encoded message, or its protojson form. */
+/**
+ * A message body: the encoded message, or its protojson form. decodeBinary
+ * gives a json body as null, whatever it holds (see above).
+ */
 export interface Body {
   payload?: Uint8Array;
   json?: JsonValue;
@@ -145,9 +154,7 @@ function writeFrame(no: number, msg: Record<string, any>) {
     } else if (t == "p") {
       w.tag(f, WireType.LengthDelimited).bytes(v);
     } else if (t == "j") {
-      w.tag(f, WireType.LengthDelimited).fork();
-      writeValue(w, v);
-      w.join();
+      throw new Error("cannot encode a json body as protobuf");
     } else if (t == "a") {
       for (const d of v as AnyDetail[]) {
         if (!("typeUrl" in d)) throw new Error("cannot encode a JSON error detail as protobuf");
@@ -229,7 +236,7 @@ function readMessage(r: BinaryReader, fields: Fields): Record<string, any> {
         : t == "b" ? r.bool()
         : isVarint(t) ? r.uint32()
         : t == "s" ? r.string()
-        : t == "j" ? readValue(r, end(r))
+        : t == "j" ? (r.bytes(), null)
         : r.bytes();
       // The body is a oneof: the last one read wins.
       if (isBody(t)) delete msg[t == "p" ? "json" : "payload"];
@@ -237,68 +244,4 @@ function readMessage(r: BinaryReader, fields: Fields): Record<string, any> {
   }
   if (r.pos != stop) throw new Error("premature end of message");
   return msg;
-}
-
-// google.protobuf.Value in binary: null_value 1, number_value 2,
-// string_value 3, bool_value 4, struct_value 5 (Struct: map<string, Value>
-// fields = 1), list_value 6 (ListValue: repeated Value values = 1).
-
-function writeValue(w: BinaryWriter, v: JsonValue): void {
-  if (v === null) w.tag(1, WireType.Varint).int32(0);
-  else if (typeof v == "number") w.tag(2, WireType.Bit64).double(v);
-  else if (typeof v == "string") w.tag(3, WireType.LengthDelimited).string(v);
-  else if (typeof v == "boolean") w.tag(4, WireType.Varint).bool(v);
-  else {
-    const list = Array.isArray(v);
-    w.tag(list ? 6 : 5, WireType.LengthDelimited).fork();
-    for (const [k, e] of Object.entries(v)) {
-      w.tag(1, WireType.LengthDelimited).fork();
-      if (list) {
-        writeValue(w, e as JsonValue);
-      } else {
-        w.tag(1, WireType.LengthDelimited).string(k).tag(2, WireType.LengthDelimited).fork();
-        writeValue(w, e as JsonValue);
-        w.join();
-      }
-      w.join();
-    }
-    w.join();
-  }
-}
-
-function readValue(r: BinaryReader, stop: number): JsonValue {
-  let v: JsonValue = null;
-  while (r.pos < stop) {
-    const [no, wt] = r.tag();
-    if (no == 1 && wt == WireType.Varint) (r.int32(), (v = null));
-    else if (no == 2 && wt == WireType.Bit64) v = r.double();
-    else if (no == 3 && wt == WireType.LengthDelimited) v = r.string();
-    else if (no == 4 && wt == WireType.Varint) v = r.bool();
-    else if ((no == 5 || no == 6) && wt == WireType.LengthDelimited) {
-      const list: JsonValue[] = [];
-      const obj: JsonObject = {};
-      const e = end(r);
-      while (r.pos < e) {
-        const [f, w] = r.tag();
-        if (f != 1 || w != WireType.LengthDelimited) {
-          r.skip(w, f);
-        } else if (no == 6) {
-          list.push(readValue(r, end(r)));
-        } else {
-          const ee = end(r);
-          let key = "";
-          let val: JsonValue = null;
-          while (r.pos < ee) {
-            const [ef, ew] = r.tag();
-            if (ef == 1 && ew == WireType.LengthDelimited) key = r.string();
-            else if (ef == 2 && ew == WireType.LengthDelimited) val = readValue(r, end(r));
-            else r.skip(ew, ef);
-          }
-          obj[key] = val;
-        }
-      }
-      v = no == 6 ? list : obj;
-    } else r.skip(wt, no);
-  }
-  return v;
 }

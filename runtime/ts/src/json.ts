@@ -20,7 +20,8 @@
  */
 import { fromBinary, fromJson, toJson, type DescMessage, type JsonObject, type MessageShape, type Registry } from "@bufbuild/protobuf";
 import { decodeJson, encodeJson } from "./jsonframe.js";
-import { binaryProtocol, jsonDetail, type Protocol } from "./protocol.js";
+import type { AnyDetail } from "./frame.js";
+import { typeName, type Protocol } from "./protocol.js";
 
 export type { Protocol } from "./protocol.js";
 
@@ -42,9 +43,9 @@ export const jsonProtocol: Protocol = {
     json !== undefined ? fromJson(schema, json, { registry }) : fromBinary(schema, payload ?? new Uint8Array(0)),
   readDetail(d) {
     // decodeJson gives every detail in its protojson form.
-    if (!("json" in d)) return binaryProtocol.readDetail(d);
-    const { json } = d;
-    return { ...jsonDetail(json), readJson: (schema, registry) => readJsonDetail(schema, json, registry) };
+    const { json } = d as Extract<AnyDetail, { json: JsonObject }>;
+    const url = json["@type"];
+    return { type: typeName(typeof url == "string" ? url : ""), json, readJson: (schema, registry) => readJsonDetail(schema, json, registry) };
   },
 };
 

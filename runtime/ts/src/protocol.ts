@@ -1,4 +1,4 @@
-import { fromBinary, toBinary, type DescMessage, type JsonObject, type Message, type Registry } from "@bufbuild/protobuf";
+import { fromBinary, toBinary, type DescMessage, type Message, type Registry } from "@bufbuild/protobuf";
 import type { ErrorDetail } from "./error.js";
 import { decodeBinary, encodeBinary, type AnyDetail, type Body, type Frame } from "./frame.js";
 
@@ -56,19 +56,18 @@ export const binaryProtocol: Protocol = {
   },
   encodeMessage: (schema, message) => ({ payload: toBinary(schema, message) }),
   decodeMessage(schema, { payload, json }) {
-    // frame.proto's json body belongs to parley.v1+json; reading it needs
-    // protobuf-es's JSON functions, which this protocol leaves out.
+    // frame.proto's json body belongs to parley.v1+json: decodeBinary
+    // leaves it undecoded (null) and the call, item or event fails here.
     if (json !== undefined) throw new Error("a json body on parley.v1+proto");
     return fromBinary(schema, payload ?? empty);
   },
-  readDetail: (d) => ("json" in d ? jsonDetail(d.json) : { type: typeName(d.typeUrl), value: d.value }),
+  readDetail(d) {
+    // decodeBinary gives every detail as a type URL and value (the protojson
+    // form comes from decodeJson, for jsonProtocol).
+    const { typeUrl, value } = d as Extract<AnyDetail, { typeUrl: string }>;
+    return { type: typeName(typeUrl), value };
+  },
 };
 
-/** The ErrorDetail of a detail in its protojson form, "@type" included. */
-export function jsonDetail(json: JsonObject): ErrorDetail {
-  const url = json["@type"];
-  return { type: typeName(typeof url == "string" ? url : ""), json };
-}
-
 /** The full name of the message type an Any's type URL names. */
-const typeName = (url: string) => url.slice(url.lastIndexOf("/") + 1);
+export const typeName = (url: string) => url.slice(url.lastIndexOf("/") + 1);

@@ -1,5 +1,5 @@
 // Connection against a scripted server on a real loopback socket.
-import { create, toBinary, toJson } from "@bufbuild/protobuf";
+import { create, toBinary, toJson, type MessageInitShape } from "@bufbuild/protobuf";
 import { StringValueSchema } from "@bufbuild/protobuf/wkt";
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
@@ -9,7 +9,8 @@ import { Connection, ParleyError, binaryProtocol, type ConnectionOptions, type C
 import { rejectsWith, within } from "./assert.js";
 import { FakeServer, expectFrame, type Peer } from "./fakeserver.js";
 import { EchoRequestSchema, EchoResponseSchema } from "./gen/e2e/v1/echo_pb.js";
-import { Echo, Sleep } from "./specs.js";
+import { FrameSchema } from "./gen/parley/v1/frame_pb.js";
+import { Confirm, Count, Echo, Sleep, Tick } from "./specs.js";
 import { protocols } from "./protocols.js";
 
 
@@ -447,14 +448,42 @@ describe("choosing the protocol", () => {
     }
   });
 
-  test("on parley.v1+proto a reply with a json body fails its call, clearly", async () => {
+  test("on parley.v1+proto a json body fails its reply, stream item, server call or event, clearly, and the connection goes on", async () => {
     const server = await FakeServer.start();
+    const errors: unknown[] = [];
     try {
-      const conn = connect(server);
+      const conn = connect(server, { onError: (e) => errors.push(e) });
       const peer = await server.peer();
+      // Our binary codec has no encoding of a json body (google.protobuf.Value):
+      // protobuf-es writes these frames.
+      const json = { case: "json", value: { kind: { case: "stringValue", value: "hi" } } } as const;
+      const send = (init: MessageInitShape<typeof FrameSchema>) => peer.ws.send(toBinary(FrameSchema, create(FrameSchema, init)));
       const res = conn.call(Echo, {});
-      peer.send({ reply: { id: (await expectFrame(peer, "call")).id, json: { text: "hi" } } });
+      send({ kind: { case: "reply", value: { id: BigInt((await expectFrame(peer, "call")).id), body: json } } });
       await rejectsWith(res, "internal", /undecodable reply from the server: Error: a json body on parley\.v1\+proto/);
+
+      const stream = conn.serverStream(Count, { from: 1, count: 2 })[Symbol.asyncIterator]();
+      const first = stream.next();
+      const id = (await expectFrame(peer, "call")).id;
+      send({ kind: { case: "item", value: { id: BigInt(id), body: json } } });
+      await rejectsWith(first, "internal", /undecodable stream item from the server: Error: a json body on parley\.v1\+proto/);
+      assert.deepEqual(await expectFrame(peer, "cancel"), { id });
+
+      conn.handle(Confirm, () => ({ answer: "unreachable" }));
+      send({ kind: { case: "call", value: { id: 2n, method: Confirm.procedure, body: json } } });
+      const e = await expectFrame(peer, "error");
+      assert.equal(e.code, 3);
+      assert.match(e.message!, /decoding the request of \/e2e\.v1\.ClientEvents\/Confirm: Error: a json body on parley\.v1\+proto/);
+
+      conn.onEvent(Tick, () => assert.fail("an undecodable event reached its handler"));
+      send({ kind: { case: "event", value: { method: Tick.procedure, body: json } } });
+      peer.send({ ping: { nonce: "1" } });
+      await expectFrame(peer, "pong");
+      assert.deepEqual(errors.map(String), ["Error: a json body on parley.v1+proto"]);
+
+      const ok = conn.call(Echo, { text: "ab" });
+      reply(peer, await expectFrame(peer, "call"));
+      assert.equal((await within(ok)).text, "ba");
       conn.close();
     } finally {
       await server.close();
