@@ -311,7 +311,8 @@ func buildService(fd protoreflect.FileDescriptor, sd protoreflect.ServiceDescrip
 		FullName:   string(sd.FullName()),
 		ClientSide: serviceOptions(sd).GetImplementedBy() == parleyv1.Side_CLIENT,
 	}
-	serviceDoc := jsDocText(fd, sd, "service "+string(sd.FullName()), isDeprecated(sd.Options()))
+	serviceDeprecated := isDeprecated(sd.Options())
+	serviceDoc := jsDocText(fd, sd, "service "+string(sd.FullName()), serviceDeprecated)
 	var events, calls int
 	for j := 0; j < sd.Methods().Len(); j++ {
 		if s.ClientSide && isEvent(sd.Methods().Get(j)) {
@@ -366,7 +367,9 @@ func buildService(fd protoreflect.FileDescriptor, sd protoreflect.ServiceDescrip
 			meth.LocalName = members.declare(esMethodLocalName(string(md.Name())))
 			meth.Doc = jsDocText(fd, md, from, mo.deprecated, streamUsage(meth))
 		}
-		meth.SpecDoc = specDoc(meth, mo.deprecated)
+		// A deprecated service's specs are deprecated too, as the Go
+		// generator's procedure constants are.
+		meth.SpecDoc = specDoc(meth, mo.deprecated || serviceDeprecated)
 		s.Methods = append(s.Methods, meth)
 	}
 	return s

@@ -172,6 +172,8 @@ export class NoteServiceClient {
 
 /**
  * Describes rpc comments.v1.LegacyNoteService.Get for Connection.call.
+ *
+ * @deprecated
  */
 export const LegacyNoteServiceGetSpec: MethodSpec<typeof GetRequestSchema, typeof GetResponseSchema> = {
   procedure: "/comments.v1.LegacyNoteService/Get",
