@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
 	"github.com/parleyrpc/parley/internal/e2e"
@@ -284,6 +285,9 @@ func TestGarbageFrames(t *testing.T) {
 	random := make([]byte, 512)
 	_, _ = rand.Read(random)
 	call, _ := proto.Marshal(&parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: e2ev1parley.EchoServiceEchoProcedure}}})
+	jsonBody, _ := proto.Marshal(&parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{
+		Id: 1, Method: e2ev1parley.EchoServiceEchoProcedure, Body: &parleyv1.Call_Json{Json: structpb.NewStringValue("hi")},
+	}}})
 	cases := []struct {
 		name        string
 		subprotocol string
@@ -295,6 +299,7 @@ func TestGarbageFrames(t *testing.T) {
 		{"truncated protobuf", parley.SubprotocolProto, websocket.BinaryMessage, call[:len(call)-3], websocket.CloseProtocolError},
 		{"text on proto", parley.SubprotocolProto, websocket.TextMessage, []byte(`{"call":{}}`), websocket.CloseUnsupportedData},
 		{"binary on json", parley.SubprotocolJSON, websocket.BinaryMessage, call, websocket.CloseUnsupportedData},
+		{"json body on proto", parley.SubprotocolProto, websocket.BinaryMessage, jsonBody, websocket.CloseProtocolError},
 		{"invalid json", parley.SubprotocolJSON, websocket.TextMessage, []byte(`{"call":`), websocket.CloseProtocolError},
 	}
 	for _, tc := range cases {

@@ -376,6 +376,8 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 				f.methodRaw = b
 			case 3:
 				f.hasPayload, f.payload = true, b
+			case 4:
+				return errJSONBody
 			case 5:
 				f.timeoutMs = uint32(v)
 			case 6:
@@ -387,6 +389,8 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 				f.id = v
 			case 2:
 				f.hasPayload, f.payload = true, b
+			case 3:
+				return errJSONBody
 			case 4:
 				return f.decodeMetadataEntry(b)
 			}
@@ -437,6 +441,8 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 				f.id = v
 			case 2:
 				f.hasPayload, f.payload = true, b
+			case 3:
+				return errJSONBody
 			}
 		case kindEvent:
 			switch num {
@@ -444,6 +450,8 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 				f.methodRaw = b
 			case 2:
 				f.hasPayload, f.payload = true, b
+			case 3:
+				return errJSONBody
 			case 4:
 				f.topic = string(b)
 			case 5:
@@ -455,6 +463,11 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 		return nil
 	})
 }
+
+// errJSONBody is a body in parley.v1+json's form (the json field) on
+// parley.v1+proto: a protocol error, as a binary payload on parley.v1+json
+// is (see fromProto).
+var errJSONBody = fmt.Errorf("json body on %s; use the payload field", SubprotocolProto)
 
 func wrapFrameErr(err error) error {
 	if err != nil {

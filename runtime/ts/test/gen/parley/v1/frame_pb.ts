@@ -10,6 +10,11 @@
 //                    travel as the protojson form of the message they carry
 //                    (field `json`), never as base64.
 //
+// A body in the other encoding's field (`json` on parley.v1+proto, `payload`
+// on parley.v1+json) is a protocol error: the Go runtime closes the socket
+// with 1002; the TypeScript runtime fails the call, stream or event it
+// belongs to.
+//
 // A server refuses an upgrade that offers neither subprotocol.
 //
 // The conversation:
