@@ -7,6 +7,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
@@ -235,6 +236,39 @@ func TestEventHead(t *testing.T) {
 		ev := pf.GetEvent()
 		if ev.GetMethod() != f.method || ev.GetOffset() != f.offset || ev.GetTopic() != f.topic || len(ev.GetPayload()) != len(f.payload) {
 			t.Fatalf("decoded %v from %+v", ev, f)
+		}
+	}
+}
+
+// TestMaskCopy checks the word-at-a-time masking against RFC 6455's
+// definition (byte i XOR key byte i%4), whole and in two parts with the
+// key carried over, in place and into another buffer.
+func TestMaskCopy(t *testing.T) {
+	key := uint32(0x44332211) // key bytes 11 22 33 44 on the wire
+	src := make([]byte, 100)
+	for i := range src {
+		src[i] = byte(i * 7)
+	}
+	want := func(p []byte) []byte {
+		out := make([]byte, len(p))
+		for i := range p {
+			out[i] = p[i] ^ byte(key>>(8*(i%4)))
+		}
+		return out
+	}
+	for n := 0; n <= len(src); n++ {
+		for split := 0; split <= n; split += max(1, n/7) {
+			dst := make([]byte, n)
+			k := maskCopy(dst[:split], src[:split], key)
+			maskCopy(dst[split:], src[split:n], k)
+			if !bytes.Equal(dst, want(src[:n])) {
+				t.Fatalf("n=%d split=%d: masked differently", n, split)
+			}
+		}
+		inPlace := slices.Clone(src[:n])
+		maskCopy(inPlace, inPlace, key)
+		if !bytes.Equal(inPlace, want(src[:n])) {
+			t.Fatalf("n=%d: masked in place differently", n)
 		}
 	}
 }

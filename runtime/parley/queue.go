@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -430,22 +431,34 @@ func appendWSFrame(b []byte, opcode byte, p, tail []byte, mask bool) []byte {
 	key := rand.Uint32()
 	b = binary.LittleEndian.AppendUint32(b, key)
 	start := len(b)
-	b = append(append(b, p...), tail...)
-	maskBytes(key, b[start:])
+	b = slices.Grow(b, len(p)+len(tail))[:start+len(p)+len(tail)]
+	key = maskCopy(b[start:], p, key)
+	maskCopy(b[start+len(p):], tail, key)
 	return b
 }
 
-// maskBytes XORs p with the masking key, whose first byte is key's lowest,
-// eight bytes at a time.
-func maskBytes(key uint32, p []byte) {
+// maskCopy copies src to dst XORed with the masking key, whose first byte
+// is key's lowest, in one pass; dst may be src. It returns the key rotated
+// for the byte after src, to mask a message in parts.
+func maskCopy(dst, src []byte, key uint32) uint32 {
+	dst = dst[:len(src)]
 	k := uint64(key) | uint64(key)<<32
 	i := 0
-	for ; i+8 <= len(p); i += 8 {
-		binary.LittleEndian.PutUint64(p[i:], binary.LittleEndian.Uint64(p[i:])^k)
+	for ; i+32 <= len(src); i += 32 {
+		d, s := dst[i:i+32], src[i:i+32]
+		binary.LittleEndian.PutUint64(d[0:], binary.LittleEndian.Uint64(s[0:])^k)
+		binary.LittleEndian.PutUint64(d[8:], binary.LittleEndian.Uint64(s[8:])^k)
+		binary.LittleEndian.PutUint64(d[16:], binary.LittleEndian.Uint64(s[16:])^k)
+		binary.LittleEndian.PutUint64(d[24:], binary.LittleEndian.Uint64(s[24:])^k)
 	}
-	for ; i < len(p); i++ {
-		p[i] ^= byte(key >> (8 * (i % 4)))
+	for ; i+8 <= len(src); i += 8 {
+		binary.LittleEndian.PutUint64(dst[i:], binary.LittleEndian.Uint64(src[i:])^k)
 	}
+	for ; i < len(src); i++ {
+		dst[i] = src[i] ^ byte(key>>(8*(i%4)))
+	}
+	r := uint(len(src)%4) * 8
+	return key>>r | key<<(32-r)
 }
 
 // hijackWriter lets the server put a batchConn under gorilla/websocket's

@@ -82,7 +82,7 @@ func (e *endpoint) readMessage(buf []byte) (typ int, msg []byte, err error) {
 			if _, err := io.ReadFull(src, payload); err != nil {
 				return 0, buf, err
 			}
-			maskBytes(key, payload)
+			maskCopy(payload, payload, key)
 			if err := e.control(op, payload); err != nil {
 				return 0, buf, err
 			}
@@ -109,7 +109,7 @@ func (e *endpoint) readMessage(buf []byte) (typ int, msg []byte, err error) {
 		if _, err := io.ReadFull(src, buf[start:]); err != nil {
 			return 0, buf, err
 		}
-		maskBytes(key, buf[start:])
+		maskCopy(buf[start:], buf[start:], key)
 		if fin {
 			return typ, buf, nil
 		}
