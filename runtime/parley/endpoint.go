@@ -618,6 +618,10 @@ func (e *endpoint) cancelIncoming(id uint64, why Code) bool {
 	c := e.running[id]
 	if c != nil {
 		c.abandoned = true
+		if c.call == nil && !c.slotFreed {
+			c.slotFreed = true
+			e.openStreams--
+		}
 	}
 	e.mu.Unlock()
 	// A caller that gave up at the deadline leaves the handler to its own
@@ -815,6 +819,11 @@ type incomingCall struct {
 	cancelFn    context.CancelCauseFunc // a stream
 	hasDeadline bool
 	abandoned   bool // the caller sent Cancel: send nothing more
+	// slotFreed: a stream the caller cancelled no longer counts against
+	// WithMaxStreams, though its handler may still be returning; the
+	// caller, which freed its own count when it cancelled, may already be
+	// opening the next stream.
+	slotFreed bool
 }
 
 func (c *incomingCall) cancel(err error) {

@@ -201,7 +201,9 @@ func WithStreamWindow(items int) Option {
 }
 
 // WithMaxStreams sets how many streams a server keeps open at once per
-// connection (DefaultMaxStreams); more fail with resource_exhausted.
+// connection (DefaultMaxStreams); more fail with resource_exhausted. A
+// stream counts until its handler returns, or until its caller's Cancel
+// arrives (the caller counts it no longer, and the handler is ending).
 func WithMaxStreams(n int) ServerOption {
 	return serverOption(func(c *config) { c.maxStreams = n })
 }

@@ -376,6 +376,63 @@ func TestMaxStreams(t *testing.T) {
 	}
 }
 
+// TestCancelledStreamFreesItsSlot: a stream the caller cancelled stops
+// counting against WithMaxStreams when its Cancel arrives, not when its
+// handler returns, so a caller that frees a slot and opens another stream
+// at once is not refused while the old handler winds down.
+func TestCancelledStreamFreesItsSlot(t *testing.T) {
+	started, release := make(chan struct{}, 3), make(chan struct{})
+	srv := parley.NewServer(parley.WithMaxStreams(2))
+	srv.Register(parley.NewBidiStreamMethod(echoesSpec, func(ctx context.Context, s *parley.BidiStream[e2ev1.EchoRequest, e2ev1.EchoResponse]) error {
+		started <- struct{}{}
+		for {
+			req, err := s.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				<-release // a handler slow to wind down after its cancellation
+				return err
+			}
+			if err := s.Send(&e2ev1.EchoResponse{Text: req.GetText()}); err != nil {
+				return err
+			}
+		}
+	}))
+	hs := httptest.NewServer(srv)
+	t.Cleanup(func() {
+		close(release)
+		_ = srv.Shutdown(context.Background())
+		hs.Close()
+	})
+	conn := dialT(t, "ws"+strings.TrimPrefix(hs.URL, "http")+"/")
+	open := func() *parley.BidiStreamClient[e2ev1.EchoRequest, e2ev1.EchoResponse] {
+		t.Helper()
+		bs, err := parley.CallBidiStream[e2ev1.EchoRequest, e2ev1.EchoResponse](context.Background(), conn, echoesSpec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bs
+	}
+	first, second := open(), open()
+	<-started
+	<-started
+	_ = first.Close() // Cancel; its handler stays until release
+	third := open()
+	if err := third.Send(&e2ev1.EchoRequest{Text: "room"}); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := third.Recv(); err != nil || res.GetText() != "room" {
+		t.Fatalf("stream opened after a cancelled one: %v, %v; want the echo", res, err)
+	}
+	for _, bs := range []*parley.BidiStreamClient[e2ev1.EchoRequest, e2ev1.EchoResponse]{second, third} {
+		_ = bs.CloseSend()
+		if _, err := bs.Recv(); !errors.Is(err, io.EOF) {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestPeerIgnoringCreditIsStopped: a raw client that floods a stream past
 // the server's window gets resource_exhausted for that stream instead of
 // the server buffering without bound.

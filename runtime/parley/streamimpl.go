@@ -586,11 +586,14 @@ func (e *endpoint) runStream(s *stream, m *Method, ci *CallInfo) {
 	defer e.handlers.Done()
 	res, err := e.runStreamSafely(s.ctx, m, s, ci)
 	e.mu.Lock()
-	abandoned := e.running[s.id].abandoned
+	c := e.running[s.id]
 	delete(e.running, s.id)
 	delete(e.streams, s.id)
-	e.openStreams--
+	if !c.slotFreed {
+		e.openStreams--
+	}
 	e.mu.Unlock()
+	abandoned := c.abandoned
 	s.finish(io.EOF)
 	if abandoned || e.ctx.Err() != nil {
 		return
