@@ -125,25 +125,45 @@ const order = schema.map(([, fields]) => {
 /** One writer for every frame, so that its buffer grows once, not per frame. */
 let w = new BinaryWriter();
 
-/** Encodes a frame as protobuf (parley.v1+proto). */
+/**
+ * Encodes a frame as protobuf (parley.v1+proto). The payload, which comes
+ * last, is copied once, into a buffer of the frame's size: the writer
+ * takes everything before it (a 1 KiB payload used to be copied into the
+ * writer, moved for a longer length prefix and copied out again).
+ */
 export function encodeBinary(frame: Frame): Uint8Array {
   const [kind, msg] = Object.entries(frame)[0]! as [string, Record<string, any>];
   const no = kindNumber(kind);
   if (!no) throw new Error(`cannot encode frame kind ${kind}`);
+  let payload: [number, Uint8Array] | undefined;
   try {
-    writeFrame(no, msg);
+    payload = writeFields(no, msg);
   } catch (e) {
     w = new BinaryWriter(); // Half a frame in it.
     throw e;
   }
-  const bytes = w.finish();
+  const fields = w.finish();
+  const [f, p] = payload ?? [0, fields.subarray(0, 0)];
+  w.tag(no, WireType.LengthDelimited).uint32(fields.length + (f && 1 + varintSize(p.length) + p.length)).raw(fields);
+  if (f) w.tag(f, WireType.LengthDelimited).uint32(p.length);
+  const head = w.finish();
   // Keep no buffer much larger than the frames usually sent.
-  if (bytes.length > 1 << 16) w = new BinaryWriter();
-  return bytes;
+  if (head.length > 1 << 16) w = new BinaryWriter();
+  const out = new Uint8Array(head.length + p.length);
+  out.set(head);
+  out.set(p, head.length);
+  return out;
 }
 
-function writeFrame(no: number, msg: Record<string, any>) {
-  w.tag(no, WireType.LengthDelimited).fork();
+const varintSize = (n: number) => (n < 128 ? 1 : n < 1 << 14 ? 2 : n < 1 << 21 ? 3 : n < 1 << 28 ? 4 : 5);
+
+/**
+ * Writes the fields of a frame of kind no but its payload into w, and
+ * returns the payload with its field number, if it has one. Kinds and
+ * payload fields number below 16, so their tags take one byte.
+ */
+function writeFields(no: number, msg: Record<string, any>): [number, Uint8Array] | undefined {
+  let payload: [number, Uint8Array] | undefined;
   for (const [name, t, f] of order[no - 1]!) {
     const v = msg[name];
     if (isDefault(t, v)) continue;
@@ -152,7 +172,7 @@ function writeFrame(no: number, msg: Record<string, any>) {
     } else if (t == "s") {
       w.tag(f, WireType.LengthDelimited).string(v);
     } else if (t == "p") {
-      w.tag(f, WireType.LengthDelimited).bytes(v);
+      payload = [f, v];
     } else if (t == "j") {
       throw new Error("cannot encode a json body as protobuf");
     } else if (t == "a") {
@@ -174,7 +194,7 @@ function writeFrame(no: number, msg: Record<string, any>) {
       }
     }
   }
-  w.join();
+  return payload;
 }
 
 /** Decodes a protobuf frame; throws on malformed input. */
