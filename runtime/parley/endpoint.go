@@ -86,7 +86,10 @@ type endpoint struct {
 	// windowBudget is the items stream windows may still grow by (see
 	// streamWindowGrowth).
 	windowBudget atomic.Int64
-	liveStreams  atomic.Int64 // streams registered and not finished
+	// streamBuf is the bytes of stream items received and not yet read,
+	// all streams together (see WithStreamBufferBytes).
+	streamBuf   atomic.Int64
+	liveStreams atomic.Int64 // streams registered and not finished
 
 	mu           sync.Mutex
 	pending      map[uint64]*pendingCall

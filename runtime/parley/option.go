@@ -21,6 +21,9 @@ const (
 	// DefaultSendQueueBytes bounds the encoded frames waiting to be
 	// written on one connection.
 	DefaultSendQueueBytes = 1 << 20
+	// DefaultStreamBufferBytes bounds the stream items received and not
+	// yet read on one connection, all its streams together.
+	DefaultStreamBufferBytes = 32 << 20
 	// DefaultWriteTimeout is how long one write to the socket may take
 	// before the peer is deemed dead or too slow and the socket closes.
 	DefaultWriteTimeout = 10 * time.Second
@@ -50,6 +53,7 @@ type config struct {
 	maxMessageBytes  int
 	maxInFlight      int
 	sendQueueBytes   int
+	streamBufBytes   int64
 	writeTimeout     time.Duration
 	writeDelay       time.Duration
 	pingInterval     time.Duration
@@ -84,6 +88,7 @@ func defaultConfig() config {
 		maxMessageBytes:  DefaultMaxMessageBytes,
 		maxInFlight:      DefaultMaxInFlight,
 		sendQueueBytes:   DefaultSendQueueBytes,
+		streamBufBytes:   DefaultStreamBufferBytes,
 		writeTimeout:     DefaultWriteTimeout,
 		pingInterval:     DefaultPingInterval,
 		pongTimeout:      DefaultPongTimeout,
@@ -186,6 +191,19 @@ func WithInterceptors(interceptors ...Interceptor) Option {
 // WithLogger sets the structured logger. The default discards everything.
 func WithLogger(l *slog.Logger) Option {
 	return option(func(c *config) { c.logger = l })
+}
+
+// WithStreamBufferBytes bounds the bytes of stream items this side has
+// received and the application has not read yet, on one connection, all
+// its streams together (DefaultStreamBufferBytes). Stream windows count
+// items, and an item may be as large as WithMaxMessageBytes, so windows
+// alone would let a peer make a connection buffer windows × message size
+// per stream. An item that would take a connection past the bound ends
+// its stream with resource_exhausted (the peer's Send fails with it); the
+// other streams carry on. Raise it for large items read slowly, or lower
+// the window.
+func WithStreamBufferBytes(n int) Option {
+	return option(func(c *config) { c.streamBufBytes = int64(max(1, n)) })
 }
 
 // WithStreamWindow sets how many items this side accepts per stream before

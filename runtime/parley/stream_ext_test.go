@@ -433,6 +433,53 @@ func TestCancelledStreamFreesItsSlot(t *testing.T) {
 	}
 }
 
+// TestStreamBufferBytesBound: items a peer sends within its credit but
+// that nobody reads are bounded in bytes per connection too
+// (WithStreamBufferBytes): the stream that would pass the bound ends with
+// resource_exhausted, and what it held is released for the others.
+func TestStreamBufferBytesBound(t *testing.T) {
+	_, url := newStreamServer(t, parley.WithStreamWindow(1000), parley.WithStreamBufferBytes(64<<10))
+	p := dialRaw(t, url, 0, nil)
+	item := func(text string) []byte {
+		b, _ := proto.Marshal(&e2ev1.EchoRequest{Text: text, Data: make([]byte, 8<<10)})
+		return b
+	}
+	send := func(id uint64, payload []byte) {
+		p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Item{Item: &parleyv1.StreamItem{Id: id, Body: &parleyv1.StreamItem_Payload{Payload: payload}}}})
+	}
+	// Stream 1's handler takes the first item and stalls; 8 KiB items
+	// then pile up, well within the window of 1000.
+	p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: echoesSpec.Procedure}}})
+	send(1, item("stall"))
+	for range 20 {
+		send(1, item("queued"))
+	}
+	for {
+		f := p.read(t)
+		if e := f.GetError(); e != nil {
+			if e.GetId() != 1 || e.GetCode() != parleyv1.Code_CODE_RESOURCE_EXHAUSTED || !strings.Contains(e.GetMessage(), "WithStreamBufferBytes") {
+				t.Fatalf("got %v, want resource_exhausted naming WithStreamBufferBytes for stream 1", e)
+			}
+			break
+		}
+	}
+	// Stream 3 echoes 7 items of 8 KiB sent at once (56 KiB, under the
+	// bound only if stream 1's items were released).
+	p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 3, Method: echoesSpec.Procedure}}})
+	for i := range 7 {
+		send(3, item(fmt.Sprint(i)))
+	}
+	for echoed := 0; echoed < 7; {
+		f := p.read(t)
+		switch {
+		case f.GetError() != nil:
+			t.Fatalf("stream 3 failed: %v", f.GetError())
+		case f.GetItem() != nil:
+			echoed++
+		}
+	}
+}
+
 // TestPeerIgnoringCreditIsStopped: a raw client that floods a stream past
 // the server's window gets resource_exhausted for that stream instead of
 // the server buffering without bound.

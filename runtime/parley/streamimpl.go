@@ -63,9 +63,10 @@ type stream struct {
 	// it last told mu's side (see settle). They need no lock: only that
 	// goroutine touches them, so each item costs it no lock, and the
 	// reader, which queues items, no cache-line transfer.
-	taken []*[]byte
-	next  int
-	read  uint32
+	taken     []*[]byte
+	next      int
+	read      uint32
+	readBytes int64 // the bytes of those read items
 
 	mu         sync.Mutex
 	recvq      []*[]byte // received payloads (pooled copies), oldest first
@@ -74,6 +75,7 @@ type stream struct {
 	recvEnd    bool      // nothing more will be queued
 	recvErr    error     // returned once the queue is drained: io.EOF or the call's error
 	consumed   uint32    // items consumed since the last Credit sent
+	bufBytes   int64     // this stream's share of e.streamBuf: items queued or taken, not settled
 	starved    bool      // recv waited for an item since the last Credit sent
 	waiting    bool      // recv waits for notify: deliver must wake it
 	credit     int64     // items this side may still send
@@ -274,6 +276,7 @@ func (s *stream) takeNext() *[]byte {
 	s.taken[s.next] = nil // released to the pool once decoded
 	s.next++
 	s.read++
+	s.readBytes += int64(len(*payload))
 	return payload
 }
 
@@ -291,6 +294,11 @@ func (s *stream) settle() (grant uint32) {
 	s.inTaken -= s.read
 	s.consumed += s.read
 	s.read = 0
+	if !s.done {
+		s.bufBytes -= s.readBytes
+		s.e.streamBuf.Add(-s.readBytes)
+	}
+	s.readBytes = 0
 	if s.recvEnd || s.consumed < s.grantEvery() {
 		return 0
 	}
@@ -376,6 +384,14 @@ func (s *stream) deliver(payload []byte) {
 		s.violate(Errorf(CodeResourceExhausted, "the peer sent stream items beyond its credit on %s", s.spec.Procedure))
 		return
 	}
+	n := int64(len(payload))
+	if limit := s.e.cfg.streamBufBytes; s.e.streamBuf.Add(n) > limit {
+		s.e.streamBuf.Add(-n)
+		s.mu.Unlock()
+		s.violate(Errorf(CodeResourceExhausted, "stream items received and not yet read would exceed %d bytes on this connection (WithStreamBufferBytes) on %s", limit, s.spec.Procedure))
+		return
+	}
+	s.bufBytes += n
 	s.recvq = append(s.recvq, copyPayload(payload))
 	// Wake the receiver only if it waits: one that is busy finds the item
 	// when it next looks, and a channel operation per item would cost the
@@ -455,6 +471,8 @@ func (s *stream) complete(f *frame) {
 	s.mu.Lock()
 	if f.kind == kindReply && f.hasPayload {
 		s.recvq = append(s.recvq, copyPayload(f.payload))
+		s.bufBytes += int64(len(f.payload)) // counted like an item until finish
+		s.e.streamBuf.Add(int64(len(f.payload)))
 	}
 	s.mu.Unlock()
 	if f.kind == kindError {
@@ -481,6 +499,10 @@ func (s *stream) finish(err error) {
 		s.recvEnd, s.recvErr = true, err
 	}
 	grown := s.window - s.e.cfg.streamWindow
+	// Items still queued no longer count against the connection: no more
+	// can come on this stream, and settle stops counting once done is set.
+	s.e.streamBuf.Add(-s.bufBytes)
+	s.bufBytes = 0
 	s.mu.Unlock()
 	s.e.windowBudget.Add(int64(grown))
 	s.e.liveStreams.Add(-1)
@@ -568,9 +590,12 @@ func (e *endpoint) acceptStream(f *frame, m *Method, ci *CallInfo) {
 		notify: make(chan struct{}, 1), creditCh: make(chan struct{}, 1),
 	}
 	if !m.spec.Kind.streamsRequests() {
-		// The one request came in the Call frame.
+		// The one request came in the Call frame; it counts like an item
+		// until read.
 		s.recvq = []*[]byte{copyPayload(f.payload)}
 		s.recvEnd, s.recvErr = true, io.EOF
+		s.bufBytes = int64(len(f.payload))
+		e.streamBuf.Add(s.bufBytes)
 	}
 	e.streams[f.id] = s
 	e.liveStreams.Add(1)
