@@ -86,6 +86,9 @@ type endpoint struct {
 	// windowBudget is the items stream windows may still grow by (see
 	// streamWindowGrowth).
 	windowBudget atomic.Int64
+	// aliveAt is when the read deadline was last moved (see alive); only
+	// the reader touches it.
+	aliveAt time.Time
 	// streamBuf is the bytes of stream items received and not yet read,
 	// all streams together (see WithStreamBufferBytes).
 	streamBuf   atomic.Int64
@@ -157,10 +160,30 @@ func (e *endpoint) nextID() uint64 {
 
 // start launches the writer. The caller then runs readLoop.
 func (e *endpoint) start() {
-	_ = e.ws.SetReadDeadline(time.Now().Add(e.cfg.pingInterval + e.cfg.pongTimeout))
+	e.alive()
+	e.bc.reader.onData = e.readProgress
 	e.mu.Lock()
 	e.pingTimer = time.AfterFunc(e.cfg.pingInterval, e.ping)
 	e.mu.Unlock()
+}
+
+// alive moves the read deadline to a keepalive period from now: the peer
+// is dead if nothing comes from it (not a pong, not a byte) for that long.
+// Only the reader calls it, once the handshake is done.
+func (e *endpoint) alive() {
+	e.aliveAt = time.Now()
+	_ = e.ws.SetReadDeadline(e.aliveAt.Add(e.cfg.pingInterval + e.cfg.pongTimeout))
+}
+
+// readProgress is the read-ahead's onData: bytes from the peer show it is
+// alive as a pong does, so a message that takes longer than the keepalive
+// period to arrive over a slow link (with the peer's pong queued behind
+// it) does not look like a dead peer. Re-arming the deadline costs a timer
+// update, so it is moved at most every half period.
+func (e *endpoint) readProgress() {
+	if time.Since(e.aliveAt) >= (e.cfg.pingInterval+e.cfg.pongTimeout)/2 {
+		e.alive()
+	}
 }
 
 // ping queues a WebSocket ping and schedules the next.

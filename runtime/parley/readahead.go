@@ -51,6 +51,10 @@ type readAheadConn struct {
 	n         int
 	rerr      error
 	big       bool // a recent read filled its block: take big ones
+
+	// onData, when set (once the handshake is done, before reading goes
+	// on), runs after each read from the socket that returned bytes.
+	onData func()
 }
 
 // newReadAhead reads c, through raw when it is not nil.
@@ -92,7 +96,11 @@ func (r *readAheadConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	if r.raw == nil || len(p) >= readAhead {
-		return r.conn.Read(p)
+		n, err := r.conn.Read(p)
+		if n > 0 && r.onData != nil {
+			r.onData()
+		}
+		return n, err
 	}
 	fn := r.readFn
 	if r.big {
@@ -110,6 +118,9 @@ func (r *readAheadConn) Read(p []byte) (int, error) {
 			rerr = io.EOF
 		}
 		return 0, rerr
+	}
+	if r.onData != nil {
+		r.onData()
 	}
 	m := copy(p, (*b)[:n])
 	if m < n {

@@ -964,3 +964,45 @@ func TestBigReplay(t *testing.T) {
 		t.Fatalf("resumed a session whose replay cannot fit the send queue: %+v", s)
 	}
 }
+
+// TestSlowLinkIsNotADeadPeer: a reply that takes longer than the keepalive
+// period to cross a slow link, with the peer's pong queued behind it, does
+// not make either side take the other for dead: bytes arriving count as
+// signs of life as pongs do.
+func TestSlowLinkIsNotADeadPeer(t *testing.T) {
+	const ping, pong = 100 * time.Millisecond, 200 * time.Millisecond
+	bigSpec := &parley.MethodSpec{Procedure: "/test.Slow/Big"}
+	srv := parley.NewServer(parley.WithKeepalive(ping, pong))
+	srv.Register(parley.NewUnaryMethod(bigSpec, func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+		return &e2ev1.EchoResponse{Text: r.GetText(), Data: make([]byte, 1<<20)}, nil
+	}))
+	hs := httptest.NewServer(srv)
+	t.Cleanup(func() {
+		_ = srv.Shutdown(context.Background())
+		hs.Close()
+	})
+	p, err := faultproxy.New(strings.TrimPrefix(hs.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	conn := dialT(t, "ws://"+p.Addr(), fastBackoff, parley.WithKeepalive(ping, pong))
+	// 32 KiB per 20 ms: 1 MiB takes about 650 ms, more than twice the
+	// 300 ms a side waits for a pong.
+	p.Delay(20 * time.Millisecond)
+	start := time.Now()
+	res := new(e2ev1.EchoResponse)
+	if err := conn.Invoke(context.Background(), bigSpec, &e2ev1.EchoRequest{Text: "big"}, res); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if len(res.GetData()) != 1<<20 {
+		t.Fatalf("got %d bytes", len(res.GetData()))
+	}
+	if took < ping+pong {
+		t.Fatalf("the reply took %v, not longer than the keepalive period: the link is not slow enough to test anything", took)
+	}
+	if n := p.Accepted(); n != 1 {
+		t.Fatalf("%d connections: the slow reply was taken for a dead peer (reply took %v)", n, took)
+	}
+}

@@ -126,7 +126,7 @@ func (e *endpoint) control(op int, payload []byte) error {
 			return err
 		}
 	case websocket.PongMessage:
-		return e.ws.SetReadDeadline(time.Now().Add(e.cfg.pingInterval + e.cfg.pongTimeout))
+		e.alive()
 	case websocket.CloseMessage:
 		code, text := websocket.CloseNoStatusReceived, ""
 		switch {
