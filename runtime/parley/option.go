@@ -173,9 +173,9 @@ func WithReadBufferSize(n int) Option {
 // how long it then waits for a pong (DefaultPongTimeout) before it treats
 // the peer as dead and closes the socket. Bytes arriving from the peer
 // count as a pong, so a message that takes longer than that to cross a
-// slow link, with the peer's pong behind it, does not end the connection.
-// (A message this side sends can still delay its own ping past the
-// peer's pong timeout on a link slower than its size per period.)
+// slow link, with the peer's pong behind it, does not end the connection;
+// nor does a large message this side sends, which holds back its own
+// pings, as long as the peer pings (both Go sides do).
 func WithKeepalive(pingInterval, pongTimeout time.Duration) Option {
 	return option(func(c *config) { c.pingInterval, c.pongTimeout = pingInterval, pongTimeout })
 }

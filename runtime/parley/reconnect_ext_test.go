@@ -965,7 +965,7 @@ func TestBigReplay(t *testing.T) {
 	}
 }
 
-// TestSlowLinkIsNotADeadPeer: a reply that takes longer than the keepalive
+// TestSlowLinkIsNotADeadPeer: a reply or a request that takes longer than the keepalive
 // period to cross a slow link, with the peer's pong queued behind it, does
 // not make either side take the other for dead: bytes arriving count as
 // signs of life as pongs do.
@@ -974,6 +974,9 @@ func TestSlowLinkIsNotADeadPeer(t *testing.T) {
 	bigSpec := &parley.MethodSpec{Procedure: "/test.Slow/Big"}
 	srv := parley.NewServer(parley.WithKeepalive(ping, pong))
 	srv.Register(parley.NewUnaryMethod(bigSpec, func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+		if r.GetText() == "upload" {
+			return &e2ev1.EchoResponse{Text: fmt.Sprint(len(r.GetData()))}, nil
+		}
 		return &e2ev1.EchoResponse{Text: r.GetText(), Data: make([]byte, 1<<20)}, nil
 	}))
 	hs := httptest.NewServer(srv)
@@ -1004,5 +1007,16 @@ func TestSlowLinkIsNotADeadPeer(t *testing.T) {
 	}
 	if n := p.Accepted(); n != 1 {
 		t.Fatalf("%d connections: the slow reply was taken for a dead peer (reply took %v)", n, took)
+	}
+	// The other way: this side's ping waits behind its own 1 MiB request,
+	// but the server's pings keep coming, and so do its bytes.
+	if err := conn.Invoke(context.Background(), bigSpec, &e2ev1.EchoRequest{Text: "upload", Data: make([]byte, 1<<20)}, res); err != nil {
+		t.Fatal(err)
+	}
+	if res.GetText() != fmt.Sprint(1<<20) {
+		t.Fatalf("the server got %s bytes", res.GetText())
+	}
+	if n := p.Accepted(); n != 1 {
+		t.Fatalf("%d connections: the slow request was taken for a dead peer", n)
 	}
 }
