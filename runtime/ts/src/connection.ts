@@ -86,12 +86,22 @@ export interface ConnectionOptions {
    * the server more (sent in Hello as stream_window). It bounds each
    * stream's receive buffer to that many items; a server sending beyond
    * it fails that stream with "resource_exhausted". Default
-   * {@link defaultStreamWindow} (64). A stream read as fast as it arrives
-   * doubles its window at each grant, so that credit round trips do not
-   * hold it back; the connection's streams share 15 windows' worth of
-   * such growth, each live stream at most its share.
+   * {@link defaultStreamWindow} (64). Credit goes back every half window
+   * read; while the reader waits for items, the window doubles at each
+   * grant, so that credit round trips do not hold the stream back; the
+   * connection's streams share 15 windows' worth of such growth, each live
+   * stream at most its share.
    */
   streamWindow?: number;
+  /**
+   * How many bytes of stream items (binary payloads) this client holds
+   * received and not yet read, all streams together: windows count items,
+   * and an item may be as large as the message limit. An item that would
+   * pass it fails its stream with "resource_exhausted" (and Cancel); the
+   * other streams carry on. Default {@link defaultStreamBufferBytes}
+   * (32 MiB), as in Go.
+   */
+  streamBufferBytes?: number;
   /**
    * How often, in milliseconds, the client sends a Ping frame once open.
    * Default: the server's ping_interval_ms from Welcome; 0 (or a server
@@ -206,6 +216,9 @@ export type ConnectionState =
 
 /** The receive window of streams unless ConnectionOptions.streamWindow says otherwise: 64, as in Go. */
 export const defaultStreamWindow = 64;
+
+/** The bound on stream bytes received and not read unless ConnectionOptions.streamBufferBytes says otherwise: 32 MiB, as in Go. */
+export const defaultStreamBufferBytes = 32 << 20;
 
 /** A call or stream this side opened, not yet settled. */
 interface Pending {
@@ -345,6 +358,8 @@ export class Connection {
   /** Live streams, and the items their windows grew by (see streamWindow). */
   #streams = 0;
   #grown = 0;
+  /** The bytes of stream items received and not yet read (see streamBufferBytes). */
+  #streamBuf = 0;
   #events = new Map<string, Set<(body: Body) => unknown>>();
   #handlers = new Map<string, { spec: MethodSpec; fn: (req: any, ctx: HandlerContext) => unknown }>();
 
@@ -595,8 +610,10 @@ export class Connection {
     const budget = 15 * base; // the growth all of the connection's streams share
     let window = base;
     this.#streams++;
-    /** Received items not yet read. */
+    /** Received items not yet read, their payloads' sizes, and how many of those bytes count in #streamBuf. */
     const q: unknown[] = [];
+    const sizes: number[] = [];
+    let held = 0;
     /** Sends waiting for credit, in order; one without body is the StreamEnd. */
     const out: { body?: Body; ok(): void; fail(e: ParleyError): void }[] = [];
     const waiters: (() => void)[] = [];
@@ -639,11 +656,19 @@ export class Connection {
         if (q.length + consumed >= window) {
           return p!.settle(new ParleyError("resource_exhausted", `${procedure}: the server sent stream items beyond its credit`), undefined, 0);
         }
+        const n = b.payload?.length ?? 0;
+        const limit = this.#options.streamBufferBytes || defaultStreamBufferBytes;
+        if (this.#streamBuf + n > limit) {
+          return p!.settle(new ParleyError("resource_exhausted", `${procedure}: over ${limit} bytes of stream items unread (streamBufferBytes)`), undefined, 0);
+        }
         try {
           q.push(this.#decode(spec.output, b));
         } catch (e) {
           return p!.settle(new ParleyError("internal", `${procedure}: undecodable stream item from the server: ${String(e)}`, [], {}, e), undefined, 0);
         }
+        sizes.push(n);
+        held += n;
+        this.#streamBuf += n;
         wake();
       },
       credit: (n) => {
@@ -656,9 +681,12 @@ export class Connection {
       ended = true;
       error = e;
       value = v;
+      // Nothing more comes on this stream: what it holds stops counting.
+      this.#streamBuf -= held;
+      held = 0;
       // The caller gave up: what it did not read no longer matters. Else
       // the items that came before the end are still read.
-      if (local) q.length = 0;
+      if (local) q.length = sizes.length = 0;
       for (const o of out.splice(0)) o.fail(endedError());
       wake();
     };
@@ -707,6 +735,8 @@ export class Connection {
           for (;;) {
             if (q.length) {
               const value = q.shift();
+              const n = sizes.shift()!;
+              if (held) (held -= n), (this.#streamBuf -= n);
               // Grant the server what was read every half configured
               // window, also once the window has grown (steady steps, not
               // bursts of half a grown window). While this reader waits

@@ -16,6 +16,7 @@ export {
   agent,
   defaultMaxMessageBytes,
   defaultReconnect,
+  defaultStreamBufferBytes,
   defaultStreamWindow,
   defaultTimeoutMs,
   type HandlerContext,

@@ -267,6 +267,34 @@ for (const protocol of ["proto", "json"] as const) {
       conn.close();
     });
 
+    // The bound counts binary payloads; over JSON only the windows bound items.
+    if (protocol == "proto") test("stream items received and not read are bounded in bytes (streamBufferBytes); an ended stream's stop counting", async () => {
+      const { conn, peer } = await connect({ streamBufferBytes: 8 });
+      const first = conn.serverStream(Count, {});
+      const call = await expectFrame(peer, "call");
+      // {n: 300} is 3 bytes: two fit in 8, the third passes the bound.
+      for (let n = 300; n < 303; n++) item(peer, call.id, n);
+      assert.deepEqual(await expectFrame(peer, "cancel"), { id: call.id });
+      await rejectsWith(
+        (async () => {
+          for await (const _ of first);
+        })(),
+        "resource_exhausted",
+        /streamBufferBytes/,
+      );
+      // The failed stream's two items no longer count: two more fit.
+      const second = conn.serverStream(Count, {});
+      const call2 = await expectFrame(peer, "call");
+      item(peer, call2.id, 400);
+      item(peer, call2.id, 401);
+      peer.send({ reply: { id: call2.id } });
+      const got: number[] = [];
+      for await (const r of second) got.push(r.n);
+      assert.deepEqual(got, [400, 401]);
+      assert.equal(conn.state.status, "open", "only the stream failed");
+      conn.close();
+    });
+
     test("client stream: no request in the Call, sends wait for credit, closeAndReceive sends StreamEnd and gets the Reply", async () => {
       const { conn, peer } = await connect();
       const sum = conn.clientStream(Sum);
