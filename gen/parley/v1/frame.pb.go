@@ -8,7 +8,14 @@
 //   parley.v1+json   text WebSocket messages, the protojson encoding of Frame,
 //                    for debugging and for clients without protobuf. Payloads
 //                    travel as the protojson form of the message they carry
-//                    (field `json`), never as base64.
+//                    (field `json`), never as base64. Everything else follows
+//                    protojson: frames are {"<kind>": {...}} with the kind's
+//                    field name ("call", "item", "end", "goaway"); field names
+//                    are lowerCamelCase ("timeoutMs"; "timeout_ms" is
+//                    accepted too); 64-bit integers (ids, offsets) are
+//                    written as strings ("id": "3") and read from strings or
+//                    numbers; a Code is its enum value name
+//                    ("CODE_NOT_FOUND") or its number.
 //
 // A body in the other encoding's field (`json` on parley.v1+proto, `payload`
 // on parley.v1+json) is a protocol error: the Go runtime closes the socket
@@ -63,8 +70,11 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// Code is a status code. The numbers are gRPC's; the JSON names, lowered and
-// without the prefix, are Connect's ("deadline_exceeded").
+// Code is a status code. The numbers are gRPC's; the names the runtimes'
+// APIs show, lowered and without the prefix, are Connect's
+// ("deadline_exceeded"). On the wire a parley.v1+json frame carries the enum
+// value name ("CODE_DEADLINE_EXCEEDED") or the number, never the Connect
+// name: the Go runtime reads a name it does not know as CODE_UNSPECIFIED.
 type Code int32
 
 const (
@@ -431,7 +441,8 @@ type Hello struct {
 	// To resume a session: the resume token from the same Welcome.
 	ResumeToken string `protobuf:"bytes,3,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
 	// To resume a session: the offset of the last event the client received,
-	// per topic (see Event.topic). The server replays what follows.
+	// per topic (see Event.topic). The server replays what follows. A topic
+	// left out counts as 0: the server replays every event it kept for it.
 	Offsets map[string]uint64 `protobuf:"bytes,4,rep,name=offsets,proto3" json:"offsets,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// The client implementation and version, for logs ("parley-go/0.1.0").
 	Agent string `protobuf:"bytes,5,opt,name=agent,proto3" json:"agent,omitempty"`
@@ -521,7 +532,10 @@ type Welcome struct {
 	// The session this socket belongs to. Stable across resumed reconnects.
 	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// Secret the client presents with session_id to resume the session.
-	// Empty when the server does not offer resumption.
+	// Empty when the server does not offer resumption. A session stays
+	// resumable for resume_window_ms after its socket drops or closes with
+	// any code but 1000 and 1001: a client that closes with 1000 (normal) or
+	// 1001 (going away) ends its session.
 	ResumeToken string `protobuf:"bytes,2,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
 	// True when Hello asked to resume and the session was resumed: the
 	// principal, rooms and missed events survived. False tells the client its
@@ -662,7 +676,12 @@ func (x *Welcome) GetMaxStreams() uint32 {
 // Call opens a call of a method on the peer.
 type Call struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The call id: odd from clients, even from servers, never 0.
+	// The call id: odd from clients, even from servers, never 0. After a
+	// resumed reconnect the client re-sends, with their ids, the calls it had
+	// no answer for; the server keeps the outcomes of a session's recent calls
+	// and answers a Call whose id it still remembers with the first call's
+	// stored outcome, whatever the method, without running a handler again.
+	// An id it no longer remembers runs as a new call: never reuse ids.
 	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	// The method's full name, gRPC style: "/chat.v1.ChatService/Join".
 	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
@@ -675,7 +694,12 @@ type Call struct {
 	//	*Call_Json
 	Body isCall_Body `protobuf_oneof:"body"`
 	// Milliseconds the caller will wait for the reply, measured when the frame
-	// was sent. 0 means no deadline. The handler's context carries it.
+	// was sent. 0 means no deadline. The handler's context carries it, and
+	// when it passes a Go callee ends the call with Error(deadline_exceeded)
+	// itself, so a caller that sent Cancel at its deadline may still receive
+	// that Error (it drops it, as any late frame). A method's
+	// (parley.v1.method).timeout_ms is a default the caller applies: a Call
+	// with 0 here has no deadline, whatever the method's option.
 	TimeoutMs uint32 `protobuf:"varint,5,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
 	// Call metadata (like HTTP headers), for interceptors.
 	Metadata      map[string]string `protobuf:"bytes,6,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`

@@ -8,7 +8,14 @@
 //   parley.v1+json   text WebSocket messages, the protojson encoding of Frame,
 //                    for debugging and for clients without protobuf. Payloads
 //                    travel as the protojson form of the message they carry
-//                    (field `json`), never as base64.
+//                    (field `json`), never as base64. Everything else follows
+//                    protojson: frames are {"<kind>": {...}} with the kind's
+//                    field name ("call", "item", "end", "goaway"); field names
+//                    are lowerCamelCase ("timeoutMs"; "timeout_ms" is
+//                    accepted too); 64-bit integers (ids, offsets) are
+//                    written as strings ("id": "3") and read from strings or
+//                    numbers; a Code is its enum value name
+//                    ("CODE_NOT_FOUND") or its number.
 //
 // A body in the other encoding's field (`json` on parley.v1+proto, `payload`
 // on parley.v1+json) is a protocol error: the Go runtime closes the socket
@@ -185,7 +192,8 @@ export type Hello = Message<"parley.v1.Hello"> & {
 
   /**
    * To resume a session: the offset of the last event the client received,
-   * per topic (see Event.topic). The server replays what follows.
+   * per topic (see Event.topic). The server replays what follows. A topic
+   * left out counts as 0: the server replays every event it kept for it.
    *
    * @generated from field: map<string, uint64> offsets = 4;
    */
@@ -230,7 +238,10 @@ export type Welcome = Message<"parley.v1.Welcome"> & {
 
   /**
    * Secret the client presents with session_id to resume the session.
-   * Empty when the server does not offer resumption.
+   * Empty when the server does not offer resumption. A session stays
+   * resumable for resume_window_ms after its socket drops or closes with
+   * any code but 1000 and 1001: a client that closes with 1000 (normal) or
+   * 1001 (going away) ends its session.
    *
    * @generated from field: string resume_token = 2;
    */
@@ -321,7 +332,12 @@ export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
  */
 export type Call = Message<"parley.v1.Call"> & {
   /**
-   * The call id: odd from clients, even from servers, never 0.
+   * The call id: odd from clients, even from servers, never 0. After a
+   * resumed reconnect the client re-sends, with their ids, the calls it had
+   * no answer for; the server keeps the outcomes of a session's recent calls
+   * and answers a Call whose id it still remembers with the first call's
+   * stored outcome, whatever the method, without running a handler again.
+   * An id it no longer remembers runs as a new call: never reuse ids.
    *
    * @generated from field: uint64 id = 1;
    */
@@ -360,7 +376,12 @@ export type Call = Message<"parley.v1.Call"> & {
 
   /**
    * Milliseconds the caller will wait for the reply, measured when the frame
-   * was sent. 0 means no deadline. The handler's context carries it.
+   * was sent. 0 means no deadline. The handler's context carries it, and
+   * when it passes a Go callee ends the call with Error(deadline_exceeded)
+   * itself, so a caller that sent Cancel at its deadline may still receive
+   * that Error (it drops it, as any late frame). A method's
+   * (parley.v1.method).timeout_ms is a default the caller applies: a Call
+   * with 0 here has no deadline, whatever the method's option.
    *
    * @generated from field: uint32 timeout_ms = 5;
    */
@@ -759,8 +780,11 @@ export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
   messageDesc(file_parley_v1_frame, 13);
 
 /**
- * Code is a status code. The numbers are gRPC's; the JSON names, lowered and
- * without the prefix, are Connect's ("deadline_exceeded").
+ * Code is a status code. The numbers are gRPC's; the names the runtimes'
+ * APIs show, lowered and without the prefix, are Connect's
+ * ("deadline_exceeded"). On the wire a parley.v1+json frame carries the enum
+ * value name ("CODE_DEADLINE_EXCEEDED") or the number, never the Connect
+ * name: the Go runtime reads a name it does not know as CODE_UNSPECIFIED.
  *
  * @generated from enum parley.v1.Code
  */
