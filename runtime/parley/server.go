@@ -310,9 +310,12 @@ func newSessionID() string {
 // Shutdown stops the server gracefully: it refuses new connections, sends
 // GoAway to every client, answers new calls with unavailable, waits for
 // calls in flight to finish, then closes every socket with 1001 (going
-// away). If ctx ends first, the remaining connections are closed at once,
-// their handlers' contexts cancelled, and ctx's error returned; handlers
-// that ignore their context may still be running then.
+// away). If ctx ends first, the connections with calls still running are
+// closed as going away too (1001, what they had queued dropped), so their
+// clients fail those calls with unavailable; Shutdown waits at most a
+// second for those close handshakes, cancels the handlers' contexts and
+// returns ctx's error. Handlers that ignore their context may still be
+// running then.
 //
 // Shutdown does not stop the http.Server the Server is mounted on.
 func (s *Server) Shutdown(ctx context.Context) error {
@@ -346,11 +349,31 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
+	// Calls still running: close their connections as going away (1001),
+	// dropping what is queued, so their clients fail those calls with
+	// unavailable (and may re-send them elsewhere) rather than see the
+	// socket cut; wait for the close handshakes no longer than closeGrace.
 	s.mu.Lock()
+	busy := make([]*endpoint, 0, len(s.conns))
 	for e := range s.conns {
-		e.fail(errors.New("server shut down before its calls finished"))
+		busy = append(busy, e)
 	}
 	s.mu.Unlock()
+	for _, e := range busy {
+		e.abort(closeGoingAway, "server shut down before its calls finished")
+	}
+	grace := time.NewTimer(closeGrace)
+	defer grace.Stop()
+	for _, e := range busy {
+		select {
+		case <-e.writerExited:
+		case <-grace.C:
+			for _, e := range busy {
+				e.fail(errors.New("server shut down before its calls finished"))
+			}
+			return ctx.Err()
+		}
+	}
 	return ctx.Err()
 }
 

@@ -550,3 +550,36 @@ func TestDrainedStreamWindowGrows(t *testing.T) {
 		t.Fatalf("grants %v, want the window doubling (12, 20, 36, ...)", grants)
 	}
 }
+
+// TestShutdownPastItsDeadlineClosesGoingAway: a stream still running when
+// Shutdown's context ends (its handler waits for credit the client never
+// grants) has its connection closed with 1001 going away, not cut.
+func TestShutdownPastItsDeadlineClosesGoingAway(t *testing.T) {
+	srv := parley.NewServer()
+	srv.Register(parley.NewServerStreamMethod(countSpec, func(ctx context.Context, req *e2ev1.SleepRequest, s *parley.ServerStream[e2ev1.EchoResponse]) error {
+		for i := range int(req.GetMs()) {
+			if err := s.Send(&e2ev1.EchoResponse{Text: fmt.Sprint(i)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	p := dialRaw(t, "ws"+strings.TrimPrefix(hs.URL, "http")+"/", 0, &parleyv1.Hello{StreamWindow: 2})
+	req, _ := proto.Marshal(&e2ev1.SleepRequest{Ms: 100})
+	p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: countSpec.Procedure, Body: &parleyv1.Call_Payload{Payload: req}}}})
+	for range 2 { // the window; then the handler waits for credit
+		if p.read(t).GetItem() == nil {
+			t.Fatal("want the window's items first")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown: %v, want the context's deadline", err)
+	}
+	if code := p.closeCode(t); code != websocket.CloseGoingAway {
+		t.Fatalf("closed with %d, want 1001 going away", code)
+	}
+}
