@@ -17,6 +17,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -497,5 +498,67 @@ func TestGoAwayRefusesNewCalls(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestUnknownFrameKinds: a frame kind from a newer peer is answered with
+// invalid_argument when it has an id and ignored otherwise (frame.proto's
+// compatibility rule); the socket stays open either way. A frame with no
+// member at all is still a protocol error.
+func TestUnknownFrameKinds(t *testing.T) {
+	srv := startServer(t)
+	for _, tc := range []struct {
+		subprotocol       string
+		typ               int
+		withID, withoutID []byte
+		ping, empty       []byte
+	}{
+		{parley.SubprotocolProto, websocket.BinaryMessage,
+			[]byte{0xa2, 0x01, 0x02, 0x08, 0x05}, []byte{0xa2, 0x01, 0x00}, // field 20 {id: 5}; field 20 {}
+			[]byte{0x62, 0x02, 0x08, 0x07}, []byte{}}, // ping{nonce: 7}
+		{parley.SubprotocolJSON, websocket.TextMessage,
+			[]byte(`{"futureKind":{"id":"5"}}`), []byte(`{"futureKind":{}}`),
+			[]byte(`{"ping":{"nonce":"7"}}`), []byte(`{}`)},
+	} {
+		t.Run(tc.subprotocol, func(t *testing.T) {
+			ws := rawConn(t, srv.url, tc.subprotocol)
+			read := func() *parleyv1.Frame {
+				t.Helper()
+				_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+				_, data, err := ws.ReadMessage()
+				if err != nil {
+					t.Fatal(err)
+				}
+				f := new(parleyv1.Frame)
+				if tc.typ == websocket.TextMessage {
+					err = protojson.Unmarshal(data, f)
+				} else {
+					err = proto.Unmarshal(data, f)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				return f
+			}
+			for _, msg := range [][]byte{tc.withoutID, tc.withID, tc.ping} {
+				if err := ws.WriteMessage(tc.typ, msg); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// In order: the Error for the kind with an id, nothing for the
+			// one without, then the Pong.
+			if e := read().GetError(); e.GetId() != 5 || e.GetCode() != parleyv1.Code_CODE_INVALID_ARGUMENT {
+				t.Fatalf("got %v, want invalid_argument for id 5", e)
+			}
+			if p := read().GetPong(); p.GetNonce() != 7 {
+				t.Fatalf("got %v, want the pong: the unknown kinds must leave the socket open", p)
+			}
+			if err := ws.WriteMessage(tc.typ, tc.empty); err != nil {
+				t.Fatal(err)
+			}
+			if code := closeCode(t, ws); code != websocket.CloseProtocolError {
+				t.Fatalf("a frame with no kind: closed with %d, want 1002", code)
+			}
+		})
 	}
 }

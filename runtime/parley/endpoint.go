@@ -537,6 +537,13 @@ func (e *endpoint) dispatch(f *frame) {
 		if e.onGoAway != nil {
 			e.onGoAway()
 		}
+	case kindUnknown:
+		// A kind from a newer peer (kinds are only added within v1):
+		// answered when it has an id, else ignored (frame.proto's
+		// compatibility rule).
+		if f.id != 0 {
+			e.sendError(f.id, Errorf(CodeInvalidArgument, "frame kind %s is not known to this %s", f.message, e.side))
+		}
 	case kindHello, kindWelcome:
 		e.closeWith(closeProtocol, f.kind.String()+" after the handshake")
 	case kindEvent:

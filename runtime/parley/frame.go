@@ -1,9 +1,12 @@
 package parley
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 
 	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -38,12 +41,20 @@ const (
 	kindGoAway  frameKind = 11
 	kindPing    frameKind = 12
 	kindPong    frameKind = 13
+
+	// kindUnknown is a kind this version does not know (from a newer
+	// peer; not a field number): f.message names it (its field number, or
+	// its JSON name) and f.id is its id, if it has one.
+	kindUnknown frameKind = 1 << 20
 )
 
 func (k frameKind) String() string {
 	names := [...]string{"", "hello", "welcome", "call", "reply", "error", "cancel", "event", "item", "end", "credit", "goaway", "ping", "pong"}
 	if int(k) < len(names) && k > 0 {
 		return names[k]
+	}
+	if k == kindUnknown {
+		return "unknown kind"
 	}
 	return fmt.Sprintf("kind(%d)", int(k))
 }
@@ -324,7 +335,8 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 	*f = frame{}
 	// The envelope holds one field of the oneof. Should a sender repeat
 	// kinds, the last wins, as protobuf's merge rules say.
-	var body []byte
+	var body, unknown []byte
+	var unknownNum protowire.Number
 	for len(data) > 0 {
 		num, typ, n := protowire.ConsumeTag(data)
 		if n < 0 {
@@ -332,8 +344,16 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 		}
 		data = data[n:]
 		if typ != protowire.BytesType || num < 1 || num > protowire.Number(kindPong) {
-			// An unknown field: skip it (frame kinds are only added).
-			n = protowire.ConsumeFieldValue(num, typ, data)
+			// An unknown field: skip it, but remember a message-typed one,
+			// which may be a kind a newer peer sends (kinds are only added).
+			if typ == protowire.BytesType {
+				unknownNum, unknown, n = num, data, protowire.ConsumeFieldValue(num, typ, data)
+				if n >= 0 {
+					unknown, _ = protowire.ConsumeBytes(unknown)
+				}
+			} else {
+				n = protowire.ConsumeFieldValue(num, typ, data)
+			}
 			if n < 0 {
 				return errFrame
 			}
@@ -346,6 +366,11 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 		}
 		data = data[n:]
 		f.kind, body = frameKind(num), v
+	}
+	if f.kind == 0 && unknownNum != 0 {
+		f.kind, f.message = kindUnknown, strconv.Itoa(int(unknownNum))
+		f.id = unknownID(unknown)
+		return nil
 	}
 	if f.kind == 0 {
 		return fmt.Errorf("%w: no frame kind set", errFrame)
@@ -469,6 +494,19 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 // is (see fromProto).
 var errJSONBody = fmt.Errorf("json body on %s; use the payload field", SubprotocolProto)
 
+// unknownID reads an unknown kind's id: its field 1, when that is a
+// varint, as every kind with an id has it; else 0.
+func unknownID(msg []byte) uint64 {
+	var id uint64
+	_ = decodeFields(msg, func(num protowire.Number, typ protowire.Type, v uint64, _ []byte) error {
+		if num == 1 && typ == protowire.VarintType {
+			id = v
+		}
+		return nil
+	})
+	return id
+}
+
 func wrapFrameErr(err error) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", errFrame, err)
@@ -581,7 +619,33 @@ func (jsonCodec) decodeFrame(data []byte, f *frame) error {
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, &pf); err != nil {
 		return fmt.Errorf("%w: %v", errFrame, err)
 	}
+	if pf.Kind == nil {
+		return f.unknownJSON(data)
+	}
 	return f.fromProto(&pf)
+}
+
+// unknownJSON reads a JSON frame that sets no kind this version knows: a
+// kind a newer peer sends (an object under a name protojson discarded) is
+// kindUnknown, with its "id" if it has one; a frame with no member at all
+// is malformed.
+func (f *frame) unknownJSON(data []byte) error {
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(data, &members); err != nil || len(members) == 0 {
+		return fmt.Errorf("%w: no frame kind set", errFrame)
+	}
+	f.kind = kindUnknown
+	for name, raw := range members {
+		f.message = name
+		var m struct{ ID json.RawMessage }
+		if json.Unmarshal(raw, &m) == nil {
+			// protojson writes a uint64 as a string; accept a number too.
+			if id, err := strconv.ParseUint(strings.Trim(string(m.ID), `"`), 10, 64); err == nil {
+				f.id = id
+			}
+		}
+	}
+	return nil
 }
 
 // toProto builds the generated form of f; payload, if non-nil, is set as
