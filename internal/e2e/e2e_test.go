@@ -562,3 +562,50 @@ func TestUnknownFrameKinds(t *testing.T) {
 		})
 	}
 }
+
+// TestCallIDs: a client call with an even id is answered with
+// invalid_argument for that id and the socket stays open; id 0 is a
+// protocol error: Error with id 0, which concerns the connection, then a
+// 1002 close.
+func TestCallIDs(t *testing.T) {
+	srv := startServer(t)
+	ws := rawConn(t, srv.url, parley.SubprotocolProto)
+	send := func(f *parleyv1.Frame) {
+		t.Helper()
+		b, _ := proto.Marshal(f)
+		if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() *parleyv1.Frame {
+		t.Helper()
+		_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, data, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := new(parleyv1.Frame)
+		if err := proto.Unmarshal(data, f); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	call := func(id uint64) *parleyv1.Frame {
+		return &parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: id, Method: e2ev1parley.EchoServiceEchoProcedure}}}
+	}
+	send(call(2))
+	send(&parleyv1.Frame{Kind: &parleyv1.Frame_Ping{Ping: &parleyv1.Ping{Nonce: 7}}})
+	if e := read().GetError(); e.GetId() != 2 || e.GetCode() != parleyv1.Code_CODE_INVALID_ARGUMENT || !strings.Contains(e.GetMessage(), "odd") {
+		t.Fatalf("got %v, want invalid_argument for id 2 naming odd ids", e)
+	}
+	if read().GetPong().GetNonce() != 7 {
+		t.Fatal("the socket did not stay open after an even id")
+	}
+	send(call(0))
+	if e := read().GetError(); e == nil || e.GetId() != 0 || e.GetCode() != parleyv1.Code_CODE_INVALID_ARGUMENT {
+		t.Fatalf("got %v, want invalid_argument with id 0", e)
+	}
+	if code := closeCode(t, ws); code != websocket.CloseProtocolError {
+		t.Fatalf("closed with %d after a call with id 0, want 1002", code)
+	}
+}

@@ -560,7 +560,14 @@ func (e *endpoint) acceptCall(f *frame) {
 	if e.side == SideServer {
 		peerParity = 1
 	}
-	if f.id == 0 || f.id%2 != peerParity {
+	if f.id == 0 {
+		// An Error with id 0 concerns the connection, and its sender closes
+		// the socket after it (frame.proto).
+		e.sendError(0, Errorf(CodeInvalidArgument, "a call with id 0: call ids start at 1"))
+		e.closeWith(closeProtocol, "a call with id 0")
+		return
+	}
+	if f.id%2 != peerParity {
 		e.sendError(f.id, Errorf(CodeInvalidArgument, "call id %d has the wrong parity: %s calls use %s ids", f.id, peerSide(e.side), map[uint64]string{0: "even", 1: "odd"}[peerParity]))
 		return
 	}
