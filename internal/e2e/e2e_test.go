@@ -564,9 +564,9 @@ func TestUnknownFrameKinds(t *testing.T) {
 }
 
 // TestCallIDs: a client call with an even id is answered with
-// invalid_argument for that id and the socket stays open; id 0 is a
-// protocol error: Error with id 0, which concerns the connection, then a
-// 1002 close.
+// invalid_argument for that id and the socket stays open; an id reused for
+// another method is refused; id 0 is a protocol error: Error with id 0,
+// which concerns the connection, then a 1002 close.
 func TestCallIDs(t *testing.T) {
 	srv := startServer(t)
 	ws := rawConn(t, srv.url, parley.SubprotocolProto)
@@ -600,6 +600,21 @@ func TestCallIDs(t *testing.T) {
 	}
 	if read().GetPong().GetNonce() != 7 {
 		t.Fatal("the socket did not stay open after an even id")
+	}
+	// Id 1 answered; the same id again for the same method is taken for
+	// a re-send and gets the stored reply; for another method it is a
+	// reused id, refused, never answered with the first call's reply.
+	echo, _ := proto.Marshal(&e2ev1.EchoRequest{Text: "first"})
+	for range 2 {
+		send(&parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: e2ev1parley.EchoServiceEchoProcedure, Body: &parleyv1.Call_Payload{Payload: echo}}}})
+		var res e2ev1.EchoResponse
+		if r := read().GetReply(); r.GetId() != 1 || proto.Unmarshal(r.GetPayload(), &res) != nil || res.GetText() != "first" {
+			t.Fatalf("got %v, want call 1's reply", r)
+		}
+	}
+	send(&parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: e2ev1parley.EchoServiceSleepProcedure}}})
+	if e := read().GetError(); e.GetId() != 1 || e.GetCode() != parleyv1.Code_CODE_INVALID_ARGUMENT || !strings.Contains(e.GetMessage(), "reuses") {
+		t.Fatalf("got %v, want invalid_argument for the reused id", e)
 	}
 	send(call(0))
 	if e := read().GetError(); e == nil || e.GetId() != 0 || e.GetCode() != parleyv1.Code_CODE_INVALID_ARGUMENT {

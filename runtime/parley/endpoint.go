@@ -635,7 +635,7 @@ func (e *endpoint) acceptCall(f *frame) {
 	// (a burst of calls runs concurrently, and its replies share writes).
 	alone := e.inFlight == 1 && !e.bc.reader.buffered()
 	e.mu.Unlock()
-	if e.sess != nil && !e.sess.claimCall(e, f.id) {
+	if e.sess != nil && !e.sess.claimCall(e, f.id, m.spec.Procedure) {
 		// A call re-sent after a reconnect that ran (or runs) already.
 		e.mu.Lock()
 		delete(e.running, f.id)

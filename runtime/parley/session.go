@@ -46,7 +46,7 @@ type session struct {
 	ended   bool
 	offset  uint64         // of the last event sent
 	events  []sessionEvent // the most recent events, oldest first
-	running map[uint64]*endpoint
+	running map[uint64]runningCall
 	replies map[uint64]sessionReply
 	order   []uint64 // ids in replies, oldest first
 }
@@ -61,8 +61,15 @@ type sessionEvent struct {
 // sessionReply is a finished call's outcome, kept so that a call re-sent
 // after a reconnect is answered without running twice.
 type sessionReply struct {
-	res proto.Message
-	err *Error
+	method string
+	res    proto.Message
+	err    *Error
+}
+
+// runningCall is a call of the session running on socket e.
+type runningCall struct {
+	e      *endpoint
+	method string
 }
 
 func newSession(srv *Server, principal *Principal) *session {
@@ -70,7 +77,7 @@ func newSession(srv *Server, principal *Principal) *session {
 	sess := &session{
 		srv: srv, id: newSessionID(), token: newSessionID(),
 		ctx: ctx, cancel: cancel,
-		running: make(map[uint64]*endpoint),
+		running: make(map[uint64]runningCall),
 		replies: make(map[uint64]sessionReply),
 	}
 	sess.peer = &Peer{sess: sess, id: sess.id, server: srv, principal: principal}
@@ -248,21 +255,32 @@ func (s *session) sendEventLocked(e *endpoint, se sessionEvent) {
 
 // claimCall decides what to do with an incoming call id: run it (true), or
 // not, because it ran or is running already in this session (a call the
-// client re-sent after a reconnect); a finished one is answered again.
-func (s *session) claimCall(e *endpoint, id uint64) bool {
+// client re-sent after a reconnect); a finished one is answered again. An
+// id that an earlier call of another method had is the client reusing
+// ids, which it must not: that call is answered invalid_argument, not with
+// the other call's outcome.
+func (s *session) claimCall(e *endpoint, id uint64, method string) bool {
 	s.mu.Lock()
-	if r, ok := s.replies[id]; ok {
+	prior, replied := s.replies[id].method, true
+	if _, ok := s.replies[id]; !ok {
+		prior, replied = s.running[id].method, false
+	}
+	switch {
+	case prior == "":
+		s.running[id] = runningCall{e: e, method: method}
+		s.mu.Unlock()
+		return true
+	case prior != method:
+		s.mu.Unlock()
+		e.sendError(id, Errorf(CodeInvalidArgument, "call id %d was %s's earlier in this session: a client never reuses an id", id, prior))
+	case replied:
+		r := s.replies[id]
 		s.mu.Unlock()
 		e.sendOutcome(id, r.res, r.err, false)
-		return false
-	}
-	if _, ok := s.running[id]; ok {
+	default:
 		s.mu.Unlock()
-		return false
 	}
-	s.running[id] = e
-	s.mu.Unlock()
-	return true
+	return false
 }
 
 // finishCall records a call's outcome and queues it on the attached
@@ -270,12 +288,13 @@ func (s *session) claimCall(e *endpoint, id uint64) bool {
 // socket when the caller must write it (see endpoint.writeOwned).
 func (s *session) finishCall(id uint64, res proto.Message, err *Error, abandoned bool) *endpoint {
 	s.mu.Lock()
+	method := s.running[id].method
 	delete(s.running, id)
 	if abandoned {
 		s.mu.Unlock()
 		return nil
 	}
-	s.replies[id] = sessionReply{res: res, err: err}
+	s.replies[id] = sessionReply{method: method, res: res, err: err}
 	s.order = append(s.order, id)
 	// A client has at most max_in_flight calls unanswered, so twice that
 	// many recent outcomes cover every call it can re-send.
@@ -296,7 +315,7 @@ func (s *session) finishCall(id uint64, res proto.Message, err *Error, abandoned
 // cancelCall cancels a call of this session running on any socket.
 func (s *session) cancelCall(id uint64, code Code) {
 	s.mu.Lock()
-	e := s.running[id]
+	e := s.running[id].e
 	s.mu.Unlock()
 	if e != nil {
 		e.cancelIncoming(id, code)
