@@ -149,10 +149,26 @@ export function encodeBinary(frame: Frame): Uint8Array {
   const head = w.finish();
   // Keep no buffer much larger than the frames usually sent.
   if (head.length > 1 << 16) w = new BinaryWriter();
-  const out = new Uint8Array(head.length + p.length);
+  const out = alloc(head.length + p.length);
   out.set(head);
   out.set(p, head.length);
   return out;
+}
+
+/**
+ * A fresh buffer of n bytes for a frame: small ones are carved from a
+ * shared 64 KiB slab, as Node carves Buffers from its pool, so that a call
+ * does not create an ArrayBuffer of its own (each costs an allocation
+ * outside the JavaScript heap and garbage collector work). No region is
+ * handed out twice: a frame may be held after send, and its slab lives as
+ * long as any of its frames does.
+ */
+let slab = new Uint8Array(0);
+let slabAt = 0;
+function alloc(n: number): Uint8Array {
+  if (n > 1 << 13) return new Uint8Array(n);
+  if (slabAt + n > slab.length) (slab = new Uint8Array(1 << 16)), (slabAt = 0);
+  return slab.subarray(slabAt, (slabAt += n));
 }
 
 const varintSize = (n: number) => (n < 128 ? 1 : n < 1 << 14 ? 2 : n < 1 << 21 ? 3 : n < 1 << 28 ? 4 : 5);
