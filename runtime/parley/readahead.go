@@ -78,7 +78,25 @@ func (r *readAheadConn) readBlock(fd uintptr, pool *sync.Pool) bool {
 		return false
 	}
 	r.got = b
+	if r.n > 0 && r.onData != nil {
+		// Here rather than in Read: the reader parks in Read, and the
+		// deeper its frame there, the larger an idle connection's stack.
+		r.onData()
+	}
 	return true
+}
+
+// readDirect reads into p straight from the connection: p is as large as a
+// block, or the connection cannot be read raw. It is Read's, apart so that
+// Read's frame, on every idle reader's stack, stays small.
+//
+//go:noinline
+func (r *readAheadConn) readDirect(p []byte) (int, error) {
+	n, err := r.conn.Read(p)
+	if n > 0 && r.onData != nil {
+		r.onData()
+	}
+	return n, err
 }
 
 // buffered reports whether bytes read from the socket wait here unread.
@@ -96,11 +114,7 @@ func (r *readAheadConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	if r.raw == nil || len(p) >= readAhead {
-		n, err := r.conn.Read(p)
-		if n > 0 && r.onData != nil {
-			r.onData()
-		}
-		return n, err
+		return r.readDirect(p)
 	}
 	fn := r.readFn
 	if r.big {
@@ -118,9 +132,6 @@ func (r *readAheadConn) Read(p []byte) (int, error) {
 			rerr = io.EOF
 		}
 		return 0, rerr
-	}
-	if r.onData != nil {
-		r.onData()
 	}
 	m := copy(p, (*b)[:n])
 	if m < n {
