@@ -1115,7 +1115,9 @@ export class Connection {
   async #serve(s: Sock, call: Call) {
     const { id, method = "", timeoutMs } = call;
     const h = this.#handlers.get(method);
-    if (!id || id % 2) return this.#sendError(s, id, "invalid_argument", `call id ${id} has the wrong parity: server calls use even ids`);
+    // Id 0 is a protocol error: an Error with id 0 concerns the connection.
+    if (!id) return this.#protocolError(s, "a call with id 0: call ids start at 1");
+    if (id % 2) return this.#sendError(s, id, "invalid_argument", `call id ${id} has the wrong parity: server calls use even ids`);
     if (!h) return this.#sendError(s, id, "unimplemented", `method "${method}" is not implemented`);
     let req: unknown;
     try {

@@ -112,6 +112,17 @@ for (const protocol of ["proto", "json"] as const) {
       conn.close();
     });
 
+    test("handle: a server call with id 0 is a protocol error: Error with id 0, then a 1002 close", async () => {
+      const { conn, peer } = await connect({ reconnect: false });
+      conn.handle(Confirm, () => ({ answer: "never" }));
+      peer.send({ call: { id: 0, method: Confirm.procedure, ...body(peer, Confirm.input, {}) } });
+      const e = await expectFrame(peer, "error");
+      assert.equal(e.id, 0);
+      assert.equal(e.code, 3);
+      assert.equal((await within(peer.closed)).code, 1002);
+      conn.close();
+    });
+
     test("handle: Cancel aborts the signal and the reply is not sent; timeout_ms aborts with deadline_exceeded", async () => {
       const { conn, peer } = await connect();
       const reasons: unknown[] = [];
