@@ -213,11 +213,12 @@ func WithStreamBufferBytes(n int) Option {
 // WithStreamWindow sets how many items this side accepts per stream before
 // it grants the sender more (DefaultStreamWindow). It bounds a stream's
 // receive buffer to that many items, and lets a stalled stream stall only
-// itself. A stream whose reader keeps its queue drained has its window
-// doubled at each grant, so that round trips for credit do not hold back
-// a fast stream; all of a connection's streams share 15 windows' worth of
-// such growth (each live stream at most its share), and a reader that
-// falls behind never grows its window.
+// itself. Credit goes back every half window the reader consumes; while
+// the reader waits for items (or has drained its queue) its window doubles
+// at each grant, so that round trips for credit do not hold back a fast
+// stream; all of a connection's streams share 15 windows' worth of such
+// growth (each live stream at most its share), and a reader that falls
+// behind never grows its window.
 func WithStreamWindow(items int) Option {
 	return option(func(c *config) { c.streamWindow = uint32(max(1, items)) })
 }

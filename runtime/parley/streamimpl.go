@@ -23,12 +23,12 @@ const (
 // the configured one while the application reads faster than items come
 // (it waited for one since the last grant, or has drained the queue): a
 // stream whose receiver waits on the network, rather than the other way
-// round,
-// is held back by credit round trips, not by its reader, so more credit
-// costs no memory that is not used at once. A reader that falls behind
-// never grows its window. All the streams of a connection share the extra
-// items, streamWindowGrowth-1 windows' worth, so a connection buffers at
-// most that many more items than its streams' windows.
+// round, is held back by credit round trips, not by its reader, so more
+// credit costs no memory that is not used at once. A reader that falls
+// behind never grows its window. All the streams of a connection share
+// the extra items, streamWindowGrowth-1 windows' worth, so a connection
+// buffers at most that many more items than its streams' windows (and
+// WithStreamBufferBytes bounds their bytes).
 const streamWindowGrowth = 16
 
 // stream is one streaming call on an endpoint, from either end: the caller
