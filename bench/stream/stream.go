@@ -90,18 +90,7 @@ func Serve(name string) (addr string, stop func(), err error) {
 	case "parley":
 		srv := parley.NewServer()
 		srv.Register(parley.NewBidiStreamMethod(echoSpec, func(ctx context.Context, s *parley.BidiStream[benchv1.EchoRequest, benchv1.EchoResponse]) error {
-			for {
-				req, err := s.Recv()
-				if errors.Is(err, io.EOF) {
-					return nil
-				}
-				if err != nil {
-					return err
-				}
-				if err := s.Send(&benchv1.EchoResponse{Data: req.Data}); err != nil {
-					return err
-				}
-			}
+			return echo(s)
 		}))
 		hs := httptest.NewServer(srv)
 		return "ws" + strings.TrimPrefix(hs.URL, "http") + "/", func() {
@@ -162,6 +151,14 @@ type grpcEcho struct {
 }
 
 func (grpcEcho) EchoStream(s grpc.BidiStreamingServer[benchv1.EchoRequest, benchv1.EchoResponse]) error {
+	return echo(s)
+}
+
+// echo is both servers' handler: each item back as it comes.
+func echo(s interface {
+	Recv() (*benchv1.EchoRequest, error)
+	Send(*benchv1.EchoResponse) error
+}) error {
 	for {
 		req, err := s.Recv()
 		if errors.Is(err, io.EOF) {

@@ -261,6 +261,26 @@ func rawConn(t *testing.T, url, subprotocol string) *websocket.Conn {
 	return ws
 }
 
+// readFrame reads one frame from a raw socket, in either encoding.
+func readFrame(t *testing.T, ws *websocket.Conn) *parleyv1.Frame {
+	t.Helper()
+	_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	typ, data, err := ws.ReadMessage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := new(parleyv1.Frame)
+	if typ == websocket.TextMessage {
+		err = protojson.Unmarshal(data, f)
+	} else {
+		err = proto.Unmarshal(data, f)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // closeCode reads until the server closes the socket and returns its code.
 func closeCode(t *testing.T, ws *websocket.Conn) int {
 	t.Helper()
@@ -522,24 +542,7 @@ func TestUnknownFrameKinds(t *testing.T) {
 	} {
 		t.Run(tc.subprotocol, func(t *testing.T) {
 			ws := rawConn(t, srv.url, tc.subprotocol)
-			read := func() *parleyv1.Frame {
-				t.Helper()
-				_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
-				_, data, err := ws.ReadMessage()
-				if err != nil {
-					t.Fatal(err)
-				}
-				f := new(parleyv1.Frame)
-				if tc.typ == websocket.TextMessage {
-					err = protojson.Unmarshal(data, f)
-				} else {
-					err = proto.Unmarshal(data, f)
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				return f
-			}
+			read := func() *parleyv1.Frame { return readFrame(t, ws) }
 			for _, msg := range [][]byte{tc.withoutID, tc.withID, tc.ping} {
 				if err := ws.WriteMessage(tc.typ, msg); err != nil {
 					t.Fatal(err)
@@ -577,19 +580,7 @@ func TestCallIDs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	read := func() *parleyv1.Frame {
-		t.Helper()
-		_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
-		_, data, err := ws.ReadMessage()
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := new(parleyv1.Frame)
-		if err := proto.Unmarshal(data, f); err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
+	read := func() *parleyv1.Frame { return readFrame(t, ws) }
 	call := func(id uint64) *parleyv1.Frame {
 		return &parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: id, Method: e2ev1parley.EchoServiceEchoProcedure}}}
 	}
