@@ -811,6 +811,12 @@ export class Connection {
     if (ws.binaryType != "nodebuffer") ws.binaryType = "arraybuffer";
     ws.onopen = () => {
       if (s.dead) return;
+      // Where the socket shows its bytes (the ws package's, in Node), any
+      // byte from the server counts as a sign of life, as in Go: a message
+      // slower to arrive than the keepalive bound, with the server's Pong
+      // behind it, does not look like a dead server. Browsers show only
+      // whole messages.
+      (ws as any)._socket?.on?.("data", () => (s.heard = performance.now()));
       if (ws.protocol != subprotocol) {
         this.#protocolError(s, `the server did not accept subprotocol ${subprotocol}`);
       } else {

@@ -111,6 +111,29 @@ for (const protocol of ["proto", "json"] as const) {
       conn.close();
     });
 
+    test("a slow link: a reply that takes longer than the keepalive bound to arrive does not look like a dead server (Node)", async () => {
+      const conn = new Connection(proxy.url(server.url), { WebSocket, protocol: protocols[protocol], reconnect, pingIntervalMs: 100, pongTimeoutMs: 200 });
+      await within(conn.ready);
+      const states: string[] = [];
+      conn.onStateChange((s) => void states.push(s.status));
+      // 16 KiB every 20 ms: a 512 KiB echo takes about 650 ms to come
+      // back, more than twice the 300 ms bound, with the server's pongs
+      // queued behind it.
+      proxy.slow({ chunk: 16 << 10, ms: 20 });
+      try {
+        const t0 = performance.now();
+        const text = "x".repeat(512 << 10);
+        const r = await conn.call(Echo, { text }, { timeoutMs: 10_000 });
+        const took = performance.now() - t0;
+        assert.equal(r.text.length, text.length);
+        assert.ok(took > 300, `the echo took ${Math.round(took)} ms: the link was not slow enough to test anything`);
+        assert.deepEqual(states, [], "the connection never dropped");
+      } finally {
+        proxy.slow(undefined);
+        conn.close();
+      }
+    });
+
     test("a blackholed socket: the client notices within the keepalive bound and resumes on a new one", async () => {
       const conn = new Connection(proxy.url(server.url), { WebSocket, protocol: protocols[protocol], reconnect, pingIntervalMs: 100, pongTimeoutMs: 200 });
       await within(conn.ready);

@@ -1,7 +1,8 @@
 // A TCP proxy for fault injection between a client and a server on
 // loopback: it forwards bytes both ways until told to drop every
 // connection (both sides see the socket close at once) or to blackhole
-// them (bytes vanish, no side sees a close: a half-open connection).
+// them (bytes vanish, no side sees a close: a half-open connection), and
+// can make the server-to-client direction a slow link.
 import net from "node:net";
 
 interface Pair {
@@ -17,6 +18,8 @@ export class TcpProxy {
   accepted = 0;
   #server: net.Server;
   #pairs = new Set<Pair>();
+  /** While set, server-to-client bytes go at chunk bytes per ms milliseconds. */
+  #slow: { chunk: number; ms: number } | undefined;
 
   private constructor(
     server: net.Server,
@@ -35,7 +38,21 @@ export class TcpProxy {
         upstream.destroy();
       };
       client.on("data", (d) => pair.blackholed || upstream.write(d));
-      upstream.on("data", (d) => pair.blackholed || client.write(d));
+      upstream.on("data", (d) => {
+        if (pair.blackholed) return;
+        if (!this.#slow) return void client.write(d);
+        // A slow link: hold the upstream back and trickle this data out.
+        const { chunk, ms } = this.#slow;
+        upstream.pause();
+        let at = 0;
+        const next = () => {
+          if (pair.blackholed || client.destroyed) return;
+          client.write(d.subarray(at, (at += chunk)));
+          if (at < d.length) setTimeout(next, ms);
+          else upstream.resume();
+        };
+        next();
+      });
       for (const s of [client, upstream]) {
         s.on("close", end);
         s.on("error", end);
@@ -70,6 +87,11 @@ export class TcpProxy {
       upstream.destroy();
     }
     this.#pairs.clear();
+  }
+
+  /** From now on, server-to-client bytes go out chunk bytes every ms milliseconds (undefined: at full speed). */
+  slow(link: { chunk: number; ms: number } | undefined): void {
+    this.#slow = link;
   }
 
   /** From now on, bytes of the connections open now vanish both ways; new connections work. */
