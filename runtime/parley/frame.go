@@ -622,7 +622,36 @@ func (jsonCodec) decodeFrame(data []byte, f *frame) error {
 	if pf.Kind == nil {
 		return f.unknownJSON(data)
 	}
-	return f.fromProto(&pf)
+	if err := f.fromProto(&pf); err != nil {
+		return err
+	}
+	if (f.kind == kindCancel || f.kind == kindError) && f.code == 0 {
+		return f.codeByName(data)
+	}
+	return nil
+}
+
+// codeByName reads a Cancel's or Error's code given as a name protojson
+// did not know (it drops those): the Connect name a client may well send
+// ("deadline_exceeded"), as the TS runtime reads it too. Another name is
+// a malformed frame, not a silent CODE_UNSPECIFIED.
+func (f *frame) codeByName(data []byte) error {
+	var members map[string]struct{ Code json.RawMessage }
+	if json.Unmarshal(data, &members) != nil {
+		return nil // protojson read it; nothing more to find
+	}
+	for _, m := range members {
+		var name string
+		if json.Unmarshal(m.Code, &name) != nil || name == "" || name == "CODE_UNSPECIFIED" {
+			continue
+		}
+		var c Code
+		if err := c.UnmarshalText([]byte(strings.ToLower(strings.TrimPrefix(name, "CODE_")))); err != nil {
+			return fmt.Errorf("%w: unknown code %q (a CODE_* name, its number or its Connect name)", errFrame, name)
+		}
+		f.code = c
+	}
+	return nil
 }
 
 // unknownJSON reads a JSON frame that sets no kind this version knows: a

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
@@ -270,5 +271,30 @@ func TestMaskCopy(t *testing.T) {
 		if !bytes.Equal(inPlace, want(src[:n])) {
 			t.Fatalf("n=%d: masked in place differently", n)
 		}
+	}
+}
+
+// TestJSONCodeNames: over JSON a Cancel's or Error's code may be its enum
+// name, its number or its Connect name; another name is a malformed
+// frame, never read as unspecified.
+func TestJSONCodeNames(t *testing.T) {
+	for _, tc := range []struct {
+		json string
+		want Code
+	}{
+		{`{"cancel":{"id":"1","code":"CODE_DEADLINE_EXCEEDED"}}`, CodeDeadlineExceeded},
+		{`{"cancel":{"id":"1","code":4}}`, CodeDeadlineExceeded},
+		{`{"cancel":{"id":"1","code":"deadline_exceeded"}}`, CodeDeadlineExceeded},
+		{`{"error":{"id":"3","code":"not_found","message":"m"}}`, CodeNotFound},
+		{`{"cancel":{"id":"1"}}`, 0},
+	} {
+		var f frame
+		if err := (jsonCodec{}).decodeFrame([]byte(tc.json), &f); err != nil || f.code != tc.want {
+			t.Errorf("%s: code %v, %v; want %v", tc.json, f.code, err, tc.want)
+		}
+	}
+	var f frame
+	if err := (jsonCodec{}).decodeFrame([]byte(`{"cancel":{"id":"1","code":"timeout"}}`), &f); !errors.Is(err, errFrame) {
+		t.Fatalf("an unknown code name: %v, want a malformed frame", err)
 	}
 }

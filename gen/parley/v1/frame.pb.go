@@ -74,8 +74,8 @@ const (
 // Code is a status code. The numbers are gRPC's; the names the runtimes'
 // APIs show, lowered and without the prefix, are Connect's
 // ("deadline_exceeded"). On the wire a parley.v1+json frame carries the enum
-// value name ("CODE_DEADLINE_EXCEEDED") or the number, never the Connect
-// name: the Go runtime reads a name it does not know as CODE_UNSPECIFIED.
+// value name ("CODE_DEADLINE_EXCEEDED") or the number; both runtimes also
+// read the Connect name, and take any other name as a malformed frame.
 type Code int32
 
 const (

@@ -784,8 +784,8 @@ export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
  * Code is a status code. The numbers are gRPC's; the names the runtimes'
  * APIs show, lowered and without the prefix, are Connect's
  * ("deadline_exceeded"). On the wire a parley.v1+json frame carries the enum
- * value name ("CODE_DEADLINE_EXCEEDED") or the number, never the Connect
- * name: the Go runtime reads a name it does not know as CODE_UNSPECIFIED.
+ * value name ("CODE_DEADLINE_EXCEEDED") or the number; both runtimes also
+ * read the Connect name, and take any other name as a malformed frame.
  *
  * @generated from enum parley.v1.Code
  */
