@@ -615,3 +615,32 @@ func TestCallIDs(t *testing.T) {
 		t.Fatalf("closed with %d after a call with id 0, want 1002", code)
 	}
 }
+
+// TestProtocolMisuse: mistakes a client written by hand could make get a
+// clear answer: a body in the Call of a method that streams its requests
+// is refused for that call; a second Hello is an Error about the
+// connection (id 0), then a 1002 close.
+func TestProtocolMisuse(t *testing.T) {
+	srv := startServer(t)
+	e2ev1parley.RegisterStreamServiceServer(srv.Server, &e2e.StreamService{})
+	ws := rawConn(t, srv.url, parley.SubprotocolProto)
+	send := func(f *parleyv1.Frame) {
+		t.Helper()
+		b, _ := proto.Marshal(f)
+		if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	body, _ := proto.Marshal(&e2ev1.SumRequest{Value: 1})
+	send(&parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: e2ev1parley.StreamServiceSumProcedure, Body: &parleyv1.Call_Payload{Payload: body}}}})
+	if e := readFrame(t, ws).GetError(); e.GetId() != 1 || e.GetCode() != parleyv1.Code_CODE_INVALID_ARGUMENT || !strings.Contains(e.GetMessage(), "stream items") {
+		t.Fatalf("got %v, want invalid_argument for call 1 saying to send stream items", e)
+	}
+	send(&parleyv1.Frame{Kind: &parleyv1.Frame_Hello{Hello: &parleyv1.Hello{}}})
+	if e := readFrame(t, ws).GetError(); e == nil || e.GetId() != 0 || !strings.Contains(e.GetMessage(), "after the handshake") {
+		t.Fatalf("got %v, want an Error with id 0 about the second hello", e)
+	}
+	if code := closeCode(t, ws); code != websocket.CloseProtocolError {
+		t.Fatalf("closed with %d after a second hello, want 1002", code)
+	}
+}

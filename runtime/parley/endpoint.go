@@ -545,6 +545,9 @@ func (e *endpoint) dispatch(f *frame) {
 			e.sendError(f.id, Errorf(CodeInvalidArgument, "frame kind %s is not known to this %s", f.message, e.side))
 		}
 	case kindHello, kindWelcome:
+		// A protocol error: told as the handshake's are, with an Error
+		// about the connection (id 0), then the close.
+		e.sendError(0, Errorf(CodeInvalidArgument, "%v after the handshake", f.kind))
 		e.closeWith(closeProtocol, f.kind.String()+" after the handshake")
 	case kindEvent:
 		e.acceptEvent(f)

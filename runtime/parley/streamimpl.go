@@ -568,6 +568,10 @@ func (s *stream) abandonWire(why Code) {
 // acceptStream starts the handler of an incoming streaming call. It runs on
 // the reader goroutine, after acceptCall's checks.
 func (e *endpoint) acceptStream(f *frame, m *Method, ci *CallInfo) {
+	if m.spec.Kind.streamsRequests() && f.hasPayload {
+		e.sendError(f.id, Errorf(CodeInvalidArgument, "%s streams its requests: send them as stream items, not in the call", m.spec.Procedure))
+		return
+	}
 	e.mu.Lock()
 	if e.draining {
 		e.mu.Unlock()
