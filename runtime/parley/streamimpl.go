@@ -568,7 +568,10 @@ func (s *stream) abandonWire(why Code) {
 // acceptStream starts the handler of an incoming streaming call. It runs on
 // the reader goroutine, after acceptCall's checks.
 func (e *endpoint) acceptStream(f *frame, m *Method, ci *CallInfo) {
-	if m.spec.Kind.streamsRequests() && f.hasPayload {
+	// A request in the Call of a method that streams its requests is a
+	// client's mistake (an empty payload field is not: Go writes one in
+	// every Call).
+	if m.spec.Kind.streamsRequests() && len(f.payload) > 0 {
 		e.sendError(f.id, Errorf(CodeInvalidArgument, "%s streams its requests: send them as stream items, not in the call", m.spec.Procedure))
 		return
 	}
