@@ -545,10 +545,7 @@ func (e *endpoint) dispatch(f *frame) {
 			e.sendError(f.id, Errorf(CodeInvalidArgument, "frame kind %s is not known to this %s", f.message, e.side))
 		}
 	case kindHello, kindWelcome:
-		// A protocol error: told as the handshake's are, with an Error
-		// about the connection (id 0), then the close.
-		e.sendError(0, Errorf(CodeInvalidArgument, "%v after the handshake", f.kind))
-		e.closeWith(closeProtocol, f.kind.String()+" after the handshake")
+		e.violation(f.kind.String() + " after the handshake")
 	case kindEvent:
 		e.acceptEvent(f)
 	default:
@@ -564,10 +561,7 @@ func (e *endpoint) acceptCall(f *frame) {
 		peerParity = 1
 	}
 	if f.id == 0 {
-		// An Error with id 0 concerns the connection, and its sender closes
-		// the socket after it (frame.proto).
-		e.sendError(0, Errorf(CodeInvalidArgument, "a call with id 0: call ids start at 1"))
-		e.closeWith(closeProtocol, "a call with id 0")
+		e.violation("a call with id 0: call ids start at 1")
 		return
 	}
 	if f.id%2 != peerParity {
@@ -652,6 +646,14 @@ func (e *endpoint) acceptCall(f *frame) {
 		return
 	}
 	go e.runCall(c)
+}
+
+// violation answers a well-formed frame the protocol forbids after the
+// handshake as the handshake's own refusals are answered: an Error with id
+// 0, which concerns the connection, then the close (1002).
+func (e *endpoint) violation(reason string) {
+	e.sendError(0, NewError(CodeInvalidArgument, reason))
+	e.closeWith(closeProtocol, truncateReason(reason))
 }
 
 // cancelIncoming handles the caller giving up on call id; it reports

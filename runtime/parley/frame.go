@@ -347,10 +347,8 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 			// An unknown field: skip it, but remember a message-typed one,
 			// which may be a kind a newer peer sends (kinds are only added).
 			if typ == protowire.BytesType {
-				unknownNum, unknown, n = num, data, protowire.ConsumeFieldValue(num, typ, data)
-				if n >= 0 {
-					unknown, _ = protowire.ConsumeBytes(unknown)
-				}
+				unknownNum = num
+				unknown, n = protowire.ConsumeBytes(data)
 			} else {
 				n = protowire.ConsumeFieldValue(num, typ, data)
 			}

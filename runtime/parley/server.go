@@ -353,26 +353,23 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// dropping what is queued, so their clients fail those calls with
 	// unavailable (and may re-send them elsewhere) rather than see the
 	// socket cut; wait for the close handshakes no longer than closeGrace.
-	s.mu.Lock()
-	busy := make([]*endpoint, 0, len(s.conns))
-	for e := range s.conns {
-		busy = append(busy, e)
-	}
-	s.mu.Unlock()
-	for _, e := range busy {
+	// (conns holds them all: no connection is accepted once shutting down,
+	// and closing one that has closed already does nothing.)
+	for _, e := range conns {
 		e.abort(closeGoingAway, "server shut down before its calls finished")
 	}
 	grace := time.NewTimer(closeGrace)
 	defer grace.Stop()
-	for _, e := range busy {
+	for _, e := range conns {
 		select {
 		case <-e.writerExited:
+			continue
 		case <-grace.C:
-			for _, e := range busy {
-				e.fail(errors.New("server shut down before its calls finished"))
-			}
-			return ctx.Err()
 		}
+		for _, e := range conns {
+			e.fail(errors.New("server shut down before its calls finished"))
+		}
+		break
 	}
 	return ctx.Err()
 }

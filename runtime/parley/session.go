@@ -261,9 +261,10 @@ func (s *session) sendEventLocked(e *endpoint, se sessionEvent) {
 // the other call's outcome.
 func (s *session) claimCall(e *endpoint, id uint64, method string) bool {
 	s.mu.Lock()
-	prior, replied := s.replies[id].method, true
-	if _, ok := s.replies[id]; !ok {
-		prior, replied = s.running[id].method, false
+	r, replied := s.replies[id]
+	prior := r.method
+	if !replied {
+		prior = s.running[id].method
 	}
 	switch {
 	case prior == "":
@@ -274,7 +275,6 @@ func (s *session) claimCall(e *endpoint, id uint64, method string) bool {
 		s.mu.Unlock()
 		e.sendError(id, Errorf(CodeInvalidArgument, "call id %d was %s's earlier in this session: a client never reuses an id", id, prior))
 	case replied:
-		r := s.replies[id]
 		s.mu.Unlock()
 		e.sendOutcome(id, r.res, r.err, false)
 	default:

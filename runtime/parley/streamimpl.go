@@ -391,8 +391,7 @@ func (s *stream) deliver(payload []byte) {
 		s.violate(Errorf(CodeResourceExhausted, "stream items received and not yet read would exceed %d bytes on this connection (WithStreamBufferBytes) on %s", limit, s.spec.Procedure))
 		return
 	}
-	s.bufBytes += n
-	s.recvq = append(s.recvq, copyPayload(payload))
+	s.queue(payload)
 	// Wake the receiver only if it waits: one that is busy finds the item
 	// when it next looks, and a channel operation per item would cost the
 	// reader a cache-line transfer each.
@@ -419,6 +418,15 @@ func (e *endpoint) growWindow(n uint32) bool {
 	}
 	e.windowBudget.Add(int64(n))
 	return false
+}
+
+// queue appends a copy of a received payload to the receive queue and
+// counts it as this stream's share of the connection's buffered bytes,
+// which the caller has added to e.streamBuf. s.mu is held (or s is not
+// shared yet).
+func (s *stream) queue(payload []byte) {
+	s.recvq = append(s.recvq, copyPayload(payload))
+	s.bufBytes += int64(len(payload))
 }
 
 // copyPayload copies a received payload out of the read buffer, which is
@@ -470,9 +478,8 @@ func (s *stream) complete(f *frame) {
 	s.e.mu.Unlock()
 	s.mu.Lock()
 	if f.kind == kindReply && f.hasPayload {
-		s.recvq = append(s.recvq, copyPayload(f.payload))
-		s.bufBytes += int64(len(f.payload)) // counted like an item until finish
-		s.e.streamBuf.Add(int64(len(f.payload)))
+		s.e.streamBuf.Add(int64(len(f.payload))) // counted like an item until finish
+		s.queue(f.payload)
 	}
 	s.mu.Unlock()
 	if f.kind == kindError {
@@ -599,10 +606,9 @@ func (e *endpoint) acceptStream(f *frame, m *Method, ci *CallInfo) {
 	if !m.spec.Kind.streamsRequests() {
 		// The one request came in the Call frame; it counts like an item
 		// until read.
-		s.recvq = []*[]byte{copyPayload(f.payload)}
+		e.streamBuf.Add(int64(len(f.payload)))
+		s.queue(f.payload)
 		s.recvEnd, s.recvErr = true, io.EOF
-		s.bufBytes = int64(len(f.payload))
-		e.streamBuf.Add(s.bufBytes)
 	}
 	e.streams[f.id] = s
 	e.liveStreams.Add(1)
