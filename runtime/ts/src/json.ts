@@ -18,7 +18,7 @@
  *
  * @packageDocumentation
  */
-import { fromBinary, fromJson, toJson, type DescMessage, type JsonObject, type MessageShape, type Registry } from "@bufbuild/protobuf";
+import { fromJson, toJson, type DescMessage, type JsonObject, type MessageShape, type Registry } from "@bufbuild/protobuf";
 import { decodeJson, encodeJson } from "./jsonframe.js";
 import type { AnyDetail } from "./frame.js";
 import { typeName, type Protocol } from "./protocol.js";
@@ -39,8 +39,13 @@ export const jsonProtocol: Protocol = {
     return decodeJson(data);
   },
   encodeMessage: (schema, message, registry) => ({ json: toJson(schema, message, { registry }) }),
-  decodeMessage: (schema, { json, payload }, registry) =>
-    json !== undefined ? fromJson(schema, json, { registry }) : fromBinary(schema, payload ?? new Uint8Array(0)),
+  decodeMessage(schema, { json, payload }, registry) {
+    // frame.proto's payload body belongs to parley.v1+proto: the call,
+    // item or event that carries one fails, as binaryProtocol fails a json
+    // body.
+    if (payload !== undefined) throw new Error("a payload body on parley.v1+json");
+    return fromJson(schema, json ?? {}, { registry });
+  },
   readDetail(d) {
     // decodeJson gives every detail in its protojson form.
     const { json } = d as Extract<AnyDetail, { json: JsonObject }>;

@@ -489,6 +489,23 @@ describe("choosing the protocol", () => {
       await server.close();
     }
   });
+  test("on parley.v1+json a payload body fails its reply, clearly, and the connection goes on", async () => {
+    const server = await FakeServer.start();
+    try {
+      const conn = connect(server, { protocol: protocols.json });
+      const peer = await server.peer();
+      const res = conn.call(Echo, {});
+      const call = await expectFrame(peer, "call");
+      peer.send({ reply: { id: call.id, payload: toBinary(EchoResponseSchema, create(EchoResponseSchema, { text: "x" })) } });
+      await rejectsWith(res, "internal", /undecodable reply from the server: Error: a payload body on parley\.v1\+json/);
+      const ok = conn.call(Echo, { text: "ab" });
+      reply(peer, await expectFrame(peer, "call"));
+      assert.equal((await within(ok)).text, "ba");
+      conn.close();
+    } finally {
+      await server.close();
+    }
+  });
 });
 
 describe("ParleyError", () => {
