@@ -115,32 +115,9 @@ func runStream(w *bufio.Writer, duration, warmup time.Duration, count int, paylo
 	}
 	rounds := map[key][]stream.Result{}
 	for _, p := range procs {
-		var ts []*stream.Target
-		switch p {
-		case 1:
-			for _, name := range names {
-				t, err := stream.New(ctx, name)
-				if err != nil {
-					return err
-				}
-				defer t.Close()
-				ts = append(ts, t)
-			}
-		case 2:
-			self, err := os.Executable()
-			if err != nil {
-				return err
-			}
-			cmd := exec.Command(self, "-mode", "stream-servers", "-stream-impl", *streamImpl)
-			cmd.Stderr = os.Stderr
-			var stop func()
-			ts, stop, err = stream.SpawnServers(ctx, cmd, names)
-			if err != nil {
-				return err
-			}
-			defer stop()
-		default:
-			return fmt.Errorf("-stream-procs: %d processes (want 1 or 2)", p)
+		ts, stop, err := streamTargets(ctx, p, names)
+		if err != nil {
+			return err
 		}
 		for round := range count {
 			for _, c := range concs {
@@ -148,6 +125,7 @@ func runStream(w *bufio.Writer, duration, warmup time.Duration, count int, paylo
 					for _, t := range ts {
 						r, err := stream.Run(ctx, t, c, size, warmup, duration)
 						if err != nil {
+							stop()
 							return err
 						}
 						fmt.Fprintf(os.Stderr, "round %d: stream %-7s procs=%d streams=%-3d %5d B  %9.0f msgs/s  %5.2f CPU µs/msg  %5.1f allocs/msg  min share %.2f\n",
@@ -158,6 +136,7 @@ func runStream(w *bufio.Writer, duration, warmup time.Duration, count int, paylo
 				}
 			}
 		}
+		stop() // a layout's servers do not idle beside the next one's
 	}
 	median := func(k key) (stream.Result, bool) {
 		rs := slices.Clone(rounds[k])
@@ -204,6 +183,38 @@ func runStream(w *bufio.Writer, duration, warmup time.Duration, count int, paylo
 	fmt.Fprintln(w)
 	w.Flush()
 	return nil
+}
+
+// streamTargets dials each named stream target with its server in this
+// process (procs 1) or all of them in a child process (procs 2); stop
+// closes them and their servers.
+func streamTargets(ctx context.Context, procs int, names []string) (ts []*stream.Target, stop func(), err error) {
+	switch procs {
+	case 1:
+		stop = func() {
+			for _, t := range ts {
+				t.Close()
+			}
+		}
+		for _, name := range names {
+			t, err := stream.New(ctx, name)
+			if err != nil {
+				stop()
+				return nil, nil, err
+			}
+			ts = append(ts, t)
+		}
+		return ts, stop, nil
+	case 2:
+		self, err := os.Executable()
+		if err != nil {
+			return nil, nil, err
+		}
+		cmd := exec.Command(self, "-mode", "stream-servers", "-stream-impl", strings.Join(names, ","))
+		cmd.Stderr = os.Stderr
+		return stream.SpawnServers(ctx, cmd, names)
+	}
+	return nil, nil, fmt.Errorf("-stream-procs: %d processes (want 1 or 2)", procs)
 }
 
 func runFanout(w *bufio.Writer, warmup time.Duration) error {
