@@ -16,8 +16,8 @@ import (
 	"go/format"
 	"strings"
 
+	"github.com/parleyrpc/parley/internal/editions"
 	"google.golang.org/protobuf/compiler/protogen"
-	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/pluginpb"
 )
 
@@ -33,16 +33,6 @@ const PluginName = "protoc-gen-parley-go"
 // whenever generated code needs something a released runtime lacks.
 const runtimeVersionConstant = "IsAtLeastVersion0_1_0"
 
-// Editions the plugin accepts. Editions only change how protoc-gen-go
-// lays out messages; services and methods read the same in every edition.
-// Generated code only names message types (never their fields), so it
-// builds against 2024's default opaque API as against the open one; local
-// messages (2024's symbol visibility) are still exported Go types.
-const (
-	editionMinimum = descriptorpb.Edition_EDITION_PROTO2
-	editionMaximum = descriptorpb.Edition_EDITION_2024
-)
-
 // Generate writes a .parley.go file for every file to generate that
 // declares services. It is protogen's callback: pass it to
 // protogen.Options.Run. An error leaves the response without files, so a
@@ -50,8 +40,8 @@ const (
 func Generate(plugin *protogen.Plugin) error {
 	plugin.SupportedFeatures = uint64(pluginpb.CodeGeneratorResponse_FEATURE_PROTO3_OPTIONAL |
 		pluginpb.CodeGeneratorResponse_FEATURE_SUPPORTS_EDITIONS)
-	plugin.SupportedEditionsMinimum = editionMinimum
-	plugin.SupportedEditionsMaximum = editionMaximum
+	plugin.SupportedEditionsMinimum = editions.Minimum
+	plugin.SupportedEditionsMaximum = editions.Maximum
 
 	files, err := buildModel(plugin)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"path"
 	"slices"
-	"strings"
 	"time"
 
 	"google.golang.org/protobuf/compiler/protogen"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/descriptorpb"
 
 	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
+	"github.com/parleyrpc/parley/internal/editions"
 )
 
 // file is one generated Go file: the services of one proto file.
@@ -207,22 +207,13 @@ func (m *method) messages() []*protogen.Message {
 	return []*protogen.Message{m.proto.Input, m.proto.Output}
 }
 
-// refuseEdition refuses a file of an edition newer than the plugin
-// declares. protoc and buf check the declared range before they run the
-// plugin; this keeps a request that skipped the check from being generated
-// as if the edition were one we know.
+// refuseEdition refuses a file of an edition the plugin does not know
+// (see editions.Check), naming it.
 func refuseEdition(pf *protogen.File) error {
-	edition := pf.Proto.GetEdition()
-	if pf.Proto.GetSyntax() != "editions" || edition <= editionMaximum {
-		return nil
+	if err := editions.Check(PluginName, pf.Proto); err != nil {
+		return fmt.Errorf("%s: %s: %w", PluginName, pf.Desc.Path(), err)
 	}
-	return fmt.Errorf("%s: %s: edition %s is not supported: %s supports proto2, proto3 and editions up to %s",
-		PluginName, pf.Desc.Path(), editionName(edition), PluginName, editionName(editionMaximum))
-}
-
-// editionName spells an edition as a proto file does: 2024, not EDITION_2024.
-func editionName(e descriptorpb.Edition) string {
-	return strings.TrimPrefix(e.String(), "EDITION_")
+	return nil
 }
 
 func refusal(pm *protogen.Method, why string) error {

@@ -25,6 +25,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/parleyrpc/parley/internal/editions"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/types/descriptorpb"
@@ -119,24 +120,16 @@ func Run(in io.Reader, out io.Writer) error {
 	return err
 }
 
-// The editions the plugin accepts. Editions change how protoc-gen-es lays
-// out messages; services and methods read the same in every one. In 2024,
-// local messages (symbol visibility) are still exported by protoc-gen-es,
-// and option imports need nothing of us: Parley's options are read from
-// their wire form.
-const (
-	minimumEdition = descriptorpb.Edition_EDITION_PROTO2
-	maximumEdition = descriptorpb.Edition_EDITION_2024
-)
-
 // Generate answers one request. Problems with the input are reported in
-// the response's error field, as the plugin protocol asks.
+// the response's error field, as the plugin protocol asks. It declares the
+// editions package's range (2024's option imports need nothing of us:
+// Parley's options are read from their wire form).
 func Generate(req *pluginpb.CodeGeneratorRequest) *pluginpb.CodeGeneratorResponse {
 	resp := &pluginpb.CodeGeneratorResponse{
 		SupportedFeatures: proto.Uint64(uint64(pluginpb.CodeGeneratorResponse_FEATURE_PROTO3_OPTIONAL |
 			pluginpb.CodeGeneratorResponse_FEATURE_SUPPORTS_EDITIONS)),
-		MinimumEdition: proto.Int32(int32(minimumEdition)),
-		MaximumEdition: proto.Int32(int32(maximumEdition)),
+		MinimumEdition: proto.Int32(int32(editions.Minimum)),
+		MaximumEdition: proto.Int32(int32(editions.Maximum)),
 	}
 	files, err := generate(req)
 	if err != nil {

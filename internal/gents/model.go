@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
+	"github.com/parleyrpc/parley/internal/editions"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
@@ -203,7 +204,7 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 	if !hasMethods(fd) {
 		return nil, nil
 	}
-	if err := refuseEdition(g.raw[fd.Path()]); err != nil {
+	if err := editions.Check(PluginName, g.raw[fd.Path()]); err != nil {
 		return nil, err
 	}
 	if err := refuseUnsupported(fd); err != nil {
@@ -423,23 +424,6 @@ func isEvent(md protoreflect.MethodDescriptor) bool {
 
 // refuseUnsupported names every method this plugin cannot generate: the
 // streaming methods of services implemented by clients.
-// refuseEdition refuses a file of an edition newer than the plugin
-// declares (maximumEdition). protoc and buf check the declared range before
-// they run the plugin; this keeps a request that skipped the check from
-// being generated as if the edition were one we know.
-func refuseEdition(raw *descriptorpb.FileDescriptorProto) error {
-	edition := raw.GetEdition()
-	if raw.GetSyntax() != "editions" || edition <= maximumEdition {
-		return nil
-	}
-	return fmt.Errorf("edition %s is not supported: %s supports proto2, proto3 and editions up to %s",
-		editionName(edition), PluginName, editionName(maximumEdition))
-}
-
-// editionName spells an edition as a proto file does: 2024, not EDITION_2024.
-func editionName(e descriptorpb.Edition) string {
-	return strings.TrimPrefix(e.String(), "EDITION_")
-}
 
 func refuseUnsupported(fd protoreflect.FileDescriptor) error {
 	var errs []error
