@@ -188,9 +188,9 @@ func specDoc(m methodModel, deprecated bool) string {
 	case m.Event:
 		text = fmt.Sprintf("Describes rpc %s, an event the server publishes,\nfor Connection.onEvent.", m.FullName)
 	case m.Handled:
-		text = fmt.Sprintf("Describes rpc %s, which the server calls on clients,\nfor Connection.handle.", m.FullName)
+		text = fmt.Sprintf("Describes rpc %s, which the server calls on clients,\nfor handle.", m.FullName)
 	default:
-		text = fmt.Sprintf("Describes rpc %s for Connection.%s.", m.FullName, connectionMethod[m.Kind])
+		text = fmt.Sprintf("Describes rpc %s for %s.", m.FullName, callerOf[m.Kind])
 	}
 	if m.TimeoutMs > 0 {
 		text += fmt.Sprintf("\nDefault deadline: %d ms.", m.TimeoutMs)
@@ -208,9 +208,10 @@ func specDoc(m methodModel, deprecated bool) string {
 	return text
 }
 
-// connectionMethod is the Connection method a client calls for each kind.
-var connectionMethod = map[string]string{
-	kindUnary:           "call",
+// callerOf names what a client calls for each kind: a Connection method
+// for a unary call, the runtime's free function for a stream.
+var callerOf = map[string]string{
+	kindUnary:           "Connection.call",
 	kindServerStreaming: "serverStream",
 	kindClientStreaming: "clientStream",
 	kindBidiStreaming:   "bidiStream",

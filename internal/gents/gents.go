@@ -39,8 +39,8 @@ const (
 )
 
 // DefaultRuntimeImport is where generated code imports Connection,
-// CallOptions and MethodSpec from, unless the runtime_import option says
-// otherwise.
+// CallOptions, MethodSpec and the stream and handler functions from,
+// unless the runtime_import option says otherwise.
 const DefaultRuntimeImport = "@parleyrpc/runtime"
 
 // protobufImport is protobuf-es's runtime, the home of MessageInitShape.

@@ -127,9 +127,11 @@ func TestGoldenTypeCheck(t *testing.T) {
 	}
 }
 
-// TestGoldenRuns bundles testdata/smoke.ts, which drives the plain golden
-// client against a recording Connection, and runs it in Node. The runtime
-// imports are type-only, so the bundle needs no runtime.
+// TestGoldenRuns bundles testdata/smoke.ts, which drives golden clients,
+// subscribers and handlers against a recording Connection, and runs it in
+// Node. The bundle takes testdata/smoke-runtime.ts for @parleyrpc/runtime:
+// the runtime's functions the golden code calls (serverStream, handle...)
+// pass their arguments on to the recorder.
 func TestGoldenRuns(t *testing.T) {
 	esbuild := nodeTool(t, "esbuild")
 	node, err := exec.LookPath("node")
@@ -137,8 +139,13 @@ func TestGoldenRuns(t *testing.T) {
 		t.Fatalf("node is not on PATH: %v", err)
 	}
 	bundle := filepath.Join(t.TempDir(), "smoke.mjs")
+	runtime, err := filepath.Abs(filepath.Join(goldenRoot, "smoke-runtime.ts"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	out, err := exec.Command(esbuild, filepath.Join(goldenRoot, "smoke.ts"), "--bundle", "--format=esm",
-		"--platform=node", "--log-level=warning", "--outfile="+bundle).CombinedOutput()
+		"--platform=node", "--log-level=warning", "--alias:@parleyrpc/runtime="+runtime,
+		"--outfile="+bundle).CombinedOutput()
 	if err != nil {
 		t.Fatalf("esbuild: %v\n%s", err, out)
 	}

@@ -27,6 +27,11 @@ type fileModel struct {
 	// when the file does not need the name.
 	MessageInitShape, CallOptions, Connection, MethodSpec string
 	ClientStreamCall, BidiStreamCall                      string
+	// The runtime's free functions for streams and server->client calls,
+	// value imports as the file spells them; empty when the file does not
+	// call them. (They are functions rather than Connection methods so that
+	// an app making only unary calls does not bundle them.)
+	ServerStream, ClientStream, BidiStream, Handle string
 }
 
 type importStmt struct {
@@ -229,7 +234,12 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 	// The runtime's names come first, so the import block starts with them
 	// and they keep their names when a message is named alike. Each is
 	// imported only if the file spells it.
-	var need struct{ initShape, callOptions, connection, clientStream, bidiStream bool }
+	var need struct {
+		initShape, callOptions, connection     bool
+		clientStreamCall, bidiStreamCall       bool
+		serverStream, clientStream, bidiStream bool
+		handle                                 bool
+	}
 	for _, s := range m.Services {
 		need.connection = true
 		for _, meth := range s.Methods {
@@ -237,32 +247,43 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 			case meth.Event:
 			case meth.Handled:
 				need.initShape = true
+				need.handle = true
 			default:
 				need.callOptions = true
 				switch meth.Kind {
-				case kindUnary, kindServerStreaming:
+				case kindUnary:
 					need.initShape = true
+				case kindServerStreaming:
+					need.initShape = true
+					need.serverStream = true
 				case kindClientStreaming:
+					need.clientStreamCall = true
 					need.clientStream = true
 				case kindBidiStreaming:
+					need.bidiStreamCall = true
 					need.bidiStream = true
 				}
 			}
 		}
 	}
 	var im imports
-	runtimeName := func(from, name string, needed bool) *importUse {
+	runtimeName := func(from, name string, needed, value bool) *importUse {
 		if !needed {
 			return &importUse{}
 		}
-		return im.use(from, name, false)
+		return im.use(from, name, value)
 	}
-	mis := runtimeName(protobufImport, "MessageInitShape", need.initShape)
-	bidiStream := runtimeName(g.opts.RuntimeImport, "BidiStreamCall", need.bidiStream)
-	callOptions := runtimeName(g.opts.RuntimeImport, "CallOptions", need.callOptions)
-	clientStream := runtimeName(g.opts.RuntimeImport, "ClientStreamCall", need.clientStream)
-	connection := runtimeName(g.opts.RuntimeImport, "Connection", need.connection)
-	methodSpec := runtimeName(g.opts.RuntimeImport, "MethodSpec", true)
+	rt := g.opts.RuntimeImport
+	mis := runtimeName(protobufImport, "MessageInitShape", need.initShape, false)
+	bidiStreamCall := runtimeName(rt, "BidiStreamCall", need.bidiStreamCall, false)
+	callOptions := runtimeName(rt, "CallOptions", need.callOptions, false)
+	clientStreamCall := runtimeName(rt, "ClientStreamCall", need.clientStreamCall, false)
+	connection := runtimeName(rt, "Connection", need.connection, false)
+	methodSpec := runtimeName(rt, "MethodSpec", true, false)
+	bidiStream := runtimeName(rt, "bidiStream", need.bidiStream, true)
+	clientStream := runtimeName(rt, "clientStream", need.clientStream, true)
+	handle := runtimeName(rt, "handle", need.handle, true)
+	serverStream := runtimeName(rt, "serverStream", need.serverStream, true)
 
 	// A message reference is filled in once every import has its alias.
 	// Every schema is a value of some spec; a shape is imported only when
@@ -300,7 +321,8 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 		u.ref.Schema, u.ref.Shape = u.schema.alias, u.shape.alias
 	}
 	m.MessageInitShape, m.CallOptions, m.Connection, m.MethodSpec = mis.alias, callOptions.alias, connection.alias, methodSpec.alias
-	m.ClientStreamCall, m.BidiStreamCall = clientStream.alias, bidiStream.alias
+	m.ClientStreamCall, m.BidiStreamCall = clientStreamCall.alias, bidiStreamCall.alias
+	m.ServerStream, m.ClientStream, m.BidiStream, m.Handle = serverStream.alias, clientStream.alias, bidiStream.alias, handle.alias
 	m.Imports = im.statements()
 	return m, nil
 }

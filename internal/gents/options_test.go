@@ -91,6 +91,31 @@ func TestOptions(t *testing.T) {
 	}
 }
 
+// The runtime's stream and handler functions are value imports from the
+// runtime_import module, like its types.
+func TestRuntimeFunctionsImport(t *testing.T) {
+	req := buildRequest(t, filepath.Join(sharedCases, "mixed"))
+	resp := runParley(t, req, "runtime_import=@acme/parley")
+	if resp.Error != nil {
+		t.Fatal(resp.GetError())
+	}
+	for _, f := range resp.GetFile() {
+		content := f.GetContent()
+		for _, w := range []string{
+			`import { bidiStream, clientStream, handle, serverStream } from "@acme/parley";`,
+			`return serverStream(this.#connection, `,
+			`handle(connection, `,
+		} {
+			if !strings.Contains(content, w) {
+				t.Errorf("%s lacks %s\n%s", f.GetName(), w, content)
+			}
+		}
+		if strings.Contains(content, "@parleyrpc/runtime") {
+			t.Errorf("%s imports @parleyrpc/runtime despite runtime_import\n%s", f.GetName(), content)
+		}
+	}
+}
+
 func TestBadOptions(t *testing.T) {
 	for parameter, want := range map[string]string{
 		"import_extension=mjs": `invalid option import_extension="mjs"`,

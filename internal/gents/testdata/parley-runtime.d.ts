@@ -35,28 +35,38 @@ export declare class Connection {
     request: MessageShape<I> | MessageInitShape<I>,
     options?: CallOptions,
   ): Promise<MessageShape<O>>;
-  serverStream<I extends DescMessage, O extends DescMessage>(
-    spec: MethodSpec<I, O>,
-    request: MessageShape<I> | MessageInitShape<I>,
-    options?: CallOptions,
-  ): AsyncIterable<MessageShape<O>>;
-  clientStream<I extends DescMessage, O extends DescMessage>(
-    spec: MethodSpec<I, O>,
-    options?: CallOptions,
-  ): ClientStreamCall<I, O>;
-  bidiStream<I extends DescMessage, O extends DescMessage>(
-    spec: MethodSpec<I, O>,
-    options?: CallOptions,
-  ): BidiStreamCall<I, O>;
   onEvent<I extends DescMessage>(
     spec: MethodSpec<I, DescMessage>,
     handler: (event: MessageShape<I>) => void,
   ): () => void;
-  handle<I extends DescMessage, O extends DescMessage>(
-    spec: MethodSpec<I, O>,
-    handler: (
-      request: MessageShape<I>,
-      context: { signal: AbortSignal; metadata: Record<string, string> },
-    ) => MessageShape<O> | MessageInitShape<O> | Promise<MessageShape<O> | MessageInitShape<O>>,
-  ): () => void;
 }
+
+// Streams and server->client calls are free functions, not Connection
+// methods, so that an app making only unary calls does not bundle them.
+export declare function serverStream<I extends DescMessage, O extends DescMessage>(
+  connection: Connection,
+  spec: MethodSpec<I, O>,
+  request: MessageShape<I> | MessageInitShape<I>,
+  options?: CallOptions,
+): AsyncIterable<MessageShape<O>>;
+
+export declare function clientStream<I extends DescMessage, O extends DescMessage>(
+  connection: Connection,
+  spec: MethodSpec<I, O>,
+  options?: CallOptions,
+): ClientStreamCall<I, O>;
+
+export declare function bidiStream<I extends DescMessage, O extends DescMessage>(
+  connection: Connection,
+  spec: MethodSpec<I, O>,
+  options?: CallOptions,
+): BidiStreamCall<I, O>;
+
+export declare function handle<I extends DescMessage, O extends DescMessage>(
+  connection: Connection,
+  spec: MethodSpec<I, O>,
+  handler: (
+    request: MessageShape<I>,
+    context: { signal: AbortSignal; metadata: Record<string, string> },
+  ) => MessageShape<O> | MessageInitShape<O> | Promise<MessageShape<O> | MessageInitShape<O>>,
+): () => void;

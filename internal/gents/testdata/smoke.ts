@@ -1,7 +1,9 @@
 // Runs the plain, mixed and tsmembers golden code against a recording Connection: each
 // client method passes its own spec, the request and the options through,
 // and returns what the connection gives; a subscriber and a handler
-// register on the connection with their specs and unregister.
+// register on the connection with their specs and unregister. Streams and
+// handlers go through the runtime's functions, which smoke-runtime.ts
+// passes on to the recorder's methods of the same names.
 // (go test ./internal/gents -run TestGoldenRuns)
 import { create } from "@bufbuild/protobuf";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
@@ -93,7 +95,7 @@ check(ChatServiceJoinSpec.timeoutMs === 5000 && ChatServiceJoinSpec.idempotent =
 check(seen[1]!.spec === ChatServiceHistorySpec && seen[1]!.options === undefined, "history passes its spec");
 check(ChatServiceHistorySpec.idempotent === true && ChatServiceHistorySpec.timeoutMs === 1500, "history's options");
 
-// Streams: each kind goes through its own Connection method with its spec.
+// Streams: each kind goes through its own runtime function with its spec.
 seen.length = 0;
 const chat = new mixed.ChatServiceClient(recorder as unknown as Connection);
 const tailed: string[] = [];

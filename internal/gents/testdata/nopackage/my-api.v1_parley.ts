@@ -7,6 +7,7 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { CallOptions, Connection, MethodSpec } from "@parleyrpc/runtime";
+import { serverStream } from "@parleyrpc/runtime";
 import type { Thing } from "./my-api.v1_pb";
 import { ThingSchema } from "./my-api.v1_pb";
 
@@ -20,7 +21,7 @@ export const RootServiceGetSpec: MethodSpec<typeof ThingSchema, typeof ThingSche
 };
 
 /**
- * Describes rpc RootService.Watch for Connection.serverStream.
+ * Describes rpc RootService.Watch for serverStream.
  */
 export const RootServiceWatchSpec: MethodSpec<typeof ThingSchema, typeof ThingSchema> = {
   procedure: "/RootService/Watch",
@@ -61,6 +62,6 @@ export class RootServiceClient {
    * @generated from rpc RootService.Watch
    */
   watch(request: Thing | MessageInitShape<typeof ThingSchema>, options?: CallOptions): AsyncIterable<Thing> {
-    return this.#connection.serverStream(RootServiceWatchSpec, request, options);
+    return serverStream(this.#connection, RootServiceWatchSpec, request, options);
   }
 }

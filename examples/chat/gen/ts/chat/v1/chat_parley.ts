@@ -12,6 +12,7 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { BidiStreamCall, CallOptions, Connection, MethodSpec } from "@parleyrpc/runtime";
+import { bidiStream, handle } from "@parleyrpc/runtime";
 import type { ChatMessage, ConfirmLeaveRequest, ConfirmLeaveResponse, JoinRequest, JoinResponse, KickRequest, KickResponse, LeaveRequest, LeaveResponse, ListRoomsRequest, ListRoomsResponse, PostRequest, PostResponse, PresenceChangedEvent, SetTypingRequest, SetTypingResponse, TypingEvent, UserJoinedEvent, UserLeftEvent } from "./chat_pb";
 import { ChatMessageSchema, ConfirmLeaveRequestSchema, ConfirmLeaveResponseSchema, JoinRequestSchema, JoinResponseSchema, KickRequestSchema, KickResponseSchema, LeaveRequestSchema, LeaveResponseSchema, ListRoomsRequestSchema, ListRoomsResponseSchema, PostRequestSchema, PostResponseSchema, PresenceChangedEventSchema, SetTypingRequestSchema, SetTypingResponseSchema, TypingEventSchema, TypingStreamRequestSchema, TypingStreamResponseSchema, UserJoinedEventSchema, UserLeftEventSchema } from "./chat_pb";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
@@ -79,7 +80,7 @@ export const ChatServiceKickSpec: MethodSpec<typeof KickRequestSchema, typeof Ki
 };
 
 /**
- * Describes rpc chat.v1.ChatService.TypingStream for Connection.bidiStream.
+ * Describes rpc chat.v1.ChatService.TypingStream for bidiStream.
  */
 export const ChatServiceTypingStreamSpec: MethodSpec<typeof TypingStreamRequestSchema, typeof TypingStreamResponseSchema> = {
   procedure: "/chat.v1.ChatService/TypingStream",
@@ -195,7 +196,7 @@ export class ChatServiceClient {
    * @generated from rpc chat.v1.ChatService.TypingStream
    */
   typingStream(options?: CallOptions): BidiStreamCall<typeof TypingStreamRequestSchema, typeof TypingStreamResponseSchema> {
-    return this.#connection.bidiStream(ChatServiceTypingStreamSpec, options);
+    return bidiStream(this.#connection, ChatServiceTypingStreamSpec, options);
   }
 }
 
@@ -251,7 +252,7 @@ export const ChatEventsPresenceChangedSpec: MethodSpec<typeof PresenceChangedEve
 
 /**
  * Describes rpc chat.v1.ChatEvents.ConfirmLeave, which the server calls on clients,
- * for Connection.handle.
+ * for handle.
  * Default deadline: 10000 ms.
  */
 export const ChatEventsConfirmLeaveSpec: MethodSpec<typeof ConfirmLeaveRequestSchema, typeof ConfirmLeaveResponseSchema> = {
@@ -382,7 +383,7 @@ export interface ChatEventsHandler {
  */
 export function registerChatEventsHandler(connection: Connection, handler: ChatEventsHandler): () => void {
   const unregister = [
-    connection.handle(ChatEventsConfirmLeaveSpec, (request, context) => handler.confirmLeave(request, context)),
+    handle(connection, ChatEventsConfirmLeaveSpec, (request, context) => handler.confirmLeave(request, context)),
   ];
   return () => {
     for (const u of unregister) {

@@ -8,6 +8,7 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { CallOptions, Connection, MethodSpec } from "@parleyrpc/runtime";
+import { handle } from "@parleyrpc/runtime";
 import type { ChatMessage, JoinRequest, JoinResponse } from "./chat_pb";
 import { ChatMessageSchema, JoinRequestSchema, JoinResponseSchema } from "./chat_pb";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
@@ -51,7 +52,7 @@ export const ChatEventsMessagePostedSpec: MethodSpec<typeof ChatMessageSchema, t
 
 /**
  * Describes rpc chat.v1.ChatEvents.ConfirmLeave, which the server calls on clients,
- * for Connection.handle.
+ * for handle.
  */
 export const ChatEventsConfirmLeaveSpec: MethodSpec<typeof JoinRequestSchema, typeof JoinResponseSchema> = {
   procedure: "/chat.v1.ChatEvents/ConfirmLeave",
@@ -115,7 +116,7 @@ export interface ChatEventsHandler {
  */
 export function registerChatEventsHandler(connection: Connection, handler: ChatEventsHandler): () => void {
   const unregister = [
-    connection.handle(ChatEventsConfirmLeaveSpec, (request, context) => handler.confirmLeave(request, context)),
+    handle(connection, ChatEventsConfirmLeaveSpec, (request, context) => handler.confirmLeave(request, context)),
   ];
   return () => {
     for (const u of unregister) {

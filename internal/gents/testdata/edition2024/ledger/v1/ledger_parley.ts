@@ -10,6 +10,7 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { BidiStreamCall, CallOptions, ClientStreamCall, Connection, MethodSpec } from "@parleyrpc/runtime";
+import { bidiStream, clientStream, handle, serverStream } from "@parleyrpc/runtime";
 import type { BalanceRequest, BalanceRequest_Reply, PostRequest, PostResponse, WatchRequest } from "./ledger_pb";
 import { BalanceRequestSchema, BalanceRequest_ReplySchema, PostRequestSchema, PostResponseSchema, WatchRequestSchema } from "./ledger_pb";
 import type { Entry } from "./types_pb";
@@ -39,7 +40,7 @@ export const LedgerServiceBalanceSpec: MethodSpec<typeof BalanceRequestSchema, t
 };
 
 /**
- * Describes rpc ledger.v1.LedgerService.Watch for Connection.serverStream.
+ * Describes rpc ledger.v1.LedgerService.Watch for serverStream.
  */
 export const LedgerServiceWatchSpec: MethodSpec<typeof WatchRequestSchema, typeof EntrySchema> = {
   procedure: "/ledger.v1.LedgerService/Watch",
@@ -49,7 +50,7 @@ export const LedgerServiceWatchSpec: MethodSpec<typeof WatchRequestSchema, typeo
 };
 
 /**
- * Describes rpc ledger.v1.LedgerService.Import for Connection.clientStream.
+ * Describes rpc ledger.v1.LedgerService.Import for clientStream.
  */
 export const LedgerServiceImportSpec: MethodSpec<typeof EntrySchema, typeof PostResponseSchema> = {
   procedure: "/ledger.v1.LedgerService/Import",
@@ -59,7 +60,7 @@ export const LedgerServiceImportSpec: MethodSpec<typeof EntrySchema, typeof Post
 };
 
 /**
- * Describes rpc ledger.v1.LedgerService.Reconcile for Connection.bidiStream.
+ * Describes rpc ledger.v1.LedgerService.Reconcile for bidiStream.
  */
 export const LedgerServiceReconcileSpec: MethodSpec<typeof EntrySchema, typeof EntrySchema> = {
   procedure: "/ledger.v1.LedgerService/Reconcile",
@@ -112,7 +113,7 @@ export class LedgerServiceClient {
    * @generated from rpc ledger.v1.LedgerService.Watch
    */
   watch(request: WatchRequest | MessageInitShape<typeof WatchRequestSchema>, options?: CallOptions): AsyncIterable<Entry> {
-    return this.#connection.serverStream(LedgerServiceWatchSpec, request, options);
+    return serverStream(this.#connection, LedgerServiceWatchSpec, request, options);
   }
 
   /**
@@ -130,7 +131,7 @@ export class LedgerServiceClient {
    * @generated from rpc ledger.v1.LedgerService.Import
    */
   import(options?: CallOptions): ClientStreamCall<typeof EntrySchema, typeof PostResponseSchema> {
-    return this.#connection.clientStream(LedgerServiceImportSpec, options);
+    return clientStream(this.#connection, LedgerServiceImportSpec, options);
   }
 
   /**
@@ -148,7 +149,7 @@ export class LedgerServiceClient {
    * @generated from rpc ledger.v1.LedgerService.Reconcile
    */
   reconcile(options?: CallOptions): BidiStreamCall<typeof EntrySchema, typeof EntrySchema> {
-    return this.#connection.bidiStream(LedgerServiceReconcileSpec, options);
+    return bidiStream(this.#connection, LedgerServiceReconcileSpec, options);
   }
 }
 
@@ -164,7 +165,7 @@ export const LedgerEventsPostedSpec: MethodSpec<typeof EntrySchema, typeof Empty
 
 /**
  * Describes rpc ledger.v1.LedgerEvents.Confirm, which the server calls on clients,
- * for Connection.handle.
+ * for handle.
  */
 export const LedgerEventsConfirmSpec: MethodSpec<typeof PostRequestSchema, typeof PostResponseSchema> = {
   procedure: "/ledger.v1.LedgerEvents/Confirm",
@@ -234,7 +235,7 @@ export interface LedgerEventsHandler {
  */
 export function registerLedgerEventsHandler(connection: Connection, handler: LedgerEventsHandler): () => void {
   const unregister = [
-    connection.handle(LedgerEventsConfirmSpec, (request, context) => handler.confirm(request, context)),
+    handle(connection, LedgerEventsConfirmSpec, (request, context) => handler.confirm(request, context)),
   ];
   return () => {
     for (const u of unregister) {

@@ -9,6 +9,7 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { CallOptions, Connection, MethodSpec } from "@parleyrpc/runtime";
+import { handle } from "@parleyrpc/runtime";
 import type { Publisher, Target } from "./event/event_pb";
 import { PublisherSchema, TargetSchema } from "./event/event_pb";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
@@ -35,7 +36,7 @@ export const RoomRegisterSpec: MethodSpec<typeof TargetSchema, typeof EmptySchem
 
 /**
  * Describes rpc clash.v1.Room.Handler, which the server calls on clients,
- * for Connection.handle.
+ * for handle.
  */
 export const RoomHandlerSpec: MethodSpec<typeof TargetSchema, typeof TargetSchema> = {
   procedure: "/clash.v1.Room/Handler",
@@ -65,7 +66,7 @@ export const RoomPSpec: MethodSpec<typeof TargetSchema, typeof EmptySchema> = {
 
 /**
  * Describes rpc clash.v1.Room.Target, which the server calls on clients,
- * for Connection.handle.
+ * for handle.
  */
 export const RoomTargetSpec: MethodSpec<typeof TargetSchema, typeof TargetSchema> = {
   procedure: "/clash.v1.Room/Target",
@@ -175,8 +176,8 @@ export interface RoomHandler {
  */
 export function registerRoomHandler(connection: Connection, handler: RoomHandler): () => void {
   const unregister = [
-    connection.handle(RoomHandlerSpec, (request, context) => handler.handler(request, context)),
-    connection.handle(RoomTargetSpec, (request, context) => handler.target(request, context)),
+    handle(connection, RoomHandlerSpec, (request, context) => handler.handler(request, context)),
+    handle(connection, RoomTargetSpec, (request, context) => handler.target(request, context)),
   ];
   return () => {
     for (const u of unregister) {
@@ -197,7 +198,7 @@ export const AlertsRaisedSpec: MethodSpec<typeof TargetSchema, typeof EmptySchem
 
 /**
  * Describes rpc clash.v1.Alerts.Ack, which the server calls on clients,
- * for Connection.handle.
+ * for handle.
  */
 export const AlertsAckSpec: MethodSpec<typeof TargetSchema, typeof TargetSchema> = {
   procedure: "/clash.v1.Alerts/Ack",
@@ -267,7 +268,7 @@ export interface AlertsHandler {
  */
 export function registerAlertsHandler(connection: Connection, handler: AlertsHandler): () => void {
   const unregister = [
-    connection.handle(AlertsAckSpec, (request, context) => handler.ack(request, context)),
+    handle(connection, AlertsAckSpec, (request, context) => handler.ack(request, context)),
   ];
   return () => {
     for (const u of unregister) {
@@ -360,7 +361,7 @@ export class RegisterAlertsSubscriber {
 
 /**
  * Describes rpc clash.v1.UnimplementedAlerts.Ack, which the server calls on clients,
- * for Connection.handle.
+ * for handle.
  */
 export const UnimplementedAlertsAckSpec: MethodSpec<typeof TargetSchema, typeof TargetSchema> = {
   procedure: "/clash.v1.UnimplementedAlerts/Ack",
@@ -399,7 +400,7 @@ export interface UnimplementedAlertsHandler {
  */
 export function registerUnimplementedAlertsHandler(connection: Connection, handler: UnimplementedAlertsHandler): () => void {
   const unregister = [
-    connection.handle(UnimplementedAlertsAckSpec, (request, context) => handler.ack(request, context)),
+    handle(connection, UnimplementedAlertsAckSpec, (request, context) => handler.ack(request, context)),
   ];
   return () => {
     for (const u of unregister) {

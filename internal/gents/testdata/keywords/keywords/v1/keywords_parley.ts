@@ -8,6 +8,7 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { BidiStreamCall, CallOptions, ClientStreamCall, Connection, MethodSpec } from "@parleyrpc/runtime";
+import { bidiStream, clientStream, serverStream } from "@parleyrpc/runtime";
 import type { Client, String, context, func, type } from "./types/types_pb";
 import { ClientSchema, StringSchema, contextSchema, funcSchema, typeSchema } from "./types/types_pb";
 
@@ -151,7 +152,7 @@ export const CodecUnmarshalJSONSpec: MethodSpec<typeof StringSchema, typeof Stri
 };
 
 /**
- * Describes rpc keywords.v1.Codec.ReadByte for Connection.serverStream.
+ * Describes rpc keywords.v1.Codec.ReadByte for serverStream.
  */
 export const CodecReadByteSpec: MethodSpec<typeof StringSchema, typeof StringSchema> = {
   procedure: "/keywords.v1.Codec/ReadByte",
@@ -161,7 +162,7 @@ export const CodecReadByteSpec: MethodSpec<typeof StringSchema, typeof StringSch
 };
 
 /**
- * Describes rpc keywords.v1.Codec.WriteByte for Connection.clientStream.
+ * Describes rpc keywords.v1.Codec.WriteByte for clientStream.
  */
 export const CodecWriteByteSpec: MethodSpec<typeof StringSchema, typeof StringSchema> = {
   procedure: "/keywords.v1.Codec/WriteByte",
@@ -171,7 +172,7 @@ export const CodecWriteByteSpec: MethodSpec<typeof StringSchema, typeof StringSc
 };
 
 /**
- * Describes rpc keywords.v1.Codec.UnreadRune for Connection.bidiStream.
+ * Describes rpc keywords.v1.Codec.UnreadRune for bidiStream.
  */
 export const CodecUnreadRuneSpec: MethodSpec<typeof StringSchema, typeof StringSchema> = {
   procedure: "/keywords.v1.Codec/UnreadRune",
@@ -245,7 +246,7 @@ export class CodecClient {
    * @generated from rpc keywords.v1.Codec.ReadByte
    */
   readByte(request: String | MessageInitShape<typeof StringSchema>, options?: CallOptions): AsyncIterable<String> {
-    return this.#connection.serverStream(CodecReadByteSpec, request, options);
+    return serverStream(this.#connection, CodecReadByteSpec, request, options);
   }
 
   /**
@@ -261,7 +262,7 @@ export class CodecClient {
    * @generated from rpc keywords.v1.Codec.WriteByte
    */
   writeByte(options?: CallOptions): ClientStreamCall<typeof StringSchema, typeof StringSchema> {
-    return this.#connection.clientStream(CodecWriteByteSpec, options);
+    return clientStream(this.#connection, CodecWriteByteSpec, options);
   }
 
   /**
@@ -277,7 +278,7 @@ export class CodecClient {
    * @generated from rpc keywords.v1.Codec.UnreadRune
    */
   unreadRune(options?: CallOptions): BidiStreamCall<typeof StringSchema, typeof StringSchema> {
-    return this.#connection.bidiStream(CodecUnreadRuneSpec, options);
+    return bidiStream(this.#connection, CodecUnreadRuneSpec, options);
   }
 
   /**

@@ -8,6 +8,7 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { BidiStreamCall, CallOptions, ClientStreamCall, Connection, MethodSpec } from "@parleyrpc/runtime";
+import { bidiStream, clientStream, handle, serverStream } from "@parleyrpc/runtime";
 import type { ChatMessage, JoinRequest, JoinResponse, LeaveAck, LeaveRequest, StatusReport, TailRequest } from "./chat_pb";
 import { ChatMessageSchema, ChatRequestSchema, ChatResponseSchema, ChunkSchema, JoinRequestSchema, JoinResponseSchema, LeaveAckSchema, LeaveRequestSchema, StatusReportSchema, TailRequestSchema, UploadResponseSchema } from "./chat_pb";
 import type { Empty } from "@bufbuild/protobuf/wkt";
@@ -25,7 +26,7 @@ export const ChatServiceJoinSpec: MethodSpec<typeof JoinRequestSchema, typeof Jo
 };
 
 /**
- * Describes rpc chat.v1.ChatService.Tail for Connection.serverStream.
+ * Describes rpc chat.v1.ChatService.Tail for serverStream.
  * Idempotent: marked IDEMPOTENT or NO_SIDE_EFFECTS in the proto.
  */
 export const ChatServiceTailSpec: MethodSpec<typeof TailRequestSchema, typeof ChatMessageSchema> = {
@@ -37,7 +38,7 @@ export const ChatServiceTailSpec: MethodSpec<typeof TailRequestSchema, typeof Ch
 };
 
 /**
- * Describes rpc chat.v1.ChatService.Upload for Connection.clientStream.
+ * Describes rpc chat.v1.ChatService.Upload for clientStream.
  * Default deadline: 60000 ms.
  */
 export const ChatServiceUploadSpec: MethodSpec<typeof ChunkSchema, typeof UploadResponseSchema> = {
@@ -49,7 +50,7 @@ export const ChatServiceUploadSpec: MethodSpec<typeof ChunkSchema, typeof Upload
 };
 
 /**
- * Describes rpc chat.v1.ChatService.Chat for Connection.bidiStream.
+ * Describes rpc chat.v1.ChatService.Chat for bidiStream.
  */
 export const ChatServiceChatSpec: MethodSpec<typeof ChatRequestSchema, typeof ChatResponseSchema> = {
   procedure: "/chat.v1.ChatService/Chat",
@@ -102,7 +103,7 @@ export class ChatServiceClient {
    * @generated from rpc chat.v1.ChatService.Tail
    */
   tail(request: TailRequest | MessageInitShape<typeof TailRequestSchema>, options?: CallOptions): AsyncIterable<ChatMessage> {
-    return this.#connection.serverStream(ChatServiceTailSpec, request, options);
+    return serverStream(this.#connection, ChatServiceTailSpec, request, options);
   }
 
   /**
@@ -120,7 +121,7 @@ export class ChatServiceClient {
    * @generated from rpc chat.v1.ChatService.Upload
    */
   upload(options?: CallOptions): ClientStreamCall<typeof ChunkSchema, typeof UploadResponseSchema> {
-    return this.#connection.clientStream(ChatServiceUploadSpec, options);
+    return clientStream(this.#connection, ChatServiceUploadSpec, options);
   }
 
   /**
@@ -138,7 +139,7 @@ export class ChatServiceClient {
    * @generated from rpc chat.v1.ChatService.Chat
    */
   chat(options?: CallOptions): BidiStreamCall<typeof ChatRequestSchema, typeof ChatResponseSchema> {
-    return this.#connection.bidiStream(ChatServiceChatSpec, options);
+    return bidiStream(this.#connection, ChatServiceChatSpec, options);
   }
 
   /**
@@ -163,7 +164,7 @@ export const ChatEventsMessagePostedSpec: MethodSpec<typeof ChatMessageSchema, t
 
 /**
  * Describes rpc chat.v1.ChatEvents.ConfirmLeave, which the server calls on clients,
- * for Connection.handle.
+ * for handle.
  * Default deadline: 10000 ms.
  */
 export const ChatEventsConfirmLeaveSpec: MethodSpec<typeof LeaveRequestSchema, typeof LeaveAckSchema> = {
@@ -185,7 +186,7 @@ export const ChatEventsKickedSpec: MethodSpec<typeof LeaveRequestSchema, typeof 
 
 /**
  * Describes rpc chat.v1.ChatEvents.Status, which the server calls on clients,
- * for Connection.handle.
+ * for handle.
  *
  * @deprecated
  */
@@ -276,8 +277,8 @@ export interface ChatEventsHandler {
  */
 export function registerChatEventsHandler(connection: Connection, handler: ChatEventsHandler): () => void {
   const unregister = [
-    connection.handle(ChatEventsConfirmLeaveSpec, (request, context) => handler.confirmLeave(request, context)),
-    connection.handle(ChatEventsStatusSpec, (request, context) => handler.status(request, context)),
+    handle(connection, ChatEventsConfirmLeaveSpec, (request, context) => handler.confirmLeave(request, context)),
+    handle(connection, ChatEventsStatusSpec, (request, context) => handler.status(request, context)),
   ];
   return () => {
     for (const u of unregister) {

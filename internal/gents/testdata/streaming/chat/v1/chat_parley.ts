@@ -8,6 +8,7 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { BidiStreamCall, CallOptions, ClientStreamCall, Connection, MethodSpec } from "@parleyrpc/runtime";
+import { bidiStream, clientStream, serverStream } from "@parleyrpc/runtime";
 import type { ChatMessage, JoinRequest, JoinResponse, TailRequest } from "./chat_pb";
 import { ChatMessageSchema, JoinRequestSchema, JoinResponseSchema, TailRequestSchema } from "./chat_pb";
 
@@ -21,7 +22,7 @@ export const ChatServiceJoinSpec: MethodSpec<typeof JoinRequestSchema, typeof Jo
 };
 
 /**
- * Describes rpc chat.v1.ChatService.Tail for Connection.serverStream.
+ * Describes rpc chat.v1.ChatService.Tail for serverStream.
  */
 export const ChatServiceTailSpec: MethodSpec<typeof TailRequestSchema, typeof ChatMessageSchema> = {
   procedure: "/chat.v1.ChatService/Tail",
@@ -31,7 +32,7 @@ export const ChatServiceTailSpec: MethodSpec<typeof TailRequestSchema, typeof Ch
 };
 
 /**
- * Describes rpc chat.v1.ChatService.Upload for Connection.clientStream.
+ * Describes rpc chat.v1.ChatService.Upload for clientStream.
  */
 export const ChatServiceUploadSpec: MethodSpec<typeof ChatMessageSchema, typeof JoinResponseSchema> = {
   procedure: "/chat.v1.ChatService/Upload",
@@ -41,7 +42,7 @@ export const ChatServiceUploadSpec: MethodSpec<typeof ChatMessageSchema, typeof 
 };
 
 /**
- * Describes rpc chat.v1.ChatService.Talk for Connection.bidiStream.
+ * Describes rpc chat.v1.ChatService.Talk for bidiStream.
  */
 export const ChatServiceTalkSpec: MethodSpec<typeof ChatMessageSchema, typeof ChatMessageSchema> = {
   procedure: "/chat.v1.ChatService/Talk",
@@ -81,7 +82,7 @@ export class ChatServiceClient {
    * @generated from rpc chat.v1.ChatService.Tail
    */
   tail(request: TailRequest | MessageInitShape<typeof TailRequestSchema>, options?: CallOptions): AsyncIterable<ChatMessage> {
-    return this.#connection.serverStream(ChatServiceTailSpec, request, options);
+    return serverStream(this.#connection, ChatServiceTailSpec, request, options);
   }
 
   /**
@@ -97,7 +98,7 @@ export class ChatServiceClient {
    * @generated from rpc chat.v1.ChatService.Upload
    */
   upload(options?: CallOptions): ClientStreamCall<typeof ChatMessageSchema, typeof JoinResponseSchema> {
-    return this.#connection.clientStream(ChatServiceUploadSpec, options);
+    return clientStream(this.#connection, ChatServiceUploadSpec, options);
   }
 
   /**
@@ -113,6 +114,6 @@ export class ChatServiceClient {
    * @generated from rpc chat.v1.ChatService.Talk
    */
   talk(options?: CallOptions): BidiStreamCall<typeof ChatMessageSchema, typeof ChatMessageSchema> {
-    return this.#connection.bidiStream(ChatServiceTalkSpec, options);
+    return bidiStream(this.#connection, ChatServiceTalkSpec, options);
   }
 }

@@ -9,6 +9,7 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { CallOptions, Connection, MethodSpec } from "@parleyrpc/runtime";
+import { handle } from "@parleyrpc/runtime";
 import type { Thing } from "./members_pb";
 import { ThingSchema } from "./members_pb";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
@@ -78,7 +79,7 @@ export class StoreClient {
 
 /**
  * Describes rpc tsmembers.v1.Peers.new, which the server calls on clients,
- * for Connection.handle.
+ * for handle.
  */
 export const PeersNewSpec: MethodSpec<typeof ThingSchema, typeof ThingSchema> = {
   procedure: "/tsmembers.v1.Peers/new",
@@ -88,7 +89,7 @@ export const PeersNewSpec: MethodSpec<typeof ThingSchema, typeof ThingSchema> = 
 
 /**
  * Describes rpc tsmembers.v1.Peers.delete, which the server calls on clients,
- * for Connection.handle.
+ * for handle.
  */
 export const PeersDeleteSpec: MethodSpec<typeof ThingSchema, typeof ThingSchema> = {
   procedure: "/tsmembers.v1.Peers/delete",
@@ -98,7 +99,7 @@ export const PeersDeleteSpec: MethodSpec<typeof ThingSchema, typeof ThingSchema>
 
 /**
  * Describes rpc tsmembers.v1.Peers.Then, which the server calls on clients,
- * for Connection.handle.
+ * for handle.
  */
 export const PeersThenSpec: MethodSpec<typeof ThingSchema, typeof ThingSchema> = {
   procedure: "/tsmembers.v1.Peers/Then",
@@ -192,9 +193,9 @@ export interface PeersHandler {
  */
 export function registerPeersHandler(connection: Connection, handler: PeersHandler): () => void {
   const unregister = [
-    connection.handle(PeersNewSpec, (request, context) => handler.new(request, context)),
-    connection.handle(PeersDeleteSpec, (request, context) => handler.delete(request, context)),
-    connection.handle(PeersThenSpec, (request, context) => handler.then$(request, context)),
+    handle(connection, PeersNewSpec, (request, context) => handler.new(request, context)),
+    handle(connection, PeersDeleteSpec, (request, context) => handler.delete(request, context)),
+    handle(connection, PeersThenSpec, (request, context) => handler.then$(request, context)),
   ];
   return () => {
     for (const u of unregister) {
