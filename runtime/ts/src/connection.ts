@@ -2,7 +2,8 @@ import { create, type DescMessage, type MessageInitShape, type MessageShape, typ
 import { codeFromNumber, codeToNumber, type Code } from "./code.js";
 import { ParleyError } from "./error.js";
 import type { Body, Call, ErrorFrame, Frame, Welcome } from "./frame.js";
-import type { BidiStreamCall, CallOptions, ClientStreamCall, MethodSpec } from "./method.js";
+import type { HandlerContext } from "./handle.js";
+import type { CallOptions, MethodSpec } from "./method.js";
 import { binaryProtocol, type Protocol } from "./protocol.js";
 
 /** The agent this runtime names in its Hello. */
@@ -151,18 +152,6 @@ export const defaultReconnect: Readonly<Required<Omit<ReconnectOptions, "random"
   maxAttempts: 0,
 };
 
-/** The context of a handler registered with {@link Connection.handle}. */
-export interface HandlerContext {
-  /**
-   * Aborted when the server cancels the call, at the call's deadline
-   * (with a "deadline_exceeded" ParleyError as reason) or when the
-   * connection closes.
-   */
-  readonly signal: AbortSignal;
-  /** The call's metadata. */
-  readonly metadata: Record<string, string>;
-}
-
 /**
  * What the server said in its Welcome: the session and the server's limits.
  */
@@ -220,8 +209,8 @@ export const defaultStreamWindow = 64;
 /** The bound on stream bytes received and not read unless ConnectionOptions.streamBufferBytes says otherwise: 32 MiB, as in Go. */
 export const defaultStreamBufferBytes = 32 << 20;
 
-/** A call or stream this side opened, not yet settled. */
-interface Pending {
+/** A call or stream this side opened, not yet settled. @internal */
+export interface Pending {
   spec: MethodSpec;
   body: Body;
   metadata?: Record<string, string>;
@@ -250,24 +239,24 @@ interface Pending {
   settle(error: ParleyError | undefined, value?: unknown, cancel?: number): void;
 }
 
-/** How the connection feeds a stream. */
-interface StreamSide {
+/** How the connection feeds a stream. @internal */
+export interface StreamSide {
   /** The Call frame went out with this id on this socket: sending may start. */
   opened(id: number, sock: Sock): void;
   item(body: Body): void;
   credit(items: number): void;
 }
 
-/** A call the server made to a handler of this client, running. */
-interface Serving {
+/** A call the server made to a handler of this client, running. @internal */
+export interface Serving {
   ac: AbortController;
   deadline: boolean;
   /** The server sent Cancel: the reply is not sent. */
   abandoned?: boolean;
 }
 
-/** One WebSocket and what lives and dies with it. */
-interface Sock {
+/** One WebSocket and what lives and dies with it. @internal */
+export interface Sock {
   ws: WebSocketLike;
   /** The server's Welcome on this socket, once it came. */
   session?: Session;
@@ -293,6 +282,42 @@ const closeResumable = 4000;
 const sessionTopic = "session";
 
 /**
+ * What stream.ts and handle.ts reach of a connection. They are modules of
+ * their own, so that applications that make no stream calls and serve
+ * nothing do not bundle them; this is not exported from the package.
+ *
+ * @internal
+ */
+export interface Internals {
+  readonly options: ConnectionOptions;
+  /** Starts a call or stream (see Connection.#start). */
+  start(spec: MethodSpec, body: Body, options: CallOptions, timeout: number, done: Done, s?: StreamSide): Pending;
+  send(s: Sock, frame: Frame, what?: string): ParleyError | undefined;
+  sendError(s: Sock, id: number, code: Code, message: string): void;
+  encode(schema: DescMessage, value: unknown, what: string, code?: Code): Body;
+  decode(schema: DescMessage, body: Body): unknown;
+  /** Live streams, and the items their windows grew by (see streamWindow). */
+  streams: number;
+  grown: number;
+  /** The bytes of stream items received and not yet read (see streamBufferBytes). */
+  streamBuf: number;
+  /** The client's handlers by method (see handle). */
+  handlers: Map<string, { spec: MethodSpec; fn: (req: unknown, ctx: HandlerContext) => unknown }>;
+  /**
+   * Runs the handler of a call the server made on s (valid id, the right
+   * parity) and answers it there; false when the method has none. Set by
+   * the first handle().
+   */
+  serve?: (s: Sock, call: Call) => boolean;
+}
+
+/** What a call's or stream's end reports: local is true when this side gave up (deadline, abort, cancel). */
+type Done = (error: ParleyError | undefined, value: unknown, local: boolean) => void;
+
+/** The internals of a connection, for stream.ts and handle.ts. @internal */
+export let internals: (connection: Connection) => Internals;
+
+/**
  * Connection is a connection to a Parley server: one WebSocket at a time,
  * on which any number of calls and streams run concurrently, each reply
  * reaching its caller, and on which the server pushes events and calls
@@ -311,7 +336,7 @@ const sessionTopic = "session";
  * its reply), else idempotent methods with a new id; the others then fail
  * with "unavailable". Streams in flight end with "unavailable". Session
  * events carry offsets: one replayed after a resume that had already
- * arrived is dropped. Handlers added with onEvent and handle stay. An
+ * arrived is dropped. Event handlers (onEvent) and call handlers (handle) stay. An
  * authentication refusal on reconnect, a token function that throws,
  * giving up after maxAttempts or {@link close} end it: "closed" is final.
  *
@@ -355,13 +380,12 @@ export class Connection {
   /** The deadline timer (see #arm) and when it fires. */
   #timer: ReturnType<typeof setTimeout> | undefined;
   #timerAt = Infinity;
-  /** Live streams, and the items their windows grew by (see streamWindow). */
-  #streams = 0;
-  #grown = 0;
-  /** The bytes of stream items received and not yet read (see streamBufferBytes). */
-  #streamBuf = 0;
   #events = new Map<string, Set<(body: Body) => unknown>>();
-  #handlers = new Map<string, { spec: MethodSpec; fn: (req: any, ctx: HandlerContext) => unknown }>();
+  #in: Internals;
+
+  static {
+    internals = (c) => c.#in;
+  }
 
   constructor(url: string, options: ConnectionOptions = {}) {
     this.#options = options;
@@ -372,6 +396,18 @@ export class Connection {
     const WS: WebSocketConstructor | undefined = options.WebSocket ?? (globalThis as any).WebSocket;
     if (!WS) throw new Error("parley: no global WebSocket; pass ConnectionOptions.WebSocket (e.g. from the ws package)");
     this.#WS = WS;
+    this.#in = {
+      options,
+      start: (...a) => this.#start(...a),
+      send: (...a) => this.#send(...a),
+      sendError: (...a) => this.#sendError(...a),
+      encode: (...a) => this.#encode(...a),
+      decode: (...a) => this.#decode(...a),
+      streams: 0,
+      grown: 0,
+      streamBuf: 0,
+      handlers: new Map(),
+    };
     this.#dial();
   }
 
@@ -429,45 +465,6 @@ export class Connection {
   }
 
   /**
-   * Calls a server-streaming method: the responses, in order, as an async
-   * iterable. `for await` ends when the server completes the call and
-   * throws its {@link ParleyError} when it fails; breaking out of the loop
-   * cancels the call (a Cancel frame tells the server).
-   *
-   * The call starts at once. Its deadline is options.timeoutMs, else
-   * spec.timeoutMs, else none: the connection's default deadline does
-   * not apply to streams. Aborting options.signal fails it with
-   * "canceled"; the deadline with "deadline_exceeded". The server sends
-   * at most the connection's streamWindow items ahead of the loop.
-   */
-  serverStream<I extends DescMessage, O extends DescMessage>(
-    spec: MethodSpec<I, O>,
-    request: MessageShape<I> | MessageInitShape<I>,
-    options: CallOptions = {},
-  ): AsyncIterable<MessageShape<O>> {
-    return this.#stream(spec, options, request);
-  }
-
-  /**
-   * Calls a client-streaming method: send requests, then closeAndReceive()
-   * for the response. Sends are paced by the server's credit
-   * (Welcome.stream_window per stream, renewed as its handler reads).
-   * Deadline and signal as {@link serverStream}.
-   */
-  clientStream<I extends DescMessage, O extends DescMessage>(spec: MethodSpec<I, O>, options: CallOptions = {}): ClientStreamCall<I, O> {
-    return this.#stream(spec, options);
-  }
-
-  /**
-   * Calls a bidirectional streaming method: send requests into the
-   * returned object and iterate it for the responses. Deadline and signal
-   * as {@link serverStream}.
-   */
-  bidiStream<I extends DescMessage, O extends DescMessage>(spec: MethodSpec<I, O>, options: CallOptions = {}): BidiStreamCall<I, O> {
-    return this.#stream(spec, options);
-  }
-
-  /**
    * Calls handler with every event of the method spec the server pushes,
    * in the order they arrive, until the returned function is called.
    * Several handlers of one event run in the order they were added. What
@@ -485,29 +482,6 @@ export class Connection {
   }
 
   /**
-   * Serves calls the server makes to the method spec (of a service the
-   * client implements) until the returned function is called; a later
-   * handle() of the same method replaces this one. The handler's return
-   * value (or its promise's) is the reply. A {@link ParleyError} it
-   * throws reaches the server with its code; anything else thrown as
-   * "unknown" with its message. Calls of methods without a handler fail
-   * with "unimplemented". context.signal aborts when the server cancels,
-   * at the call's deadline, or when the connection closes; the reply of
-   * a call the server cancelled is not sent.
-   */
-  handle<I extends DescMessage, O extends DescMessage>(
-    spec: MethodSpec<I, O>,
-    handler: (
-      request: MessageShape<I>,
-      context: HandlerContext,
-    ) => MessageShape<O> | MessageInitShape<O> | Promise<MessageShape<O> | MessageInitShape<O>>,
-  ): () => void {
-    const h = { spec, fn: handler };
-    this.#handlers.set(spec.procedure, h);
-    return () => this.#handlers.get(spec.procedure) == h && this.#handlers.delete(spec.procedure);
-  }
-
-  /**
    * Starts a call or stream: queues it until the connection is open and
    * has a slot, arms its deadline and signal. done runs once, with the
    * outcome; local is true when this side gave up (deadline, abort,
@@ -518,7 +492,7 @@ export class Connection {
     body: Body,
     options: CallOptions,
     timeout: number,
-    done: (error: ParleyError | undefined, value: unknown, local: boolean) => void,
+    done: Done,
     s?: StreamSide,
   ): Pending {
     const { signal } = options;
@@ -598,175 +572,6 @@ export class Connection {
       else next = Math.min(next, deadline);
     }
     this.#arm(next);
-  }
-
-  /**
-   * Opens a stream; request is the one request of a server-streaming
-   * call. The returned object serves all three kinds.
-   */
-  #stream(spec: MethodSpec, options: CallOptions, request?: unknown): any {
-    const { procedure } = spec;
-    const base = this.#options.streamWindow || defaultStreamWindow;
-    const budget = 15 * base; // the growth all of the connection's streams share
-    let window = base;
-    this.#streams++;
-    /** Received items not yet read, their payloads' sizes, and how many of those bytes count in #streamBuf. */
-    const q: unknown[] = [];
-    const sizes: number[] = [];
-    let held = 0;
-    /** Sends waiting for credit, in order; one without body is the StreamEnd. */
-    const out: { body?: Body; ok(): void; fail(e: ParleyError): void }[] = [];
-    const waiters: (() => void)[] = [];
-    let id = 0;
-    let sock: Sock;
-    let consumed = 0; // items read since the last Credit
-    let starved = false; // the reader waited for an item since the last Credit
-    let credit = 0;
-    let ended = false;
-    let sendClosed = false;
-    let error: ParleyError | undefined;
-    let value: unknown;
-    let p: Pending | undefined;
-    const wake = () => waiters.splice(0).forEach((w) => w());
-    const wait = () => new Promise<void>((r) => waiters.push(r));
-    const endedError = () => error ?? new ParleyError("failed_precondition", `${procedure}: the stream has ended`);
-    const flush = () => {
-      while (id && !ended && out[0] && (!out[0].body || credit > 0)) {
-        const o = out.shift()!;
-        if (!o.body) {
-          this.#send(sock, { end: { id } });
-          continue;
-        }
-        const big = this.#send(sock, { item: { id, ...o.body } }, `${procedure}: the item`);
-        if (big) o.fail(big);
-        else credit--, o.ok();
-      }
-    };
-    const side: StreamSide = {
-      opened: (i, s) => {
-        id = i;
-        sock = s;
-        credit = s.session!.streamWindow || defaultStreamWindow;
-        flush();
-      },
-      item: (b) => {
-        if (ended) return;
-        // The server may have sent no more than the window minus what was
-        // received and not yet granted back.
-        if (q.length + consumed >= window) {
-          return p!.settle(new ParleyError("resource_exhausted", `${procedure}: the server sent stream items beyond its credit`), undefined, 0);
-        }
-        const n = b.payload?.length ?? 0;
-        const limit = this.#options.streamBufferBytes || defaultStreamBufferBytes;
-        if (this.#streamBuf + n > limit) {
-          return p!.settle(new ParleyError("resource_exhausted", `${procedure}: over ${limit} bytes of stream items unread (streamBufferBytes)`), undefined, 0);
-        }
-        try {
-          q.push(this.#decode(spec.output, b));
-        } catch (e) {
-          return p!.settle(new ParleyError("internal", `${procedure}: undecodable stream item from the server: ${String(e)}`, [], {}, e), undefined, 0);
-        }
-        sizes.push(n);
-        held += n;
-        this.#streamBuf += n;
-        wake();
-      },
-      credit: (n) => {
-        credit += n;
-        flush();
-      },
-    };
-    const done = (e: ParleyError | undefined, v: unknown, local: boolean) => {
-      if (!ended) this.#streams--, (this.#grown -= window - base);
-      ended = true;
-      error = e;
-      value = v;
-      // Nothing more comes on this stream: what it holds stops counting.
-      this.#streamBuf -= held;
-      held = 0;
-      // The caller gave up: what it did not read no longer matters. Else
-      // the items that came before the end are still read.
-      if (local) q.length = sizes.length = 0;
-      for (const o of out.splice(0)) o.fail(endedError());
-      wake();
-    };
-    try {
-      const body = request === undefined ? {} : this.#encode(spec.input, request, procedure);
-      p = this.#start(spec, body, options, options.timeoutMs ?? spec.timeoutMs ?? 0, done, side);
-    } catch (e) {
-      done(e as ParleyError, undefined, false);
-    }
-    const cancel = async () => {
-      p?.settle(new ParleyError("canceled", `${procedure}: the caller ended the stream`), undefined, 0);
-      return { value: undefined, done: true } as const;
-    };
-    const closeSend = () => {
-      if (!sendClosed && !ended) {
-        sendClosed = true;
-        out.push({ ok() {}, fail() {} });
-        flush();
-      }
-    };
-    return {
-      closeSend,
-      send: (m: unknown) => {
-        if (ended || sendClosed) {
-          return Promise.reject(sendClosed && !ended ? new ParleyError("failed_precondition", `${procedure}: send after closeSend`) : endedError());
-        }
-        let body: Body;
-        try {
-          body = this.#encode(spec.input, m, procedure);
-        } catch (e) {
-          return Promise.reject(e);
-        }
-        return new Promise<void>((ok, fail) => {
-          out.push({ body, ok, fail });
-          flush();
-        });
-      },
-      async closeAndReceive() {
-        closeSend();
-        while (!ended) await wait();
-        if (error) throw error;
-        return value;
-      },
-      [Symbol.asyncIterator]: () => ({
-        next: async (): Promise<IteratorResult<unknown>> => {
-          for (;;) {
-            if (q.length) {
-              const value = q.shift();
-              const n = sizes.shift()!;
-              if (held) (held -= n), (this.#streamBuf -= n);
-              // Grant the server what was read every half configured
-              // window, also once the window has grown (steady steps, not
-              // bursts of half a grown window). While this reader waits
-              // for items rather than the other way round, the window
-              // doubles: the server is likely waiting for credit.
-              if (++consumed >= Math.max(1, base >> 1) && !ended) {
-                let items = consumed;
-                if ((starved || !q.length) && (2 * window - base) * this.#streams <= budget && this.#grown + window <= budget) {
-                  this.#grown += window;
-                  items += window;
-                  window *= 2;
-                }
-                this.#send(sock, { credit: { id, items } });
-                consumed = 0;
-                starved = false;
-              }
-              return { value, done: false };
-            }
-            if (ended) {
-              if (error) throw error;
-              return { value: undefined, done: true };
-            }
-            starved = true;
-            await wait();
-          }
-        },
-        return: cancel,
-        throw: cancel,
-      }),
-    };
   }
 
   get #defaultTimeout(): number {
@@ -1093,7 +898,11 @@ export class Connection {
         }
       }
     } else if ("call" in frame) {
-      void this.#serve(s, frame.call);
+      const { id, method = "" } = frame.call;
+      // Id 0 is a protocol error: an Error with id 0 concerns the connection.
+      if (!id) return this.#protocolError(s, "a call with id 0: call ids start at 1");
+      if (id % 2) this.#sendError(s, id, "invalid_argument", `call id ${id} has the wrong parity: server calls use even ids`);
+      else if (!this.#in.serve?.(s, frame.call)) this.#sendError(s, id, "unimplemented", `method "${method}" is not implemented`);
     } else if ("cancel" in frame) {
       const c = s.serving.get(frame.cancel.id);
       if (c) {
@@ -1116,39 +925,6 @@ export class Connection {
   }
 
   #onError = (e: unknown) => (this.#options.onError ?? console.error)(e);
-
-  /** Runs a handler for a call the server made on s and answers it there. */
-  async #serve(s: Sock, call: Call) {
-    const { id, method = "", timeoutMs } = call;
-    const h = this.#handlers.get(method);
-    // Id 0 is a protocol error: an Error with id 0 concerns the connection.
-    if (!id) return this.#protocolError(s, "a call with id 0: call ids start at 1");
-    if (id % 2) return this.#sendError(s, id, "invalid_argument", `call id ${id} has the wrong parity: server calls use even ids`);
-    if (!h) return this.#sendError(s, id, "unimplemented", `method "${method}" is not implemented`);
-    let req: unknown;
-    try {
-      req = this.#decode(h.spec.input, call);
-    } catch (e) {
-      return this.#sendError(s, id, "invalid_argument", `decoding the request of ${method}: ${String(e)}`);
-    }
-    const c: Serving = { ac: new AbortController(), deadline: !!timeoutMs };
-    s.serving.set(id, c);
-    const timer = timeoutMs
-      ? setTimeout(() => c.ac.abort(new ParleyError("deadline_exceeded", `${method}: deadline exceeded`)), Math.min(timeoutMs, 0x7fffffff))
-      : undefined;
-    let reply: Frame;
-    try {
-      reply = { reply: { id, ...this.#encode(h.spec.output, await h.fn(req, { signal: c.ac.signal, metadata: call.metadata ?? {} }), method, "internal") } };
-    } catch (e) {
-      const err = ParleyError.from(e);
-      reply = { error: { id, code: codeToNumber(err.code), message: err.rawMessage, metadata: err.metadata } };
-    }
-    clearTimeout(timer);
-    s.serving.delete(id);
-    if (c.abandoned) return;
-    const big = this.#send(s, reply, `${method}: the response`);
-    if (big) this.#sendError(s, id, big.code, big.rawMessage);
-  }
 
   /** Sends Ping on s every `every` ms, and drops s when nothing arrives for every + pongTimeoutMs. */
   #keepalive(s: Sock, every: number) {

@@ -25,7 +25,12 @@
  * @internal
  */
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
-import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
+import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+
+// Wire types, as numbers: protobuf-es's WireType enum is an object the
+// minifier cannot shorten.
+const varint = 0;
+const delimited = 2;
 
 type Strings = Record<string, string>;
 
@@ -144,8 +149,8 @@ export function encodeBinary(frame: Frame): Uint8Array {
   }
   const fields = w.finish();
   const [f, p] = payload ?? [0, fields.subarray(0, 0)];
-  w.tag(no, WireType.LengthDelimited).uint32(fields.length + (f && 1 + varintSize(p.length) + p.length)).raw(fields);
-  if (f) w.tag(f, WireType.LengthDelimited).uint32(p.length);
+  w.tag(no, delimited).uint32(fields.length + (f && 1 + varintSize(p.length) + p.length)).raw(fields);
+  if (f) w.tag(f, delimited).uint32(p.length);
   const head = w.finish();
   // Keep no buffer much larger than the frames usually sent.
   if (head.length > 1 << 16) w = new BinaryWriter();
@@ -184,9 +189,9 @@ function writeFields(no: number, msg: Record<string, any>): [number, Uint8Array]
     const v = msg[name];
     if (isDefault(t, v)) continue;
     if (isVarint(t)) {
-      w.tag(f, WireType.Varint).uint64(t == "b" ? +v : v);
+      w.tag(f, varint).uint64(t == "b" ? +v : v);
     } else if (t == "s") {
-      w.tag(f, WireType.LengthDelimited).string(v);
+      w.tag(f, delimited).string(v);
     } else if (t == "p") {
       payload = [f, v];
     } else if (t == "j") {
@@ -194,18 +199,18 @@ function writeFields(no: number, msg: Record<string, any>): [number, Uint8Array]
     } else if (t == "a") {
       for (const d of v as AnyDetail[]) {
         if (!("typeUrl" in d)) throw new Error("cannot encode a JSON error detail as protobuf");
-        w.tag(f, WireType.LengthDelimited).fork();
-        if (d.typeUrl) w.tag(1, WireType.LengthDelimited).string(d.typeUrl);
-        if (d.value.length) w.tag(2, WireType.LengthDelimited).bytes(d.value);
+        w.tag(f, delimited).fork();
+        if (d.typeUrl) w.tag(1, delimited).string(d.typeUrl);
+        if (d.value.length) w.tag(2, delimited).bytes(d.value);
         w.join();
       }
     } else {
       // m, o: a map is a repeated entry message {1: key, 2: value}; Go
       // writes every entry's key and value, defaults included.
       for (const [key, val] of Object.entries(v as Record<string, string | number>)) {
-        w.tag(f, WireType.LengthDelimited).fork().tag(1, WireType.LengthDelimited).string(key);
-        if (t == "m") w.tag(2, WireType.LengthDelimited).string(val as string);
-        else w.tag(2, WireType.Varint).uint64(val);
+        w.tag(f, delimited).fork().tag(1, delimited).string(key);
+        if (t == "m") w.tag(2, delimited).string(val as string);
+        else w.tag(2, varint).uint64(val);
         w.join();
       }
     }
@@ -221,7 +226,7 @@ export function decodeBinary(bytes: Uint8Array): Frame {
   while (r.pos < r.len) {
     const [no, wt] = r.tag();
     const spec = schema[no - 1];
-    if (wt != WireType.LengthDelimited) {
+    if (wt != delimited) {
       r.skip(wt, no);
     } else if (spec) {
       frame = { [spec[0]]: readMessage(r, spec[1]) } as Frame;
@@ -258,7 +263,7 @@ function readMessage(r: BinaryReader, fields: Fields): Record<string, any> {
   while (r.pos < stop) {
     const [no, wt] = r.tag();
     const [name, t = ""] = fields[no - 1] ?? [];
-    if (!name || wt != (isVarint(t) ? WireType.Varint : WireType.LengthDelimited)) {
+    if (!name || wt != (isVarint(t) ? varint : delimited)) {
       r.skip(wt, no);
     } else if (t == "a") {
       (msg[name] ??= []).push({ typeUrl: "", value: new Uint8Array(0), ...readMessage(r, anyFields) });

@@ -32,7 +32,7 @@ export interface MethodSpec<I extends DescMessage = DescMessage, O extends DescM
 }
 
 /**
- * A client-streaming call in progress (see {@link Connection.clientStream}).
+ * A client-streaming call in progress (see {@link clientStream}).
  */
 export interface ClientStreamCall<I extends DescMessage, O extends DescMessage> {
   /**
@@ -48,7 +48,7 @@ export interface ClientStreamCall<I extends DescMessage, O extends DescMessage> 
 
 /**
  * A bidirectional streaming call in progress (see
- * {@link Connection.bidiStream}): send requests into it and iterate its
+ * {@link bidiStream}): send requests into it and iterate its
  * responses. Iteration ends when the server completes the call and throws
  * its ParleyError when it fails; leaving the loop early (break, throw)
  * cancels the call.

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
-import { Connection, ParleyError, binaryProtocol, type ConnectionOptions, type ConnectionState, type Protocol } from "../src/index.js";
+import { binaryProtocol, Connection, handle, ParleyError, serverStream, type ConnectionOptions, type ConnectionState, type Protocol } from "../src/index.js";
 import { rejectsWith, within } from "./assert.js";
 import { FakeServer, expectFrame, type Peer } from "./fakeserver.js";
 import { EchoRequestSchema, EchoResponseSchema } from "./gen/e2e/v1/echo_pb.js";
@@ -462,14 +462,14 @@ describe("choosing the protocol", () => {
       send({ kind: { case: "reply", value: { id: BigInt((await expectFrame(peer, "call")).id), body: json } } });
       await rejectsWith(res, "internal", /undecodable reply from the server: Error: a json body on parley\.v1\+proto/);
 
-      const stream = conn.serverStream(Count, { from: 1, count: 2 })[Symbol.asyncIterator]();
+      const stream = serverStream(conn, Count, { from: 1, count: 2 })[Symbol.asyncIterator]();
       const first = stream.next();
       const id = (await expectFrame(peer, "call")).id;
       send({ kind: { case: "item", value: { id: BigInt(id), body: json } } });
       await rejectsWith(first, "internal", /undecodable stream item from the server: Error: a json body on parley\.v1\+proto/);
       assert.deepEqual(await expectFrame(peer, "cancel"), { id });
 
-      conn.handle(Confirm, () => ({ answer: "unreachable" }));
+      handle(conn, Confirm, () => ({ answer: "unreachable" }));
       send({ kind: { case: "call", value: { id: 2n, method: Confirm.procedure, body: json } } });
       const e = await expectFrame(peer, "error");
       assert.equal(e.code, 3);

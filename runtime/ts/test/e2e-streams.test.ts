@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
-import { Connection, ParleyError } from "../src/index.js";
+import { bidiStream, clientStream, Connection, handle, ParleyError, serverStream } from "../src/index.js";
 import { rejectsWith } from "./assert.js";
 import { startE2EServer } from "./e2eserver.js";
 import { AskBack, Confirm, Count, Echo, EchoStream, StreamOutcome, Subscribe, Sum, Tick } from "./specs.js";
@@ -43,25 +43,25 @@ for (const protocol of ["proto", "json"] as const) {
     after(() => conn.close());
 
     test("server streaming: many more items than the window, in order", async () => {
-      const { items, error } = await collect(conn.serverStream(Count, { from: 10, count: 1000 }));
+      const { items, error } = await collect(serverStream(conn, Count, { from: 10, count: 1000 }));
       assert.equal(error, undefined);
       assert.deepEqual(items.map((r) => r.n), range(10, 1000));
     });
 
     test("client streaming: the sum of many more items than the window", async () => {
-      const sum = conn.clientStream(Sum);
+      const sum = clientStream(conn, Sum);
       for (let v = 1; v <= 1000; v++) await sum.send({ value: BigInt(v) });
       const res = await sum.closeAndReceive();
       assert.equal(res.sum, 500500n);
       assert.equal(res.count, 1000);
       // Sends not awaited one by one still go out in order under credit.
-      const fast = conn.clientStream(Sum);
+      const fast = clientStream(conn, Sum);
       await Promise.all(range(1, 500).map((v) => fast.send({ value: BigInt(v) })));
       assert.equal((await fast.closeAndReceive()).sum, 125250n);
     });
 
     test("bidi streaming: each item answered as it is sent; closeSend ends the responses", async () => {
-      const echo = conn.bidiStream(EchoStream);
+      const echo = bidiStream(conn, EchoStream);
       const it = echo[Symbol.asyncIterator]();
       for (let i = 0; i < 100; i++) {
         await echo.send({ text: `#${i}` });
@@ -86,19 +86,19 @@ for (const protocol of ["proto", "json"] as const) {
         const streams = range(0, 100).map(async (i) => {
           switch (i % 3) {
             case 0: {
-              const { items, error } = await collect(c.serverStream(Count, { from: i * 1000, count: 150 }));
+              const { items, error } = await collect(serverStream(c, Count, { from: i * 1000, count: 150 }));
               assert.equal(error, undefined);
               assert.deepEqual(items.map((r) => r.n), range(i * 1000, 150));
               return;
             }
             case 1: {
-              const sum = c.clientStream(Sum);
+              const sum = clientStream(c, Sum);
               for (const v of range(0, 150)) await sum.send({ value: BigInt(i + v) });
               assert.equal((await sum.closeAndReceive()).sum, BigInt(150 * i + (149 * 150) / 2));
               return;
             }
             default: {
-              const echo = c.bidiStream(EchoStream);
+              const echo = bidiStream(c, EchoStream);
               const got = collect(echo);
               for (const v of range(0, 150)) await echo.send({ text: `${i}/${v}` });
               echo.closeSend();
@@ -121,12 +121,12 @@ for (const protocol of ["proto", "json"] as const) {
     test("a stalled stream stalls only itself", async (t) => {
       const timed = async () => {
         const start = performance.now();
-        const { items } = await collect(conn.serverStream(Count, { count: 2000 }));
+        const { items } = await collect(serverStream(conn, Count, { count: 2000 }));
         assert.equal(items.length, 2000);
         return performance.now() - start;
       };
       const alone = await timed();
-      const stalled = conn.serverStream(Count, { count: 100_000 })[Symbol.asyncIterator]();
+      const stalled = serverStream(conn, Count, { count: 100_000 })[Symbol.asyncIterator]();
       assert.equal((await stalled.next()).value!.n, 0);
       const beside = await timed();
       assert.equal((await conn.call(Echo, { text: "still" })).text, "still");
@@ -138,7 +138,7 @@ for (const protocol of ["proto", "json"] as const) {
     test("breaking out of the loop cancels the handler", async () => {
       const t = token();
       let seen = 0;
-      for await (const r of conn.serverStream(Count, { count: 1000, delayMs: 5, token: t })) {
+      for await (const r of serverStream(conn, Count, { count: 1000, delayMs: 5, token: t })) {
         seen++;
         if (r.n == 4) break;
       }
@@ -150,7 +150,7 @@ for (const protocol of ["proto", "json"] as const) {
     test("aborting a bidi stream cancels the handler", async () => {
       const t = token();
       const ac = new AbortController();
-      const echo = conn.bidiStream(EchoStream, { signal: ac.signal });
+      const echo = bidiStream(conn, EchoStream, { signal: ac.signal });
       await echo.send({ text: "first", token: t });
       const it = echo[Symbol.asyncIterator]();
       assert.equal((await it.next()).value!.text, "first");
@@ -163,13 +163,13 @@ for (const protocol of ["proto", "json"] as const) {
     test("the deadline covers the whole stream, on both sides", async () => {
       const t = token();
       const start = performance.now();
-      const { items, error } = await collect(conn.serverStream(Count, { count: 1000, delayMs: 20, token: t }, { timeoutMs: 200 }));
+      const { items, error } = await collect(serverStream(conn, Count, { count: 1000, delayMs: 20, token: t }, { timeoutMs: 200 }));
       const took = performance.now() - start;
       assert.equal(error?.code, "deadline_exceeded");
       assert.ok(items.length >= 3 && items.length < 11, `${items.length} items`);
       assert.ok(took >= 199 && took < 1000, `failed after ${took} ms`);
       assert.equal((await conn.call(StreamOutcome, { token: t })).outcome, "deadline_exceeded");
-      const slow = conn.clientStream(Sum, { timeoutMs: 100 });
+      const slow = clientStream(conn, Sum, { timeoutMs: 100 });
       await slow.send({ value: 1n });
       await sleep(150);
       await rejectsWith(slow.send({ value: 2n }), "deadline_exceeded");
@@ -177,18 +177,18 @@ for (const protocol of ["proto", "json"] as const) {
     });
 
     test("a server error mid-stream ends each kind with its code", async () => {
-      const counted = await collect(conn.serverStream(Count, { count: 3, failCode: "aborted", failMessage: "enough" }));
+      const counted = await collect(serverStream(conn, Count, { count: 3, failCode: "aborted", failMessage: "enough" }));
       assert.deepEqual(counted.items.map((r) => r.n), [0, 1, 2]);
       assert.equal(counted.error?.code, "aborted");
       assert.equal(counted.error?.rawMessage, "enough");
 
-      const sum = conn.clientStream(Sum);
+      const sum = clientStream(conn, Sum);
       await sum.send({ value: 1n });
       await sum.send({ value: 2n });
       await sum.send({ failCode: "out_of_range" });
       await rejectsWith(sum.closeAndReceive(), "out_of_range", /failed after 2 items/);
 
-      const echo = conn.bidiStream(EchoStream);
+      const echo = bidiStream(conn, EchoStream);
       await echo.send({ text: "a" });
       await echo.send({ text: "b", failCode: "permission_denied" });
       const echoed = await collect(echo);
@@ -200,7 +200,7 @@ for (const protocol of ["proto", "json"] as const) {
 
     test("the connection closing ends open streams", async () => {
       const c = new Connection(url, { WebSocket, protocol: protocols[protocol] });
-      const it = c.serverStream(Count, { count: 1000, delayMs: 10 })[Symbol.asyncIterator]();
+      const it = serverStream(c, Count, { count: 1000, delayMs: 10 })[Symbol.asyncIterator]();
       await it.next();
       c.close();
       await rejectsWith(it.next(), "canceled");
@@ -220,7 +220,7 @@ for (const protocol of ["proto", "json"] as const) {
       assert.deepEqual(seqs, range(1, 1000));
 
       assert.equal((await conn.call(AskBack, { question: "tea?" })).error, "unimplemented: method \"/e2e.v1.ClientEvents/Confirm\" is not implemented");
-      const off = conn.handle(Confirm, async (req, { signal, metadata }) => {
+      const off = handle(conn, Confirm, async (req, { signal, metadata }) => {
         assert.equal(typeof metadata, "object");
         if (req.question == "secret") throw new ParleyError("permission_denied", "not telling");
         if (req.question == "bug") throw new Error("handler bug");

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
-import { Connection, type ConnectionOptions, type ConnectionState } from "../src/index.js";
+import { Connection, serverStream, type ConnectionOptions, type ConnectionState } from "../src/index.js";
 import type { Frame, Hello, Welcome } from "../src/frame.js";
 import { rejectsWith, within } from "./assert.js";
 import { FakeServer, expectFrame, type FakeServerOptions } from "./fakeserver.js";
@@ -164,7 +164,7 @@ describe("reconnect", () => {
       await open(conn);
       const echo = conn.call(Echo, { text: "again" });
       const sleepCall = conn.call(Sleep, { ms: 1 });
-      const stream = conn.serverStream(Count, { count: 3 })[Symbol.asyncIterator]().next();
+      const stream = serverStream(conn, Count, { count: 3 })[Symbol.asyncIterator]().next();
       const [c1, c2, c3] = [await expectFrame(peer, "call"), await expectFrame(peer, "call"), await expectFrame(peer, "call")];
       peer.ws.terminate();
       await rejectsWith(stream, "unavailable", /connection closed/);

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
-import { Connection, ParleyError, type ConnectionOptions } from "../src/index.js";
+import { bidiStream, clientStream, Connection, handle, ParleyError, serverStream, type ConnectionOptions } from "../src/index.js";
 import type { Body } from "../src/frame.js";
 import { rejectsWith, within } from "./assert.js";
 import { FakeServer, expectFrame, type Peer } from "./fakeserver.js";
@@ -83,7 +83,7 @@ for (const protocol of ["proto", "json"] as const) {
     test("handle: the returned value is the reply; errors keep their code; unknown methods are unimplemented", async () => {
       const { conn, peer } = await connect();
       const seen: Record<string, string>[] = [];
-      conn.handle(Confirm, async (req, ctx) => {
+      handle(conn, Confirm, async (req, ctx) => {
         seen.push(ctx.metadata);
         if (req.question == "parley") throw new ParleyError("permission_denied", "not telling");
         if (req.question == "bug") throw new TypeError("oops");
@@ -114,7 +114,7 @@ for (const protocol of ["proto", "json"] as const) {
 
     test("handle: a server call with id 0 is a protocol error: Error with id 0, then a 1002 close", async () => {
       const { conn, peer } = await connect({ reconnect: false });
-      conn.handle(Confirm, () => ({ answer: "never" }));
+      handle(conn, Confirm, () => ({ answer: "never" }));
       peer.send({ call: { id: 0, method: Confirm.procedure, ...body(peer, Confirm.input, {}) } });
       const e = await expectFrame(peer, "error");
       assert.equal(e.id, 0);
@@ -126,7 +126,7 @@ for (const protocol of ["proto", "json"] as const) {
     test("handle: Cancel aborts the signal and the reply is not sent; timeout_ms aborts with deadline_exceeded", async () => {
       const { conn, peer } = await connect();
       const reasons: unknown[] = [];
-      const off = conn.handle(Confirm, (req, { signal }) => {
+      const off = handle(conn, Confirm, (req, { signal }) => {
         return new Promise((resolve, reject) => {
           signal.addEventListener("abort", () => {
             reasons.push(signal.reason);
@@ -166,7 +166,7 @@ for (const protocol of ["proto", "json"] as const) {
     test("handle: the socket closing aborts running handlers", async () => {
       const { conn, peer } = await connect({ reconnect: false });
       let reason: unknown;
-      conn.handle(Confirm, (_, { signal }) => new Promise((resolve) => signal.addEventListener("abort", () => ((reason = signal.reason), resolve({})))));
+      handle(conn, Confirm, (_, { signal }) => new Promise((resolve) => signal.addEventListener("abort", () => ((reason = signal.reason), resolve({})))));
       peer.send({ call: { id: 2, method: Confirm.procedure, ...body(peer, Confirm.input, {}) } });
       await sleep(20);
       peer.ws.terminate();
@@ -190,7 +190,7 @@ for (const protocol of ["proto", "json"] as const) {
 
     test("server stream: the request rides in the Call; items in order; Reply ends the loop; credit every half window, which doubles while the reader waits", async () => {
       const { conn, peer } = await connect();
-      const stream = conn.serverStream(Count, { from: 5, count: 6 });
+      const stream = serverStream(conn, Count, { from: 5, count: 6 });
       const call = await expectFrame(peer, "call");
       assert.equal(call.method, Count.procedure);
       assert.equal(decode(Count.input, call).from, 5);
@@ -232,7 +232,7 @@ for (const protocol of ["proto", "json"] as const) {
 
     test("server stream: an Error ends the loop with it, after the items before it", async () => {
       const { conn, peer } = await connect();
-      const stream = conn.serverStream(Count, {});
+      const stream = serverStream(conn, Count, {});
       const call = await expectFrame(peer, "call");
       item(peer, call.id, 1);
       peer.send({ error: { id: call.id, code: 9, message: "out of numbers" } });
@@ -250,7 +250,7 @@ for (const protocol of ["proto", "json"] as const) {
 
     test("server stream: breaking out of the loop sends Cancel", async () => {
       const { conn, peer } = await connect();
-      const stream = conn.serverStream(Count, {});
+      const stream = serverStream(conn, Count, {});
       const call = await expectFrame(peer, "call");
       item(peer, call.id, 1);
       item(peer, call.id, 2);
@@ -263,7 +263,7 @@ for (const protocol of ["proto", "json"] as const) {
 
     test("a server sending beyond its credit fails the stream with resource_exhausted and gets Cancel", async () => {
       const { conn, peer } = await connect();
-      const stream = conn.serverStream(Count, {});
+      const stream = serverStream(conn, Count, {});
       const call = await expectFrame(peer, "call");
       for (let n = 0; n < 5; n++) item(peer, call.id, n); // window 4, nothing read
       assert.deepEqual(await expectFrame(peer, "cancel"), { id: call.id });
@@ -281,7 +281,7 @@ for (const protocol of ["proto", "json"] as const) {
     // The bound counts binary payloads; over JSON only the windows bound items.
     if (protocol == "proto") test("stream items received and not read are bounded in bytes (streamBufferBytes); an ended stream's stop counting", async () => {
       const { conn, peer } = await connect({ streamBufferBytes: 8 });
-      const first = conn.serverStream(Count, {});
+      const first = serverStream(conn, Count, {});
       const call = await expectFrame(peer, "call");
       // {n: 300} is 3 bytes: two fit in 8, the third passes the bound.
       for (let n = 300; n < 303; n++) item(peer, call.id, n);
@@ -294,7 +294,7 @@ for (const protocol of ["proto", "json"] as const) {
         /streamBufferBytes/,
       );
       // The failed stream's two items no longer count: two more fit.
-      const second = conn.serverStream(Count, {});
+      const second = serverStream(conn, Count, {});
       const call2 = await expectFrame(peer, "call");
       item(peer, call2.id, 400);
       item(peer, call2.id, 401);
@@ -308,7 +308,7 @@ for (const protocol of ["proto", "json"] as const) {
 
     test("client stream: no request in the Call, sends wait for credit, closeAndReceive sends StreamEnd and gets the Reply", async () => {
       const { conn, peer } = await connect();
-      const sum = conn.clientStream(Sum);
+      const sum = clientStream(conn, Sum);
       const call = await expectFrame(peer, "call");
       assert.equal(call.payload ?? call.json, undefined);
       const sent: number[] = [];
@@ -333,7 +333,7 @@ for (const protocol of ["proto", "json"] as const) {
 
     test("client stream: an Error rejects closeAndReceive and waiting sends", async () => {
       const { conn, peer } = await connect();
-      const sum = conn.clientStream(Sum);
+      const sum = clientStream(conn, Sum);
       const call = await expectFrame(peer, "call");
       const sends = [1, 2, 3].map((v) => sum.send({ value: BigInt(v) }));
       await expectFrame(peer, "item");
@@ -347,7 +347,7 @@ for (const protocol of ["proto", "json"] as const) {
 
     test("bidi: sends and receives interleave; closeSend half-closes; Reply ends the responses", async () => {
       const { conn, peer } = await connect();
-      const chat = conn.bidiStream(EchoStream);
+      const chat = bidiStream(conn, EchoStream);
       const call = await expectFrame(peer, "call");
       const it = chat[Symbol.asyncIterator]();
       await chat.send({ text: "a" });
@@ -368,7 +368,7 @@ for (const protocol of ["proto", "json"] as const) {
 
     test("an item larger than maxMessageBytes fails its send only", async () => {
       const { conn, peer } = await connect({ maxMessageBytes: 300 });
-      const chat = conn.bidiStream(EchoStream);
+      const chat = bidiStream(conn, EchoStream);
       const call = await expectFrame(peer, "call");
       await rejectsWith(chat.send({ text: "x".repeat(500) }), "resource_exhausted", /Echo: the item is \d+ bytes, the limit 300/);
       await chat.send({ text: "small" });
@@ -381,12 +381,12 @@ for (const protocol of ["proto", "json"] as const) {
     test("abort and deadline cover the whole stream", async () => {
       const { conn, peer } = await connect();
       const ac = new AbortController();
-      const aborted = conn.bidiStream(EchoStream, { signal: ac.signal });
+      const aborted = bidiStream(conn, EchoStream, { signal: ac.signal });
       const c1 = await expectFrame(peer, "call");
-      const timed = conn.serverStream(Count, {}, { timeoutMs: 80 });
+      const timed = serverStream(conn, Count, {}, { timeoutMs: 80 });
       const c2 = await expectFrame(peer, "call");
       assert.ok(c2.timeoutMs! > 0 && c2.timeoutMs! <= 80);
-      const method = conn.serverStream({ ...Count, timeoutMs: 60 }, {});
+      const method = serverStream(conn, { ...Count, timeoutMs: 60 }, {});
       const c3 = await expectFrame(peer, "call");
       assert.ok(c3.timeoutMs! > 0 && c3.timeoutMs! <= 60, "the method's timeout applies");
       peer.send({ item: { id: c1.id, ...body(peer, EchoStream.output, { text: "dropped" }) } });
@@ -407,9 +407,9 @@ for (const protocol of ["proto", "json"] as const) {
 
     test("the socket closing mid-stream ends every stream with unavailable, after the items received", async () => {
       const { conn, peer } = await connect({ reconnect: false });
-      const counting = conn.serverStream(Count, {});
+      const counting = serverStream(conn, Count, {});
       const c1 = await expectFrame(peer, "call");
-      const sum = conn.clientStream(Sum);
+      const sum = clientStream(conn, Sum);
       await expectFrame(peer, "call");
       item(peer, c1.id, 1);
       await sleep(20);
@@ -427,7 +427,7 @@ for (const protocol of ["proto", "json"] as const) {
       assert.deepEqual(got, [1]);
       await rejectsWith(sends[2]!, "unavailable");
       await rejectsWith(sum.closeAndReceive(), "unavailable");
-      await rejectsWith(conn.serverStream(Count, {})[Symbol.asyncIterator]().next(), "unavailable");
+      await rejectsWith(serverStream(conn, Count, {})[Symbol.asyncIterator]().next(), "unavailable");
     });
 
     test("streams beyond Welcome.max_streams wait for a free slot; unary calls do not", async () => {
@@ -435,8 +435,8 @@ for (const protocol of ["proto", "json"] as const) {
       try {
         const conn = new Connection(s.url, { WebSocket, protocol: protocols[protocol] });
         const peer = await s.peer();
-        const first = conn.serverStream(Count, {});
-        const second = conn.serverStream(Count, { from: 2 });
+        const first = serverStream(conn, Count, {});
+        const second = serverStream(conn, Count, { from: 2 });
         const c1 = await expectFrame(peer, "call");
         void conn.call({ ...Count, kind: undefined, output: Count.input }, {}).catch(() => {});
         const unary = await expectFrame(peer, "call");
@@ -484,7 +484,7 @@ describe("keepalive", () => {
       const peer = await s.peer();
       await within(conn.ready);
       const opened = performance.now();
-      const stream = conn.serverStream(Count, {});
+      const stream = serverStream(conn, Count, {});
       await expectFrame(peer, "call");
       const closed = new Promise<number>((resolve) => conn.onStateChange((st) => st.status == "closed" && resolve(performance.now() - opened)));
       const took = await within(closed);
