@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -282,7 +283,7 @@ func dialError(err error, resp *http.Response) error {
 		return Errorf(CodeUnavailable, "dial: %w", err)
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxDialErrorBody+1))
 	code := CodeUnavailable
 	switch resp.StatusCode {
 	case http.StatusUnauthorized:
@@ -292,7 +293,31 @@ func dialError(err error, resp *http.Response) error {
 	case http.StatusBadRequest:
 		code = CodeInvalidArgument
 	}
-	return Errorf(code, "dial: HTTP %d: %s", resp.StatusCode, body)
+	return Errorf(code, "dial: HTTP %d: %s", resp.StatusCode, dialErrorBody(resp.StatusCode, body))
+}
+
+// maxDialErrorBody bounds how much of a refused upgrade's response body a
+// dial error quotes.
+const maxDialErrorBody = 256
+
+// dialErrorBody is the part of a refused upgrade's response body a dial
+// error quotes: without the trailing newline http.Error adds (nor other
+// surrounding space), at most maxDialErrorBody bytes (a longer body is cut
+// and marked with "…"; ToValidUTF8 drops a rune the cut split), or the
+// status text when the body is empty.
+func dialErrorBody(status int, body []byte) string {
+	cut := len(body) > maxDialErrorBody
+	if cut {
+		body = body[:maxDialErrorBody]
+	}
+	s := strings.TrimSpace(strings.ToValidUTF8(string(body), ""))
+	if cut {
+		s += "…"
+	}
+	if s == "" {
+		s = http.StatusText(status)
+	}
+	return s
 }
 
 func clientHandshake(ctx context.Context, e *endpoint, hello *parleyv1.Hello) (*parleyv1.Welcome, error) {

@@ -234,3 +234,40 @@ func TestTLS(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+// TestDialErrorQuotesTheBodyTrimmed: a refused upgrade's error quotes the
+// response body without http.Error's trailing newline, bounded, or the
+// status text when there is no body.
+func TestDialErrorQuotesTheBodyTrimmed(t *testing.T) {
+	srv := parley.NewServer()
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, err := parley.Dial(context.Background(), "ws"+strings.TrimPrefix(hs.URL, "http"))
+	if got, want := fmt.Sprint(err), "unavailable: dial: HTTP 503: parley: server is shutting down"; got != want {
+		t.Errorf("dialing a server that is shutting down: %q, want %q", got, want)
+	}
+
+	for _, tc := range []struct {
+		name, body, want string
+	}{
+		{"empty", "", "unavailable: dial: HTTP 503: Service Unavailable"},
+		{"space", " \r\n\t", "unavailable: dial: HTTP 503: Service Unavailable"},
+		{"long", strings.Repeat("é", 1000) + "\n", "unavailable: dial: HTTP 503: " + strings.Repeat("é", 128) + "…"},
+		{"split rune", "x" + strings.Repeat("é", 1000), "unavailable: dial: HTTP 503: x" + strings.Repeat("é", 127) + "…"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = w.Write([]byte(tc.body))
+			}))
+			defer hs.Close()
+			_, err := parley.Dial(context.Background(), "ws"+strings.TrimPrefix(hs.URL, "http"))
+			if got := fmt.Sprint(err); got != tc.want {
+				t.Errorf("dial error %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
