@@ -52,6 +52,7 @@ func testFrames(t *testing.T) []struct {
 	}{
 		{"hello", frame{kind: kindHello, hello: &parleyv1.Hello{Metadata: map[string]string{"authorization": "Bearer t", "a": "b"}, Agent: "parley-go/0.1.0"}}, nil},
 		{"hello_resume", frame{kind: kindHello, hello: &parleyv1.Hello{SessionId: "s1", ResumeToken: "r1", Offsets: map[string]uint64{"session": 42}}}, nil},
+		{"hello_limits", frame{kind: kindHello, hello: &parleyv1.Hello{Agent: "parley-ts/0.1.0", StreamWindow: 32, MaxMessageBytes: 1 << 20}}, nil},
 		{"welcome", frame{kind: kindWelcome, welcome: &parleyv1.Welcome{SessionId: "s1", MaxMessageBytes: 4 << 20, MaxInFlight: 128, PingIntervalMs: 20000, Agent: "parley-go/0.1.0"}}, nil},
 		{"call", frame{kind: kindCall, id: 1, method: "/e2e.v1.EchoService/Echo", hasPayload: true, timeoutMs: 30000}, wrapperspb.String("hi")},
 		{"call_empty_payload", frame{kind: kindCall, id: 3, method: "/e2e.v1.EchoService/Panic", hasPayload: true}, &wrapperspb.StringValue{}},

@@ -450,9 +450,16 @@ type Hello struct {
 	// How many stream items the client accepts per stream before it grants
 	// more with Credit: the server's initial send credit on every stream.
 	// 0 means the default, 64.
-	StreamWindow  uint32 `protobuf:"varint,6,opt,name=stream_window,json=streamWindow,proto3" json:"stream_window,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	StreamWindow uint32 `protobuf:"varint,6,opt,name=stream_window,json=streamWindow,proto3" json:"stream_window,omitempty"`
+	// The largest WebSocket message the client accepts, in bytes: it mirrors
+	// Welcome.max_message_bytes. The server sends nothing larger on this
+	// socket: a reply too large goes as Error(resource_exhausted) instead, a
+	// stream item too large fails the handler's send, an event too large is
+	// not sent to this client. 0 means not said: the server then bounds what
+	// it sends by its own limit only.
+	MaxMessageBytes uint32 `protobuf:"varint,7,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -527,6 +534,13 @@ func (x *Hello) GetStreamWindow() uint32 {
 	return 0
 }
 
+func (x *Hello) GetMaxMessageBytes() uint32 {
+	if x != nil {
+		return x.MaxMessageBytes
+	}
+	return 0
+}
+
 // Welcome accepts a Hello.
 type Welcome struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -544,7 +558,11 @@ type Welcome struct {
 	Resumed bool `protobuf:"varint,3,opt,name=resumed,proto3" json:"resumed,omitempty"`
 	// How long the server keeps a disconnected session resumable.
 	ResumeWindowMs uint32 `protobuf:"varint,4,opt,name=resume_window_ms,json=resumeWindowMs,proto3" json:"resume_window_ms,omitempty"`
-	// The largest WebSocket message the server accepts, in bytes.
+	// The largest WebSocket message the server accepts, in bytes. The client
+	// sends nothing larger: a call too large fails at the caller with
+	// resource_exhausted and is not sent (nor is a stream item, or a reply to
+	// a server's call, which goes as Error(resource_exhausted) instead).
+	// 0 means not said.
 	MaxMessageBytes uint32 `protobuf:"varint,5,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"`
 	// The most calls the server runs at once for this connection; calls beyond
 	// it fail with resource_exhausted.
@@ -1567,7 +1585,7 @@ const file_parley_v1_frame_proto_rawDesc = "" +
 	"\x06goaway\x18\v \x01(\v2\x11.parley.v1.GoAwayH\x00R\x06goaway\x12%\n" +
 	"\x04ping\x18\f \x01(\v2\x0f.parley.v1.PingH\x00R\x04ping\x12%\n" +
 	"\x04pong\x18\r \x01(\v2\x0f.parley.v1.PongH\x00R\x04pongB\x06\n" +
-	"\x04kind\"\xf2\x02\n" +
+	"\x04kind\"\x9e\x03\n" +
 	"\x05Hello\x12:\n" +
 	"\bmetadata\x18\x01 \x03(\v2\x1e.parley.v1.Hello.MetadataEntryR\bmetadata\x12\x1d\n" +
 	"\n" +
@@ -1575,7 +1593,8 @@ const file_parley_v1_frame_proto_rawDesc = "" +
 	"\fresume_token\x18\x03 \x01(\tR\vresumeToken\x127\n" +
 	"\aoffsets\x18\x04 \x03(\v2\x1d.parley.v1.Hello.OffsetsEntryR\aoffsets\x12\x14\n" +
 	"\x05agent\x18\x05 \x01(\tR\x05agent\x12#\n" +
-	"\rstream_window\x18\x06 \x01(\rR\fstreamWindow\x1a;\n" +
+	"\rstream_window\x18\x06 \x01(\rR\fstreamWindow\x12*\n" +
+	"\x11max_message_bytes\x18\a \x01(\rR\x0fmaxMessageBytes\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +

@@ -46,7 +46,11 @@ export interface Body {
 /** A `google.protobuf.Any` in an Error frame. */
 export type AnyDetail = { typeUrl: string; value: Uint8Array } | { json: JsonObject };
 
-export interface Hello { metadata?: Strings; sessionId?: string; resumeToken?: string; offsets?: Record<string, number>; agent?: string; streamWindow?: number }
+export interface Hello {
+  metadata?: Strings; sessionId?: string; resumeToken?: string; offsets?: Record<string, number>; agent?: string; streamWindow?: number;
+  /** The largest message the client accepts (Welcome.maxMessageBytes's mirror); 0 or absent: not said. */
+  maxMessageBytes?: number;
+}
 export interface Welcome {
   sessionId?: string; resumeToken?: string; resumed?: boolean; resumeWindowMs?: number;
   maxMessageBytes?: number; maxInFlight?: number; pingIntervalMs?: number; agent?: string; metadata?: Strings;
@@ -84,7 +88,7 @@ export type Frame =
 //   j google.protobuf.Value (oneof)   m map<string,string>
 //   o map<string,uint64>   a repeated google.protobuf.Any
 export const schema = (
-  "hello metadata:m sessionId:s resumeToken:s offsets:o agent:s streamWindow:u|" +
+  "hello metadata:m sessionId:s resumeToken:s offsets:o agent:s streamWindow:u maxMessageBytes:u|" +
   "welcome sessionId:s resumeToken:s resumed:b resumeWindowMs:u maxMessageBytes:u maxInFlight:u pingIntervalMs:u agent:s metadata:m streamWindow:u maxStreams:u|" +
   "call id:i method:s payload:p json:j timeoutMs:u metadata:m|" +
   "reply id:i payload:p json:j metadata:m|" +
