@@ -29,6 +29,13 @@ func (d *doc) proto(c protogen.Comments) *doc {
 	return d
 }
 
+// paragraphs adds lines protoLines returned (a proto comment's paragraphs)
+// as they are.
+func (d *doc) paragraphs(lines []string) *doc {
+	d.paragraph(lines)
+	return d
+}
+
 // deprecated adds a "Deprecated:" paragraph, unless the proto comment
 // already has one. Go's tools only see a notice that starts a paragraph.
 func (d *doc) deprecated(yes bool, sourcePath string) *doc {

@@ -3,7 +3,10 @@ package gengo
 import (
 	"path"
 	"slices"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/dave/jennifer/jen"
 	"google.golang.org/protobuf/compiler/protogen"
@@ -505,11 +508,9 @@ func renderPublisher(out *jen.File, f *file, s *service) {
 	)
 
 	for _, m := range s.events() {
-		d := new(doc).text(m.names.Method + " sends the " + string(m.proto.Desc.FullName()) +
-			" event to the connections target addresses.")
-		if m.proto.Comments.Leading != "" {
-			d = new(doc).proto(m.proto.Comments.Leading)
-		}
+		d := methodDocWith(m,
+			m.names.Method+" sends the "+string(m.proto.Desc.FullName())+" event to the connections that target addresses.",
+			m.names.Method+" sends the event to the connections that target addresses.")
 		out.Add(d.deprecated(m.deprecated, src).code())
 		out.Func().Params(jen.Id("p").Op("*").Id(n.Publisher)).Id(m.names.Method).Params(
 			ctxParam(true),
@@ -540,11 +541,9 @@ func renderHandler(out *jen.File, f *file, s *service) {
 			params, results := handlerSignature(m, true)
 			d := methodDoc(m, "handles")
 			if m.event {
-				d = new(doc).text(m.names.Method + " handles the " + string(m.proto.Desc.FullName()) +
-					" event. The server awaits no reply.")
-				if m.proto.Comments.Leading != "" {
-					d = new(doc).proto(m.proto.Comments.Leading)
-				}
+				d = methodDocWith(m,
+					m.names.Method+" handles the "+string(m.proto.Desc.FullName())+" event. The server awaits no reply.",
+					"The server awaits no reply.")
 			}
 			g.Add(d.deprecated(m.deprecated, src).code())
 			g.Id(m.names.Method).Params(params...).Params(results...)
@@ -584,12 +583,37 @@ func renderHandler(out *jen.File, f *file, s *service) {
 	}
 }
 
-// methodDoc is an interface method's comment: the proto comment, or a
-// sentence saying what the method does with the RPC.
+// methodDoc is an interface method's comment: a sentence saying what the
+// method does with the RPC, and the proto comment (see methodDocWith).
 func methodDoc(m *method, verb string) *doc {
-	d := new(doc)
-	if m.proto.Comments.Leading != "" {
-		return d.proto(m.proto.Comments.Leading)
+	return methodDocWith(m, m.names.Method+" "+verb+" "+string(m.proto.Desc.FullName())+".", "")
+}
+
+// methodDocWith is a generated method's comment. Go doc comments start
+// with the name of what they document, so the proto comment leads only
+// when it starts with the method's Go name ("Add stores a note."), followed
+// by after, what the generated text says beyond the name (a paragraph,
+// when not empty). Otherwise (no proto comment, or one like "Stores a
+// note.") the generated sentence leads, which starts with the name, and
+// the proto comment follows as a paragraph of its own.
+func methodDocWith(m *method, sentence, after string) *doc {
+	lines := protoLines(m.proto.Comments.Leading)
+	if len(lines) > 0 && startsWithName(lines[0], m.names.Method) {
+		return new(doc).paragraphs(lines).text(after)
 	}
-	return d.text(m.names.Method + " " + verb + " " + string(m.proto.Desc.FullName()) + ".")
+	return new(doc).text(sentence).paragraphs(lines)
+}
+
+// startsWithName reports whether a comment's first line starts with name
+// as a word of its own: "Add stores", "Add: stores", not "Adds" nor "AddAll".
+func startsWithName(line, name string) bool {
+	rest, ok := strings.CutPrefix(line, name)
+	if !ok {
+		return false
+	}
+	if rest == "" {
+		return true
+	}
+	r, _ := utf8.DecodeRuneInString(rest)
+	return !unicode.IsLetter(r) && !unicode.IsDigit(r) && r != '_'
 }

@@ -405,11 +405,15 @@ func NewChatEventsPublisher(p parley.Publisher) *ChatEventsPublisher {
 }
 
 // MessagePosted delivers a message posted in a room the connection joined.
+//
+// MessagePosted sends the event to the connections that target addresses.
 func (p *ChatEventsPublisher) MessagePosted(ctx context.Context, target parley.Target, event *chatv1.ChatMessage) error {
 	return p.p.Publish(ctx, target, chatEventsMessagePostedSpec, event)
 }
 
 // UserJoined says a user became a member of a room the connection joined.
+//
+// UserJoined sends the event to the connections that target addresses.
 func (p *ChatEventsPublisher) UserJoined(ctx context.Context, target parley.Target, event *chatv1.UserJoinedEvent) error {
 	return p.p.Publish(ctx, target, chatEventsUserJoinedSpec, event)
 }
@@ -417,18 +421,24 @@ func (p *ChatEventsPublisher) UserJoined(ctx context.Context, target parley.Targ
 // UserLeft says a user is no longer a member of a room the connection
 // joined: they left, or were kicked. It is also sent to the user who
 // left, on every connection that was in the room.
+//
+// UserLeft sends the event to the connections that target addresses.
 func (p *ChatEventsPublisher) UserLeft(ctx context.Context, target parley.Target, event *chatv1.UserLeftEvent) error {
 	return p.p.Publish(ctx, target, chatEventsUserLeftSpec, event)
 }
 
 // Typing says a user started or stopped typing in a room the connection
 // joined. It is not sent to the typist's own connection.
+//
+// Typing sends the event to the connections that target addresses.
 func (p *ChatEventsPublisher) Typing(ctx context.Context, target parley.Target, event *chatv1.TypingEvent) error {
 	return p.p.Publish(ctx, target, chatEventsTypingSpec, event)
 }
 
 // PresenceChanged says a user came online (their first connection opened)
 // or went offline (their last one closed). Everyone gets it.
+//
+// PresenceChanged sends the event to the connections that target addresses.
 func (p *ChatEventsPublisher) PresenceChanged(ctx context.Context, target parley.Target, event *chatv1.PresenceChangedEvent) error {
 	return p.p.Publish(ctx, target, chatEventsPresenceChangedSpec, event)
 }
@@ -480,18 +490,28 @@ func (c *chatEventsClient) ConfirmLeave(ctx context.Context, req *chatv1.Confirm
 // rooms, users or everyone, and calls ConfirmLeave on one connection.
 type ChatEventsHandler interface {
 	// MessagePosted delivers a message posted in a room the connection joined.
+	//
+	// The server awaits no reply.
 	MessagePosted(ctx context.Context, event *chatv1.ChatMessage)
 	// UserJoined says a user became a member of a room the connection joined.
+	//
+	// The server awaits no reply.
 	UserJoined(ctx context.Context, event *chatv1.UserJoinedEvent)
 	// UserLeft says a user is no longer a member of a room the connection
 	// joined: they left, or were kicked. It is also sent to the user who
 	// left, on every connection that was in the room.
+	//
+	// The server awaits no reply.
 	UserLeft(ctx context.Context, event *chatv1.UserLeftEvent)
 	// Typing says a user started or stopped typing in a room the connection
 	// joined. It is not sent to the typist's own connection.
+	//
+	// The server awaits no reply.
 	Typing(ctx context.Context, event *chatv1.TypingEvent)
 	// PresenceChanged says a user came online (their first connection opened)
 	// or went offline (their last one closed). Everyone gets it.
+	//
+	// The server awaits no reply.
 	PresenceChanged(ctx context.Context, event *chatv1.PresenceChangedEvent)
 	// ConfirmLeave asks this client to confirm before it is removed from a
 	// room (see ChatService.Kick). Answer accept = false to stay.

@@ -361,6 +361,8 @@ func NewClientEventsPublisher(p parley.Publisher) *ClientEventsPublisher {
 }
 
 // Tick is an event.
+//
+// Tick sends the event to the connections that target addresses.
 func (p *ClientEventsPublisher) Tick(ctx context.Context, target parley.Target, event *e2ev1.TickEvent) error {
 	return p.p.Publish(ctx, target, clientEventsTickSpec, event)
 }
@@ -409,6 +411,8 @@ func (c *clientEventsClient) Confirm(ctx context.Context, req *e2ev1.ConfirmRequ
 // ClientEvents is implemented by clients.
 type ClientEventsHandler interface {
 	// Tick is an event.
+	//
+	// The server awaits no reply.
 	Tick(ctx context.Context, event *e2ev1.TickEvent)
 	// Confirm is a server-to-client call.
 	Confirm(ctx context.Context, req *e2ev1.ConfirmRequest) (*e2ev1.ConfirmResponse, error)

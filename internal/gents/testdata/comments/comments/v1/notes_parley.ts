@@ -152,7 +152,7 @@ export class NoteServiceClient {
   }
 
   /**
-   * * Import reads notes in, in a one-line Javadoc-style comment. 
+   * * Reads notes in, in a one-line Javadoc-style comment that does not start with the method's name. 
    *
    * @generated from rpc comments.v1.NoteService.Import
    */

@@ -240,7 +240,7 @@ export const NoteService: GenService<{
     output: typeof CountResponseSchema;
   },
   /**
-   * * Import reads notes in, in a one-line Javadoc-style comment. 
+   * * Reads notes in, in a one-line Javadoc-style comment that does not start with the method's name. 
    *
    * @generated from rpc comments.v1.NoteService.Import
    */

@@ -111,7 +111,8 @@ export class RoomEventsSubscriber {
   }
 
   /**
-   * Ping carries nothing at all.
+   * Carries nothing at all. (A comment that does not start with the
+   * method's name follows the generated sentence in Go.)
    *
    * Calls handler with each of these events the server sends to this
    * connection, until the returned function is called to unsubscribe.

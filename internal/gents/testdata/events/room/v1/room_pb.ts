@@ -98,7 +98,8 @@ export const RoomEvents: GenService<{
     output: typeof EmptySchema;
   },
   /**
-   * Ping carries nothing at all.
+   * Carries nothing at all. (A comment that does not start with the
+   * method's name follows the generated sentence in Go.)
    *
    * @generated from rpc room.v1.RoomEvents.Ping
    */

@@ -137,7 +137,7 @@ func NewChatEventsPublisher(p parley.Publisher) *ChatEventsPublisher {
 }
 
 // MessagePosted sends the chat.v1.ChatEvents.MessagePosted event to the
-// connections target addresses.
+// connections that target addresses.
 func (p *ChatEventsPublisher) MessagePosted(ctx context.Context, target parley.Target, event *chatv1.ChatMessage) error {
 	return p.p.Publish(ctx, target, chatEventsMessagePostedSpec, event)
 }

@@ -136,7 +136,10 @@ type NoteServiceClient interface {
 	//
 	// Its second paragraph.
 	Export(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
-	// Import reads notes in, in a one-line Javadoc-style comment.
+	// Import calls comments.v1.NoteService.Import.
+	//
+	// Reads notes in, in a one-line Javadoc-style comment that does not start with
+	// the method's name.
 	Import(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
 	// Count calls comments.v1.NoteService.Count.
 	Count(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
@@ -250,7 +253,10 @@ type NoteServiceServer interface {
 	//
 	// Its second paragraph.
 	Export(context.Context, *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
-	// Import reads notes in, in a one-line Javadoc-style comment.
+	// Import handles comments.v1.NoteService.Import.
+	//
+	// Reads notes in, in a one-line Javadoc-style comment that does not start with
+	// the method's name.
 	Import(context.Context, *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
 	// Count handles comments.v1.NoteService.Count.
 	Count(context.Context, *commentsv1.CountRequest) (*commentsv1.CountResponse, error)

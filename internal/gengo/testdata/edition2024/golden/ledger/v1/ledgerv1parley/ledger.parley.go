@@ -281,6 +281,8 @@ func NewLedgerEventsPublisher(p parley.Publisher) *LedgerEventsPublisher {
 }
 
 // Posted tells clients about a new entry.
+//
+// Posted sends the event to the connections that target addresses.
 func (p *LedgerEventsPublisher) Posted(ctx context.Context, target parley.Target, event *ledgerv1.Entry) error {
 	return p.p.Publish(ctx, target, ledgerEventsPostedSpec, event)
 }
@@ -329,6 +331,8 @@ func (c *ledgerEventsClient) Confirm(ctx context.Context, req *ledgerv1.PostRequ
 // LedgerEvents is implemented by clients.
 type LedgerEventsHandler interface {
 	// Posted tells clients about a new entry.
+	//
+	// The server awaits no reply.
 	Posted(ctx context.Context, event *ledgerv1.Entry)
 	// Confirm asks a client to approve an entry.
 	Confirm(ctx context.Context, req *ledgerv1.PostRequest) (*ledgerv1.PostResponse, error)

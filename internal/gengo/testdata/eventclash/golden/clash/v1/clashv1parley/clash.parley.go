@@ -154,25 +154,25 @@ func NewRoomPublisher(p parley.Publisher) *RoomPublisher {
 	return &RoomPublisher{p: p}
 }
 
-// Publish sends the clash.v1.Room.Publish event to the connections target
+// Publish sends the clash.v1.Room.Publish event to the connections that target
 // addresses.
 func (p *RoomPublisher) Publish(ctx context.Context, target parley.Target, event *event1.Target) error {
 	return p.p.Publish(ctx, target, roomPublishSpec, event)
 }
 
-// Register sends the clash.v1.Room.Register event to the connections target
-// addresses.
+// Register sends the clash.v1.Room.Register event to the connections that
+// target addresses.
 func (p *RoomPublisher) Register(ctx context.Context, target parley.Target, event *event1.Target) error {
 	return p.p.Publish(ctx, target, roomRegisterSpec, event)
 }
 
-// Publisher sends the clash.v1.Room.Publisher event to the connections target
-// addresses.
+// Publisher sends the clash.v1.Room.Publisher event to the connections that
+// target addresses.
 func (p *RoomPublisher) Publisher(ctx context.Context, target parley.Target, event *event1.Publisher) error {
 	return p.p.Publish(ctx, target, roomPublisherSpec, event)
 }
 
-// P sends the clash.v1.Room.P event to the connections target addresses.
+// P sends the clash.v1.Room.P event to the connections that target addresses.
 func (p *RoomPublisher) P(ctx context.Context, target parley.Target, event *event1.Target) error {
 	return p.p.Publish(ctx, target, roomPSpec, event)
 }
@@ -311,7 +311,7 @@ func NewAlertsPublisher(p parley.Publisher) *AlertsPublisher {
 	return &AlertsPublisher{p: p}
 }
 
-// Raised sends the clash.v1.Alerts.Raised event to the connections target
+// Raised sends the clash.v1.Alerts.Raised event to the connections that target
 // addresses.
 func (p *AlertsPublisher) Raised(ctx context.Context, target parley.Target, event *event1.Target) error {
 	return p.p.Publish(ctx, target, alertsRaisedSpec, event)
@@ -412,8 +412,8 @@ func NewNewAlerts_Publisher(p parley.Publisher) *NewAlerts_Publisher {
 	return &NewAlerts_Publisher{p: p}
 }
 
-// Raised sends the clash.v1.NewAlerts.Raised event to the connections target
-// addresses.
+// Raised sends the clash.v1.NewAlerts.Raised event to the connections that
+// target addresses.
 func (p *NewAlerts_Publisher) Raised(ctx context.Context, target parley.Target, event *event1.Target) error {
 	return p.p.Publish(ctx, target, newAlerts_RaisedSpec, event)
 }
@@ -471,7 +471,7 @@ func NewRegisterAlerts_Publisher(p parley.Publisher) *RegisterAlerts_Publisher {
 	return &RegisterAlerts_Publisher{p: p}
 }
 
-// Raised sends the clash.v1.RegisterAlerts.Raised event to the connections
+// Raised sends the clash.v1.RegisterAlerts.Raised event to the connections that
 // target addresses.
 func (p *RegisterAlerts_Publisher) Raised(ctx context.Context, target parley.Target, event *event1.Target) error {
 	return p.p.Publish(ctx, target, registerAlerts_RaisedSpec, event)

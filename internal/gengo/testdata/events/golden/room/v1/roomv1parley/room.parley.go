@@ -94,11 +94,13 @@ func NewRoomEventsPublisher(p parley.Publisher) *RoomEventsPublisher {
 }
 
 // UserJoined announces a member who entered the room.
+//
+// UserJoined sends the event to the connections that target addresses.
 func (p *RoomEventsPublisher) UserJoined(ctx context.Context, target parley.Target, event *roomv1.Presence) error {
 	return p.p.Publish(ctx, target, roomEventsUserJoinedSpec, event)
 }
 
-// UserLeft sends the room.v1.RoomEvents.UserLeft event to the connections
+// UserLeft sends the room.v1.RoomEvents.UserLeft event to the connections that
 // target addresses.
 func (p *RoomEventsPublisher) UserLeft(ctx context.Context, target parley.Target, event *roomv1.Presence) error {
 	return p.p.Publish(ctx, target, roomEventsUserLeftSpec, event)
@@ -106,12 +108,18 @@ func (p *RoomEventsPublisher) UserLeft(ctx context.Context, target parley.Target
 
 // Typing is sent while a member types.
 //
+// Typing sends the event to the connections that target addresses.
+//
 // Deprecated: Marked as deprecated in room/v1/room.proto.
 func (p *RoomEventsPublisher) Typing(ctx context.Context, target parley.Target, event *roomv1.TypingIndicator) error {
 	return p.p.Publish(ctx, target, roomEventsTypingSpec, event)
 }
 
-// Ping carries nothing at all.
+// Ping sends the room.v1.RoomEvents.Ping event to the connections that target
+// addresses.
+//
+// Carries nothing at all. (A comment that does not start with the
+// method's name follows the generated sentence in Go.)
 func (p *RoomEventsPublisher) Ping(ctx context.Context, target parley.Target, event *emptypb.Empty) error {
 	return p.p.Publish(ctx, target, roomEventsPingSpec, event)
 }
@@ -125,15 +133,22 @@ func (p *RoomEventsPublisher) Ping(ctx context.Context, target parley.Target, ev
 // RoomEvents tells the members of a room what happens in it.
 type RoomEventsHandler interface {
 	// UserJoined announces a member who entered the room.
+	//
+	// The server awaits no reply.
 	UserJoined(ctx context.Context, event *roomv1.Presence)
 	// UserLeft handles the room.v1.RoomEvents.UserLeft event. The server awaits no
 	// reply.
 	UserLeft(ctx context.Context, event *roomv1.Presence)
 	// Typing is sent while a member types.
 	//
+	// The server awaits no reply.
+	//
 	// Deprecated: Marked as deprecated in room/v1/room.proto.
 	Typing(ctx context.Context, event *roomv1.TypingIndicator)
-	// Ping carries nothing at all.
+	// Ping handles the room.v1.RoomEvents.Ping event. The server awaits no reply.
+	//
+	// Carries nothing at all. (A comment that does not start with the
+	// method's name follows the generated sentence in Go.)
 	Ping(ctx context.Context, event *emptypb.Empty)
 }
 

@@ -212,6 +212,8 @@ type TypeClient interface {
 	Func(ctx context.Context, req *req1.Func) (*req1.Func, error)
 	// Error calls keywords.v1.Type.error.
 	Error(ctx context.Context, req *req1.Context) (*req1.Context, error)
+	// GetItem calls keywords.v1.Type.get_item.
+	//
 	// get_item and GetItem both become GetItem in Go.
 	GetItem(ctx context.Context, req *req1.String) (*req1.String, error)
 	// GetItem_ calls keywords.v1.Type.GetItem.
@@ -301,6 +303,8 @@ type TypeServer interface {
 	Func(context.Context, *req1.Func) (*req1.Func, error)
 	// Error handles keywords.v1.Type.error.
 	Error(context.Context, *req1.Context) (*req1.Context, error)
+	// GetItem handles keywords.v1.Type.get_item.
+	//
 	// get_item and GetItem both become GetItem in Go.
 	GetItem(context.Context, *req1.String) (*req1.String, error)
 	// GetItem_ handles keywords.v1.Type.GetItem.

@@ -302,12 +302,14 @@ func NewChatEventsPublisher(p parley.Publisher) *ChatEventsPublisher {
 }
 
 // MessagePosted is fanned out to a room.
+//
+// MessagePosted sends the event to the connections that target addresses.
 func (p *ChatEventsPublisher) MessagePosted(ctx context.Context, target parley.Target, event *chatv1.ChatMessage) error {
 	return p.p.Publish(ctx, target, chatEventsMessagePostedSpec, event)
 }
 
-// Kicked sends the chat.v1.ChatEvents.Kicked event to the connections target
-// addresses.
+// Kicked sends the chat.v1.ChatEvents.Kicked event to the connections that
+// target addresses.
 func (p *ChatEventsPublisher) Kicked(ctx context.Context, target parley.Target, event *chatv1.LeaveRequest) error {
 	return p.p.Publish(ctx, target, chatEventsKickedSpec, event)
 }
@@ -369,6 +371,8 @@ func (c *chatEventsClient) Status(ctx context.Context, req *emptypb.Empty) (*cha
 // ChatEvents is what the server calls on its clients.
 type ChatEventsHandler interface {
 	// MessagePosted is fanned out to a room.
+	//
+	// The server awaits no reply.
 	MessagePosted(ctx context.Context, event *chatv1.ChatMessage)
 	// ConfirmLeave asks one client to confirm before it is removed from a room.
 	ConfirmLeave(ctx context.Context, req *chatv1.LeaveRequest) (*chatv1.LeaveAck, error)

@@ -101,6 +101,8 @@ var (
 // first letter, Call and call, would get call and call$ from us, but
 // protoc-gen-es 2.17 declares both as call in its service type.)
 type EchoClient interface {
+	// Constructor calls tsnames.v1.Echo.constructor.
+	//
 	// constructor would replace the class's constructor.
 	Constructor(ctx context.Context, req *v1.Promise) (*v1.Promise, error)
 	// ToString calls tsnames.v1.Echo.toString.
@@ -214,6 +216,8 @@ func (c *echoClient) Evaluate(ctx context.Context, req *v1.Eval) (*v1.Arguments,
 // first letter, Call and call, would get call and call$ from us, but
 // protoc-gen-es 2.17 declares both as call in its service type.)
 type EchoServer interface {
+	// Constructor handles tsnames.v1.Echo.constructor.
+	//
 	// constructor would replace the class's constructor.
 	Constructor(context.Context, *v1.Promise) (*v1.Promise, error)
 	// ToString handles tsnames.v1.Echo.toString.
