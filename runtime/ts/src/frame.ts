@@ -29,8 +29,8 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 
 // Wire types, as numbers: protobuf-es's WireType enum is an object the
 // minifier cannot shorten.
-const varint = 0;
-const delimited = 2;
+const varintType = 0;
+const delimitedType = 2;
 
 type Strings = Record<string, string>;
 
@@ -131,37 +131,45 @@ const order = schema.map(([, fields]) => {
   return [...all.filter(([, t]) => !isBody(t)), ...all.filter(([, t]) => isBody(t))];
 });
 
-/** One writer for every frame, so that its buffer grows once, not per frame. */
+/** One writer for the fields of every frame, so that its buffer grows once, not per frame. */
 let w = new BinaryWriter();
 
 /**
- * Encodes a frame as protobuf (parley.v1+proto). The payload, which comes
- * last, is copied once, into a buffer of the frame's size: the writer
- * takes everything before it (a 1 KiB payload used to be copied into the
- * writer, moved for a longer length prefix and copied out again).
+ * Encodes a frame as protobuf (parley.v1+proto) into a buffer of its
+ * size: the writer takes the fields but the payload, which comes last and
+ * is copied once, straight into that buffer after its tag and length.
+ * The kind's tag and length are written there too, not by the writer, so
+ * that a frame costs one finish() of the writer, not two.
  */
 export function encodeBinary(frame: Frame): Uint8Array {
-  const [kind, msg] = Object.entries(frame)[0]! as [string, Record<string, any>];
+  let kind = "";
+  for (kind in frame) break;
   const no = kindNumber(kind);
   if (!no) throw new Error(`cannot encode frame kind ${kind}`);
   let payload: [number, Uint8Array] | undefined;
   try {
-    payload = writeFields(no, msg);
+    payload = writeFields(no, (frame as Record<string, any>)[kind]);
   } catch (e) {
     w = new BinaryWriter(); // Half a frame in it.
     throw e;
   }
   const fields = w.finish();
-  const [f, p] = payload ?? [0, fields.subarray(0, 0)];
-  w.tag(no, delimited).uint32(fields.length + (f && 1 + varintSize(p.length) + p.length)).raw(fields);
-  if (f) w.tag(f, delimited).uint32(p.length);
-  const head = w.finish();
   // Keep no buffer much larger than the frames usually sent.
-  if (head.length > 1 << 16) w = new BinaryWriter();
-  const out = alloc(head.length + p.length);
-  out.set(head);
-  out.set(p, head.length);
+  if (fields.length > 1 << 16) w = new BinaryWriter();
+  const [f, p] = payload ?? [0, fields.subarray(0, 0)];
+  const size = fields.length + (f && 1 + varintSize(p.length) + p.length);
+  const out = alloc(1 + varintSize(size) + size);
+  const at = varint(out, varint(out, 0, (no << 3) | delimitedType), size);
+  out.set(fields, at);
+  if (f) out.set(p, varint(out, varint(out, at + fields.length, (f << 3) | delimitedType), p.length));
   return out;
+}
+
+/** Writes n, below 2^32, as a varint into out at i; returns where it ends. */
+function varint(out: Uint8Array, i: number, n: number): number {
+  for (; n > 127; n >>>= 7) out[i++] = (n & 127) | 128;
+  out[i++] = n;
+  return i;
 }
 
 /**
@@ -193,9 +201,12 @@ function writeFields(no: number, msg: Record<string, any>): [number, Uint8Array]
     const v = msg[name];
     if (isDefault(t, v)) continue;
     if (isVarint(t)) {
-      w.tag(f, varint).uint64(t == "b" ? +v : v);
+      // uint64 goes through BigInt: only what needs it takes that path.
+      w.tag(f, varintType);
+      if (t == "n" || v > 0xffffffff) w.uint64(v);
+      else w.uint32(+v);
     } else if (t == "s") {
-      w.tag(f, delimited).string(v);
+      w.tag(f, delimitedType).string(v);
     } else if (t == "p") {
       payload = [f, v];
     } else if (t == "j") {
@@ -203,18 +214,18 @@ function writeFields(no: number, msg: Record<string, any>): [number, Uint8Array]
     } else if (t == "a") {
       for (const d of v as AnyDetail[]) {
         if (!("typeUrl" in d)) throw new Error("cannot encode a JSON error detail as protobuf");
-        w.tag(f, delimited).fork();
-        if (d.typeUrl) w.tag(1, delimited).string(d.typeUrl);
-        if (d.value.length) w.tag(2, delimited).bytes(d.value);
+        w.tag(f, delimitedType).fork();
+        if (d.typeUrl) w.tag(1, delimitedType).string(d.typeUrl);
+        if (d.value.length) w.tag(2, delimitedType).bytes(d.value);
         w.join();
       }
     } else {
       // m, o: a map is a repeated entry message {1: key, 2: value}; Go
       // writes every entry's key and value, defaults included.
       for (const [key, val] of Object.entries(v as Record<string, string | number>)) {
-        w.tag(f, delimited).fork().tag(1, delimited).string(key);
-        if (t == "m") w.tag(2, delimited).string(val as string);
-        else w.tag(2, varint).uint64(val);
+        w.tag(f, delimitedType).fork().tag(1, delimitedType).string(key);
+        if (t == "m") w.tag(2, delimitedType).string(val as string);
+        else w.tag(2, varintType).uint64(val);
         w.join();
       }
     }
@@ -230,7 +241,7 @@ export function decodeBinary(bytes: Uint8Array): Frame {
   while (r.pos < r.len) {
     const [no, wt] = r.tag();
     const spec = schema[no - 1];
-    if (wt != delimited) {
+    if (wt != delimitedType) {
       r.skip(wt, no);
     } else if (spec) {
       frame = { [spec[0]]: readMessage(r, spec[1]) } as Frame;
@@ -267,7 +278,7 @@ function readMessage(r: BinaryReader, fields: Fields): Record<string, any> {
   while (r.pos < stop) {
     const [no, wt] = r.tag();
     const [name, t = ""] = fields[no - 1] ?? [];
-    if (!name || wt != (isVarint(t) ? varint : delimited)) {
+    if (!name || wt != (isVarint(t) ? varintType : delimitedType)) {
       r.skip(wt, no);
     } else if (t == "a") {
       (msg[name] ??= []).push({ typeUrl: "", value: new Uint8Array(0), ...readMessage(r, anyFields) });

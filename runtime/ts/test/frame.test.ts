@@ -109,6 +109,9 @@ const cases: [string, Frame, MessageInitShape<typeof FrameSchema>][] = [
     { kind: { case: "event", value: { method: "/chat.v1.ChatEvents/MessagePosted", body: { case: "payload", value: bytes(8, 1) }, topic: "room:lobby", offset: 42n, epoch: "e1" } } },
   ],
   ["item", { item: { id: 2, payload: bytes(0) } }, { kind: { case: "item", value: { id: 2n, body: { case: "payload", value: bytes(0) } } } }],
+  // Varints of 32 bits and past them take different paths in the encoder.
+  ["item, the largest 32-bit id", { item: { id: 4294967295, payload: bytes(1) } }, { kind: { case: "item", value: { id: 4294967295n, body: { case: "payload", value: bytes(1) } } } }],
+  ["item, an id past 32 bits", { item: { id: 4294967296, payload: bytes(1) } }, { kind: { case: "item", value: { id: 4294967296n, body: { case: "payload", value: bytes(1) } } } }],
   ["end", { end: { id: 2 } }, { kind: { case: "end", value: { id: 2n } } }],
   ["credit", { credit: { id: 2, items: 16 } }, { kind: { case: "credit", value: { id: 2n, items: 16 } } }],
   ["goaway", { goaway: { reason: "shutdown", lastId: 99 } }, { kind: { case: "goaway", value: { reason: "shutdown", lastId: 99n } } }],
