@@ -294,8 +294,10 @@ function readMessage(r: BinaryReader, fields: Fields): Record<string, any> {
         : t == "s" ? r.string()
         : t == "j" ? (r.bytes(), null)
         : r.bytes();
-      // The body is a oneof: the last one read wins.
-      if (isBody(t)) delete msg[t == "p" ? "json" : "payload"];
+      // The body is a oneof: the last one read wins. Deleting costs a call
+      // into the engine even when there is nothing to delete: look first.
+      const other = t == "p" ? "json" : "payload";
+      if (isBody(t) && other in msg) delete msg[other];
     }
   }
   if (r.pos != stop) throw new Error("premature end of message");
