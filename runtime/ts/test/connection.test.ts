@@ -10,6 +10,7 @@ import { rejectsWith, within } from "./assert.js";
 import { FakeServer, expectFrame, type Peer } from "./fakeserver.js";
 import { EchoRequestSchema, EchoResponseSchema } from "./gen/e2e/v1/echo_pb.js";
 import { FrameSchema } from "./gen/parley/v1/frame_pb.js";
+import { decodeBinary, encodeBinary, type Frame } from "../src/frame.js";
 import { Confirm, Count, Echo, Sleep, Tick } from "./specs.js";
 import { protocols } from "./protocols.js";
 
@@ -552,4 +553,39 @@ test("the request may be a message or an init object", async () => {
   } finally {
     await server.close();
   }
+});
+
+test("the deadline timer outlives the last call but not close(): no timer keeps the process alive", async () => {
+  // A socket that answers in-process: real sockets and the ws package keep
+  // timers of their own, which would blur the count.
+  class Answering {
+    protocol = "parley.v1+proto";
+    binaryType = "arraybuffer";
+    onopen: ((ev: unknown) => void) | null = null;
+    onmessage: ((ev: { data: Uint8Array }) => void) | null = null;
+    onclose: ((ev: unknown) => void) | null = null;
+    onerror: ((ev: unknown) => void) | null = null;
+    constructor() {
+      queueMicrotask(() => this.onopen?.({}));
+    }
+    send(data: Uint8Array) {
+      const frame = decodeBinary(data);
+      const answer: Frame | undefined =
+        "hello" in frame ? { welcome: { sessionId: "s" } }
+        : "call" in frame ? { reply: { id: frame.call.id, payload: frame.call.payload } }
+        : undefined;
+      if (answer) queueMicrotask(() => this.onmessage?.({ data: encodeBinary(answer) }));
+    }
+    close() {}
+  }
+  const timeouts = () => process.getActiveResourcesInfo().filter((r) => r == "Timeout").length;
+  const before = timeouts();
+  const conn = new Connection("ws://in-process", { WebSocket: Answering });
+  // No within(): its timer would count. The socket answers in microtasks.
+  await conn.ready;
+  assert.equal(timeouts(), before, "no timer while no call is in flight");
+  assert.equal((await conn.call(Echo, { text: "a" })).text, "a");
+  assert.equal(timeouts(), before + 1, "the deadline timer stays armed after the last call");
+  conn.close();
+  assert.equal(timeouts(), before, "close() stops it");
 });
