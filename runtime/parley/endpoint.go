@@ -83,6 +83,11 @@ type endpoint struct {
 	goAwayID uint64
 	onGoAway func()        // client: start reconnecting
 	sem      chan struct{} // bounds outgoing calls; nil for no bound
+	// sendMax is the largest message this side sends on the socket: its
+	// own WithMaxMessageBytes, lowered to the peer's advertised limit
+	// (Hello or Welcome max_message_bytes) when it set one. Set before the
+	// socket starts, then only read.
+	sendMax int
 	// windowBudget is the items stream windows may still grow by (see
 	// streamWindowGrowth).
 	windowBudget atomic.Int64
@@ -139,6 +144,7 @@ func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *con
 		readerDone:   make(chan struct{}),
 		writerExited: make(chan struct{}),
 		done:         make(chan struct{}),
+		sendMax:      cfg.maxMessageBytes,
 	}
 	e.windowBudget.Store(int64(cfg.streamWindow) * (streamWindowGrowth - 1))
 	e.q = newSendQueue(cfg.sendQueueBytes, e.writeLoop, cfg.writeDelay > 0 || bc.raw == nil)
@@ -717,7 +723,7 @@ func (e *endpoint) runCallAndAnswer(c *callCtx) *endpoint {
 	if abandoned || e.ctx.Err() != nil {
 		return nil // the caller is gone; the wire stays quiet for this id
 	}
-	if e.sendOutcome(id, res, perr, true) {
+	if w, _ := e.sendOutcome(id, c.ci.Spec.Procedure, res, perr, true); w {
 		return e
 	}
 	return nil
@@ -735,23 +741,30 @@ func (e *endpoint) callSafely(ctx context.Context, ci *CallInfo, req proto.Messa
 
 // send encodes f (with msg as its payload, if non-nil) and queues it,
 // waiting for room in the send queue.
-func (e *endpoint) send(f *frame, msg proto.Message) { e.sendOwning(f, msg, false) }
+func (e *endpoint) send(f *frame, msg proto.Message) { e.sendOwning(f, msg, false) } //nolint:errcheck // replaced matters to sessions only
 
 // sendOwning is send; with own set, a writer that must start is left to
 // the caller, and sendOwning reports true: the caller must call writeOwned.
-func (e *endpoint) sendOwning(f *frame, msg proto.Message, own bool) bool {
+// A Reply or Error larger than the socket's send limit (sendMax) is not
+// sent: an Error(resource_exhausted) saying so goes instead, and is
+// returned as replaced (f.method, when set, names the call in it).
+func (e *endpoint) sendOwning(f *frame, msg proto.Message, own bool) (writer bool, replaced *Error) {
 	b := getBuf()
 	var err error
 	*b, err = e.codec.appendFrame((*b)[:0], f, msg)
 	if err != nil {
 		putBuf(b)
 		if f.kind == kindReply {
-			return e.sendOwning(errorFrame(f.id, Errorf(CodeInternal, "encoding the response: %v", err)), nil, own)
+			ef := errorFrame(f.id, Errorf(CodeInternal, "encoding the response: %v", err))
+			ef.method = f.method
+			return e.sendOwning(ef, nil, own)
 		}
 		e.log.Error("parley: encoding a frame", "kind", f.kind, "err", err)
-		return false
+		return false, nil
 	}
-	var writer bool
+	if len(*b) > e.sendMax && (f.kind == kindReply || f.kind == kindError) {
+		*b, replaced = e.replaceOversized((*b)[:0], f, len(*b))
+	}
 	if own {
 		writer, err = e.q.pushOwning(e.ctx, b, true)
 	} else {
@@ -760,7 +773,41 @@ func (e *endpoint) sendOwning(f *frame, msg proto.Message, own bool) bool {
 	if err != nil {
 		putBuf(b)
 	}
-	return writer
+	return writer, replaced
+}
+
+// errTooLarge marks a message this side did not send because its encoding
+// is larger than the socket's send limit.
+var errTooLarge = errors.New("parley: message larger than the send limit")
+
+// tooLarge is the error for a message of n bytes, over the send limit:
+// what names it ("/pkg.Svc/M: the request").
+func (e *endpoint) tooLarge(what string, n int) *Error {
+	return &Error{code: CodeResourceExhausted, message: fmt.Sprintf("%s is %d bytes, the limit %d", what, n, e.sendMax), wrapped: errTooLarge}
+}
+
+// replaceOversized encodes into b, in place of the Reply or Error f whose
+// encoding was n bytes, over the send limit, the Error(resource_exhausted)
+// that goes instead: the peer would close the socket on the real one (1009)
+// and, resuming, ask for it again. Should even that not fit (a limit of a
+// few bytes), the Error goes without its message.
+func (e *endpoint) replaceOversized(b []byte, f *frame, n int) ([]byte, *Error) {
+	what := "the response"
+	if f.kind == kindError {
+		what = "the " + f.code.String() + " error"
+	}
+	if f.method != "" {
+		what = f.method + ": " + what
+	}
+	err := e.tooLarge(what, n)
+	e.log.Warn("parley: a call's outcome is larger than the peer accepts; resource_exhausted goes instead", "side", e.side, "method", f.method, "id", f.id, "bytes", n, "limit", e.sendMax)
+	ef := errorFrame(f.id, err)
+	b, _ = e.codec.appendFrame(b, ef, nil)
+	if len(b) > e.sendMax {
+		ef.message = ""
+		b, _ = e.codec.appendFrame(b[:0], ef, nil)
+	}
+	return b, err
 }
 
 // refuseNotRun answers a call the server will not run (it is shutting
@@ -1011,30 +1058,38 @@ func (e *endpoint) roundTripID(ctx context.Context, spec *MethodSpec, req, res p
 		id = e.nextID()
 	}
 	pc.res = res
+	pc.frame = frame{kind: kindCall, id: id, method: spec.Procedure, hasPayload: true, timeoutMs: uint32(min(timeout.Milliseconds()+1, 1<<32-1)), metadata: md}
+	b := getBuf()
+	var err error
+	*b, err = e.codec.appendFrame((*b)[:0], &pc.frame, req)
+	switch {
+	case err != nil:
+		// The caller's request cannot be sent as it is (a proto2 required
+		// field unset, invalid UTF-8 in a string): its fault, as in TS.
+		putBuf(b)
+		return Errorf(CodeInvalidArgument, "encoding the request of %s: %v", spec.Procedure, err)
+	case len(*b) > e.sendMax:
+		// The peer would close the socket on it (1009), and a client
+		// would send it again after resuming: it fails here, unsent.
+		n := len(*b)
+		putBuf(b)
+		return e.tooLarge(spec.Procedure+": the request", n)
+	}
 	e.mu.Lock()
 	if e.closeErr != nil || e.goneAway != "" {
 		err := notSent(e.closeErr, e.goneAway)
 		e.mu.Unlock()
+		putBuf(b)
 		return err
 	}
 	e.pending[id] = pc
 	e.mu.Unlock()
 
-	pc.frame = frame{kind: kindCall, id: id, method: spec.Procedure, hasPayload: true, timeoutMs: uint32(min(timeout.Milliseconds()+1, 1<<32-1)), metadata: md}
-	b := getBuf()
-	var err error
-	*b, err = e.codec.appendFrame((*b)[:0], &pc.frame, req)
-	if err == nil {
-		var own bool
-		if own, err = e.q.pushOwning(ctx, b, true); err != nil {
-			err = asError(err)
-		} else if own {
-			e.writeOwned() // the reply cannot come before the call is out
-		}
-	} else {
-		// The caller's request cannot be sent as it is (a proto2 required
-		// field unset, invalid UTF-8 in a string): its fault, as in TS.
-		err = Errorf(CodeInvalidArgument, "encoding the request of %s: %v", spec.Procedure, err)
+	var own bool
+	if own, err = e.q.pushOwning(ctx, b, true); err != nil {
+		err = asError(err)
+	} else if own {
+		e.writeOwned() // the reply cannot come before the call is out
 	}
 	if err != nil {
 		putBuf(b)

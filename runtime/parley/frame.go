@@ -70,7 +70,7 @@ func (k frameKind) String() string {
 type frame struct {
 	kind       frameKind
 	id         uint64
-	method     string
+	method     string // call, event; on a reply, error or item being sent, the call's, for messages only (not encoded)
 	methodRaw  []byte // the method as decoded from binary, aliasing the read buffer
 	hasPayload bool
 	payload    []byte

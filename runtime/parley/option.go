@@ -10,9 +10,9 @@ import (
 
 // Defaults for the limits. Each has an option of the same name.
 const (
-	// DefaultMaxMessageBytes is the largest WebSocket message a side reads.
-	// A bigger one closes the socket with 1009 (message too big) before
-	// it is read into memory.
+	// DefaultMaxMessageBytes is the largest WebSocket message a side reads
+	// or sends (see WithMaxMessageBytes). A bigger one received closes the
+	// socket with 1009 (message too big) before it is read into memory.
 	DefaultMaxMessageBytes = 4 << 20
 	// DefaultMaxInFlight is how many calls a server runs at once per
 	// connection. Clients learn it from Welcome and queue calls beyond it
@@ -130,9 +130,29 @@ type clientOption func(*config)
 func (o clientOption) applyToClient(c *config) { o(c) }
 
 // WithMaxMessageBytes sets the largest WebSocket message this side reads
-// (DefaultMaxMessageBytes). A larger one closes the socket with 1009.
+// and sends (DefaultMaxMessageBytes). It is advertised to the peer (a
+// client's in Hello, a server's in Welcome), and each side sends nothing
+// larger than its own limit or the peer's, whichever is smaller:
+//
+//   - a call too large fails at the caller with CodeResourceExhausted,
+//     unsent (the socket and the other calls are unaffected);
+//   - a stream item too large fails that SendMsg with
+//     CodeResourceExhausted; the stream goes on;
+//   - a reply (or error) too large goes as an Error with
+//     CodeResourceExhausted naming its size; a resumed session replays
+//     that error;
+//   - an event too large is not sent to that connection (logged at Warn
+//     once per event and connection); others still get it.
+//
+// A message larger than this side's limit that the peer sends anyway
+// (a peer that ignores the advertised limit) closes the socket with 1009.
 func WithMaxMessageBytes(n int) Option {
 	return option(func(c *config) { c.maxMessageBytes = n })
+}
+
+// limitOnWire is a message limit as Hello and Welcome carry it.
+func limitOnWire(n int) uint32 {
+	return uint32(min(max(n, 0), 1<<32-1))
 }
 
 // WithSendQueueBytes bounds the encoded frames waiting to be written on

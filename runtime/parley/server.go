@@ -215,6 +215,9 @@ func (s *Server) handshake(e *endpoint, r *http.Request) error {
 	if w := f.hello.GetStreamWindow(); w > 0 {
 		e.peerWindow = w
 	}
+	if n := f.hello.GetMaxMessageBytes(); n > 0 {
+		e.sendMax = min(e.sendMax, int(n))
+	}
 	var principal *Principal
 	if s.cfg.authenticate != nil {
 		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.handshakeTimeout)
@@ -254,7 +257,7 @@ func (s *Server) handshake(e *endpoint, r *http.Request) error {
 	w := &parleyv1.Welcome{
 		SessionId:       sess.id,
 		Resumed:         resumed,
-		MaxMessageBytes: uint32(s.cfg.maxMessageBytes),
+		MaxMessageBytes: limitOnWire(s.cfg.maxMessageBytes),
 		MaxInFlight:     uint32(s.cfg.maxInFlight),
 		PingIntervalMs:  uint32(s.cfg.pingInterval.Milliseconds()),
 		Agent:           agent,

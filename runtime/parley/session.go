@@ -250,6 +250,14 @@ func (s *session) sendEventLocked(e *endpoint, se sessionEvent) {
 		putBuf(b)
 		return
 	}
+	if n := len(*b) + len(out.tail); n > e.sendMax {
+		// The client would close the socket on it (1009) and get it
+		// again on resuming: it is not sent. This runs once per event and
+		// connection (a replay goes to another connection).
+		putBuf(b)
+		e.log.Warn("parley: event larger than the connection accepts not sent", "method", se.ev.method, "conn", s.id, "bytes", n, "limit", e.sendMax)
+		return
+	}
 	e.pushEvent(out)
 }
 
@@ -276,7 +284,9 @@ func (s *session) claimCall(e *endpoint, id uint64, method string) bool {
 		e.sendError(id, Errorf(CodeInvalidArgument, "call id %d was %s's earlier in this session: a client never reuses an id", id, prior))
 	case replied:
 		s.mu.Unlock()
-		e.sendOutcome(id, r.res, r.err, false)
+		if _, replaced := e.sendOutcome(id, method, r.res, r.err, false); replaced != nil {
+			s.replaced(id, method, replaced)
+		}
 	default:
 		s.mu.Unlock()
 	}
@@ -306,10 +316,28 @@ func (s *session) finishCall(id uint64, res proto.Message, err *Error, abandoned
 	}
 	cur := s.cur
 	s.mu.Unlock()
-	if cur != nil && cur.sendOutcome(id, res, err, true) {
+	if cur == nil {
+		return nil
+	}
+	w, replaced := cur.sendOutcome(id, method, res, err, true)
+	if replaced != nil {
+		s.replaced(id, method, replaced)
+	}
+	if w {
 		return cur
 	}
 	return nil
+}
+
+// replaced records that call id's outcome was too large for its client
+// and went as the error err instead: a re-sent call gets err too, and the
+// session no longer holds the large outcome.
+func (s *session) replaced(id uint64, method string, err *Error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r, ok := s.replies[id]; ok && r.method == method {
+		s.replies[id] = sessionReply{method: method, err: err}
+	}
 }
 
 // cancelCall cancels a call of this session running on any socket.
@@ -322,10 +350,13 @@ func (s *session) cancelCall(id uint64, code Code) {
 	}
 }
 
-// sendOutcome queues a call's reply or error; own is as for sendOwning.
-func (e *endpoint) sendOutcome(id uint64, res proto.Message, err *Error, own bool) bool {
+// sendOutcome queues the reply or error of call id, of method; own and
+// replaced are as for sendOwning.
+func (e *endpoint) sendOutcome(id uint64, method string, res proto.Message, err *Error, own bool) (writer bool, replaced *Error) {
 	if err != nil {
-		return e.sendOwning(errorFrame(id, err), nil, own)
+		f := errorFrame(id, err)
+		f.method = method
+		return e.sendOwning(f, nil, own)
 	}
-	return e.sendOwning(&frame{kind: kindReply, id: id, hasPayload: true}, res, own)
+	return e.sendOwning(&frame{kind: kindReply, id: id, method: method, hasPayload: true}, res, own)
 }

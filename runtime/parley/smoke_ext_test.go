@@ -130,8 +130,9 @@ func TestDeadlineWhileTheSocketIsFull(t *testing.T) {
 	}))
 	t.Cleanup(hs.Close)
 	// A long write timeout: a caller held by the socket would return
-	// after it, not at its deadline.
-	conn := dialT(t, "ws"+strings.TrimPrefix(hs.URL, "http"), parley.WithoutReconnect(), parley.WithWriteTimeout(time.Minute))
+	// after it, not at its deadline. A message limit above the request's
+	// size (the server advertises none): it is sent, not refused.
+	conn := dialT(t, "ws"+strings.TrimPrefix(hs.URL, "http"), parley.WithoutReconnect(), parley.WithWriteTimeout(time.Minute), parley.WithMaxMessageBytes(64<<20))
 	t.Cleanup(func() { close(release) }) // first: the server lets go, then conn closes
 	big := strings.Repeat("x", 32<<20)   // more than loopback's socket buffers take
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)

@@ -2,6 +2,7 @@ package parley
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -191,8 +192,15 @@ func (s *stream) send(m proto.Message) error {
 		case s.credit > 0:
 			s.credit--
 			s.mu.Unlock()
-			s.item = frame{kind: kindItem, id: s.id, hasPayload: true}
-			return s.e.sendCtx(s.ctx, &s.item, m)
+			s.item = frame{kind: kindItem, id: s.id, method: s.spec.Procedure, hasPayload: true}
+			err := s.e.sendCtx(s.ctx, &s.item, m)
+			if errors.Is(err, errTooLarge) {
+				// Not sent: the stream goes on, with its credit.
+				s.mu.Lock()
+				s.credit++
+				s.mu.Unlock()
+			}
+			return err
 		}
 		s.mu.Unlock()
 		select {
@@ -637,10 +645,12 @@ func (e *endpoint) runStream(s *stream, m *Method, ci *CallInfo) {
 		return
 	}
 	if err != nil {
-		e.sendError(s.id, asError(err))
+		f := errorFrame(s.id, asError(err))
+		f.method = s.spec.Procedure
+		e.send(f, nil)
 		return
 	}
-	e.send(&frame{kind: kindReply, id: s.id, hasPayload: res != nil}, res)
+	e.send(&frame{kind: kindReply, id: s.id, method: s.spec.Procedure, hasPayload: res != nil}, res)
 }
 
 func (e *endpoint) runStreamSafely(ctx context.Context, m *Method, s *stream, ci *CallInfo) (res proto.Message, err error) {
@@ -653,7 +663,9 @@ func (e *endpoint) runStreamSafely(ctx context.Context, m *Method, s *stream, ci
 	return m.stream(ctx, &Stream{s: s})
 }
 
-// sendCtx encodes and queues a frame, waiting for room until ctx ends.
+// sendCtx encodes and queues a frame, waiting for room until ctx ends. A
+// Call or StreamItem larger than the socket's send limit is not sent: it
+// fails with resource_exhausted (wrapping errTooLarge), naming f.method.
 func (e *endpoint) sendCtx(ctx context.Context, f *frame, msg proto.Message) error {
 	b := getBuf()
 	var err error
@@ -662,6 +674,14 @@ func (e *endpoint) sendCtx(ctx context.Context, f *frame, msg proto.Message) err
 		putBuf(b)
 		// Only a message can fail to encode: the application's to send.
 		return Errorf(CodeInvalidArgument, "encoding a %v frame: %v", f.kind, err)
+	}
+	if n := len(*b); n > e.sendMax && (f.kind == kindCall || f.kind == kindItem) {
+		putBuf(b)
+		what := ": the request"
+		if f.kind == kindItem {
+			what = ": a stream item"
+		}
+		return e.tooLarge(f.method+what, n)
 	}
 	if err := e.q.push(ctx, b, true); err != nil {
 		putBuf(b)
