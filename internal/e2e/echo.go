@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,9 +42,14 @@ func (s *EchoService) outcomeFor(token string) *outcome {
 	return o
 }
 
-// Echo returns its request.
+// Echo returns its request, its text repeated req.Repeat times when that
+// is more than 1.
 func (s *EchoService) Echo(_ context.Context, req *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
-	return &e2ev1.EchoResponse{Text: req.GetText(), Data: req.GetData()}, nil
+	text := req.GetText()
+	if n := req.GetRepeat(); n > 1 {
+		text = strings.Repeat(text, int(n))
+	}
+	return &e2ev1.EchoResponse{Text: text, Data: req.GetData()}, nil
 }
 
 // Sleep waits for req.Ms or until ctx ends and records how it ended.

@@ -85,7 +85,7 @@ export class EchoServiceClient {
   }
 
   /**
-   * Echo returns its request.
+   * Echo returns its request (its text repeated, see EchoRequest.repeat).
    *
    * @generated from rpc e2e.v1.EchoService.Echo
    */

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file e2e/v1/echo.proto.
  */
 export const file_e2e_v1_echo: GenFile = /*@__PURE__*/
-  fileDesc("ChFlMmUvdjEvZWNoby5wcm90bxIGZTJlLnYxIikKC0VjaG9SZXF1ZXN0EgwKBHRleHQYASABKAkSDAoEZGF0YRgCIAEoDCIqCgxFY2hvUmVzcG9uc2USDAoEdGV4dBgBIAEoCRIMCgRkYXRhGAIgASgMIikKDFNsZWVwUmVxdWVzdBIKCgJtcxgBIAEoDRINCgV0b2tlbhgCIAEoCSIkCg1TbGVlcFJlc3BvbnNlEhMKC2RlYWRsaW5lX21zGAEgASgDIh8KDk91dGNvbWVSZXF1ZXN0Eg0KBXRva2VuGAEgASgJIjcKD091dGNvbWVSZXNwb25zZRIPCgdvdXRjb21lGAEgASgJEhMKC2RlYWRsaW5lX21zGAIgASgDIiwKC0ZhaWxSZXF1ZXN0EgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCTLvAgoLRWNob1NlcnZpY2USNgoERWNobxITLmUyZS52MS5FY2hvUmVxdWVzdBoULmUyZS52MS5FY2hvUmVzcG9uc2UiA5ACARI0CgVTbGVlcBIULmUyZS52MS5TbGVlcFJlcXVlc3QaFS5lMmUudjEuU2xlZXBSZXNwb25zZRJIChBTbGVlcFdpdGhEZWZhdWx0EhQuZTJlLnYxLlNsZWVwUmVxdWVzdBoVLmUyZS52MS5TbGVlcFJlc3BvbnNlIgeKzxgDCKwCEjoKB091dGNvbWUSFi5lMmUudjEuT3V0Y29tZVJlcXVlc3QaFy5lMmUudjEuT3V0Y29tZVJlc3BvbnNlEjMKBEZhaWwSEy5lMmUudjEuRmFpbFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSNwoFUGFuaWMSFi5nb29nbGUucHJvdG9idWYuRW1wdHkaFi5nb29nbGUucHJvdG9idWYuRW1wdHlCO1o5Z2l0aHViLmNvbS9wYXJsZXlycGMvcGFybGV5L2ludGVybmFsL2UyZS9nZW4vZTJlL3YxO2UyZXYxYgZwcm90bzM", [file_google_protobuf_empty, file_parley_v1_options]);
+  fileDesc("ChFlMmUvdjEvZWNoby5wcm90bxIGZTJlLnYxIjkKC0VjaG9SZXF1ZXN0EgwKBHRleHQYASABKAkSDAoEZGF0YRgCIAEoDBIOCgZyZXBlYXQYAyABKA0iKgoMRWNob1Jlc3BvbnNlEgwKBHRleHQYASABKAkSDAoEZGF0YRgCIAEoDCIpCgxTbGVlcFJlcXVlc3QSCgoCbXMYASABKA0SDQoFdG9rZW4YAiABKAkiJAoNU2xlZXBSZXNwb25zZRITCgtkZWFkbGluZV9tcxgBIAEoAyIfCg5PdXRjb21lUmVxdWVzdBINCgV0b2tlbhgBIAEoCSI3Cg9PdXRjb21lUmVzcG9uc2USDwoHb3V0Y29tZRgBIAEoCRITCgtkZWFkbGluZV9tcxgCIAEoAyIsCgtGYWlsUmVxdWVzdBIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAky7wIKC0VjaG9TZXJ2aWNlEjYKBEVjaG8SEy5lMmUudjEuRWNob1JlcXVlc3QaFC5lMmUudjEuRWNob1Jlc3BvbnNlIgOQAgESNAoFU2xlZXASFC5lMmUudjEuU2xlZXBSZXF1ZXN0GhUuZTJlLnYxLlNsZWVwUmVzcG9uc2USSAoQU2xlZXBXaXRoRGVmYXVsdBIULmUyZS52MS5TbGVlcFJlcXVlc3QaFS5lMmUudjEuU2xlZXBSZXNwb25zZSIHis8YAwisAhI6CgdPdXRjb21lEhYuZTJlLnYxLk91dGNvbWVSZXF1ZXN0GhcuZTJlLnYxLk91dGNvbWVSZXNwb25zZRIzCgRGYWlsEhMuZTJlLnYxLkZhaWxSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EjcKBVBhbmljEhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5QjtaOWdpdGh1Yi5jb20vcGFybGV5cnBjL3BhcmxleS9pbnRlcm5hbC9lMmUvZ2VuL2UyZS92MTtlMmV2MWIGcHJvdG8z", [file_google_protobuf_empty, file_parley_v1_options]);
 
 /**
  * @generated from message e2e.v1.EchoRequest
@@ -32,6 +32,14 @@ export type EchoRequest = Message<"e2e.v1.EchoRequest"> & {
    * @generated from field: bytes data = 2;
    */
   data: Uint8Array;
+
+  /**
+   * When more than 1, the response's text is text repeated that many times:
+   * a small request for a large response.
+   *
+   * @generated from field: uint32 repeat = 3;
+   */
+  repeat: number;
 };
 
 /**
@@ -178,7 +186,7 @@ export const FailRequestSchema: GenMessage<FailRequest> = /*@__PURE__*/
  */
 export const EchoService: GenService<{
   /**
-   * Echo returns its request.
+   * Echo returns its request (its text repeated, see EchoRequest.repeat).
    *
    * @generated from rpc e2e.v1.EchoService.Echo
    */

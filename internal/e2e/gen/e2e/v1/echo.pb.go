@@ -28,9 +28,12 @@ const (
 )
 
 type EchoRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Text          string                 `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
-	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Text  string                 `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
+	Data  []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// When more than 1, the response's text is text repeated that many times:
+	// a small request for a large response.
+	Repeat        uint32 `protobuf:"varint,3,opt,name=repeat,proto3" json:"repeat,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -77,6 +80,13 @@ func (x *EchoRequest) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+func (x *EchoRequest) GetRepeat() uint32 {
+	if x != nil {
+		return x.Repeat
+	}
+	return 0
 }
 
 type EchoResponse struct {
@@ -384,10 +394,11 @@ var File_e2e_v1_echo_proto protoreflect.FileDescriptor
 
 const file_e2e_v1_echo_proto_rawDesc = "" +
 	"\n" +
-	"\x11e2e/v1/echo.proto\x12\x06e2e.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x17parley/v1/options.proto\"5\n" +
+	"\x11e2e/v1/echo.proto\x12\x06e2e.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x17parley/v1/options.proto\"M\n" +
 	"\vEchoRequest\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"6\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
+	"\x06repeat\x18\x03 \x01(\rR\x06repeat\"6\n" +
 	"\fEchoResponse\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"4\n" +

@@ -91,7 +91,7 @@ var (
 //
 // EchoService exercises every path of a unary call.
 type EchoServiceClient interface {
-	// Echo returns its request.
+	// Echo returns its request (its text repeated, see EchoRequest.repeat).
 	Echo(ctx context.Context, req *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error)
 	// Sleep waits for ms milliseconds or until its context ends, then records
 	// the outcome under token for Outcome to report.
@@ -182,7 +182,7 @@ func (c *echoServiceClient) Panic(ctx context.Context, req *emptypb.Empty) (*emp
 //
 // EchoService exercises every path of a unary call.
 type EchoServiceServer interface {
-	// Echo returns its request.
+	// Echo returns its request (its text repeated, see EchoRequest.repeat).
 	Echo(context.Context, *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error)
 	// Sleep waits for ms milliseconds or until its context ends, then records
 	// the outcome under token for Outcome to report.
