@@ -77,7 +77,10 @@ export interface ConnectionOptions {
    * The largest WebSocket message, in bytes, this connection receives
    * (a larger one is a protocol error) and sends (a larger call fails
    * with "resource_exhausted"; the server's own limit from Welcome
-   * applies too). Default {@link defaultMaxMessageBytes} (4 MiB).
+   * applies too). Sent in Hello as max_message_bytes: the server then
+   * sends nothing larger (a reply too large arrives as a
+   * "resource_exhausted" error, an event too large is not sent). Default
+   * {@link defaultMaxMessageBytes} (4 MiB).
    */
   maxMessageBytes?: number;
   /** Resolves google.protobuf.Any and extensions in JSON payloads and error details (jsonProtocol). */
@@ -662,6 +665,7 @@ export class Connection {
           ...(last?.resumeToken && { sessionId: last.sessionId, resumeToken: last.resumeToken, offsets: { [sessionTopic]: this.#lastEvent } }),
           agent,
           streamWindow: this.#options.streamWindow,
+          maxMessageBytes: this.#options.maxMessageBytes ?? defaultMaxMessageBytes,
         },
       });
     }

@@ -39,7 +39,9 @@ for (const protocol of ["proto", "json"] as const) {
       assert.equal(conn.state.status, "connecting");
       const peer = await server.peer();
       assert.equal(peer.ws.protocol, `parley.v1+${protocol}`);
-      assert.deepEqual(await peer.hello, { hello: { metadata: { room: "lobby", authorization: "Bearer tok" }, agent: "parley-ts/0.1.0" } });
+      assert.deepEqual(await peer.hello, {
+        hello: { metadata: { room: "lobby", authorization: "Bearer tok" }, agent: "parley-ts/0.1.0", maxMessageBytes: 4 << 20 },
+      });
       await within(conn.ready);
       const state = conn.state as ConnectionState;
       assert.equal(state.status == "open" && state.session.sessionId, "s1");
@@ -315,6 +317,15 @@ for (const protocol of ["proto", "json"] as const) {
       } finally {
         await s.close();
       }
+    });
+
+    test("Hello carries maxMessageBytes, so that the server sends nothing larger", async () => {
+      const conn = connect(server, { protocol: protocols[protocol], maxMessageBytes: 512 });
+      const peer = await server.peer();
+      const hello = (await peer.hello) as { hello: { maxMessageBytes?: number } };
+      assert.equal(hello.hello.maxMessageBytes, 512);
+      await within(conn.ready);
+      conn.close();
     });
 
     test("a request larger than maxMessageBytes fails with resource_exhausted", async () => {

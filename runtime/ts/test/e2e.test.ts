@@ -87,6 +87,29 @@ for (const protocol of ["proto", "json"] as const) {
       assert.equal((await conn.call(Echo, { text: "still here" })).text, "still here");
       assert.equal(conn.state.status, "open");
     });
+
+    test("a reply larger than the client's maxMessageBytes arrives as resource_exhausted; the socket stays", async () => {
+      // The limit goes to the server in Hello; without it the server sent
+      // the reply, the client closed with 1009, resumed, sent the call
+      // again (Echo is idempotent), and so on until the deadline.
+      const small = new Connection(url, { WebSocket, protocol: protocols[protocol], maxMessageBytes: 512, reconnect: { initialDelayMs: 5, maxDelayMs: 50 } });
+      const states: string[] = [];
+      try {
+        await small.ready;
+        small.onStateChange((s) => states.push(s.status));
+        const token = `limit-${protocol}-${Date.now()}`;
+        const held = small.call(Sleep, { ms: 200, token }, { timeoutMs: 5000 });
+        const err = await rejectsWith(small.call(Echo, { text: "x".repeat(100), repeat: 30 }, { timeoutMs: 3000 }), "resource_exhausted");
+        assert.match(err.rawMessage, /^\/e2e\.v1\.EchoService\/Echo: the response is \d+ bytes, the limit 512$/);
+        assert.equal((await small.call(Echo, { text: "y", repeat: 3 })).text, "yyy");
+        await held; // the call in flight meanwhile completes
+        assert.equal((await small.call(Outcome, { token })).outcome, "completed");
+        assert.deepEqual(states, [], "the connection never left its socket");
+        assert.equal(small.state.status, "open");
+      } finally {
+        small.close();
+      }
+    });
   });
 }
 

@@ -18,6 +18,11 @@ const cases: [string, Frame, MessageInitShape<typeof FrameSchema>][] = [
   ],
   ["empty hello", { hello: {} }, { kind: { case: "hello", value: {} } }],
   [
+    "hello with limits",
+    { hello: { agent: "parley-ts/0.1.0", streamWindow: 32, maxMessageBytes: 1048576 } },
+    { kind: { case: "hello", value: { agent: "parley-ts/0.1.0", streamWindow: 32, maxMessageBytes: 1048576 } } },
+  ],
+  [
     "welcome",
     { welcome: { sessionId: "abc", resumeToken: "r", resumed: true, resumeWindowMs: 60000, maxMessageBytes: 4194304, maxInFlight: 64, pingIntervalMs: 25000, agent: "parley-go/0.1.0", metadata: { k: "v" } } },
     { kind: { case: "welcome", value: { sessionId: "abc", resumeToken: "r", resumed: true, resumeWindowMs: 60000, maxMessageBytes: 4194304, maxInFlight: 64, pingIntervalMs: 25000, agent: "parley-go/0.1.0", metadata: { k: "v" } } } },
