@@ -158,6 +158,11 @@ func (s *stream) open(req proto.Message) error {
 	}
 	f := frame{kind: kindCall, id: s.id, method: s.spec.Procedure, timeoutMs: timeoutMs, hasPayload: req != nil}
 	if err := s.e.sendCtx(s.ctx, &f, req); err != nil {
+		// The Call was not queued (too large, or the connection closing):
+		// the peer never hears of this id, so no Cancel goes out for it.
+		s.mu.Lock()
+		s.opened = false
+		s.mu.Unlock()
 		s.abandon(CodeOf(err))
 		return err
 	}
@@ -170,10 +175,13 @@ func (s *stream) send(m proto.Message) error {
 	defer s.sendMu.Unlock()
 	if s.caller && !s.spec.Kind.streamsRequests() {
 		s.mu.Lock()
-		opened := s.opened
+		opened, done := s.opened, s.done
 		s.mu.Unlock()
-		if opened {
+		switch {
+		case opened:
 			return Errorf(CodeInternal, "%s takes one request", s.spec.Procedure)
+		case done:
+			return io.EOF // ended before its Call went out (see open)
 		}
 		return s.open(m)
 	}
