@@ -761,8 +761,9 @@ func (e *endpoint) callSafely(ctx context.Context, ci *CallInfo, req proto.Messa
 }
 
 // send encodes f (with msg as its payload, if non-nil) and queues it,
-// waiting for room in the send queue.
-func (e *endpoint) send(f *frame, msg proto.Message) { e.sendOwning(f, msg, false) } //nolint:errcheck // replaced matters to sessions only
+// waiting for room in the send queue. Whether an oversized outcome was
+// replaced matters to sessions only (sendOutcome).
+func (e *endpoint) send(f *frame, msg proto.Message) { e.sendOwning(f, msg, false) }
 
 // sendOwning is send; with own set, a writer that must start is left to
 // the caller, and sendOwning reports true: the caller must call writeOwned.

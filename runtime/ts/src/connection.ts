@@ -579,6 +579,11 @@ export class Connection {
     this.#arm(next);
   }
 
+  /** The largest message this side receives and sends (the option, or its default); Hello tells the server. */
+  get #maxMessageBytes(): number {
+    return this.#options.maxMessageBytes ?? defaultMaxMessageBytes;
+  }
+
   get #defaultTimeout(): number {
     return this.#options.defaultTimeoutMs ?? defaultTimeoutMs;
   }
@@ -665,7 +670,7 @@ export class Connection {
           ...(last?.resumeToken && { sessionId: last.sessionId, resumeToken: last.resumeToken, offsets: { [sessionTopic]: this.#lastEvent } }),
           agent,
           streamWindow: this.#options.streamWindow,
-          maxMessageBytes: this.#options.maxMessageBytes ?? defaultMaxMessageBytes,
+          maxMessageBytes: this.#maxMessageBytes,
         },
       });
     }
@@ -811,7 +816,7 @@ export class Connection {
    */
   #send(s: Sock, frame: Frame, what = "a frame"): ParleyError | undefined {
     const data = this.#protocol.encodeFrame(frame);
-    const max = Math.min(this.#options.maxMessageBytes ?? defaultMaxMessageBytes, s.session?.maxMessageBytes || Infinity);
+    const max = Math.min(this.#maxMessageBytes, s.session?.maxMessageBytes || Infinity);
     let size = data.length;
     if (typeof data == "string" && size * 3 > max) size = new TextEncoder().encode(data).length;
     if (size > max) return new ParleyError("resource_exhausted", `${what} is ${size} bytes, the limit ${max}`);
@@ -830,7 +835,7 @@ export class Connection {
     let frame: Frame;
     try {
       const size = typeof data == "string" ? data.length : (data as ArrayBuffer).byteLength;
-      const max = this.#options.maxMessageBytes ?? defaultMaxMessageBytes;
+      const max = this.#maxMessageBytes;
       if (size > max) throw new Error(`a message of ${size} bytes, more than the limit of ${max}`);
       frame = this.#protocol.decodeFrame(typeof data == "string" ? data : bytesOf(data));
     } catch (e) {
