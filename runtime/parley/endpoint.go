@@ -672,7 +672,7 @@ func (e *endpoint) acceptCall(f *frame) {
 		e.runInline(c)
 		return
 	}
-	go e.runCall(c)
+	e.runCallAsync(c)
 }
 
 // violation answers a well-formed frame the protocol forbids after the
