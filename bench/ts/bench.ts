@@ -1,12 +1,14 @@
 // TypeScript client benchmark: unary echo calls/s of @parleyrpc/runtime's
 // Connection against the Go server, at 1 and 64 calls in flight, side by
-// side with a raw `ws` client doing the same round trips against a bare
-// gorilla/websocket echo. Both servers run in one Go process
-// (`parley-bench -mode ts-servers`), the client in this Node process.
+// side with a raw `ws` client doing the same work (the same protobuf-es
+// messages, its own correlation by id) against a bare gorilla/websocket
+// echo, and with that client sending bytes only. Both servers run in one
+// Go process (`parley-bench -mode ts-servers`), the client in this Node
+// process.
 //
 // Run from the repository root: bench/ts/run.sh (bundles this file with
 // esbuild and runs it with node).
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { spawn } from "node:child_process";
 import { cpus, loadavg } from "node:os";
 import { createInterface } from "node:readline";
@@ -56,10 +58,15 @@ async function parleyTarget(url: string): Promise<Target> {
   };
 }
 
-// The floor: one `ws` socket shared by every caller; each message is an
-// 8-byte id then the payload, and a message handler hands each reply to
-// its caller's promise by id. No protobuf, no frame, no deadline timer.
-async function rawTarget(url: string): Promise<Target> {
+// The hand-written alternative: one `ws` socket shared by every caller,
+// each message a 4-byte id then the payload, and a message handler that
+// hands each reply to its caller's promise by id. No frame, no deadline
+// timer, no reconnection. With protobuf set it does the same work as a
+// Parley call: it encodes each request with protobuf-es and decodes each
+// echo as the response message ("raw ws"); without, it sends the bytes it
+// has and only checks the echo's length ("raw bytes"), the floor of what
+// any client on `ws` can do.
+async function rawTarget(url: string, protobuf: boolean): Promise<Target> {
   const ws = new WebSocket(url);
   await new Promise((resolve, reject) => {
     ws.once("open", resolve);
@@ -75,18 +82,28 @@ async function rawTarget(url: string): Promise<Target> {
     }
   });
   let nextId = 0;
+  const send = (msg: Buffer, check: (b: Buffer) => boolean) =>
+    new Promise<void>((resolve, reject) => {
+      const id = ++nextId >>> 0;
+      msg.writeUInt32LE(id, 0);
+      pending.set(id, (b) => (check(b) ? resolve() : reject(new Error("short echo"))));
+      ws.send(msg, { binary: true });
+    });
   return {
-    name: "raw ws",
+    name: protobuf ? "raw ws" : "raw bytes",
     newCaller(payload) {
-      const msg = Buffer.alloc(8 + payload.length);
-      msg.set(payload, 8);
-      return () =>
-        new Promise<void>((resolve, reject) => {
-          const id = ++nextId >>> 0;
-          msg.writeUInt32LE(id, 0);
-          pending.set(id, (b) => (b.length === msg.length ? resolve() : reject(new Error("short echo"))));
-          ws.send(msg, { binary: true });
-        });
+      if (protobuf) {
+        const req = create(EchoRequestSchema, { data: payload });
+        return () => {
+          const body = toBinary(EchoRequestSchema, req);
+          const msg = Buffer.allocUnsafe(4 + body.length);
+          msg.set(body, 4);
+          return send(msg, (b) => fromBinary(EchoResponseSchema, b.subarray(4)).data.length === payload.length);
+        };
+      }
+      const msg = Buffer.alloc(4 + payload.length);
+      msg.set(payload, 4);
+      return () => send(msg, (b) => b.length === msg.length);
     },
     close: () => ws.close(),
   };
@@ -157,10 +174,11 @@ const fmt = (ms: number) => (ms >= 1 ? `${ms.toFixed(2)} ms` : `${(ms * 1000).to
 const sizeName = (n: number) => (n >= 1024 && n % 1024 === 0 ? `${n / 1024} KiB` : `${n} B`);
 
 const servers = await startServers();
-const impls = (args.get("impl") ?? "parley-ts,raw").split(",");
+const impls = (args.get("impl") ?? "parley-ts,raw,bytes").split(",");
 const targets: Target[] = [];
 if (impls.includes("parley-ts")) targets.push(await parleyTarget(servers.parley));
-if (impls.includes("raw")) targets.push(await rawTarget(servers.gorilla));
+if (impls.includes("raw")) targets.push(await rawTarget(servers.gorilla, true));
+if (impls.includes("bytes")) targets.push(await rawTarget(servers.gorilla, false));
 const load0 = loadavg().map((x) => x.toFixed(2)).join(" ");
 const results = new Map<string, Result[]>();
 for (let r = 0; r < rounds; r++) {
