@@ -583,3 +583,105 @@ func TestShutdownPastItsDeadlineClosesGoingAway(t *testing.T) {
 		t.Fatalf("closed with %d, want 1001 going away", code)
 	}
 }
+
+// TestStreamCallReusingAnIDInFlightIsRefused: a Call that opens a stream
+// with the id of a call or stream still running on the connection is
+// refused with invalid_argument, as a unary Call is, and the call already
+// running goes on. It used to replace the first one's bookkeeping, so
+// that whichever handler ended second found none and crashed the server
+// (a nil dereference in runStream, outside any recover): found by a raw
+// client sending a Call id twice.
+func TestStreamCallReusingAnIDInFlightIsRefused(t *testing.T) {
+	started := make(chan string, 10)
+	release := make(chan struct{})
+	blockSpec := &parley.MethodSpec{Procedure: "/test.Streams/Block"}
+	srv := parley.NewServer()
+	srv.Register(parley.NewBidiStreamMethod(echoesSpec, func(ctx context.Context, s *parley.BidiStream[e2ev1.EchoRequest, e2ev1.EchoResponse]) error {
+		started <- "echoes"
+		for {
+			req, err := s.Recv()
+			if err != nil {
+				return err
+			}
+			if err := s.Send(&e2ev1.EchoResponse{Text: req.GetText()}); err != nil {
+				return err
+			}
+		}
+	}))
+	srv.Register(parley.NewUnaryMethod(blockSpec, func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+		started <- "block"
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return &e2ev1.EchoResponse{Text: r.GetText()}, nil
+	}))
+	srv.Register(parley.NewUnaryMethod(unarySpec, func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+		return &e2ev1.EchoResponse{Text: r.GetText()}, nil
+	}))
+	hs := httptest.NewServer(srv)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		hs.Close()
+	})
+	p := dialRaw(t, "ws"+strings.TrimPrefix(hs.URL, "http"), 0, nil)
+	call := func(id uint64, method string, req proto.Message) {
+		t.Helper()
+		c := &parleyv1.Call{Id: id, Method: method}
+		if req != nil {
+			b, _ := proto.Marshal(req)
+			c.Body = &parleyv1.Call_Payload{Payload: b}
+		}
+		p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: c}})
+	}
+	wantRefused := func(id uint64) {
+		t.Helper()
+		for {
+			f := p.read(t)
+			if e := f.GetError(); e != nil && e.GetId() == id {
+				if e.GetCode() != parleyv1.Code_CODE_INVALID_ARGUMENT || !strings.Contains(e.GetMessage(), "already in flight") {
+					t.Fatalf("call id %d reused: got %v, want invalid_argument, already in flight", id, e)
+				}
+				return
+			}
+			if f.GetReply() != nil || f.GetError() != nil {
+				t.Fatalf("call id %d reused: got %v, want its refusal", id, f)
+			}
+		}
+	}
+
+	// A stream, then a second stream with its id.
+	call(1, echoesSpec.Procedure, nil)
+	if got := <-started; got != "echoes" {
+		t.Fatal(got)
+	}
+	call(1, echoesSpec.Procedure, nil)
+	wantRefused(1)
+	// A unary call, then a stream with its id.
+	call(3, blockSpec.Procedure, &e2ev1.EchoRequest{Text: "block"})
+	if got := <-started; got != "block" {
+		t.Fatal(got)
+	}
+	call(3, echoesSpec.Procedure, nil)
+	wantRefused(3)
+
+	// The first stream still works, and both end as they should.
+	item, _ := proto.Marshal(&e2ev1.EchoRequest{Text: "still here"})
+	p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Item{Item: &parleyv1.StreamItem{Id: 1, Body: &parleyv1.StreamItem_Payload{Payload: item}}}})
+	var echoed proto.Message = &e2ev1.EchoResponse{}
+	if it := p.read(t).GetItem(); it.GetId() != 1 || proto.Unmarshal(it.GetPayload(), echoed) != nil || echoed.(*e2ev1.EchoResponse).GetText() != "still here" {
+		t.Fatalf("the first stream after its id was reused: got item %v, want its echo", it)
+	}
+	p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Cancel{Cancel: &parleyv1.Cancel{Id: 1}}})
+	close(release)
+	if r := p.read(t).GetReply(); r.GetId() != 3 {
+		t.Fatalf("got %v, want the reply to call 3", r)
+	}
+	// The server is still up: a new call on the same socket is answered.
+	call(5, unarySpec.Procedure, &e2ev1.EchoRequest{Text: "alive"})
+	if r := p.read(t).GetReply(); r.GetId() != 5 {
+		t.Fatalf("got %v, want the reply to call 5", r)
+	}
+}

@@ -609,6 +609,13 @@ func (e *endpoint) acceptStream(f *frame, m *Method, ci *CallInfo) {
 		e.sendError(f.id, Errorf(CodeResourceExhausted, "more than %d streams open on this connection", e.cfg.maxStreams))
 		return
 	}
+	if e.running[f.id] != nil || e.streams[f.id] != nil {
+		// As acceptCall refuses a unary Call: the call already running
+		// keeps its id (replacing its entries would leave it none).
+		e.mu.Unlock()
+		e.sendError(f.id, Errorf(CodeInvalidArgument, "call id %d is already in flight", f.id))
+		return
+	}
 	ctx, cancel := context.WithCancelCause(e.ctx)
 	stopTimer := context.CancelFunc(func() {})
 	if f.timeoutMs > 0 {
