@@ -109,10 +109,10 @@ type endpoint struct {
 	draining     bool   // refuse new incoming calls with unavailable
 	goneAway     string // the peer sent GoAway with this reason
 	lastAccepted uint64
-	closing      bool
-	closeCode    int    // the close frame's code, once closing
-	closeReason  string // and its reason
-	closeErr     error  // why outgoing calls fail once closed
+	closing      atomic.Bool // set under mu, read without it (isClosing: every message)
+	closeCode    int         // the close frame's code, once closing
+	closeReason  string      // and its reason
+	closeErr     error       // why outgoing calls fail once closed
 
 	pingTimer *time.Timer // guarded by mu
 	afterRead func()      // run by the last reader once the endpoint is done; set before reading
@@ -198,7 +198,7 @@ func (e *endpoint) ping() {
 		return // closing
 	}
 	e.mu.Lock()
-	if !e.closing {
+	if !e.closing.Load() {
 		e.pingTimer.Reset(e.cfg.pingInterval)
 	}
 	e.mu.Unlock()
@@ -507,11 +507,10 @@ func truncateReason(s string) string {
 	return s
 }
 
-func (e *endpoint) isClosing() bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.closing
-}
+// isClosing reports whether the endpoint began closing. The reader asks it
+// of every message, without taking mu, which the handlers' and streams'
+// goroutines take too.
+func (e *endpoint) isClosing() bool { return e.closing.Load() }
 
 // dispatch handles one frame. It runs on the reader goroutine and must not
 // block on the network.
@@ -851,11 +850,11 @@ func errorFrame(id uint64, err *Error) *frame {
 // close frame with code and reason. Calls still pending fail.
 func (e *endpoint) closeWith(code int, reason string) {
 	e.mu.Lock()
-	if e.closing {
+	if e.closing.Load() {
 		e.mu.Unlock()
 		return
 	}
-	e.closing = true
+	e.closing.Store(true)
 	e.closeCode, e.closeReason = code, reason
 	if e.closeErr == nil {
 		e.closeErr = NewError(CodeUnavailable, closeMessage(code, reason))
@@ -887,7 +886,7 @@ func (e *endpoint) fail(cause error) {
 		e.closeErr = &Error{code: CodeUnavailable, message: describeClose(cause), wrapped: errConnLost}
 	}
 	closeErr := e.closeErr
-	e.closing = true
+	e.closing.Store(true)
 	pending := e.pending
 	e.pending = make(map[uint64]*pendingCall)
 	streams := e.streams

@@ -35,7 +35,7 @@ func main() {
 		conc       = flag.String("c", "1,64", "concurrent callers, comma-separated")
 		payloads   = flag.String("payload", "16,1024", "payload sizes in bytes, comma-separated")
 		targets    = flag.String("impl", strings.Join(echo.Names, ","), "targets, comma-separated: "+strings.Join(echo.Names, ", "))
-		cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+		cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file (stream mode with servers in a child process: theirs to this file + \".servers\")")
 		mode       = flag.String("mode", "unary", "what to measure: unary, stream, fanout, idle, or all (each in turn)")
 	)
 	registerModeFlags()

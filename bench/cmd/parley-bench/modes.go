@@ -210,7 +210,12 @@ func streamTargets(ctx context.Context, procs int, names []string) (ts []*stream
 		if err != nil {
 			return nil, nil, err
 		}
-		cmd := exec.Command(self, "-mode", "stream-servers", "-stream-impl", strings.Join(names, ","))
+		args := []string{"-mode", "stream-servers", "-stream-impl", strings.Join(names, ",")}
+		if prof := flag.Lookup("cpuprofile").Value.String(); prof != "" {
+			// The servers' own profile, beside the client's.
+			args = append(args, "-cpuprofile", prof+".servers")
+		}
+		cmd := exec.Command(self, args...)
 		cmd.Stderr = os.Stderr
 		return stream.SpawnServers(ctx, cmd, names)
 	}
