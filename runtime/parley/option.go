@@ -236,9 +236,11 @@ func WithStreamBufferBytes(n int) Option {
 // itself. Credit goes back every half window the reader consumes; while
 // the reader waits for items (or has drained its queue) its window doubles
 // at each grant, so that round trips for credit do not hold back a fast
-// stream; all of a connection's streams share 15 windows' worth of such
-// growth (each live stream at most its share), and a reader that falls
-// behind never grows its window.
+// stream; all of a connection's streams share 63 windows' worth of such
+// growth (each live stream at most its share), a window grows only while,
+// at the size of its stream's largest item, it stays within the stream's
+// share of half of WithStreamBufferBytes, and a reader that falls behind
+// never grows its window.
 func WithStreamWindow(items int) Option {
 	return option(func(c *config) { c.streamWindow = uint32(max(1, items)) })
 }

@@ -513,20 +513,50 @@ func TestPeerIgnoringCreditIsStopped(t *testing.T) {
 // credit frames.
 func TestDrainedStreamWindowGrows(t *testing.T) {
 	_, url := newStreamServer(t, parley.WithStreamWindow(8))
+	grants := grantsWhileDrained(t, url, 8, "")
+	// Credit goes back every half configured window consumed (4 items).
+	// Without growth every grant would be 4; drained, the window doubles
+	// at each grant, which adds the window's old size: 4+8, 4+16, 4+32...
+	if len(grants) < 3 || grants[0] != 4+8 || grants[1] != 4+16 || grants[2] != 4+32 {
+		t.Fatalf("grants %v, want the window doubling (12, 20, 36, ...)", grants)
+	}
+}
+
+// TestLargeItemsDoNotGrowTheWindow: a window grows only while, at the
+// size of its stream's largest item, it stays within half the
+// connection's stream buffer bytes, so that growth never lets a sender
+// within its credit overrun that bound when the reader pauses. With 8 KiB
+// items and a bound of 128 KiB, a window of 8 items (64 KiB) is at that
+// half already: drained or not, every grant is the 4 items consumed.
+func TestLargeItemsDoNotGrowTheWindow(t *testing.T) {
+	_, url := newStreamServer(t, parley.WithStreamWindow(8), parley.WithStreamBufferBytes(128<<10))
+	grants := grantsWhileDrained(t, url, 8, strings.Repeat("x", 8<<10))
+	for _, g := range grants {
+		if g != 4 {
+			t.Fatalf("grants %v, want 4 each: no growth with 8 KiB items", grants)
+		}
+	}
+}
+
+// grantsWhileDrained opens the echo stream on url with a raw client and
+// sends 40 items of text one at a time, each echoed before the next goes,
+// so that the server's queue is empty whenever it grants credit; it
+// returns the server's grants. window is what the server's Welcome must
+// announce.
+func grantsWhileDrained(t *testing.T, url string, window uint32, text string) []uint32 {
+	t.Helper()
 	p := dialRaw(t, url, 0, &parleyv1.Hello{StreamWindow: 1 << 20})
-	if w := p.welcome.GetStreamWindow(); w != 8 {
-		t.Fatalf("welcome announces a window of %d, want 8", w)
+	if w := p.welcome.GetStreamWindow(); w != window {
+		t.Fatalf("welcome announces a window of %d, want %d", w, window)
 	}
 	p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: 1, Method: echoesSpec.Procedure}}})
-	// One item at a time, each echoed before the next goes: the server's
-	// queue is empty whenever it grants credit.
-	credit, sent := 8, 0
+	credit, sent := int(window), 0
 	var grants []uint32
 	for sent < 40 {
 		if credit == 0 {
 			t.Fatalf("out of credit after %d items (grants %v)", sent, grants)
 		}
-		item, _ := proto.Marshal(&e2ev1.EchoRequest{Text: fmt.Sprint(sent)})
+		item, _ := proto.Marshal(&e2ev1.EchoRequest{Text: fmt.Sprint(sent, text)})
 		p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Item{Item: &parleyv1.StreamItem{Id: 1, Body: &parleyv1.StreamItem_Payload{Payload: item}}}})
 		sent++
 		credit--
@@ -543,12 +573,10 @@ func TestDrainedStreamWindowGrows(t *testing.T) {
 			}
 		}
 	}
-	// Credit goes back every half configured window consumed (4 items).
-	// Without growth every grant would be 4; drained, the window doubles
-	// at each grant, which adds the window's old size: 4+8, 4+16, 4+32...
-	if len(grants) < 3 || grants[0] != 4+8 || grants[1] != 4+16 || grants[2] != 4+32 {
-		t.Fatalf("grants %v, want the window doubling (12, 20, 36, ...)", grants)
+	if len(grants) < 3 {
+		t.Fatalf("grants %v after %d items, want one every 4", grants, sent)
 	}
+	return grants
 }
 
 // TestShutdownPastItsDeadlineClosesGoingAway: a stream still running when

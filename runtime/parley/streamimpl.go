@@ -28,9 +28,20 @@ const (
 // credit costs no memory that is not used at once. A reader that falls
 // behind never grows its window. All the streams of a connection share
 // the extra items, streamWindowGrowth-1 windows' worth, so a connection
-// buffers at most that many more items than its streams' windows (and
-// WithStreamBufferBytes bounds their bytes).
-const streamWindowGrowth = 16
+// buffers at most that many more items than its streams' windows.
+//
+// A window also grows only while, at the size of the largest item its
+// stream has received, it stays within the stream's share of half the
+// connection's WithStreamBufferBytes: growth alone never lets a sender
+// that keeps to its credit take the connection past that bound, whatever
+// its items' size, if the reader pauses.
+//
+// 64 windows, not 16: one stream of 1 KiB items on loopback carried
+// 20-40 % more messages a second with the servers in their own process
+// (8-13 % in one process) than with 15 windows' growth, where its window
+// stopped at 1,024 items: less than arrive in a credit round trip at
+// ~300k items a second in 256 KiB writes.
+const streamWindowGrowth = 64
 
 // stream is one streaming call on an endpoint, from either end: the caller
 // (who opened it) or the callee (whose handler serves it).
@@ -77,6 +88,7 @@ type stream struct {
 	recvErr    error     // returned once the queue is drained: io.EOF or the call's error
 	consumed   uint32    // items consumed since the last Credit sent
 	bufBytes   int64     // this stream's share of e.streamBuf: items queued or taken, not settled
+	maxItem    int64     // the largest item received, in bytes (growWindow)
 	starved    bool      // recv waited for an item since the last Credit sent
 	waiting    bool      // recv waits for notify: deliver must wake it
 	credit     int64     // items this side may still send
@@ -320,7 +332,7 @@ func (s *stream) settle() (grant uint32) {
 	}
 	grant, s.consumed = s.consumed, 0
 	drained := s.next == len(s.taken) && len(s.recvq) == 0
-	if (s.starved || drained) && s.e.growWindow(s.window) {
+	if (s.starved || drained) && s.e.growWindow(s.window, s.maxItem) {
 		// The reader waits for items, not the other way round: the peer
 		// is likely waiting for credit.
 		grant += s.window
@@ -401,6 +413,7 @@ func (s *stream) deliver(payload []byte) {
 		return
 	}
 	n := int64(len(payload))
+	s.maxItem = max(s.maxItem, n)
 	if limit := s.e.cfg.streamBufBytes; s.e.streamBuf.Add(n) > limit {
 		s.e.streamBuf.Add(-n)
 		s.mu.Unlock()
@@ -420,13 +433,16 @@ func (s *stream) deliver(payload []byte) {
 }
 
 // growWindow reports whether a stream may double its window from n items,
-// taking n from the connection's budget (see streamWindowGrowth). Each
-// live stream may grow to its share of the budget, so that a few fast
-// streams do not take it all from the others.
-func (e *endpoint) growWindow(n uint32) bool {
+// taking n from the connection's budget (see streamWindowGrowth), for
+// items of at most maxItem bytes. Each live stream may grow to its share
+// of the budget, and of half the connection's stream buffer bytes, so
+// that a few fast streams do not take it all from the others.
+func (e *endpoint) growWindow(n uint32, maxItem int64) bool {
+	live := max(1, e.liveStreams.Load())
 	total := int64(e.cfg.streamWindow) * (streamWindowGrowth - 1)
-	extra := int64(2*n - e.cfg.streamWindow) // beyond the configured window, once doubled
-	if extra*max(1, e.liveStreams.Load()) > total {
+	doubled := 2 * int64(n)
+	extra := doubled - int64(e.cfg.streamWindow) // beyond the configured window
+	if extra*live > total || doubled*live > e.cfg.streamBufBytes/2/max(1, maxItem) {
 		return false
 	}
 	if e.windowBudget.Add(-int64(n)) >= 0 {

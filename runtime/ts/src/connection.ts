@@ -93,8 +93,10 @@ export interface ConnectionOptions {
    * {@link defaultStreamWindow} (64). Credit goes back every half window
    * read; while the reader waits for items, the window doubles at each
    * grant, so that credit round trips do not hold the stream back; the
-   * connection's streams share 15 windows' worth of such growth, each live
-   * stream at most its share.
+   * connection's streams share 63 windows' worth of such growth, each live
+   * stream at most its share, and a window grows only while, at the size
+   * of its stream's largest item, it stays within half of
+   * streamBufferBytes.
    */
   streamWindow?: number;
   /**

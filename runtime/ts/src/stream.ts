@@ -66,8 +66,10 @@ function open(connection: Connection, spec: MethodSpec, options: CallOptions = {
   const c = internals(connection);
   const { procedure } = spec;
   const base = c.options.streamWindow || defaultStreamWindow;
-  const budget = 15 * base; // the growth all of the connection's streams share
+  const budget = 63 * base; // the growth all of the connection's streams share
+  const limit = c.options.streamBufferBytes || defaultStreamBufferBytes;
   let window = base;
+  let maxItem = 0; // the largest item's payload received, in bytes
   c.streams++;
   /** Received items not yet read, their payloads' sizes, and how many of those bytes count in c.streamBuf. */
   const q: unknown[] = [];
@@ -132,7 +134,6 @@ function open(connection: Connection, spec: MethodSpec, options: CallOptions = {
           return p!.settle(new ParleyError("resource_exhausted", `${procedure}: the server sent stream items beyond its credit`), undefined, 0);
         }
         const n = b.payload?.length ?? 0;
-        const limit = c.options.streamBufferBytes || defaultStreamBufferBytes;
         if (c.streamBuf + n > limit) {
           return p!.settle(new ParleyError("resource_exhausted", `${procedure}: over ${limit} bytes of stream items unread (streamBufferBytes)`), undefined, 0);
         }
@@ -142,6 +143,7 @@ function open(connection: Connection, spec: MethodSpec, options: CallOptions = {
           return p!.settle(new ParleyError("internal", `${procedure}: undecodable stream item from the server: ${String(e)}`, [], {}, e), undefined, 0);
         }
         sizes.push(n);
+        maxItem = Math.max(maxItem, n);
         held += n;
         c.streamBuf += n;
         wake();
@@ -199,10 +201,13 @@ function open(connection: Connection, spec: MethodSpec, options: CallOptions = {
             // window, also once the window has grown (steady steps, not
             // bursts of half a grown window). While this reader waits
             // for items rather than the other way round, the window
-            // doubles: the server is likely waiting for credit.
+            // doubles: the server is likely waiting for credit. It stays
+            // within its share of the growth budget and, at the largest
+            // item's size, of half the stream buffer bytes (as in Go).
             if (++consumed >= Math.max(1, base >> 1) && !ended) {
               let items = consumed;
-              if ((starved || !q.length) && (2 * window - base) * c.streams <= budget && c.grown + window <= budget) {
+              const doubled = 2 * window * c.streams;
+              if ((starved || !q.length) && doubled - base * c.streams <= budget && doubled * maxItem <= limit / 2 && c.grown + window <= budget) {
                 c.grown += window;
                 items += window;
                 window *= 2;

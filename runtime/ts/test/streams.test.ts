@@ -230,6 +230,31 @@ for (const protocol of ["proto", "json"] as const) {
       conn.close();
     });
 
+    // streamBufferBytes bounds binary payloads; JSON bodies are not counted.
+    if (protocol == "proto") {
+      test("the window grows only while, at the largest item's size, it stays within half streamBufferBytes", async () => {
+        // 4 items of ~1 KiB fill half of 8 KiB: a window of 4 cannot double.
+        const { conn, peer } = await connect({ streamBufferBytes: 8 << 10 });
+        try {
+          const stream = bidiStream(conn, EchoStream);
+          await stream.send({ text: "open" });
+          const call = await expectFrame(peer, "call");
+          await expectFrame(peer, "item");
+          const it = stream[Symbol.asyncIterator]();
+          const big = "x".repeat(1000);
+          for (let round = 0; round < 3; round++) {
+            const first = next(it); // waits: the reader is starved
+            for (let i = 0; i < 2; i++) peer.send({ item: { id: call.id, ...body(peer, EchoStream.output, { text: big }) } });
+            await first;
+            await next(it); // drained
+            assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2 }, `round ${round}: no growth with 1 KB items`);
+          }
+        } finally {
+          conn.close();
+        }
+      });
+    }
+
     test("server stream: an Error ends the loop with it, after the items before it", async () => {
       const { conn, peer } = await connect();
       const stream = serverStream(conn, Count, {});
