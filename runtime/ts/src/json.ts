@@ -44,7 +44,10 @@ export const jsonProtocol: Protocol = {
     // item or event that carries one fails, as binaryProtocol fails a json
     // body.
     if (payload !== undefined) throw new Error("a payload body on parley.v1+json");
-    return fromJson(schema, json ?? {}, { registry });
+    // No body is the empty message; null is one too, except for a
+    // google.protobuf.Value, where null is the value (NULL_VALUE).
+    const value = json === undefined || (json === null && schema.typeName != "google.protobuf.Value") ? {} : json;
+    return fromJson(schema, value, { registry });
   },
   readDetail(d) {
     // decodeJson gives every detail in its protojson form.

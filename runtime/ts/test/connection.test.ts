@@ -1,11 +1,11 @@
 // Connection against a scripted server on a real loopback socket.
 import { create, toBinary, toJson, type MessageInitShape } from "@bufbuild/protobuf";
-import { StringValueSchema } from "@bufbuild/protobuf/wkt";
+import { NullValue, StringValueSchema, ValueSchema } from "@bufbuild/protobuf/wkt";
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
-import { binaryProtocol, Connection, handle, ParleyError, serverStream, type ConnectionOptions, type ConnectionState, type Protocol } from "../src/index.js";
+import { binaryProtocol, Connection, handle, ParleyError, serverStream, type ConnectionOptions, type ConnectionState, type MethodSpec, type Protocol } from "../src/index.js";
 import { rejectsWith, within } from "./assert.js";
 import { FakeServer, expectFrame, type Peer } from "./fakeserver.js";
 import { EchoRequestSchema, EchoResponseSchema } from "./gen/e2e/v1/echo_pb.js";
@@ -515,6 +515,32 @@ describe("choosing the protocol", () => {
       assert.equal((await within(ok)).text, "ba");
       conn.close();
     } finally {
+      await server.close();
+    }
+  });
+  test("on parley.v1+json a google.protobuf.Value that is null (\"json\": null) is read as null, in a reply and a stream item", async () => {
+    // It was read as {}, an empty Struct: fromJson got `json ?? {}`.
+    const server = await FakeServer.start();
+    const conn = connect(server, { protocol: protocols.json });
+    try {
+      const peer = await server.peer();
+      const Val = { procedure: "/t.v1.Values/Val", input: ValueSchema, output: ValueSchema } satisfies MethodSpec;
+      const Vals = { ...Val, procedure: "/t.v1.Values/Vals", kind: "server_streaming" } satisfies MethodSpec;
+      const res = conn.call(Val, { kind: { case: "nullValue", value: NullValue.NULL_VALUE } });
+      const call = await expectFrame(peer, "call");
+      assert.equal(call.json, null, "a null Value goes as null");
+      peer.send({ reply: { id: call.id, json: null } });
+      assert.equal((await within(res)).kind.case, "nullValue");
+      const items = serverStream(conn, Vals, { kind: { case: "boolValue", value: true } })[Symbol.asyncIterator]();
+      const open = await expectFrame(peer, "call");
+      peer.send({ item: { id: open.id, json: null } });
+      peer.send({ item: { id: open.id, json: {} } });
+      assert.deepEqual(
+        [(await within(items.next())).value?.kind.case, (await within(items.next())).value?.kind.case],
+        ["nullValue", "structValue"],
+      );
+    } finally {
+      conn.close();
       await server.close();
     }
   });
