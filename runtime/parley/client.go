@@ -706,14 +706,17 @@ func refusedAfterGoAway(e *endpoint, id uint64) bool {
 }
 
 // NewStream opens a streaming call on the current socket, waiting for one
-// within ctx. Streams do not survive a reconnect: they end with
+// within ctx's deadline, else the method's timeout, which then covers the
+// whole stream from now. Streams do not survive a reconnect: they end with
 // CodeUnavailable.
 func (c *Conn) NewStream(ctx context.Context, spec *MethodSpec) (*Stream, error) {
+	ctx, stopTimer := streamTimeout(ctx, spec)
 	e, err := c.endpoint(ctx, nil)
 	if err != nil {
+		stopTimer()
 		return nil, err
 	}
-	return e.newStream(ctx, spec)
+	return e.newStream(ctx, spec, stopTimer)
 }
 
 // Register adds handlers for methods the server calls on this client:

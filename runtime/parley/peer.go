@@ -47,7 +47,7 @@ func (p *Peer) NewStream(ctx context.Context, spec *MethodSpec) (*Stream, error)
 	if e == nil {
 		return nil, NewError(CodeUnavailable, "the client is disconnected")
 	}
-	return e.newStream(ctx, spec)
+	return e.newStream(ctx, spec, nil)
 }
 
 var _ Invoker = (*Peer)(nil)

@@ -1020,3 +1020,41 @@ func TestSlowLinkIsNotADeadPeer(t *testing.T) {
 		t.Fatalf("%d connections: the slow request was taken for a dead peer", n)
 	}
 }
+
+// TestStreamWaitingForTheConnectionHasTheMethodsDeadline: a stream opened
+// while the client reconnects, with no deadline of its own, waits for the
+// socket only until its method's timeout, as a unary call does (and as the
+// TypeScript client's streams do). NewStream used to wait for the socket
+// with no bound at all: against a server that stays down, for ever.
+func TestStreamWaitingForTheConnectionHasTheMethodsDeadline(t *testing.T) {
+	r := newRig(t)
+	conn := dialT(t, r.url, fastBackoff)
+	st := watch(conn)
+	r.proxy.Refuse(true)
+	r.proxy.Drop()
+	st.waitFor(t, "reconnecting", isReconnecting)
+	const timeout = 100 * time.Millisecond
+	for _, kind := range []parley.StreamKind{parley.StreamServer, parley.StreamBidi} {
+		spec := &parley.MethodSpec{Procedure: "/test.Streams/Down", Kind: kind, Timeout: timeout}
+		start := time.Now()
+		opened := make(chan error, 1)
+		go func() {
+			s, err := conn.NewStream(context.Background(), spec)
+			if err == nil {
+				_ = s.Close()
+			}
+			opened <- err
+		}()
+		select {
+		case err := <-opened:
+			if parley.CodeOf(err) != parley.CodeDeadlineExceeded {
+				t.Fatalf("%v stream while reconnecting: got %v, want deadline_exceeded", kind, err)
+			}
+			if took := time.Since(start); took < timeout {
+				t.Fatalf("%v stream failed after %v, before the method's timeout of %v", kind, took, timeout)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%v stream of a method with a %v timeout still waiting for the connection after 10s", kind, timeout)
+		}
+	}
+}

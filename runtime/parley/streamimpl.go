@@ -106,19 +106,31 @@ func wake(c chan struct{}) {
 	}
 }
 
-// newStream opens a streaming call from this side.
-func (e *endpoint) newStream(ctx context.Context, spec *MethodSpec) (*Stream, error) {
+// streamTimeout gives ctx the method's timeout when it has no deadline of
+// its own; stop releases it (a no-op when ctx is unchanged).
+func streamTimeout(ctx context.Context, spec *MethodSpec) (_ context.Context, stop context.CancelFunc) {
+	if _, ok := ctx.Deadline(); !ok && spec.Timeout > 0 {
+		return context.WithTimeout(ctx, spec.Timeout)
+	}
+	return ctx, func() {}
+}
+
+// newStream opens a streaming call from this side. stopTimer, if not nil,
+// releases the method's timeout the caller already put on ctx (see
+// streamTimeout); else newStream applies it.
+func (e *endpoint) newStream(ctx context.Context, spec *MethodSpec, stopTimer context.CancelFunc) (*Stream, error) {
+	if stopTimer == nil {
+		ctx, stopTimer = streamTimeout(ctx, spec)
+	}
 	if spec.Kind == StreamNone {
+		stopTimer()
 		return nil, Errorf(CodeInternal, "%s is unary: use Invoke", spec.Procedure)
 	}
 	if err := ctx.Err(); err != nil {
+		stopTimer()
 		return nil, asError(err)
 	}
 	sctx, cancel := context.WithCancelCause(ctx)
-	stopTimer := context.CancelFunc(func() {})
-	if _, ok := ctx.Deadline(); !ok && spec.Timeout > 0 {
-		sctx, stopTimer = context.WithTimeout(sctx, spec.Timeout)
-	}
 	s := &stream{
 		e: e, id: e.nextID(), spec: spec, caller: true,
 		ctx: sctx, cancel: cancel, stopTimer: stopTimer,
@@ -132,8 +144,8 @@ func (e *endpoint) newStream(ctx context.Context, spec *MethodSpec) (*Stream, er
 			err = Errorf(CodeUnavailable, "server is going away: %s", e.goneAway)
 		}
 		e.mu.Unlock()
-		stopTimer()
 		cancel(err)
+		stopTimer()
 		return nil, err
 	}
 	e.streams[s.id] = s
