@@ -206,8 +206,11 @@ func WithHandshakeTimeout(d time.Duration) Option {
 	return option(func(c *config) { c.handshakeTimeout = d })
 }
 
-// WithInterceptors adds interceptors for calls; the first given runs
-// outermost. On a Server they wrap handlers; on a client, round trips.
+// WithInterceptors adds interceptors for unary calls and events; the first
+// given runs outermost. On a Server they wrap handlers; on a client, round
+// trips. Streams are not intercepted: a streaming handler must check for
+// itself what the interceptors check (CallInfoFromContext and
+// PrincipalFromContext work in it).
 func WithInterceptors(interceptors ...Interceptor) Option {
 	return option(func(c *config) { c.interceptors = append(c.interceptors, interceptors...) })
 }
