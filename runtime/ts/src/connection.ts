@@ -1013,9 +1013,9 @@ function aborted(spec: MethodSpec, signal: AbortSignal): ParleyError {
   return new ParleyError("canceled", `${spec.procedure}: aborted${reason instanceof Error ? ": " + reason.message : ""}`, [], {}, reason);
 }
 
-/** A binary message as a plain Uint8Array (a view, never a copy): what messages decoded from it hold, whatever the WebSocket gave. */
 const noop = () => {};
 
+/** A binary message as a plain Uint8Array (a view, never a copy): what messages decoded from it hold, whatever the WebSocket gave. */
 function bytesOf(data: unknown): Uint8Array {
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
   if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
