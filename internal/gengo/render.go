@@ -113,7 +113,7 @@ func renderSpecs(out *jen.File, f *file) {
 		"in this file and must not be changed.").code())
 	out.Var().DefsFunc(func(g *jen.Group) {
 		for _, m := range specs {
-			g.Add(new(doc).text(m.names.spec + " describes " + string(m.proto.Desc.FullName()) + "." + specSummary(m)).code())
+			g.Add(new(doc).text(m.names.spec + " describes " + string(m.proto.Desc.FullName()) + "." + specSummary(f, m)).code())
 			fields := []jen.Code{jen.Id("Procedure").Op(":").Id(m.names.Procedure)}
 			if m.timeout > 0 {
 				fields = append(fields, jen.Id("Timeout").Op(":").Add(durationCode(m.timeout)))
@@ -152,7 +152,7 @@ func streamKind(k methodKind) string {
 }
 
 // specSummary says in words what a spec sets beyond the procedure.
-func specSummary(m *method) string {
+func specSummary(f *file, m *method) string {
 	var s string
 	switch {
 	case m.event:
@@ -163,13 +163,30 @@ func specSummary(m *method) string {
 	if m.timeout > 0 {
 		s += " Its calls get a " + m.timeout.String() + " deadline when the caller sets none."
 	}
-	switch m.idempotency {
-	case idempotencyNoSideEffects:
+	// Only a client's unary calls are retried: not streams, events or the
+	// server's calls to clients.
+	retried := m.kind == kindUnary && !m.event && serviceOf(f, m).side == sideServer
+	switch {
+	case m.idempotency == idempotencyNoSideEffects && retried:
 		s += " It has no side effects, so calls may be retried after a reconnect."
-	case idempotencyIdempotent:
+	case m.idempotency == idempotencyIdempotent && retried:
 		s += " It is idempotent, so calls may be retried after a reconnect."
+	case m.idempotency == idempotencyNoSideEffects:
+		s += " It is marked free of side effects (no retry follows from that)."
+	case m.idempotency == idempotencyIdempotent:
+		s += " It is marked idempotent (no retry follows from that)."
 	}
 	return s
+}
+
+// serviceOf returns the service of f that declares m.
+func serviceOf(f *file, m *method) *service {
+	for _, s := range f.services {
+		if s.proto == m.proto.Parent {
+			return s
+		}
+	}
+	panic("gengo: no service declares " + string(m.proto.Desc.FullName()))
 }
 
 // durationCode spells d the way a person would: 5 * time.Second rather

@@ -76,8 +76,8 @@ var (
 		Timeout:   5 * time.Second,
 	}
 	// chatServiceTailSpec describes chat.v1.ChatService.Tail. It is a
-	// server-streaming method. It has no side effects, so calls may be retried
-	// after a reconnect.
+	// server-streaming method. It is marked free of side effects (no retry follows
+	// from that).
 	chatServiceTailSpec = &parley.MethodSpec{
 		Procedure:   ChatServiceTailProcedure,
 		Idempotency: parley.IdempotencyNoSideEffects,
