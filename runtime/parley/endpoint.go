@@ -407,8 +407,8 @@ func (e *endpoint) readLoop() {
 const inlineBudget = time.Millisecond
 
 // runInline runs a call on the reader's goroutine, which read it: when no
-// other call runs, a goroutine per call (and the wake-up of an idle thread
-// that comes with it) would cost more than most handlers do; a process
+// other call runs, handing it to another goroutine (and the wake-up of an
+// idle thread that comes with it) would cost more than most handlers do; a process
 // serving calls one at a time spends most of its time in such wake-ups.
 // If the handler is still running after inlineBudget, a stand-in reader
 // takes over (checkInline), so a slow handler holds up the connection's
