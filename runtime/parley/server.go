@@ -31,8 +31,8 @@ const agent = "parley-go/" + Version
 // handshake, then hands the connection to a reader goroutine of its own,
 // which with one writer goroutine and a goroutine per call in flight (the
 // package's call workers, reused from call to call: see callWorkers)
-// serves it; the connection's end when it does, the workers once idle,
-// and Shutdown waits for the calls.
+// serves it; the connection's goroutines end when it does, the workers
+// once idle, and Shutdown waits for the calls.
 type Server struct {
 	cfg      config
 	upgrader websocket.Upgrader
