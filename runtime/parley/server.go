@@ -30,7 +30,7 @@ const agent = "parley-go/" + Version
 // A Server is safe for concurrent use. ServeHTTP upgrades and completes the
 // handshake, then hands the connection to a reader goroutine of its own,
 // which with one writer goroutine and a goroutine per call in flight (the
-// package's call workers, reused from call to call: see callWorkers)
+// package's call workers, reused from call to call)
 // serves it; the connection's goroutines end when it does, the workers
 // once idle, and Shutdown waits for the calls.
 type Server struct {
