@@ -177,6 +177,11 @@ func NewServerStreamMethod[Req, Res any, PReq protoMessage[Req], PRes protoMessa
 	return &Method{spec: spec, stream: func(ctx context.Context, s *Stream) (proto.Message, error) {
 		req := PReq(new(Req))
 		if err := s.RecvMsg(req); err != nil {
+			if CodeOf(err) != CodeInvalidArgument {
+				// The call ended before the handler read its request
+				// (deadline, cancellation): that is its outcome.
+				return nil, err
+			}
 			return nil, Errorf(CodeInvalidArgument, "%s: reading the request: %v", spec.Procedure, err)
 		}
 		return nil, fn(ctx, req, &ServerStream[Res]{s: s})
