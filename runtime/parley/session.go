@@ -233,18 +233,21 @@ func (s *session) sendEventLocked(e *endpoint, se sessionEvent) {
 		e.log.Error("parley: encoding an event", "method", se.ev.method, "err", err)
 		return
 	}
-	f := frame{kind: kindEvent, method: se.ev.method, hasPayload: true, payload: payload, topic: sessionTopic, offset: se.offset}
+	head := frame{kind: kindEvent, method: se.ev.method, hasPayload: true, payload: payload, topic: sessionTopic, offset: se.offset}
 	if s.srv.cfg.resumeWindow <= 0 {
-		f.topic, f.offset = "", 0
+		head.topic, head.offset = "", 0
 	}
 	b := getBuf()
 	out := outFrame{b: b}
 	if _, isJSON := e.codec.(jsonCodec); isJSON {
+		f := head // escapes through the interface: only JSON pays for it
 		*b, err = e.codec.appendFrame((*b)[:0], &f, nil)
 	} else {
 		// The payload, which every recipient shares, is not copied: it
-		// goes out after this connection's head.
-		*b, out.tail = appendEventHead((*b)[:0], &f), payload
+		// goes out after this connection's head. head stays on the stack
+		// (a frame is ~250 bytes: on the heap, per recipient, it was most
+		// of a fan-out's garbage).
+		*b, out.tail = appendEventHead((*b)[:0], &head), payload
 	}
 	if err != nil {
 		putBuf(b)
