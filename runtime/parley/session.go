@@ -240,13 +240,10 @@ func (s *session) sendEventLocked(e *endpoint, se sessionEvent) {
 	b := getBuf()
 	out := outFrame{b: b}
 	if _, isJSON := e.codec.(jsonCodec); isJSON {
-		f := head // escapes through the interface: only JSON pays for it
-		*b, err = e.codec.appendFrame((*b)[:0], &f, nil)
+		*b, err = e.appendFrame((*b)[:0], &head, nil)
 	} else {
 		// The payload, which every recipient shares, is not copied: it
-		// goes out after this connection's head. head stays on the stack
-		// (a frame is ~250 bytes: on the heap, per recipient, it was most
-		// of a fan-out's garbage).
+		// goes out after this connection's head.
 		*b, out.tail = appendEventHead((*b)[:0], &head), payload
 	}
 	if err != nil {

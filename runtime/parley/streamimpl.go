@@ -712,7 +712,7 @@ func (e *endpoint) runStreamSafely(ctx context.Context, m *Method, s *stream, ci
 func (e *endpoint) sendCtx(ctx context.Context, f *frame, msg proto.Message) error {
 	b := getBuf()
 	var err error
-	*b, err = e.codec.appendFrame((*b)[:0], f, msg)
+	*b, err = e.appendFrame((*b)[:0], f, msg)
 	if err != nil {
 		putBuf(b)
 		// Only a message can fail to encode: the application's to send.
