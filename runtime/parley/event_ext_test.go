@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -66,14 +65,7 @@ func newEventServer(t *testing.T, opts ...parley.ServerOption) *eventServer {
 			return res, nil
 		}),
 	)
-	hs := httptest.NewServer(srv)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-		hs.Close()
-	})
-	return &eventServer{srv: srv, url: "ws" + strings.TrimPrefix(hs.URL, "http")}
+	return &eventServer{srv: srv, url: serveWS(t, srv)}
 }
 
 // listener is a client that records the events it receives.

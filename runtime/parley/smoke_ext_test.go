@@ -272,3 +272,18 @@ func TestDialErrorQuotesTheBodyTrimmed(t *testing.T) {
 		})
 	}
 }
+
+// serveWS serves srv on a loopback test server until the test ends (then
+// shuts it down, waiting up to 10 s for its handlers) and returns the
+// WebSocket URL to dial.
+func serveWS(t *testing.T, srv *parley.Server) string {
+	t.Helper()
+	hs := httptest.NewServer(srv)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		hs.Close()
+	})
+	return "ws" + strings.TrimPrefix(hs.URL, "http")
+}

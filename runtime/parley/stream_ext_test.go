@@ -94,14 +94,7 @@ func newStreamServer(t *testing.T, opts ...parley.ServerOption) (*streamServer, 
 	srv.Register(parley.NewUnaryMethod(unarySpec, func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
 		return &e2ev1.EchoResponse{Text: r.Text}, nil
 	}))
-	hs := httptest.NewServer(srv)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-		hs.Close()
-	})
-	return ss, "ws" + strings.TrimPrefix(hs.URL, "http")
+	return ss, serveWS(t, srv)
 }
 
 func dialT(t *testing.T, url string, opts ...parley.ClientOption) *parley.Conn {
@@ -647,14 +640,7 @@ func TestStreamCallReusingAnIDInFlightIsRefused(t *testing.T) {
 	srv.Register(parley.NewUnaryMethod(unarySpec, func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
 		return &e2ev1.EchoResponse{Text: r.GetText()}, nil
 	}))
-	hs := httptest.NewServer(srv)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-		hs.Close()
-	})
-	p := dialRaw(t, "ws"+strings.TrimPrefix(hs.URL, "http"), 0, nil)
+	p := dialRaw(t, serveWS(t, srv), 0, nil)
 	call := func(id uint64, method string, req proto.Message) {
 		t.Helper()
 		c := &parleyv1.Call{Id: id, Method: method}
