@@ -2,8 +2,6 @@ package parley_test
 
 import (
 	"context"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -21,21 +19,8 @@ import (
 // it: no Call, and no Cancel for an id the server never saw. The raw server
 // below sees the client's next frame, a small unary Call, right after Hello.
 func TestStreamCallTooLargeSendsNothing(t *testing.T) {
-	up := websocket.Upgrader{Subprotocols: []string{parley.SubprotocolProto}}
 	next := make(chan *parleyv1.Frame, 1)
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ws, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer ws.Close()
-		if _, _, err := ws.ReadMessage(); err != nil { // Hello
-			return
-		}
-		welcome, _ := proto.Marshal(&parleyv1.Frame{Kind: &parleyv1.Frame_Welcome{Welcome: &parleyv1.Welcome{SessionId: "s", MaxMessageBytes: 512}}})
-		if err := ws.WriteMessage(websocket.BinaryMessage, welcome); err != nil {
-			return
-		}
+	url := scriptedServer(t, &parleyv1.Welcome{SessionId: "s", MaxMessageBytes: 512}, func(ws *websocket.Conn) {
 		_, data, err := ws.ReadMessage()
 		if err != nil {
 			return
@@ -51,9 +36,8 @@ func TestStreamCallTooLargeSendsNothing(t *testing.T) {
 			_ = ws.WriteMessage(websocket.BinaryMessage, reply)
 		}
 		_, _, _ = ws.ReadMessage() // until the client closes
-	}))
-	t.Cleanup(hs.Close)
-	conn := dialT(t, "ws"+strings.TrimPrefix(hs.URL, "http"), parley.WithoutReconnect())
+	})
+	conn := dialT(t, url, parley.WithoutReconnect())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 

@@ -112,27 +112,13 @@ func TestFrameLengths(t *testing.T) {
 // to do so.)
 func TestDeadlineWhileTheSocketIsFull(t *testing.T) {
 	release := make(chan struct{})
-	up := websocket.Upgrader{Subprotocols: []string{parley.SubprotocolProto}}
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ws, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer ws.Close()
-		if _, _, err := ws.ReadMessage(); err != nil { // Hello
-			return
-		}
-		welcome, _ := proto.Marshal(&parleyv1.Frame{Kind: &parleyv1.Frame_Welcome{Welcome: &parleyv1.Welcome{SessionId: "s", MaxInFlight: 16}}})
-		if err := ws.WriteMessage(websocket.BinaryMessage, welcome); err != nil {
-			return
-		}
+	url := scriptedServer(t, &parleyv1.Welcome{SessionId: "s", MaxInFlight: 16}, func(*websocket.Conn) {
 		<-release // and read nothing more: the client's socket fills up
-	}))
-	t.Cleanup(hs.Close)
+	})
 	// A long write timeout: a caller held by the socket would return
 	// after it, not at its deadline. A message limit above the request's
 	// size (the server advertises none): it is sent, not refused.
-	conn := dialT(t, "ws"+strings.TrimPrefix(hs.URL, "http"), parley.WithoutReconnect(), parley.WithWriteTimeout(time.Minute), parley.WithMaxMessageBytes(64<<20))
+	conn := dialT(t, url, parley.WithoutReconnect(), parley.WithWriteTimeout(time.Minute), parley.WithMaxMessageBytes(64<<20))
 	t.Cleanup(func() { close(release) }) // first: the server lets go, then conn closes
 	big := strings.Repeat("x", 32<<20)   // more than loopback's socket buffers take
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -285,5 +271,31 @@ func serveWS(t *testing.T, srv *parley.Server) string {
 		_ = srv.Shutdown(ctx)
 		hs.Close()
 	})
+	return "ws" + strings.TrimPrefix(hs.URL, "http")
+}
+
+// scriptedServer serves a raw WebSocket peer speaking parley.v1+proto
+// until the test ends: it reads the client's Hello, answers with welcome,
+// then runs script on the socket, which it closes when script returns. It
+// returns the URL to dial.
+func scriptedServer(t *testing.T, welcome *parleyv1.Welcome, script func(ws *websocket.Conn)) string {
+	t.Helper()
+	up := websocket.Upgrader{Subprotocols: []string{parley.SubprotocolProto}}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.Close()
+		if _, _, err := ws.ReadMessage(); err != nil { // Hello
+			return
+		}
+		b, _ := proto.Marshal(&parleyv1.Frame{Kind: &parleyv1.Frame_Welcome{Welcome: welcome}})
+		if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+			return
+		}
+		script(ws)
+	}))
+	t.Cleanup(hs.Close)
 	return "ws" + strings.TrimPrefix(hs.URL, "http")
 }
