@@ -334,3 +334,92 @@ func TestOptionImportNotSent(t *testing.T) {
 		}
 	}
 }
+
+// TestOneFileAtATime generates each file of every case alone, as protoc
+// run once per file does: the file to generate and, in the request, only
+// the files it imports, directly or not. Its output must be what
+// generating the whole case writes for it (the package doc on one file
+// only, the same identifiers), so that files generated apart still build
+// into one package. A file whose package has an earlier file with services
+// that it does not import is skipped: nothing in its request tells the
+// plugin about that file.
+func TestOneFileAtATime(t *testing.T) {
+	cases, err := plugintest.Cases()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		t.Run(c, func(t *testing.T) {
+			want, full := generate(t, c)
+			if full.Error != nil || len(full.File) == 0 {
+				t.Skip("the plugin refuses this case or writes nothing")
+			}
+			req := request(t, c, "paths=source_relative")
+			byName := map[string]*descriptorpb.FileDescriptorProto{}
+			for _, fd := range req.GetProtoFile() {
+				byName[fd.GetName()] = fd
+			}
+			for _, name := range req.GetFileToGenerate() {
+				deps := map[string]bool{}
+				var visit func(string)
+				visit = func(n string) {
+					if deps[n] {
+						return
+					}
+					deps[n] = true
+					for _, d := range byName[n].GetDependency() {
+						visit(d)
+					}
+				}
+				visit(name)
+				if earlierSiblingNotImported(req, name, deps) {
+					continue
+				}
+				one := proto.Clone(req).(*pluginpb.CodeGeneratorRequest)
+				one.FileToGenerate = []string{name}
+				one.ProtoFile = slices.DeleteFunc(one.ProtoFile, func(fd *descriptorpb.FileDescriptorProto) bool { return !deps[fd.GetName()] })
+				resp, err := plugintest.Run(one, protogen.Options{}, gengo.Generate)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if resp.Error != nil {
+					t.Fatalf("%s alone: %s", name, resp.GetError())
+				}
+				for _, f := range resp.File {
+					if w, ok := want[f.GetName()]; !ok {
+						t.Errorf("%s alone: unexpected output %s", name, f.GetName())
+					} else if f.GetContent() != w {
+						t.Errorf("%s alone: %s differs from the whole case's (- whole, + alone):\n%s", name, f.GetName(), lineDiff(w, f.GetContent()))
+					}
+				}
+			}
+		})
+	}
+}
+
+// earlierSiblingNotImported reports whether a file with services precedes
+// name in req and has its Go package without being among deps.
+func earlierSiblingNotImported(req *pluginpb.CodeGeneratorRequest, name string, deps map[string]bool) bool {
+	goPackage := func(fd *descriptorpb.FileDescriptorProto) string {
+		if p := fd.GetOptions().GetGoPackage(); p != "" {
+			importPath, _, _ := strings.Cut(p, ";")
+			return importPath
+		}
+		return path.Dir(fd.GetName())
+	}
+	var mine string
+	for _, fd := range req.GetProtoFile() {
+		if fd.GetName() == name {
+			mine = goPackage(fd)
+		}
+	}
+	for _, fd := range req.GetProtoFile() {
+		if fd.GetName() == name {
+			return false
+		}
+		if len(fd.GetService()) > 0 && !deps[fd.GetName()] && goPackage(fd) == mine {
+			return true
+		}
+	}
+	return false
+}

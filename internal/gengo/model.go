@@ -121,20 +121,43 @@ type method struct {
 // refuses, with one error naming every offending method, any construct the
 // generator cannot emit: today, streaming methods in services implemented
 // by clients.
+//
+// Files of the request that are not generated but share a generated
+// package with one that is (the other files of a proto package, imported
+// by the one being generated, as when protoc is run once per file) are
+// modelled too, for naming only: the identifiers of a package's services
+// depend on every file of it, so generating one file alone must name them
+// as generating the whole package does.
 func buildModel(plugin *protogen.Plugin) ([]*file, error) {
 	var (
-		files []*file
-		errs  []error
+		files     []*file
+		errs      []error
+		generated = map[protogen.GoImportPath]bool{}
 	)
 	for _, pf := range plugin.Files {
-		if !pf.Generate || len(pf.Services) == 0 {
+		if pf.Generate && len(pf.Services) > 0 {
+			generated[newFile(pf).importPath] = true
+		}
+	}
+	for _, pf := range plugin.Files {
+		if len(pf.Services) == 0 {
+			continue
+		}
+		f := newFile(pf)
+		if !pf.Generate {
+			if generated[f.importPath] {
+				for _, ps := range pf.Services {
+					s, _ := newService(ps) // its refusals are for its own generation
+					f.services = append(f.services, s)
+				}
+				files = append(files, f)
+			}
 			continue
 		}
 		if err := refuseEdition(pf); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		f := newFile(pf)
 		for _, ps := range pf.Services {
 			s, err := newService(ps)
 			if err != nil {
@@ -149,7 +172,7 @@ func buildModel(plugin *protogen.Plugin) ([]*file, error) {
 		return nil, errors.Join(errs...)
 	}
 	nameFiles(plugin, files)
-	return files, nil
+	return slices.DeleteFunc(files, func(f *file) bool { return !f.proto.Generate }), nil
 }
 
 // newFile places the generated file the way connect-go does: in a
