@@ -843,8 +843,18 @@ export class Connection {
     } catch (e) {
       return this.#protocolError(s, `undecodable frame from the server: ${e instanceof Error ? e.message : String(e)}`);
     }
+    // As in Go: Welcome (or a refusal, an Error with id 0) comes first and
+    // once; a peer that sends anything else (a WebSocket echo answers our
+    // Hello with itself) is no Parley server, said at once, not after a
+    // timeout.
+    if (!s.session && !("welcome" in frame) && !("error" in frame && !frame.error.id)) {
+      return this.#protocolError(s, `awaiting welcome: got a ${Object.keys(frame)[0]} frame`);
+    }
     if ("welcome" in frame) {
-      if (!s.session && s == this.#sock) this.#opened(s, frame.welcome);
+      if (s.session) return this.#protocolError(s, "welcome after the handshake");
+      if (s == this.#sock) this.#opened(s, frame.welcome);
+    } else if ("hello" in frame) {
+      return this.#protocolError(s, "hello after the handshake");
     } else if ("reply" in frame) {
       const p = this.#mine(s, frame.reply.id);
       if (!p) return; // Late: the call already settled.

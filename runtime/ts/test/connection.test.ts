@@ -372,6 +372,42 @@ for (const protocol of ["proto", "json"] as const) {
         }
       });
     }
+
+    test("a peer that answers Hello with anything but Welcome (a WebSocket echo): a protocol error at once, not a wait for Welcome", async () => {
+      const server = await FakeServer.start({ welcome: false });
+      try {
+        const conn = connect(server, { protocol: protocols[protocol] });
+        const peer = await server.peer();
+        peer.send(await peer.hello); // the echo
+        await rejectsWith(within(conn.ready), "internal", /protocol error: awaiting welcome: got a hello frame/);
+        const e = await expectFrame(peer, "error");
+        assert.equal(e.id, 0);
+        assert.equal((await within(peer.closed)).code, 1002);
+        assert.equal(conn.state.status, "closed");
+      } finally {
+        await server.close();
+      }
+    });
+
+    for (const again of [{ welcome: { sessionId: "s2" } }, { hello: {} }] as Frame[]) {
+      const kind = Object.keys(again)[0];
+      test(`a ${kind} after the handshake is a protocol error`, async () => {
+        const server = await FakeServer.start();
+        try {
+          const conn = connect(server, { protocol: protocols[protocol], reconnect: false });
+          const peer = await server.peer();
+          await within(conn.ready);
+          const res = conn.call(Echo, {});
+          await expectFrame(peer, "call");
+          peer.send(again);
+          await rejectsWith(within(res), "internal", new RegExp(`protocol error: ${kind} after the handshake`));
+          assert.equal((await expectFrame(peer, "error")).id, 0);
+          assert.equal((await within(peer.closed)).code, 1002);
+        } finally {
+          await server.close();
+        }
+      });
+    }
   });
 }
 
