@@ -758,6 +758,10 @@ func (c *Conn) Err() error {
 // Close closes the connection and stops reconnecting. Calls still pending
 // fail with CodeCanceled. It waits (at most about a second) for the server
 // to acknowledge the close, and for the connection's goroutines to end.
+// An event handler still running sees its context cancelled, and Close
+// waits for it to return: a handler that blocks without watching its
+// context (say, sending on a channel nobody reads any more) holds Close
+// until it returns, so that no handler runs after Close.
 func (c *Conn) Close() error {
 	c.mu.Lock()
 	if c.closed {
