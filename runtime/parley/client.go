@@ -250,6 +250,7 @@ func (c *Conn) dial(ctx context.Context) (*endpoint, *parleyv1.Welcome, error) {
 	if w := welcome.GetStreamWindow(); w > 0 {
 		e.peerWindow = w
 	}
+	e.peerWindowBytes = welcome.GetStreamWindowBytes()
 	if n := welcome.GetMaxMessageBytes(); n > 0 {
 		e.sendMax = min(e.sendMax, int(n))
 	}
@@ -271,7 +272,7 @@ func (c *Conn) hello(ctx context.Context) (*parleyv1.Hello, error) {
 		}
 		md["authorization"] = "Bearer " + tok
 	}
-	h := &parleyv1.Hello{Metadata: md, Agent: agent, StreamWindow: c.cfg.streamWindow, MaxMessageBytes: limitOnWire(c.cfg.maxMessageBytes)}
+	h := &parleyv1.Hello{Metadata: md, Agent: agent, StreamWindow: c.cfg.streamWindow, StreamWindowBytes: c.cfg.streamWinBytes, MaxMessageBytes: limitOnWire(c.cfg.maxMessageBytes)}
 	c.mu.Lock()
 	if w := c.welcome; w != nil && w.GetResumeToken() != "" {
 		h.SessionId, h.ResumeToken = w.GetSessionId(), w.GetResumeToken()

@@ -99,20 +99,24 @@ type endpoint struct {
 	streamBuf   atomic.Int64
 	liveStreams atomic.Int64 // streams registered and not finished
 
-	mu           sync.Mutex
-	pending      map[uint64]*pendingCall
-	streams      map[uint64]*stream // open streams, both directions
-	openStreams  int                // streams the peer opened
-	peerWindow   uint32             // the peer's stream window: our initial credit
-	running      map[uint64]*incomingCall
-	inFlight     int
-	draining     bool   // refuse new incoming calls with unavailable
-	goneAway     string // the peer sent GoAway with this reason
-	lastAccepted uint64
-	closing      atomic.Bool // set under mu, read without it (isClosing: every message)
-	closeCode    int         // the close frame's code, once closing
-	closeReason  string      // and its reason
-	closeErr     error       // why outgoing calls fail once closed
+	mu          sync.Mutex
+	pending     map[uint64]*pendingCall
+	streams     map[uint64]*stream // open streams, both directions
+	openStreams int                // streams the peer opened
+	peerWindow  uint32             // the peer's stream window: our initial credit
+	// peerWindowBytes is the peer's byte window per stream, our initial
+	// byte credit; 0: the peer sets none (and, being from before byte
+	// credit, does not keep to ours either).
+	peerWindowBytes uint32
+	running         map[uint64]*incomingCall
+	inFlight        int
+	draining        bool   // refuse new incoming calls with unavailable
+	goneAway        string // the peer sent GoAway with this reason
+	lastAccepted    uint64
+	closing         atomic.Bool // set under mu, read without it (isClosing: every message)
+	closeCode       int         // the close frame's code, once closing
+	closeReason     string      // and its reason
+	closeErr        error       // why outgoing calls fail once closed
 
 	pingTimer *time.Timer // guarded by mu
 	afterRead func()      // run by the last reader once the endpoint is done; set before reading
@@ -489,6 +493,7 @@ func (e *endpoint) handleMessage(typ int, data []byte, f *frame) {
 		e.closeWith(closeProtocol, truncateReason(err.Error()))
 		return
 	}
+	f.size = len(data)
 	e.dispatch(f)
 }
 
@@ -536,13 +541,13 @@ func (e *endpoint) dispatch(f *frame) {
 		}
 		switch f.kind {
 		case kindItem:
-			s.deliver(f.payload)
+			s.deliver(f.payload, f.size)
 		case kindEnd:
 			if !s.caller {
 				s.endRecv()
 			}
 		case kindCredit:
-			s.addCredit(f.items)
+			s.addCredit(f.items, f.bytes)
 		}
 	case kindCancel:
 		if !e.cancelIncoming(f.id, f.code) && e.sess != nil {

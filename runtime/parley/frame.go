@@ -80,11 +80,15 @@ type frame struct {
 	message    string
 	details    []*anypb.Any
 	items      uint32 // credit
-	nonce      uint64 // ping, pong
-	topic      string // event
-	offset     uint64 // event
-	epoch      string // event
-	notRun     bool   // error: the callee never ran the call
+	bytes      uint32 // credit
+	// size is a received frame's WebSocket message length: what a
+	// StreamItem costs in byte credit (set by the reader, not encoded).
+	size   int
+	nonce  uint64 // ping, pong
+	topic  string // event
+	offset uint64 // event
+	epoch  string // event
+	notRun bool   // error: the callee never ran the call
 
 	hello   *parleyv1.Hello
 	welcome *parleyv1.Welcome
@@ -207,9 +211,10 @@ func (binaryCodec) appendFrame(b []byte, f *frame, msg proto.Message) ([]byte, e
 		b = appendHeader(b, f.kind, sizeVarint(1, f.id))
 		return appendVarint(b, 1, f.id), nil
 	case kindCredit:
-		b = appendHeader(b, f.kind, sizeVarint(1, f.id)+sizeVarint(2, uint64(f.items)))
+		b = appendHeader(b, f.kind, sizeVarint(1, f.id)+sizeVarint(2, uint64(f.items))+sizeVarint(3, uint64(f.bytes)))
 		b = appendVarint(b, 1, f.id)
-		return appendVarint(b, 2, uint64(f.items)), nil
+		b = appendVarint(b, 2, uint64(f.items))
+		return appendVarint(b, 3, uint64(f.bytes)), nil
 	case kindPing, kindPong:
 		b = appendHeader(b, f.kind, sizeVarint(1, f.nonce))
 		return appendVarint(b, 1, f.nonce), nil
@@ -453,6 +458,8 @@ func (binaryCodec) decodeFrame(data []byte, f *frame) error {
 				f.id = v
 			case 2:
 				f.items = uint32(v)
+			case 3:
+				f.bytes = uint32(v)
 			}
 		case kindPing, kindPong:
 			if num == 1 {
@@ -711,7 +718,7 @@ func (f *frame) toProto(payload *structpb.Value) (*parleyv1.Frame, error) {
 	case kindEnd:
 		pf.Kind = &parleyv1.Frame_End{End: &parleyv1.StreamEnd{Id: f.id}}
 	case kindCredit:
-		pf.Kind = &parleyv1.Frame_Credit{Credit: &parleyv1.Credit{Id: f.id, Items: f.items}}
+		pf.Kind = &parleyv1.Frame_Credit{Credit: &parleyv1.Credit{Id: f.id, Items: f.items, Bytes: f.bytes}}
 	case kindPing:
 		pf.Kind = &parleyv1.Frame_Ping{Ping: &parleyv1.Ping{Nonce: f.nonce}}
 	case kindPong:
@@ -778,7 +785,7 @@ func (f *frame) fromProto(pf *parleyv1.Frame) error {
 	case *parleyv1.Frame_End:
 		f.kind, f.id = kindEnd, k.End.GetId()
 	case *parleyv1.Frame_Credit:
-		f.kind, f.id, f.items = kindCredit, k.Credit.GetId(), k.Credit.GetItems()
+		f.kind, f.id, f.items, f.bytes = kindCredit, k.Credit.GetId(), k.Credit.GetItems(), k.Credit.GetBytes()
 	case *parleyv1.Frame_Ping:
 		f.kind, f.nonce = kindPing, k.Ping.GetNonce()
 	case *parleyv1.Frame_Pong:

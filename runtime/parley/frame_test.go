@@ -74,6 +74,10 @@ func testFrames(t *testing.T) []struct {
 		{"goaway", frame{kind: kindGoAway, id: 21, message: "server shutting down"}, nil},
 		{"ping", frame{kind: kindPing, nonce: 99}, nil},
 		{"pong", frame{kind: kindPong, nonce: 99}, nil},
+		{"hello_byte_window", frame{kind: kindHello, hello: &parleyv1.Hello{Agent: "parley-ts/0.1.0", StreamWindow: 64, MaxMessageBytes: 4 << 20, StreamWindowBytes: 256 << 10}}, nil},
+		{"welcome_windows", frame{kind: kindWelcome, welcome: &parleyv1.Welcome{SessionId: "s1", StreamWindow: 64, MaxStreams: 100, StreamWindowBytes: 256 << 10}}, nil},
+		{"credit_bytes", frame{kind: kindCredit, id: 13, items: 2, bytes: 200000}, nil},
+		{"credit_bytes_only", frame{kind: kindCredit, id: 15, bytes: 600042}, nil},
 	}
 }
 

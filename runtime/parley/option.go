@@ -60,6 +60,7 @@ type config struct {
 	pongTimeout      time.Duration
 	handshakeTimeout time.Duration
 	streamWindow     uint32
+	streamWinBytes   uint32
 	maxStreams       int
 	interceptors     []Interceptor
 	logger           *slog.Logger
@@ -94,6 +95,7 @@ func defaultConfig() config {
 		pongTimeout:      DefaultPongTimeout,
 		handshakeTimeout: DefaultHandshakeTimeout,
 		streamWindow:     DefaultStreamWindow,
+		streamWinBytes:   DefaultStreamWindowBytes,
 		resumeWindow:     DefaultResumeWindow,
 		resumeEvents:     DefaultResumeEvents,
 		maxStreams:       DefaultMaxStreams,
@@ -246,6 +248,23 @@ func WithStreamBufferBytes(n int) Option {
 // never grows its window.
 func WithStreamWindow(items int) Option {
 	return option(func(c *config) { c.streamWindow = uint32(max(1, items)) })
+}
+
+// WithStreamWindowBytes sets how many bytes of items this side accepts per
+// stream before it grants the sender more (DefaultStreamWindowBytes); an
+// item's bytes are its frame's WebSocket message length. A sender may send
+// while it has bytes left, so one item larger than the window still goes,
+// alone. With WithStreamWindow it bounds a stream's buffer whatever its
+// items' size: the item window limits streams of small items, this one
+// streams of large ones, so that a sender keeping to its credit never
+// takes the connection past WithStreamBufferBytes because its reader
+// paused (at the defaults, 100 streams of items up to 64 KiB fit in the
+// 32 MiB). It grows with the item window, while the reader keeps up, within
+// the stream's share of half of WithStreamBufferBytes. Credit is granted
+// every half window of bytes consumed, as well as every half window of
+// items. 0 sets no byte window, as peers from before byte credit did.
+func WithStreamWindowBytes(n int) Option {
+	return option(func(c *config) { c.streamWinBytes = uint32(min(max(0, n), 1<<30)) })
 }
 
 // WithMaxStreams sets how many streams a server keeps open at once per

@@ -217,6 +217,7 @@ func (s *Server) handshake(e *endpoint, r *http.Request) error {
 	if w := f.hello.GetStreamWindow(); w > 0 {
 		e.peerWindow = w
 	}
+	e.peerWindowBytes = f.hello.GetStreamWindowBytes()
 	if n := f.hello.GetMaxMessageBytes(); n > 0 {
 		e.sendMax = min(e.sendMax, int(n))
 	}
@@ -257,14 +258,15 @@ func (s *Server) handshake(e *endpoint, r *http.Request) error {
 	e.sess, e.peer = sess, sess.peer
 	e.resumeFrom = lastOffset
 	w := &parleyv1.Welcome{
-		SessionId:       sess.id,
-		Resumed:         resumed,
-		MaxMessageBytes: limitOnWire(s.cfg.maxMessageBytes),
-		MaxInFlight:     uint32(s.cfg.maxInFlight),
-		PingIntervalMs:  uint32(s.cfg.pingInterval.Milliseconds()),
-		Agent:           agent,
-		StreamWindow:    s.cfg.streamWindow,
-		MaxStreams:      uint32(s.cfg.maxStreams),
+		SessionId:         sess.id,
+		Resumed:           resumed,
+		MaxMessageBytes:   limitOnWire(s.cfg.maxMessageBytes),
+		MaxInFlight:       uint32(s.cfg.maxInFlight),
+		PingIntervalMs:    uint32(s.cfg.pingInterval.Milliseconds()),
+		Agent:             agent,
+		StreamWindow:      s.cfg.streamWindow,
+		StreamWindowBytes: s.cfg.streamWinBytes,
+		MaxStreams:        uint32(s.cfg.maxStreams),
 	}
 	if s.cfg.resumeWindow > 0 {
 		w.ResumeToken = sess.token

@@ -30,7 +30,7 @@ func TestServerStreamRequestAfterTheDeadline(t *testing.T) {
 		e: &endpoint{cfg: &cfg}, spec: spec, ctx: ctx, window: cfg.streamWindow,
 		notify: make(chan struct{}, 1), creditCh: make(chan struct{}, 1),
 	}
-	s.queue(nil) // the request, as acceptStream queues it
+	s.queue(nil, 0) // the request, as acceptStream queues it
 	s.recvEnd, s.recvErr = true, io.EOF
 	_, err := m.stream(ctx, &Stream{s: s})
 	if CodeOf(err) != CodeDeadlineExceeded {

@@ -2,6 +2,7 @@ package parley
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,12 @@ const (
 	DefaultStreamWindow = 64
 	DefaultMaxStreams   = 100
 )
+
+// DefaultStreamWindowBytes is how many bytes of items a receiver accepts
+// per stream before it grants more (WithStreamWindowBytes): 256 KiB, so
+// that DefaultMaxStreams streams of items up to 64 KiB fit in
+// DefaultStreamBufferBytes.
+const DefaultStreamWindowBytes = 256 << 10
 
 // streamWindowGrowth bounds how far receivers grow stream windows beyond
 // the configured one while the application reads faster than items come
@@ -68,6 +75,10 @@ type stream struct {
 	// item is the frame send encodes, kept here so that it is not
 	// allocated per item; guarded by sendMu.
 	item frame
+	// sentBytes is the size of the item sent last, not yet taken from
+	// byteCredit: the next send takes it under mu, which spares each item
+	// a second lock. Guarded by sendMu.
+	sentBytes int
 
 	// The receiving goroutine (RecvMsg has one at a time) takes the queue
 	// in batches: taken holds the items of the last batch, next is the
@@ -79,6 +90,7 @@ type stream struct {
 	next      int
 	read      uint32
 	readBytes int64 // the bytes of those read items
+	readFrame int64 // their frames' bytes: what they cost in byte credit
 
 	mu         sync.Mutex
 	recvq      []*[]byte // received payloads (pooled copies), oldest first
@@ -92,11 +104,20 @@ type stream struct {
 	starved    bool      // recv waited for an item since the last Credit sent
 	waiting    bool      // recv waits for notify: deliver must wake it
 	credit     int64     // items this side may still send
-	sendClosed bool      // CloseSend was called
-	done       bool      // the call is over; sends fail
-	opened     bool      // the Call frame went out (callers only)
-	notify     chan struct{}
-	creditCh   chan struct{}
+	byteCredit int64     // item bytes this side may still send, if byteLimited (may be below 0: one item overdraws)
+	// byteLimited: the peer set a byte window, and byteCredit counts.
+	byteLimited bool
+	byteWindow  uint32 // the item bytes this side grants the peer; grows with window (0: none)
+	// enforceBytes: this side set a byte window and the peer set one too
+	// (so it knows byte credit): items beyond it break the rules.
+	enforceBytes  bool
+	inBytes       int64 // item bytes received and not yet granted back
+	consumedBytes int64 // item bytes consumed since the last Credit sent
+	sendClosed    bool  // CloseSend was called
+	done          bool  // the call is over; sends fail
+	opened        bool  // the Call frame went out (callers only)
+	notify        chan struct{}
+	creditCh      chan struct{}
 }
 
 func wake(c chan struct{}) {
@@ -134,9 +155,9 @@ func (e *endpoint) newStream(ctx context.Context, spec *MethodSpec, stopTimer co
 	s := &stream{
 		e: e, id: e.nextID(), spec: spec, caller: true,
 		ctx: sctx, cancel: cancel, stopTimer: stopTimer,
-		window: e.cfg.streamWindow, credit: int64(e.peerWindow),
 		notify: make(chan struct{}, 1), creditCh: make(chan struct{}, 1),
 	}
+	s.initWindows()
 	e.mu.Lock()
 	if e.closeErr != nil || e.goneAway != "" {
 		err := e.closeErr
@@ -214,6 +235,8 @@ func (s *stream) send(m proto.Message) error {
 	}
 	for {
 		s.mu.Lock()
+		s.byteCredit -= int64(s.sentBytes)
+		s.sentBytes = 0
 		switch {
 		case s.sendClosed:
 			s.mu.Unlock()
@@ -221,17 +244,18 @@ func (s *stream) send(m proto.Message) error {
 		case s.done:
 			s.mu.Unlock()
 			return io.EOF
-		case s.credit > 0:
+		case s.credit > 0 && (!s.byteLimited || s.byteCredit > 0):
 			s.credit--
 			s.mu.Unlock()
 			s.item = frame{kind: kindItem, id: s.id, method: s.spec.Procedure, hasPayload: true}
-			err := s.e.sendCtx(s.ctx, &s.item, m)
+			n, err := s.e.sendSized(s.ctx, &s.item, m)
 			if errors.Is(err, errTooLarge) {
 				// Not sent: the stream goes on, with its credit.
 				s.mu.Lock()
 				s.credit++
 				s.mu.Unlock()
 			}
+			s.sentBytes = n
 			return err
 		}
 		s.mu.Unlock()
@@ -259,17 +283,17 @@ func (s *stream) recv(m proto.Message) error {
 	// path decides whether queued items still count.
 	if s.next < len(s.taken) && s.ctx.Err() == nil {
 		payload := s.takeNext()
-		if s.read >= s.grantEvery() {
+		if s.read >= s.grantEvery() || s.readFrame >= s.grantEveryBytes() {
 			s.mu.Lock()
-			grant := s.settle()
+			items, bytes := s.settle()
 			s.mu.Unlock()
-			s.sendCredit(grant)
+			s.sendCredit(items, bytes)
 		}
 		return s.decode(payload, m)
 	}
 	for {
 		s.mu.Lock()
-		grant := s.settle()
+		items, bytes := s.settle()
 		if s.drop {
 			s.releaseTaken()
 		}
@@ -279,7 +303,7 @@ func (s *stream) recv(m proto.Message) error {
 			// matters. (A finished call's context ends too, but its queued
 			// items are still delivered.)
 			s.mu.Unlock()
-			s.sendCredit(grant)
+			s.sendCredit(items, bytes)
 			return s.ctxErr()
 		case s.next == len(s.taken) && len(s.recvq) > 0:
 			// Take the whole queue; the emptied batch's storage becomes
@@ -290,18 +314,18 @@ func (s *stream) recv(m proto.Message) error {
 		}
 		if s.next < len(s.taken) {
 			s.mu.Unlock()
-			s.sendCredit(grant)
+			s.sendCredit(items, bytes)
 			return s.decode(s.takeNext(), m)
 		}
 		if s.recvEnd {
 			err := s.recvErr
 			s.mu.Unlock()
-			s.sendCredit(grant)
+			s.sendCredit(items, bytes)
 			return err
 		}
 		s.starved, s.waiting = true, true
 		s.mu.Unlock()
-		s.sendCredit(grant)
+		s.sendCredit(items, bytes)
 		select {
 		case <-s.notify:
 		case <-s.ctx.Done():
@@ -312,12 +336,14 @@ func (s *stream) recv(m proto.Message) error {
 // takeNext returns the next item of the batch taken. Only the receiving
 // goroutine calls it.
 func (s *stream) takeNext() *[]byte {
-	payload := s.taken[s.next]
+	item := s.taken[s.next]
 	s.taken[s.next] = nil // released to the pool once decoded
 	s.next++
 	s.read++
-	s.readBytes += int64(len(*payload))
-	return payload
+	payload, frameBytes := itemOf(item)
+	s.readBytes += int64(len(payload))
+	s.readFrame += int64(frameBytes)
+	return item
 }
 
 // grantEvery is how many items a receiver consumes between grants: half
@@ -326,32 +352,55 @@ func (s *stream) takeNext() *[]byte {
 // which left both ends idle in turn.
 func (s *stream) grantEvery() uint32 { return max(1, s.e.cfg.streamWindow/2) }
 
+// grantEveryBytes is how many item bytes a receiver consumes between
+// grants, likewise: half the configured byte window (an item larger than
+// that is granted back as soon as it is read). Without a byte window, bytes
+// never call for a grant.
+func (s *stream) grantEveryBytes() int64 {
+	if s.byteWindow == 0 {
+		return 1 << 62
+	}
+	return max(1, int64(s.e.cfg.streamWinBytes)/2)
+}
+
 // settle counts the items the receiving goroutine returned since it last
-// settled as consumed, and returns the credit to grant for them, if it is
-// time: every grantEvery items, plus the window's size when it doubles.
-// s.mu is held; only the receiving goroutine calls it.
-func (s *stream) settle() (grant uint32) {
+// settled as consumed, and returns the credit to grant for them, in items
+// and in bytes, if it is time: every grantEvery items or grantEveryBytes
+// bytes, plus each window's size when it doubles. s.mu is held; only the
+// receiving goroutine calls it.
+func (s *stream) settle() (items uint32, bytes uint32) {
 	s.inTaken -= s.read
 	s.consumed += s.read
-	s.read = 0
+	s.consumedBytes += s.readFrame
+	s.read, s.readFrame = 0, 0
 	if !s.done {
 		s.bufBytes -= s.readBytes
 		s.e.streamBuf.Add(-s.readBytes)
 	}
 	s.readBytes = 0
-	if s.recvEnd || s.consumed < s.grantEvery() {
-		return 0
+	if s.recvEnd || (s.consumed < s.grantEvery() && s.consumedBytes < s.grantEveryBytes()) {
+		return 0, 0
 	}
-	grant, s.consumed = s.consumed, 0
-	drained := s.next == len(s.taken) && len(s.recvq) == 0
-	if (s.starved || drained) && s.e.growWindow(s.window, s.maxItem) {
+	items, s.consumed = s.consumed, 0
+	if s.byteWindow > 0 {
+		bytes = uint32(s.consumedBytes)
+		s.inBytes -= s.consumedBytes
+	}
+	s.consumedBytes = 0
+	if drained := s.next == len(s.taken) && len(s.recvq) == 0; s.starved || drained {
 		// The reader waits for items, not the other way round: the peer
 		// is likely waiting for credit.
-		grant += s.window
-		s.window *= 2
+		if s.e.growWindow(s.window, s.maxItem) {
+			items += s.window
+			s.window *= 2
+		}
+		if s.byteWindow > 0 && s.e.growByteWindow(s.byteWindow) {
+			bytes += s.byteWindow
+			s.byteWindow *= 2
+		}
 	}
 	s.starved = false
-	return grant
+	return items, bytes
 }
 
 // releaseTaken drops the items taken and not returned (the caller gave up
@@ -364,17 +413,18 @@ func (s *stream) releaseTaken() {
 	s.taken, s.next, s.inTaken = s.taken[:0], 0, 0
 }
 
-// sendCredit grants the peer n more items, if n > 0.
-func (s *stream) sendCredit(n uint32) {
-	if n > 0 {
-		s.e.sendCtx(s.ctx, &frame{kind: kindCredit, id: s.id, items: n}, nil) //nolint:errcheck // a failed send ends the stream anyway
+// sendCredit grants the peer items and bytes more, if either is not 0.
+func (s *stream) sendCredit(items, bytes uint32) {
+	if items > 0 || bytes > 0 {
+		s.e.sendCtx(s.ctx, &frame{kind: kindCredit, id: s.id, items: items, bytes: bytes}, nil) //nolint:errcheck // a failed send ends the stream anyway
 	}
 }
 
 // decode unmarshals a received item into m and releases its buffer.
-func (s *stream) decode(payload *[]byte, m proto.Message) error {
-	err := s.e.codec.unmarshal(*payload, m) // copies what it keeps
-	putBuf(payload)
+func (s *stream) decode(item *[]byte, m proto.Message) error {
+	payload, _ := itemOf(item)
+	err := s.e.codec.unmarshal(payload, m) // copies what it keeps
+	putBuf(item)
 	if err == nil {
 		return nil
 	}
@@ -412,8 +462,9 @@ func (s *stream) closeSend() error {
 	return s.e.sendCtx(s.ctx, &frame{kind: kindEnd, id: s.id}, nil)
 }
 
-// deliver queues a received item. It runs on the reader goroutine.
-func (s *stream) deliver(payload []byte) {
+// deliver queues a received item, whose frame was frameBytes long. It
+// runs on the reader goroutine.
+func (s *stream) deliver(payload []byte, frameBytes int) {
 	s.mu.Lock()
 	if s.recvEnd || s.done {
 		s.mu.Unlock()
@@ -424,6 +475,12 @@ func (s *stream) deliver(payload []byte) {
 		s.violate(Errorf(CodeResourceExhausted, "the peer sent stream items beyond its credit on %s", s.spec.Procedure))
 		return
 	}
+	if s.enforceBytes && s.inBytes >= int64(s.byteWindow) {
+		s.mu.Unlock()
+		s.violate(Errorf(CodeResourceExhausted, "the peer sent stream items beyond its byte credit on %s", s.spec.Procedure))
+		return
+	}
+	s.inBytes += int64(frameBytes)
 	n := int64(len(payload))
 	s.maxItem = max(s.maxItem, n)
 	if limit := s.e.cfg.streamBufBytes; s.e.streamBuf.Add(n) > limit {
@@ -432,7 +489,7 @@ func (s *stream) deliver(payload []byte) {
 		s.violate(Errorf(CodeResourceExhausted, "stream items received and not yet read would exceed %d bytes on this connection (WithStreamBufferBytes) on %s", limit, s.spec.Procedure))
 		return
 	}
-	s.queue(payload)
+	s.queue(payload, frameBytes)
 	// Wake the receiver only if it waits: one that is busy finds the item
 	// when it next looks, and a channel operation per item would cost the
 	// reader a cache-line transfer each.
@@ -442,6 +499,27 @@ func (s *stream) deliver(payload []byte) {
 	if waiting {
 		wake(s.notify)
 	}
+}
+
+// initWindows sets a new stream's windows (what this side grants) and
+// credit (what the peer granted) from the configuration and the peer's
+// Hello or Welcome.
+func (s *stream) initWindows() {
+	e := s.e
+	s.window, s.credit = e.cfg.streamWindow, int64(e.peerWindow)
+	s.byteWindow, s.byteCredit = e.cfg.streamWinBytes, int64(e.peerWindowBytes)
+	s.byteLimited = e.peerWindowBytes > 0
+	s.enforceBytes = s.byteWindow > 0 && s.byteLimited
+}
+
+// growByteWindow reports whether a stream may double its byte window from
+// n bytes: while, doubled, each live stream's stays within its share of
+// half the connection's stream buffer bytes, and within streamWindowGrowth
+// configured windows.
+func (e *endpoint) growByteWindow(n uint32) bool {
+	doubled := 2 * int64(n)
+	return doubled*max(1, e.liveStreams.Load()) <= e.cfg.streamBufBytes/2 &&
+		doubled <= int64(e.cfg.streamWinBytes)*streamWindowGrowth
 }
 
 // growWindow reports whether a stream may double its window from n items,
@@ -466,19 +544,27 @@ func (e *endpoint) growWindow(n uint32, maxItem int64) bool {
 
 // queue appends a copy of a received payload to the receive queue and
 // counts it as this stream's share of the connection's buffered bytes,
-// which the caller has added to e.streamBuf. s.mu is held (or s is not
-// shared yet).
-func (s *stream) queue(payload []byte) {
-	s.recvq = append(s.recvq, copyPayload(payload))
+// which the caller has added to e.streamBuf. frameBytes is what it cost in
+// byte credit: its frame's length for an item, 0 for the request or reply
+// of a Call or Reply frame. s.mu is held (or s is not shared yet).
+func (s *stream) queue(payload []byte, frameBytes int) {
+	s.recvq = append(s.recvq, copyPayload(payload, frameBytes))
 	s.bufBytes += int64(len(payload))
 }
 
 // copyPayload copies a received payload out of the read buffer, which is
-// reused, into a pooled buffer that recv releases.
-func copyPayload(p []byte) *[]byte {
+// reused, into a pooled buffer that recv releases, after a 4-byte header
+// holding frameBytes (itemOf splits them).
+func copyPayload(p []byte, frameBytes int) *[]byte {
 	b := getBuf()
-	*b = append((*b)[:0], p...)
+	*b = binary.LittleEndian.AppendUint32((*b)[:0], uint32(frameBytes))
+	*b = append(*b, p...)
 	return b
+}
+
+// itemOf returns a queued item's payload and what it cost in byte credit.
+func itemOf(b *[]byte) (payload []byte, frameBytes uint32) {
+	return (*b)[4:], binary.LittleEndian.Uint32(*b)
 }
 
 // violate ends a stream whose peer broke the flow-control rules.
@@ -507,10 +593,11 @@ func (s *stream) endRecv() {
 	wake(s.notify)
 }
 
-// addCredit grants this side more sends.
-func (s *stream) addCredit(n uint32) {
+// addCredit grants this side more sends: items and bytes more.
+func (s *stream) addCredit(items, bytes uint32) {
 	s.mu.Lock()
-	s.credit += int64(n)
+	s.credit += int64(items)
+	s.byteCredit += int64(bytes)
 	s.mu.Unlock()
 	wake(s.creditCh)
 }
@@ -523,7 +610,7 @@ func (s *stream) complete(f *frame) {
 	s.mu.Lock()
 	if f.kind == kindReply && f.hasPayload {
 		s.e.streamBuf.Add(int64(len(f.payload))) // counted like an item until finish
-		s.queue(f.payload)
+		s.queue(f.payload, 0)
 	}
 	s.mu.Unlock()
 	if f.kind == kindError {
@@ -651,14 +738,14 @@ func (e *endpoint) acceptStream(f *frame, m *Method, ci *CallInfo) {
 	}
 	s := &stream{
 		e: e, id: f.id, spec: m.spec, ctx: withCallInfo(ctx, ci), cancel: cancel, stopTimer: stopTimer,
-		window: e.cfg.streamWindow, credit: int64(e.peerWindow),
 		notify: make(chan struct{}, 1), creditCh: make(chan struct{}, 1),
 	}
+	s.initWindows()
 	if !m.spec.Kind.streamsRequests() {
 		// The one request came in the Call frame; it counts like an item
 		// until read.
 		e.streamBuf.Add(int64(len(f.payload)))
-		s.queue(f.payload)
+		s.queue(f.payload, 0)
 		s.recvEnd, s.recvErr = true, io.EOF
 	}
 	e.streams[f.id] = s
@@ -710,21 +797,29 @@ func (e *endpoint) runStreamSafely(ctx context.Context, m *Method, s *stream, ci
 // Call or StreamItem larger than the socket's send limit is not sent: it
 // fails with resource_exhausted (wrapping errTooLarge), naming f.method.
 func (e *endpoint) sendCtx(ctx context.Context, f *frame, msg proto.Message) error {
+	_, err := e.sendSized(ctx, f, msg)
+	return err
+}
+
+// sendSized is sendCtx that also returns the size of the frame queued (0
+// when none was).
+func (e *endpoint) sendSized(ctx context.Context, f *frame, msg proto.Message) (int, error) {
 	b := getBuf()
 	var err error
 	*b, err = e.appendFrame((*b)[:0], f, msg)
 	if err != nil {
 		putBuf(b)
 		// Only a message can fail to encode: the application's to send.
-		return Errorf(CodeInvalidArgument, "encoding a %v frame: %v", f.kind, err)
+		return 0, Errorf(CodeInvalidArgument, "encoding a %v frame: %v", f.kind, err)
 	}
-	if n := len(*b); n > e.sendMax && (f.kind == kindCall || f.kind == kindItem) {
+	n := len(*b)
+	if n > e.sendMax && (f.kind == kindCall || f.kind == kindItem) {
 		putBuf(b)
 		what := ": the request"
 		if f.kind == kindItem {
 			what = ": a stream item"
 		}
-		return e.tooLarge(f.method+what, n)
+		return 0, e.tooLarge(f.method+what, n)
 	}
 	if err := e.q.push(ctx, b, true); err != nil {
 		putBuf(b)
@@ -732,11 +827,11 @@ func (e *endpoint) sendCtx(ctx context.Context, f *frame, msg proto.Message) err
 			e.mu.Lock()
 			defer e.mu.Unlock()
 			if e.closeErr != nil {
-				return e.closeErr
+				return 0, e.closeErr
 			}
-			return NewError(CodeUnavailable, "connection closed")
+			return 0, NewError(CodeUnavailable, "connection closed")
 		}
-		return asError(err)
+		return 0, asError(err)
 	}
-	return nil
+	return n, nil
 }

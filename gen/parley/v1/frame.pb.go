@@ -458,8 +458,13 @@ type Hello struct {
 	// not sent to this client. 0 means not said: the server then bounds what
 	// it sends by its own limit only.
 	MaxMessageBytes uint32 `protobuf:"varint,7,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// How many bytes of stream items the client accepts per stream before it
+	// grants more with Credit.bytes: the server's initial byte credit on
+	// every stream (see Credit). 0 means none: the server's items are then
+	// limited by count only (a client from before this field).
+	StreamWindowBytes uint32 `protobuf:"varint,8,opt,name=stream_window_bytes,json=streamWindowBytes,proto3" json:"stream_window_bytes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -541,6 +546,13 @@ func (x *Hello) GetMaxMessageBytes() uint32 {
 	return 0
 }
 
+func (x *Hello) GetStreamWindowBytes() uint32 {
+	if x != nil {
+		return x.StreamWindowBytes
+	}
+	return 0
+}
+
 // Welcome accepts a Hello.
 type Welcome struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -580,9 +592,14 @@ type Welcome struct {
 	StreamWindow uint32 `protobuf:"varint,10,opt,name=stream_window,json=streamWindow,proto3" json:"stream_window,omitempty"`
 	// The most streams the server keeps open at once for this connection;
 	// more fail with resource_exhausted.
-	MaxStreams    uint32 `protobuf:"varint,11,opt,name=max_streams,json=maxStreams,proto3" json:"max_streams,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxStreams uint32 `protobuf:"varint,11,opt,name=max_streams,json=maxStreams,proto3" json:"max_streams,omitempty"`
+	// How many bytes of stream items the server accepts per stream before it
+	// grants more with Credit.bytes: the client's initial byte credit on
+	// every stream (see Credit). 0 means none: the client's items are then
+	// limited by count only (a server from before this field).
+	StreamWindowBytes uint32 `protobuf:"varint,12,opt,name=stream_window_bytes,json=streamWindowBytes,proto3" json:"stream_window_bytes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -688,6 +705,13 @@ func (x *Welcome) GetStreamWindow() uint32 {
 func (x *Welcome) GetMaxStreams() uint32 {
 	if x != nil {
 		return x.MaxStreams
+	}
+	return 0
+}
+
+func (x *Welcome) GetStreamWindowBytes() uint32 {
+	if x != nil {
+		return x.StreamWindowBytes
 	}
 	return 0
 }
@@ -1359,12 +1383,26 @@ func (x *StreamEnd) GetId() uint64 {
 // more as its application consumes items. A peer that sends beyond its
 // credit has its call ended with resource_exhausted. The request carried in
 // a server-streaming Call costs no credit.
+//
+// Credit also counts bytes when the receiver set a byte window
+// (Hello.stream_window_bytes, Welcome.stream_window_bytes): an item's bytes
+// are the length of its StreamItem frame's WebSocket message (the whole
+// encoded Frame, uncompressed; UTF-8 bytes for parley.v1+json), which both
+// ends count alike. The sender may send an item while its byte credit is
+// above zero, and spends the item's bytes, which may take the credit below
+// zero: items are never split, so one larger than the window still goes,
+// alone. A receiver that set a byte window ends the call with
+// resource_exhausted when an item arrives while the peer's unspent bytes
+// are used up, if the peer set a byte window of its own (and so knows
+// this rule).
 type Credit struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The call id.
 	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	// How many more items the peer may send.
-	Items         uint32 `protobuf:"varint,2,opt,name=items,proto3" json:"items,omitempty"`
+	Items uint32 `protobuf:"varint,2,opt,name=items,proto3" json:"items,omitempty"`
+	// How many more item bytes the peer may send.
+	Bytes         uint32 `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1409,6 +1447,13 @@ func (x *Credit) GetId() uint64 {
 func (x *Credit) GetItems() uint32 {
 	if x != nil {
 		return x.Items
+	}
+	return 0
+}
+
+func (x *Credit) GetBytes() uint32 {
+	if x != nil {
+		return x.Bytes
 	}
 	return 0
 }
@@ -1585,7 +1630,7 @@ const file_parley_v1_frame_proto_rawDesc = "" +
 	"\x06goaway\x18\v \x01(\v2\x11.parley.v1.GoAwayH\x00R\x06goaway\x12%\n" +
 	"\x04ping\x18\f \x01(\v2\x0f.parley.v1.PingH\x00R\x04ping\x12%\n" +
 	"\x04pong\x18\r \x01(\v2\x0f.parley.v1.PongH\x00R\x04pongB\x06\n" +
-	"\x04kind\"\x9e\x03\n" +
+	"\x04kind\"\xce\x03\n" +
 	"\x05Hello\x12:\n" +
 	"\bmetadata\x18\x01 \x03(\v2\x1e.parley.v1.Hello.MetadataEntryR\bmetadata\x12\x1d\n" +
 	"\n" +
@@ -1594,13 +1639,14 @@ const file_parley_v1_frame_proto_rawDesc = "" +
 	"\aoffsets\x18\x04 \x03(\v2\x1d.parley.v1.Hello.OffsetsEntryR\aoffsets\x12\x14\n" +
 	"\x05agent\x18\x05 \x01(\tR\x05agent\x12#\n" +
 	"\rstream_window\x18\x06 \x01(\rR\fstreamWindow\x12*\n" +
-	"\x11max_message_bytes\x18\a \x01(\rR\x0fmaxMessageBytes\x1a;\n" +
+	"\x11max_message_bytes\x18\a \x01(\rR\x0fmaxMessageBytes\x12.\n" +
+	"\x13stream_window_bytes\x18\b \x01(\rR\x11streamWindowBytes\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
 	"\fOffsetsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xe0\x03\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x90\x04\n" +
 	"\aWelcome\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12!\n" +
@@ -1615,7 +1661,8 @@ const file_parley_v1_frame_proto_rawDesc = "" +
 	"\rstream_window\x18\n" +
 	" \x01(\rR\fstreamWindow\x12\x1f\n" +
 	"\vmax_streams\x18\v \x01(\rR\n" +
-	"maxStreams\x1a;\n" +
+	"maxStreams\x12.\n" +
+	"\x13stream_window_bytes\x18\f \x01(\rR\x11streamWindowBytes\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x97\x02\n" +
@@ -1668,10 +1715,11 @@ const file_parley_v1_frame_proto_rawDesc = "" +
 	"\x04json\x18\x03 \x01(\v2\x16.google.protobuf.ValueH\x00R\x04jsonB\x06\n" +
 	"\x04body\"\x1b\n" +
 	"\tStreamEnd\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x04R\x02id\".\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"D\n" +
 	"\x06Credit\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
-	"\x05items\x18\x02 \x01(\rR\x05items\"9\n" +
+	"\x05items\x18\x02 \x01(\rR\x05items\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\rR\x05bytes\"9\n" +
 	"\x06GoAway\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x17\n" +
 	"\alast_id\x18\x02 \x01(\x04R\x06lastId\"\x1c\n" +
