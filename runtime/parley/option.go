@@ -224,13 +224,14 @@ func WithLogger(l *slog.Logger) Option {
 
 // WithStreamBufferBytes bounds the bytes of stream items this side has
 // received and the application has not read yet, on one connection, all
-// its streams together (DefaultStreamBufferBytes). Stream windows count
-// items, and an item may be as large as WithMaxMessageBytes, so windows
-// alone would let a peer make a connection buffer windows × message size
-// per stream. An item that would take a connection past the bound ends
-// its stream with resource_exhausted (the peer's Send fails with it); the
-// other streams carry on. Raise it for large items read slowly, or lower
-// the window.
+// its streams together (DefaultStreamBufferBytes). It is the backstop
+// behind the stream windows (WithStreamWindow, WithStreamWindowBytes),
+// which keep a sender that keeps to its credit within it at the defaults,
+// unless many streams carry items near WithMaxMessageBytes at once (an
+// item larger than the byte window goes alone), or the peer knows no byte
+// credit. An item that would take a connection past the bound ends its
+// stream with resource_exhausted (the peer's Send fails with it); the
+// other streams carry on.
 func WithStreamBufferBytes(n int) Option {
 	return option(func(c *config) { c.streamBufBytes = int64(max(1, n)) })
 }
