@@ -515,11 +515,11 @@ func (s *stream) initWindows() {
 // growByteWindow reports whether a stream may double its byte window from
 // n bytes: while, doubled, each live stream's stays within its share of
 // half the connection's stream buffer bytes, and within streamWindowGrowth
-// configured windows.
+// configured windows (and 1 GiB, so that it fits Credit.bytes).
 func (e *endpoint) growByteWindow(n uint32) bool {
 	doubled := 2 * int64(n)
 	return doubled*max(1, e.liveStreams.Load()) <= e.cfg.streamBufBytes/2 &&
-		doubled <= int64(e.cfg.streamWinBytes)*streamWindowGrowth
+		doubled <= min(int64(e.cfg.streamWinBytes)*streamWindowGrowth, 1<<30)
 }
 
 // growWindow reports whether a stream may double its window from n items,
