@@ -163,6 +163,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	go s.serveConn(e)
 }
 
+// testHookBeforeAttach, set by tests, runs between a connection's
+// handshake and its attaching to its session, with the session's id.
+var testHookBeforeAttach func(sessionID string)
+
 // serveConn runs a connection after its handshake: it reads until the
 // connection closes (or hands reading over to a stand-in, see
 // endpoint.runInline); the last reader then calls connEnded.
@@ -174,6 +178,9 @@ func (s *Server) serveConn(e *endpoint) {
 	}
 	s.conns[e] = struct{}{}
 	s.mu.Unlock()
+	if testHookBeforeAttach != nil {
+		testHookBeforeAttach(e.sess.id)
+	}
 	e.sess.attach(e, e.resumeFrom)
 	e.start()
 	// The last reader ends the connection: this goroutine, or a stand-in
@@ -242,7 +249,7 @@ func (s *Server) handshake(e *endpoint, r *http.Request) error {
 	if id := f.hello.GetSessionId(); id != "" && s.cfg.resumeWindow > 0 {
 		if old := s.hub.session(id); old != nil {
 			lastOffset = f.hello.GetOffsets()[sessionTopic]
-			if old.canResume(f.hello.GetResumeToken(), lastOffset) && old.peer.userID() == principal.userID() {
+			if old.peer.userID() == principal.userID() && old.reserve(e, f.hello.GetResumeToken(), lastOffset) {
 				sess = old
 			} else if old.canResume(f.hello.GetResumeToken(), old.offsetNow()) {
 				old.end() // its owner moved on to a new session
@@ -273,11 +280,14 @@ func (s *Server) handshake(e *endpoint, r *http.Request) error {
 		w.ResumeWindowMs = uint32(s.cfg.resumeWindow.Milliseconds())
 	}
 	b, err := e.codec.appendFrame(nil, &frame{kind: kindWelcome, welcome: w}, nil)
-	if err != nil {
-		return err
+	if err == nil {
+		_ = e.ws.SetWriteDeadline(time.Now().Add(s.cfg.writeTimeout))
+		err = e.ws.WriteMessage(e.codec.messageType(), b)
 	}
-	_ = e.ws.SetWriteDeadline(time.Now().Add(s.cfg.writeTimeout))
-	return e.ws.WriteMessage(e.codec.messageType(), b)
+	if err != nil && resumed {
+		sess.release(e)
+	}
+	return err
 }
 
 // refuse answers a failed handshake with a connection-level error and a

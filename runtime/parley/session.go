@@ -49,6 +49,10 @@ type session struct {
 	running map[uint64]runningCall
 	replies map[uint64]sessionReply
 	order   []uint64 // ids in replies, oldest first
+	// resuming holds, for each socket told it resumed the session and not
+	// attached yet, the offset its replay starts after: events keeps
+	// every later event, whatever its bound, until the socket attaches.
+	resuming map[*endpoint]uint64
 }
 
 // sessionEvent is an event kept for replay.
@@ -103,6 +107,42 @@ func (s *session) endpoint() *endpoint {
 func (s *session) canResume(token string, lastOffset uint64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.canResumeLocked(token, lastOffset)
+}
+
+// reserve is canResume for socket e, whose handshake then tells its client
+// the session resumed: until e attaches (or release), the session keeps
+// every event after lastOffset, and does not expire. The handshake writes
+// Welcome before the socket attaches and replays; without the reservation
+// events published meanwhile could push missed ones out of the bounded
+// history, and a client told it resumed would silently miss them.
+func (s *session) reserve(e *endpoint, token string, lastOffset uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.canResumeLocked(token, lastOffset) {
+		return false
+	}
+	if s.resuming == nil {
+		s.resuming = make(map[*endpoint]uint64)
+	}
+	s.resuming[e] = lastOffset
+	return true
+}
+
+// release undoes reserve for a socket whose handshake failed after it.
+func (s *session) release(e *endpoint) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.resuming[e]; !ok {
+		return
+	}
+	delete(s.resuming, e)
+	if s.cur == nil && len(s.resuming) == 0 && !s.ended && s.expiry == nil {
+		s.armExpiryLocked()
+	}
+}
+
+func (s *session) canResumeLocked(token string, lastOffset uint64) bool {
 	if s.ended || subtle.ConstantTimeCompare([]byte(token), []byte(s.token)) != 1 {
 		return false
 	}
@@ -134,6 +174,14 @@ func (s *session) canResume(token string, lastOffset uint64) bool {
 func (s *session) attach(e *endpoint, lastOffset uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	delete(s.resuming, e)
+	if s.ended {
+		// Ended since the handshake (closed by the server, or by another
+		// socket of its client that could not resume it): the client
+		// must not believe it resumed. It comes back to a new session.
+		e.abort(closeNormal, "session ended")
+		return
+	}
 	if old := s.cur; old != nil && old != e {
 		old.abort(closeNormal, "session resumed on another socket")
 	}
@@ -165,15 +213,26 @@ func (s *session) detach(e *endpoint, resumable bool) {
 		s.end()
 		return
 	}
-	s.expiry = time.AfterFunc(window, func() {
+	s.armExpiryLocked()
+	s.mu.Unlock()
+}
+
+// armExpiryLocked ends the session after the resume window, unless a
+// socket attaches or is about to (reserve) meanwhile.
+func (s *session) armExpiryLocked() {
+	var t *time.Timer
+	t = time.AfterFunc(s.srv.cfg.resumeWindow, func() {
 		s.mu.Lock()
-		expired := s.cur == nil && !s.ended
+		expired := s.cur == nil && !s.ended && len(s.resuming) == 0
+		if s.expiry == t {
+			s.expiry = nil
+		}
 		s.mu.Unlock()
 		if expired {
 			s.end()
 		}
 	})
-	s.mu.Unlock()
+	s.expiry = t
 }
 
 // end destroys the session: it leaves its rooms, its user may go offline,
@@ -205,15 +264,21 @@ func (s *session) deliverEvent(ev *eventData) {
 	s.offset++
 	se := sessionEvent{offset: s.offset, at: time.Now(), ev: ev}
 	limit := s.srv.cfg.resumeEvents
-	if limit > 0 {
+	if limit > 0 || len(s.resuming) > 0 {
 		// Drop the oldest beyond the bound, and, while a socket is
 		// attached, those older than the resume window: no client can
-		// still be missing them.
+		// still be missing them. But keep those a socket about to attach
+		// will replay (events[i].offset is events[0].offset+i).
 		drop := max(0, len(s.events)+1-limit)
 		if s.cur != nil {
 			horizon := se.at.Add(-s.srv.cfg.resumeWindow)
 			for drop < len(s.events) && s.events[drop].at.Before(horizon) {
 				drop++
+			}
+		}
+		for _, from := range s.resuming {
+			if drop > 0 {
+				drop = min(drop, max(0, int(int64(from)-int64(s.events[0].offset)+1)))
 			}
 		}
 		if drop > 0 {
