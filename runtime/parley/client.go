@@ -133,6 +133,13 @@ type Conn struct {
 	closedCh chan struct{} // closed when closed is set
 	notify   hookRunner    // runs state watchers in order
 
+	// resending counts calls lost with their socket that may be sent
+	// again with their id (into the session, if it resumes), until each
+	// has a call slot on a new socket or is sent no more; resent is
+	// closed when it falls to 0. New calls wait for them (waitResends).
+	resending int
+	resent    chan struct{}
+
 	local methodTable // handlers for the server's calls and events
 
 	// events runs event handlers for every socket of the connection, in
@@ -605,6 +612,9 @@ func (c *Conn) invoke(ctx context.Context, spec *MethodSpec, req, res proto.Mess
 	start := time.Now()
 	c.mu.Lock()
 	e, sess := c.cur, c.welcome.GetSessionId()
+	if c.resending > 0 {
+		e = nil // the slow path waits for the re-sends first
+	}
 	c.mu.Unlock()
 	var sent uint64
 	var lastErr error
@@ -613,7 +623,7 @@ func (c *Conn) invoke(ctx context.Context, spec *MethodSpec, req, res proto.Mess
 		// lost with its socket can be re-sent with it: the session it
 		// went to knows it by that id and runs it at most once.
 		id := e.nextID()
-		err := e.roundTripID(ctx, spec, req, res, md, id)
+		err := e.roundTripID(ctx, spec, req, res, md, id, nil)
 		if err == nil || !retryable(err) || c.cfg.reconnect == nil {
 			return err
 		}
@@ -622,6 +632,47 @@ func (c *Conn) invoke(ctx context.Context, spec *MethodSpec, req, res proto.Mess
 		}
 	}
 	return c.invokeAcross(ctx, start, spec, req, res, md, e, sent, sess, lastErr)
+}
+
+// resendAdd counts a call lost with its socket that may be sent again
+// with its id.
+func (c *Conn) resendAdd() {
+	c.mu.Lock()
+	if c.resending == 0 {
+		c.resent = make(chan struct{})
+	}
+	c.resending++
+	c.mu.Unlock()
+}
+
+// resendDone uncounts a call resendAdd counted: it has its call slot on a
+// new socket, or is not sent again with its id.
+func (c *Conn) resendDone() {
+	c.mu.Lock()
+	if c.resending--; c.resending == 0 {
+		close(c.resent)
+	}
+	c.mu.Unlock()
+}
+
+// waitResends waits until no call lost with a socket waits to be sent
+// again with its id. A new call waits for them so that it cannot reach the
+// server first: the session remembers a bounded number of outcomes
+// (2 × max_in_flight + 16), and new calls finishing ahead of a re-send
+// could push its outcome out, so that it ran again.
+func (c *Conn) waitResends(ctx context.Context) error {
+	c.mu.Lock()
+	n, resent := c.resending, c.resent
+	c.mu.Unlock()
+	if n == 0 {
+		return nil
+	}
+	select {
+	case <-resent:
+		return nil
+	case <-ctx.Done():
+		return asError(ctx.Err())
+	}
 }
 
 func retryable(err error) bool {
@@ -644,6 +695,22 @@ func (c *Conn) invokeAcross(ctx context.Context, start time.Time, spec *MethodSp
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, start.Add(timeout))
 		defer cancel()
+	}
+	// pending: the call is counted in c.resending.
+	pending := id != 0
+	if pending {
+		c.resendAdd()
+	}
+	defer func() {
+		if pending {
+			c.resendDone()
+		}
+	}()
+	slotTaken := func() {
+		if pending {
+			c.resendDone()
+			pending = false
+		}
 	}
 	for {
 		e, err := c.endpoint(ctx, nil)
@@ -682,10 +749,18 @@ func (c *Conn) invokeAcross(ctx context.Context, start time.Time, spec *MethodSp
 				return &Error{code: CodeUnavailable, message: "the connection dropped with the call in flight and the session could not be resumed: " + lastErr.Error(), wrapped: lastErr}
 			}
 		}
+		onSlot := slotTaken
 		if sendID == 0 {
+			// A new call, or one that may simply run again: it goes after
+			// the re-sends.
+			slotTaken()
+			onSlot = nil
+			if err := c.waitResends(ctx); err != nil {
+				return err
+			}
 			sendID = e.nextID()
 		}
-		err = e.roundTripID(ctx, spec, req, res, md, sendID)
+		err = e.roundTripID(ctx, spec, req, res, md, sendID, onSlot)
 		switch {
 		case err == nil || !retryable(err):
 			return err
@@ -693,6 +768,10 @@ func (c *Conn) invokeAcross(ctx context.Context, start time.Time, spec *MethodSp
 			id, sess, lastErr = sendID, welcome.GetSessionId(), err
 		}
 		// Otherwise this send never ran; an earlier one (id) may have.
+		if id != 0 && !pending {
+			pending = true
+			c.resendAdd()
+		}
 	}
 }
 

@@ -1055,13 +1055,14 @@ func intercepted(ctx context.Context, interceptors []Interceptor, side Side, spe
 }
 
 func (e *endpoint) roundTrip(ctx context.Context, spec *MethodSpec, req, res proto.Message, md map[string]string) error {
-	return e.roundTripID(ctx, spec, req, res, md, 0)
+	return e.roundTripID(ctx, spec, req, res, md, 0, nil)
 }
 
 // roundTripID makes a call with the given id, or a fresh one when id is 0.
 // A client re-sends a call into a resumed session with its first id, so the
-// server recognises it and runs it at most once.
-func (e *endpoint) roundTripID(ctx context.Context, spec *MethodSpec, req, res proto.Message, md map[string]string, id uint64) error {
+// server recognises it and runs it at most once. onSlot, if not nil, runs
+// once the call has its slot among the peer's max_in_flight.
+func (e *endpoint) roundTripID(ctx context.Context, spec *MethodSpec, req, res proto.Message, md map[string]string, id uint64, onSlot func()) error {
 	if err := ctx.Err(); err != nil {
 		return asError(err)
 	}
@@ -1091,6 +1092,9 @@ func (e *endpoint) roundTripID(ctx context.Context, spec *MethodSpec, req, res p
 		case <-timerC:
 			return NewError(CodeDeadlineExceeded, "deadline exceeded waiting for a free call slot")
 		}
+	}
+	if onSlot != nil {
+		onSlot()
 	}
 
 	if id == 0 {

@@ -3,6 +3,7 @@ package parley
 import (
 	"context"
 	"crypto/subtle"
+	"slices"
 	"sync"
 	"time"
 
@@ -348,6 +349,11 @@ func (s *session) claimCall(e *endpoint, id uint64, method string) bool {
 		s.mu.Unlock()
 		e.sendError(id, Errorf(CodeInvalidArgument, "call id %d was %s's earlier in this session: a client never reuses an id", id, prior))
 	case replied:
+		// Answered again, it is the most recent outcome: the client may
+		// lose this answer too, and re-send the call once more.
+		if i := slices.Index(s.order, id); i >= 0 {
+			s.order = append(append(s.order[:i], s.order[i+1:]...), id)
+		}
 		s.mu.Unlock()
 		if _, replaced := e.sendOutcome(id, method, r.res, r.err, false); replaced != nil {
 			s.replaced(id, method, replaced)
@@ -371,8 +377,10 @@ func (s *session) finishCall(id uint64, res proto.Message, err *Error, abandoned
 	}
 	s.replies[id] = sessionReply{method: method, res: res, err: err}
 	s.order = append(s.order, id)
-	// A client has at most max_in_flight calls unanswered, so twice that
-	// many recent outcomes cover every call it can re-send.
+	// A client has at most max_in_flight calls unanswered, and re-sends
+	// those lost with a socket before any new call (a call answered again
+	// counts as recent), so twice that many recent outcomes cover every
+	// call it can re-send.
 	if limit := 2*s.srv.cfg.maxInFlight + 16; len(s.order) > limit {
 		for _, old := range s.order[:len(s.order)-limit] {
 			delete(s.replies, old)
