@@ -176,7 +176,7 @@ func Dial(ctx context.Context, url string, opts ...ClientOption) (*Conn, error) 
 		ci, _ := CallInfoFromContext(ctx)
 		return ci.method.call(ctx, req)
 	}, cfg.interceptors)
-	c.events, c.stopEvents = newEventRunner(evctx, handle, cfg.logger, &c.lastEvent), stopEvents
+	c.events, c.stopEvents = newEventRunner(evctx, handle, cfg.logger, &c.lastEvent, cfg.eventQueue), stopEvents
 	e, welcome, err := c.dial(ctx)
 	if err != nil {
 		stopEvents()
@@ -393,17 +393,19 @@ func (c *Conn) reconnectNow() {
 // says GoAway) it dials again with backoff, until Close or giving up.
 func (c *Conn) supervise(e *endpoint) {
 	defer close(c.done)
-	defer func() {
-		c.stopEvents()
-		c.events.close()
-	}()
 	// old holds sockets left after a GoAway, draining the calls already
-	// sent on them; the supervisor waits for them before it ends.
+	// sent on them; the supervisor waits for them before it ends. Events
+	// stop first: a socket's reader may wait for room in the event queue
+	// (WithEventQueueBytes), and closing the queue lets it go.
 	var old []*endpoint
 	defer func() {
 		closeErr := c.closeErrNow()
 		for _, o := range old {
 			o.closeByClient(closeErr)
+		}
+		c.stopEvents()
+		c.events.close()
+		for _, o := range old {
 			<-o.done
 		}
 	}()

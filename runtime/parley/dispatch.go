@@ -20,28 +20,38 @@ import (
 // socket continues after the last one received, so none is lost or run
 // twice. last (shared with the Conn) is the offset of the last session
 // event queued; mu guards it together with the queue.
+//
+// The queue holds at most limit bytes of payloads (and always one event):
+// push, on a reader goroutine, waits for room (WithEventQueueBytes).
 type eventRunner struct {
 	ctx    context.Context // the handlers' context: the Conn's (or the socket's)
 	handle UnaryFunc       // the interceptor chain ending in the handler
 	log    *slog.Logger
 	last   *atomic.Uint64
+	limit  int
 
 	mu      sync.Mutex
 	session string // the session whose offsets last counts
 	queue   []queuedEvent
+	bytes   int        // the queued events' payload bytes
+	space   *sync.Cond // on mu: signalled when the runner takes an event, broadcast on close
+	waiting int        // pushes waiting for space
 	running bool
 	closed  bool
 	wg      sync.WaitGroup // the runner goroutine
 }
 
 type queuedEvent struct {
-	m   *Method
-	req proto.Message
-	ci  *CallInfo
+	m    *Method
+	req  proto.Message
+	ci   *CallInfo
+	size int // its payload's bytes
 }
 
-func newEventRunner(ctx context.Context, handle UnaryFunc, log *slog.Logger, last *atomic.Uint64) *eventRunner {
-	return &eventRunner{ctx: ctx, handle: handle, log: log, last: last}
+func newEventRunner(ctx context.Context, handle UnaryFunc, log *slog.Logger, last *atomic.Uint64, limit int) *eventRunner {
+	r := &eventRunner{ctx: ctx, handle: handle, log: log, last: last, limit: limit}
+	r.space = sync.NewCond(&r.mu)
+	return r
 }
 
 // setSession makes session the one whose offsets count; a new session
@@ -75,13 +85,21 @@ func (r *eventRunner) admit(session string, offset uint64) bool {
 	return true
 }
 
+// push queues ev, first waiting while the queue holds events and ev would
+// take it past its limit.
 func (r *eventRunner) push(ev queuedEvent) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for !r.closed && len(r.queue) > 0 && r.bytes+ev.size > r.limit {
+		r.waiting++
+		r.space.Wait()
+		r.waiting--
+	}
 	if r.closed {
 		return
 	}
 	r.queue = append(r.queue, ev)
+	r.bytes += ev.size
 	if !r.running {
 		r.running = true
 		r.wg.Add(1)
@@ -94,7 +112,7 @@ func (r *eventRunner) run() {
 	for {
 		r.mu.Lock()
 		if len(r.queue) == 0 || r.closed {
-			r.queue = nil
+			r.queue, r.bytes = nil, 0
 			r.running = false
 			r.mu.Unlock()
 			return
@@ -102,6 +120,8 @@ func (r *eventRunner) run() {
 		ev := r.queue[0]
 		r.queue[0] = queuedEvent{}
 		r.queue = r.queue[1:]
+		r.bytes -= ev.size
+		r.space.Signal()
 		r.mu.Unlock()
 		r.runEvent(ev)
 	}
@@ -111,6 +131,7 @@ func (r *eventRunner) run() {
 func (r *eventRunner) close() {
 	r.mu.Lock()
 	r.closed = true
+	r.space.Broadcast()
 	r.mu.Unlock()
 	r.wg.Wait()
 }
@@ -154,5 +175,5 @@ func (e *endpoint) acceptEvent(f *frame) {
 			return
 		}
 	}
-	e.events.push(queuedEvent{m: m, req: req, ci: &CallInfo{Spec: m.spec, Side: e.side, Event: true, method: m}})
+	e.events.push(queuedEvent{m: m, req: req, ci: &CallInfo{Spec: m.spec, Side: e.side, Event: true, method: m}, size: len(f.payload)})
 }

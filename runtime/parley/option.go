@@ -46,6 +46,9 @@ const (
 	// DefaultCallTimeout is a client call's deadline when neither its
 	// context nor its method's timeout_ms gives one.
 	DefaultCallTimeout = 30 * time.Second
+	// DefaultEventQueueBytes bounds the events a client received and its
+	// handlers have not run yet (their payloads' bytes).
+	DefaultEventQueueBytes = 1 << 20
 )
 
 // config is what both sides' options set.
@@ -76,6 +79,7 @@ type config struct {
 
 	// client only
 	callTimeout time.Duration
+	eventQueue  int
 	token       func(context.Context) (string, error)
 	reconnect   *Backoff
 	subprotocol string
@@ -100,6 +104,7 @@ func defaultConfig() config {
 		resumeEvents:     DefaultResumeEvents,
 		maxStreams:       DefaultMaxStreams,
 		callTimeout:      DefaultCallTimeout,
+		eventQueue:       DefaultEventQueueBytes,
 		subprotocol:      SubprotocolProto,
 		reconnect:        &DefaultBackoff,
 		logger:           slog.New(slog.DiscardHandler),
@@ -335,6 +340,19 @@ func WithResume(window time.Duration, events int) ServerOption {
 // transitions happened, on a goroutine of their own; either may be nil.
 func WithPresenceHooks(online, offline func(userID string)) ServerOption {
 	return serverOption(func(c *config) { c.onOnline, c.onOffline = online, offline })
+}
+
+// WithEventQueueBytes bounds the events a client has received and its
+// handlers have not run yet, by their payloads' bytes
+// (DefaultEventQueueBytes); one event is queued whatever its size. Handlers
+// run one at a time, in order; once they fall that far behind, the client
+// stops reading its socket until they catch up, so that the server's send
+// queue fills instead of the client's memory (the server ends a connection
+// whose queue stays full as a slow consumer, 4001, and the client resumes
+// its session). Meanwhile replies to calls wait too: a handler's own call
+// waits for the queue to drain below the bound, or its deadline.
+func WithEventQueueBytes(n int) ClientOption {
+	return clientOption(func(c *config) { c.eventQueue = max(1, n) })
 }
 
 // WithCallTimeout sets a client call's deadline for when neither its
