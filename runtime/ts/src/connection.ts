@@ -1,7 +1,7 @@
 import { create, type DescMessage, type MessageInitShape, type MessageShape, type Registry } from "@bufbuild/protobuf";
 import { codeFromNumber, codeToNumber, type Code } from "./code.js";
 import { ParleyError } from "./error.js";
-import type { Body, Call, ErrorFrame, Frame, Welcome } from "./frame.js";
+import type { Body, Call, Credit, ErrorFrame, Frame, Welcome } from "./frame.js";
 import type { HandlerContext } from "./handle.js";
 import type { CallOptions, MethodSpec } from "./method.js";
 import { binaryProtocol, type Protocol } from "./protocol.js";
@@ -100,12 +100,33 @@ export interface ConnectionOptions {
    */
   streamWindow?: number;
   /**
+   * How many bytes of stream items this client accepts per stream before
+   * it grants the server more (sent in Hello as stream_window_bytes): the
+   * item window bounds streams of small items, this one streams of large
+   * ones, so that a server keeping to its credit never takes a slow
+   * reader past streamBufferBytes. An item's bytes are its WebSocket
+   * message's length (UTF-8 bytes of a text message); one item larger
+   * than the window still comes, alone. A server sending beyond it fails
+   * that stream with "resource_exhausted". Default
+   * {@link defaultStreamWindowBytes} (256 KiB, as in Go); 0 sets no byte
+   * window, as clients before it. Credit goes back every half window of
+   * bytes read as well as every half item window; the window doubles with
+   * the item window's rule (the reader waits, or has read all) while the
+   * live streams' doubled windows stay within half of streamBufferBytes
+   * (and 64 windows, and 1 GiB). Sends are paced by the server's byte
+   * window (Welcome) likewise. The server holds to it only if it knows
+   * byte credit: one that does not sets no byte window in its Welcome, and
+   * is then held to items only.
+   */
+  streamWindowBytes?: number;
+  /**
    * How many bytes of stream items (binary payloads) this client holds
-   * received and not yet read, all streams together: windows count items,
-   * and an item may be as large as the message limit. An item that would
-   * pass it fails its stream with "resource_exhausted" (and Cancel); the
-   * other streams carry on. Default {@link defaultStreamBufferBytes}
-   * (32 MiB), as in Go.
+   * received and not yet read, all streams together: a backstop, which
+   * byte windows keep a server within unless many streams carry items
+   * near the message limit at once (or the server, from before byte
+   * credit, counts items only). An item that would pass it fails its
+   * stream with "resource_exhausted" (and Cancel); the other streams carry
+   * on. Default {@link defaultStreamBufferBytes} (32 MiB), as in Go.
    */
   streamBufferBytes?: number;
   /**
@@ -176,6 +197,8 @@ export interface Session {
   readonly streamWindow: number;
   /** The most streams the server keeps open at once for this connection; 0 when it set none. */
   readonly maxStreams: number;
+  /** How many bytes of stream items the server accepts per stream before granting more; 0 when it set none (no byte limit). */
+  readonly streamWindowBytes: number;
 }
 
 /**
@@ -210,6 +233,9 @@ export type ConnectionState =
 
 /** The receive window of streams unless ConnectionOptions.streamWindow says otherwise: 64, as in Go. */
 export const defaultStreamWindow = 64;
+
+/** The byte window of streams unless ConnectionOptions.streamWindowBytes says otherwise: 256 KiB, as in Go. */
+export const defaultStreamWindowBytes = 256 << 10;
 
 /** The bound on stream bytes received and not read unless ConnectionOptions.streamBufferBytes says otherwise: 32 MiB, as in Go. */
 export const defaultStreamBufferBytes = 32 << 20;
@@ -248,8 +274,9 @@ export interface Pending {
 export interface StreamSide {
   /** The Call frame went out with this id on this socket: sending may start. */
   opened(id: number, sock: Sock): void;
-  item(body: Body): void;
-  credit(items: number): void;
+  /** An item and its message's bytes (see streamWindowBytes). */
+  item(body: Body, bytes: number): void;
+  credit(c: Credit): void;
 }
 
 /** A call the server made to a handler of this client, running. @internal */
@@ -298,6 +325,8 @@ export interface Internals {
   /** Starts a call or stream (see Connection.#start). */
   start(spec: MethodSpec, body: Body, options: CallOptions, timeout: number, done: Done, s?: StreamSide): Pending;
   send(s: Sock, frame: Frame, what?: string): ParleyError | undefined;
+  /** The last message send passed (not too large): an item sent costs its byteLength in byte credit. */
+  sent?: string | Uint8Array;
   sendError(s: Sock, id: number, code: Code, message: string): void;
   encode(schema: DescMessage, value: unknown, what: string, code?: Code): Body;
   decode(schema: DescMessage, body: Body): unknown;
@@ -673,6 +702,7 @@ export class Connection {
           agent,
           streamWindow: this.#options.streamWindow,
           maxMessageBytes: this.#maxMessageBytes,
+          streamWindowBytes: this.#options.streamWindowBytes ?? defaultStreamWindowBytes,
         },
       });
     }
@@ -820,8 +850,10 @@ export class Connection {
     const data = this.#protocol.encodeFrame(frame);
     const max = Math.min(this.#maxMessageBytes, s.session?.maxMessageBytes || Infinity);
     let size = data.length;
-    if (typeof data == "string" && size * 3 > max) size = new TextEncoder().encode(data).length;
+    // A string's UTF-8 bytes are at most 3 per UTF-16 unit: count them only when that could pass max.
+    if (typeof data == "string" && size * 3 > max) size = utf8Length(data);
     if (size > max) return new ParleyError("resource_exhausted", `${what} is ${size} bytes, the limit ${max}`);
+    this.#in.sent = data;
     if (s.dead) return;
     const tcp: { cork?(): void; uncork(): void; writableCorked?: number } | undefined = (s.ws as any)._socket;
     if (tcp?.cork && !tcp.writableCorked) {
@@ -835,8 +867,9 @@ export class Connection {
     if (s.dead) return;
     s.heard = performance.now();
     let frame: Frame;
+    let size: number;
     try {
-      const size = typeof data == "string" ? data.length : (data as ArrayBuffer).byteLength;
+      size = byteLength(data);
       const max = this.#maxMessageBytes;
       if (size > max) throw new Error(`a message of ${size} bytes, more than the limit of ${max}`);
       frame = this.#protocol.decodeFrame(typeof data == "string" ? data : bytesOf(data));
@@ -901,9 +934,9 @@ export class Connection {
         this.#setState({ ...state, goingAway: reason });
       }
     } else if ("item" in frame) {
-      this.#mine(s, frame.item.id)?.s?.item(frame.item);
+      this.#mine(s, frame.item.id)?.s?.item(frame.item, size);
     } else if ("credit" in frame) {
-      this.#mine(s, frame.credit.id)?.s?.credit(frame.credit.items ?? 0);
+      this.#mine(s, frame.credit.id)?.s?.credit(frame.credit);
     } else if ("event" in frame) {
       const { method = "", topic, offset = 0 } = frame.event;
       // Events replayed after a resume may overlap those that came before
@@ -1025,6 +1058,29 @@ function aborted(spec: MethodSpec, signal: AbortSignal): ParleyError {
 
 const noop = () => {};
 
+/**
+ * A message's length in bytes, a text message's in UTF-8: what a stream
+ * item costs in byte credit, counted alike by both ends whatever the
+ * encoding (see streamWindowBytes). @internal
+ */
+export const byteLength = (data: unknown): number => (typeof data == "string" ? utf8Length(data) : (data as ArrayBuffer).byteLength);
+
+/**
+ * The UTF-8 length of s, counted rather than encoded (TextEncoder would
+ * copy every message): 1 byte up to U+007F, 2 up to U+07FF, 3 beyond, and
+ * 4 for a surrogate pair, 2 for each half. A lone surrogate (3 bytes, as
+ * U+FFFD) is counted 2: JSON.stringify escapes them and decoded UTF-8
+ * has none.
+ */
+function utf8Length(s: string): number {
+  let n = s.length;
+  for (let i = 0; i < s.length; ) {
+    const c = s.charCodeAt(i++);
+    if (c > 127) n += c < 2048 || (c & 0xf800) == 0xd800 ? 1 : 2;
+  }
+  return n;
+}
+
 /** A binary message as a plain Uint8Array (a view, never a copy): what messages decoded from it hold, whatever the WebSocket gave. */
 function bytesOf(data: unknown): Uint8Array {
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
@@ -1045,6 +1101,7 @@ function sessionOf(w: Welcome): Session {
     metadata: {},
     streamWindow: 0,
     maxStreams: 0,
+    streamWindowBytes: 0,
     ...w,
   };
 }

@@ -50,16 +50,20 @@ export interface Hello {
   metadata?: Strings; sessionId?: string; resumeToken?: string; offsets?: Record<string, number>; agent?: string; streamWindow?: number;
   /** The largest message the client accepts (Welcome.maxMessageBytes's mirror); 0 or absent: not said. */
   maxMessageBytes?: number;
+  /** The item bytes the client accepts per stream before granting more; 0 or absent: no byte window. */
+  streamWindowBytes?: number;
 }
 export interface Welcome {
   sessionId?: string; resumeToken?: string; resumed?: boolean; resumeWindowMs?: number;
   maxMessageBytes?: number; maxInFlight?: number; pingIntervalMs?: number; agent?: string; metadata?: Strings;
-  streamWindow?: number; maxStreams?: number;
+  streamWindow?: number; maxStreams?: number; streamWindowBytes?: number;
 }
 export interface Call extends Body { id: number; method?: string; timeoutMs?: number; metadata?: Strings }
 export interface Reply extends Body { id: number; metadata?: Strings }
 /** An Error frame; code is the wire number (0 to 16, or more from a newer peer). */
 export interface ErrorFrame { id: number; code?: number; message?: string; details?: AnyDetail[]; metadata?: Strings; notRun?: boolean }
+/** How many more stream items, and item bytes (StreamItem messages' lengths, see frame.proto), the peer may send. */
+export interface Credit { id: number; items?: number; bytes?: number }
 export interface Event extends Body { method?: string; topic?: string; offset?: number; epoch?: string }
 
 /** A decoded frame: the kind that was set and its fields. */
@@ -74,7 +78,7 @@ export type Frame =
   | { event: Event }
   | { item: Body & { id: number } }
   | { end: { id: number } }
-  | { credit: { id: number; items?: number } }
+  | { credit: Credit }
   | { goaway: { reason?: string; lastId?: number } }
   | { ping: { nonce?: string } }
   | { pong: { nonce?: string } }
@@ -88,8 +92,8 @@ export type Frame =
 //   j google.protobuf.Value (oneof)   m map<string,string>
 //   o map<string,uint64>   a repeated google.protobuf.Any
 export const schema = (
-  "hello metadata:m sessionId:s resumeToken:s offsets:o agent:s streamWindow:u maxMessageBytes:u|" +
-  "welcome sessionId:s resumeToken:s resumed:b resumeWindowMs:u maxMessageBytes:u maxInFlight:u pingIntervalMs:u agent:s metadata:m streamWindow:u maxStreams:u|" +
+  "hello metadata:m sessionId:s resumeToken:s offsets:o agent:s streamWindow:u maxMessageBytes:u streamWindowBytes:u|" +
+  "welcome sessionId:s resumeToken:s resumed:b resumeWindowMs:u maxMessageBytes:u maxInFlight:u pingIntervalMs:u agent:s metadata:m streamWindow:u maxStreams:u streamWindowBytes:u|" +
   "call id:i method:s payload:p json:j timeoutMs:u metadata:m|" +
   "reply id:i payload:p json:j metadata:m|" +
   "error id:i code:c message:s details:a metadata:m notRun:b|" +
@@ -97,7 +101,7 @@ export const schema = (
   "event method:s payload:p json:j topic:s offset:i epoch:s|" +
   "item id:i payload:p json:j|" +
   "end id:i|" +
-  "credit id:i items:u|" +
+  "credit id:i items:u bytes:u|" +
   "goaway reason:s lastId:i|" +
   "ping nonce:n|" +
   "pong nonce:n"

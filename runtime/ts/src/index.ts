@@ -24,6 +24,7 @@ export {
   defaultReconnect,
   defaultStreamBufferBytes,
   defaultStreamWindow,
+  defaultStreamWindowBytes,
   defaultTimeoutMs,
   type ConnectionOptions,
   type ConnectionState,

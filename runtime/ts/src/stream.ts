@@ -5,7 +5,16 @@
  * toBinary a function); generated clients import what they use.
  */
 import type { DescMessage, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
-import { defaultStreamBufferBytes, defaultStreamWindow, internals, type Connection, type Pending, type Sock } from "./connection.js";
+import {
+  byteLength,
+  defaultStreamBufferBytes,
+  defaultStreamWindow,
+  defaultStreamWindowBytes,
+  internals,
+  type Connection,
+  type Pending,
+  type Sock,
+} from "./connection.js";
 import { ParleyError } from "./error.js";
 import type { Body } from "./frame.js";
 import type { BidiStreamCall, CallOptions, ClientStreamCall, MethodSpec } from "./method.js";
@@ -20,7 +29,8 @@ import type { BidiStreamCall, CallOptions, ClientStreamCall, MethodSpec } from "
  * spec.timeoutMs, else none: the connection's default deadline does not
  * apply to streams. Aborting options.signal fails it with "canceled"; the
  * deadline with "deadline_exceeded". The server sends at most the
- * connection's streamWindow items ahead of the loop.
+ * connection's streamWindow items, and streamWindowBytes bytes of them
+ * (and one item more, alone), ahead of the loop.
  */
 export function serverStream<I extends DescMessage, O extends DescMessage>(
   connection: Connection,
@@ -34,7 +44,8 @@ export function serverStream<I extends DescMessage, O extends DescMessage>(
 /**
  * Calls a client-streaming method: send requests, then closeAndReceive()
  * for the response. Sends are paced by the server's credit
- * (Welcome.stream_window per stream, renewed as its handler reads).
+ * (Welcome.stream_window items and stream_window_bytes bytes per stream,
+ * renewed as its handler reads; an item larger than that goes alone).
  * Deadline and signal as {@link serverStream}.
  */
 export function clientStream<I extends DescMessage, O extends DescMessage>(
@@ -70,8 +81,17 @@ function open(connection: Connection, spec: MethodSpec, options: CallOptions = {
   const limit = c.options.streamBufferBytes || defaultStreamBufferBytes;
   let window = base;
   let maxItem = 0; // the largest item's payload received, in bytes
+  // The byte window (0: none) and, like the item window's q.length +
+  // consumed, the item bytes received and not yet granted back.
+  const baseBytes = c.options.streamWindowBytes ?? defaultStreamWindowBytes;
+  let windowBytes = baseBytes;
+  let inBytes = 0;
   c.streams++;
-  /** Received items not yet read, their payloads' sizes, and how many of those bytes count in c.streamBuf. */
+  /**
+   * Received items not yet read; per item its payload's size and its
+   * message's bytes, two numbers; and how many of the payload bytes count
+   * in c.streamBuf.
+   */
   const q: unknown[] = [];
   const sizes: number[] = [];
   let held = 0;
@@ -81,8 +101,12 @@ function open(connection: Connection, spec: MethodSpec, options: CallOptions = {
   let id = 0;
   let sock: Sock;
   let consumed = 0; // items read since the last Credit
+  let consumedBytes = 0; // and their bytes
   let starved = false; // the reader waited for an item since the last Credit
+  // What the server lets this side send: items, and bytes (Infinity when
+  // it set no byte window), which one item may take below 0.
   let credit = 0;
+  let creditBytes = 0;
   let ended = false;
   let sendClosed = false;
   let error: ParleyError | undefined;
@@ -92,7 +116,7 @@ function open(connection: Connection, spec: MethodSpec, options: CallOptions = {
   const wait = () => new Promise<void>((r) => waiters.push(r));
   const endedError = () => error ?? new ParleyError("failed_precondition", `${procedure}: the stream has ended`);
   const flush = () => {
-    while (id && !ended && out[0] && (!out[0].body || credit > 0)) {
+    while (id && !ended && out[0] && (!out[0].body || (credit > 0 && creditBytes > 0))) {
       const o = out.shift()!;
       if (!o.body) {
         c.send(sock, { end: { id } });
@@ -100,7 +124,7 @@ function open(connection: Connection, spec: MethodSpec, options: CallOptions = {
       }
       const big = c.send(sock, { item: { id, ...o.body } }, `${procedure}: the item`);
       if (big) o.fail(big);
-      else credit--, o.ok();
+      else credit--, (creditBytes -= byteLength(c.sent)), o.ok();
     }
   };
   const done = (e: ParleyError | undefined, v: unknown, local: boolean) => {
@@ -124,13 +148,16 @@ function open(connection: Connection, spec: MethodSpec, options: CallOptions = {
         id = i;
         sock = s;
         credit = s.session!.streamWindow || defaultStreamWindow;
+        creditBytes = s.session!.streamWindowBytes || Infinity;
         flush();
       },
-      item: (b) => {
+      item: (b, bytes) => {
         if (ended) return;
         // The server may have sent no more than the window minus what was
-        // received and not yet granted back.
-        if (q.length + consumed >= window) {
+        // received and not yet granted back; in bytes, it may start one
+        // more item while any are left, if it knows of byte windows: it
+        // set one of its own.
+        if (q.length + consumed >= window || (windowBytes && sock.session!.streamWindowBytes && inBytes >= windowBytes)) {
           return p!.settle(new ParleyError("resource_exhausted", `${procedure}: the server sent stream items beyond its credit`), undefined, 0);
         }
         const n = b.payload?.length ?? 0;
@@ -142,14 +169,17 @@ function open(connection: Connection, spec: MethodSpec, options: CallOptions = {
         } catch (e) {
           return p!.settle(new ParleyError("internal", `${procedure}: undecodable stream item from the server: ${String(e)}`, [], {}, e), undefined, 0);
         }
-        sizes.push(n);
+        // Without a byte window of its own this side counts no bytes.
+        sizes.push(n, (bytes = windowBytes && bytes));
+        inBytes += bytes;
         maxItem = Math.max(maxItem, n);
         held += n;
         c.streamBuf += n;
         wake();
       },
-      credit: (n) => {
-        credit += n;
+      credit: ({ items = 0, bytes = 0 }) => {
+        credit += items;
+        creditBytes += bytes;
         flush();
       },
     });
@@ -196,24 +226,37 @@ function open(connection: Connection, spec: MethodSpec, options: CallOptions = {
           if (q.length) {
             const value = q.shift();
             const n = sizes.shift()!;
+            consumedBytes += sizes.shift()!;
             if (held) (held -= n), (c.streamBuf -= n);
             // Grant the server what was read every half configured
-            // window, also once the window has grown (steady steps, not
-            // bursts of half a grown window). While this reader waits
-            // for items rather than the other way round, the window
-            // doubles: the server is likely waiting for credit. It stays
-            // within its share of the growth budget and, at the largest
-            // item's size, of half the stream buffer bytes (as in Go).
-            if (++consumed >= Math.max(1, base >> 1) && !ended) {
+            // window, of items or of bytes, also once the windows have
+            // grown (steady steps, not bursts of half a grown window).
+            // While this reader waits for items rather than the other way
+            // round, the windows double: the server is likely waiting for
+            // credit. The item window stays within its share of the
+            // growth budget and, at the largest item's size, of half the
+            // stream buffer bytes; the byte window, at its doubled size
+            // on every live stream, within that half too, and within 64
+            // configured windows and 1 GiB (so that a grant fits
+            // Credit.bytes), as in Go. (Without a byte window no bytes
+            // are counted.)
+            if ((++consumed >= Math.max(1, base >> 1) || consumedBytes >= Math.max(1, baseBytes >> 1)) && !ended) {
               let items = consumed;
+              let bytes = consumedBytes;
+              const grow = starved || !q.length;
               const doubled = 2 * window * c.streams;
-              if ((starved || !q.length) && doubled - base * c.streams <= budget && doubled * maxItem <= limit / 2 && c.grown + window <= budget) {
+              if (grow && doubled - base * c.streams <= budget && doubled * maxItem <= limit / 2 && c.grown + window <= budget) {
                 c.grown += window;
                 items += window;
                 window *= 2;
               }
-              c.send(sock, { credit: { id, items } });
-              consumed = 0;
+              if (grow && 4 * windowBytes * c.streams <= limit && 2 * windowBytes <= Math.min(64 * baseBytes, 1 << 30)) {
+                bytes += windowBytes;
+                windowBytes *= 2;
+              }
+              c.send(sock, { credit: { id, items, bytes } });
+              inBytes -= consumedBytes;
+              consumed = consumedBytes = 0;
               starved = false;
             }
             return { value, done: false };

@@ -40,7 +40,7 @@ for (const protocol of ["proto", "json"] as const) {
       const peer = await server.peer();
       assert.equal(peer.ws.protocol, `parley.v1+${protocol}`);
       assert.deepEqual(await peer.hello, {
-        hello: { metadata: { room: "lobby", authorization: "Bearer tok" }, agent: "parley-ts/0.1.0", maxMessageBytes: 4 << 20 },
+        hello: { metadata: { room: "lobby", authorization: "Bearer tok" }, agent: "parley-ts/0.1.0", maxMessageBytes: 4 << 20, streamWindowBytes: 256 << 10 },
       });
       await within(conn.ready);
       const state = conn.state as ConnectionState;

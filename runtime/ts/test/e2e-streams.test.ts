@@ -118,6 +118,57 @@ for (const protocol of ["proto", "json"] as const) {
       }
     });
 
+    // Byte credit (Hello and Welcome stream_window_bytes, Credit.bytes).
+    // The e2e server streams large items only by echoing them (Echo). In
+    // both tests the reader pauses: it reads nothing for a while, the
+    // slow reader the test is about (not a wait for some event: the test
+    // passes whatever the pause; a longer one only lets more flow where
+    // nothing holds the sender back). Before byte credit the sender kept
+    // to its item credit (64) and filled the receiver's stream buffer
+    // bound (streamBufferBytes, Go WithStreamBufferBytes): the stream
+    // ended resource_exhausted.
+    const big = (i: number) => `${i}:${"x".repeat(600_000)}`;
+    const pause = () => sleep(500);
+
+    test("a server stream of large items to a reader that pauses: the server keeps to the client's byte window, every item arrives", async () => {
+      // 16 items of 600 KB, 9.6 MB, against 4 MiB of buffer.
+      const c = new Connection(url, { WebSocket, protocol: protocols[protocol], streamBufferBytes: 4 << 20 });
+      try {
+        const echo = bidiStream(c, EchoStream);
+        const sends = Promise.all(range(0, 16).map((i) => echo.send({ text: big(i) })));
+        echo.closeSend();
+        await pause();
+        const { items, error } = await collect(echo);
+        assert.equal(error, undefined);
+        assert.deepEqual(items.map((r) => r.text), range(0, 16).map(big));
+        await sends;
+      } finally {
+        c.close();
+      }
+    });
+
+    test("a client stream of large items to a slow handler: the client keeps to the server's byte window, every item arrives", async () => {
+      // The handler echoes each item before it reads the next, and the
+      // client's window of 1 item holds it at the second while the reader
+      // pauses. 60 items of 600 KB, 36 MB, against the server's 32 MiB.
+      const c = new Connection(url, { WebSocket, protocol: protocols[protocol], streamWindow: 1 });
+      try {
+        const t = token();
+        const echo = bidiStream(c, EchoStream);
+        const sends = Promise.all(range(0, 60).map((i) => echo.send({ text: big(i), token: i ? "" : t })));
+        echo.closeSend();
+        await pause();
+        const { items, error } = await collect(echo);
+        assert.equal(error, undefined);
+        assert.equal(items.length, 60);
+        assert.ok(items.every((r, i) => r.text == big(i)));
+        await sends;
+        assert.deepEqual(await c.call(StreamOutcome, { token: t }), { $typeName: "e2e.v1.StreamOutcomeResponse", outcome: "completed", items: 60 });
+      } finally {
+        c.close();
+      }
+    });
+
     test("a stalled stream stalls only itself", async (t) => {
       const timed = async () => {
         const start = performance.now();

@@ -25,7 +25,13 @@ export class Peer {
   readonly closed: Promise<{ code: number; reason: string }>;
   #frames: Frame[] = [];
   #waiters: ((f: Frame) => void)[] = [];
-  /** The raw messages received, undecoded. */
+  /**
+   * Each received frame's, and its kind's message's, WebSocket message
+   * length in bytes (UTF-8 bytes of a text message): what a stream item
+   * costs in byte credit.
+   */
+  readonly sizes = new WeakMap<object, number>();
+  /** The socket speaks parley.v1+json. */
   readonly json: boolean;
 
   constructor(
@@ -37,6 +43,8 @@ export class Peer {
     this.closed = new Promise((resolve) => ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() })));
     ws.on("message", (data, isBinary) => {
       const f = isBinary ? decodeBinary(new Uint8Array(data as Buffer)) : decodeJson(data.toString());
+      const size = (data as Buffer).length;
+      this.sizes.set(f, size).set(Object.values(f)[0], size);
       const w = this.#waiters.shift();
       if (w) w(f);
       else this.#frames.push(f);
@@ -60,9 +68,12 @@ export class Peer {
     return f ? Promise.resolve(f) : new Promise((resolve) => this.#waiters.push(resolve));
   }
 
-  /** Sends a frame in the socket's encoding. */
-  send(frame: Frame): void {
-    this.ws.send(this.json ? encodeJson(frame) : encodeBinary(frame));
+  /** Sends a frame in the socket's encoding; returns its message's length in bytes (UTF-8 bytes of a text message). */
+  send(frame: Frame): number {
+    const data = this.json ? Buffer.from(encodeJson(frame)) : encodeBinary(frame);
+    // A Buffer of a text message goes as text, as the string would.
+    this.ws.send(data, { binary: !this.json });
+    return data.length;
   }
 }
 

@@ -3,6 +3,7 @@
 import { create, fromBinary, fromJson, toBinary, toJson, type MessageInitShape } from "@bufbuild/protobuf";
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import { byteLength } from "../src/connection.js";
 import { decodeBinary, encodeBinary, type Frame } from "../src/frame.js";
 import { decodeJson, encodeJson } from "../src/jsonframe.js";
 import { Code as PbCode, FrameSchema } from "./gen/parley/v1/frame_pb.js";
@@ -21,6 +22,16 @@ const cases: [string, Frame, MessageInitShape<typeof FrameSchema>][] = [
     "hello with limits",
     { hello: { agent: "parley-ts/0.1.0", streamWindow: 32, maxMessageBytes: 1048576 } },
     { kind: { case: "hello", value: { agent: "parley-ts/0.1.0", streamWindow: 32, maxMessageBytes: 1048576 } } },
+  ],
+  [
+    "hello with a byte window",
+    { hello: { agent: "parley-ts/0.1.0", maxMessageBytes: 4194304, streamWindowBytes: 262144 } },
+    { kind: { case: "hello", value: { agent: "parley-ts/0.1.0", maxMessageBytes: 4194304, streamWindowBytes: 262144 } } },
+  ],
+  [
+    "welcome with windows",
+    { welcome: { sessionId: "s", streamWindow: 64, maxStreams: 100, streamWindowBytes: 262144 } },
+    { kind: { case: "welcome", value: { sessionId: "s", streamWindow: 64, maxStreams: 100, streamWindowBytes: 262144 } } },
   ],
   [
     "welcome",
@@ -119,6 +130,8 @@ const cases: [string, Frame, MessageInitShape<typeof FrameSchema>][] = [
   ["item, an id past 32 bits", { item: { id: 4294967296, payload: bytes(1) } }, { kind: { case: "item", value: { id: 4294967296n, body: { case: "payload", value: bytes(1) } } } }],
   ["end", { end: { id: 2 } }, { kind: { case: "end", value: { id: 2n } } }],
   ["credit", { credit: { id: 2, items: 16 } }, { kind: { case: "credit", value: { id: 2n, items: 16 } } }],
+  ["credit with bytes", { credit: { id: 2, items: 16, bytes: 131072 } }, { kind: { case: "credit", value: { id: 2n, items: 16, bytes: 131072 } } }],
+  ["credit of bytes only", { credit: { id: 4, bytes: 4294967295 } }, { kind: { case: "credit", value: { id: 4n, bytes: 4294967295 } } }],
   ["goaway", { goaway: { reason: "shutdown", lastId: 99 } }, { kind: { case: "goaway", value: { reason: "shutdown", lastId: 99n } } }],
   ["ping", { ping: { nonce: "18446744073709551615" } }, { kind: { case: "ping", value: { nonce: 18446744073709551615n } } }],
   ["pong", { pong: { nonce: "1" } }, { kind: { case: "pong", value: { nonce: 1n } } }],
@@ -228,6 +241,14 @@ describe("json", () => {
   ]) {
     test(`rejects ${name}`, () => assert.throws(() => decodeJson(text!)));
   }
+});
+
+test("byteLength counts a text message's UTF-8 bytes, as TextEncoder does", () => {
+  for (const s of ["", "ascii", "ü", "€", "😀", "aü€😀z".repeat(50), "\u07ff\u0800\uffff\ud7ff\ue000", JSON.stringify("\ud800 lone")]) {
+    assert.equal(byteLength(s), new TextEncoder().encode(s).length, JSON.stringify(s));
+  }
+  assert.equal(byteLength(new Uint8Array(7)), 7);
+  assert.equal(byteLength(new ArrayBuffer(9)), 9);
 });
 
 test("the body goes after the other fields, as Go writes it", () => {

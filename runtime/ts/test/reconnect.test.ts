@@ -224,7 +224,7 @@ describe("reconnect", () => {
       const seen: number[] = [];
       conn.onEvent(Tick, (ev) => void seen.push(ev.seq));
       const p1 = await server.peer();
-      assert.deepEqual((await p1.hello as { hello: Hello }).hello, { metadata: { app: "x" }, agent: "parley-ts/0.1.0", maxMessageBytes: 4 << 20 });
+      assert.deepEqual((await p1.hello as { hello: Hello }).hello, { metadata: { app: "x" }, agent: "parley-ts/0.1.0", maxMessageBytes: 4 << 20, streamWindowBytes: 256 << 10 });
       await open(conn);
       for (let i = 1; i <= 3; i++) p1.send(tick(i, i));
       p1.send(tick(100, 0, "")); // not recoverable: no offset, always delivered
@@ -239,6 +239,7 @@ describe("reconnect", () => {
         offsets: { session: 3 },
         agent: "parley-ts/0.1.0",
         maxMessageBytes: 4 << 20,
+        streamWindowBytes: 256 << 10,
       });
       await stateWhere(conn, (s) => s.status == "open" && s.resumed);
       // The server replays from where it thinks the client was: 2 and 3 again.

@@ -6,7 +6,7 @@ import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
 import { bidiStream, clientStream, Connection, handle, ParleyError, serverStream, type ConnectionOptions } from "../src/index.js";
-import type { Body } from "../src/frame.js";
+import type { Body, Hello } from "../src/frame.js";
 import { rejectsWith, within } from "./assert.js";
 import { FakeServer, expectFrame, type Peer } from "./fakeserver.js";
 import { Confirm, Count, EchoStream, Sum, Tick } from "./specs.js";
@@ -189,7 +189,8 @@ for (const protocol of ["proto", "json"] as const) {
     const item = (peer: Peer, id: number, n: number) => peer.send({ item: { id, ...body(peer, Count.output, { n }) } });
 
     test("server stream: the request rides in the Call; items in order; Reply ends the loop; credit every half window, which doubles while the reader waits", async () => {
-      const { conn, peer } = await connect();
+      // Items alone: byte windows have tests of their own, below.
+      const { conn, peer } = await connect({ streamWindowBytes: 0 });
       const stream = serverStream(conn, Count, { from: 5, count: 6 });
       const call = await expectFrame(peer, "call");
       assert.equal(call.method, Count.procedure);
@@ -234,7 +235,7 @@ for (const protocol of ["proto", "json"] as const) {
     if (protocol == "proto") {
       test("the window grows only while, at the largest item's size, it stays within half streamBufferBytes", async () => {
         // 4 items of ~1 KiB fill half of 8 KiB: a window of 4 cannot double.
-        const { conn, peer } = await connect({ streamBufferBytes: 8 << 10 });
+        const { conn, peer } = await connect({ streamBufferBytes: 8 << 10, streamWindowBytes: 0 });
         try {
           const stream = bidiStream(conn, EchoStream);
           await stream.send({ text: "open" });
@@ -478,6 +479,195 @@ for (const protocol of ["proto", "json"] as const) {
         await s.close();
       }
     });
+  });
+
+  describe(`${protocol}: byte credit`, () => {
+    // The server accepts 1000 bytes of items per stream (and 64 items).
+    let server: FakeServer;
+    before(async () => (server = await FakeServer.start({ welcome: { sessionId: "s", streamWindowBytes: 1000 } })));
+    after(() => server.close());
+    const connect = async (options: ConnectionOptions = {}, s = server) => {
+      const conn = new Connection(s.url, { WebSocket, protocol: protocols[protocol], streamWindowBytes: 1000, ...options });
+      const peer = await s.peer();
+      await within(conn.ready);
+      return { conn, peer };
+    };
+    // 270 bytes of UTF-8 in 120 UTF-16 units: a text message counts its bytes.
+    const text = "ü€😀".repeat(30);
+    /** All sent items are queued once the client answered a later ping. */
+    const queued = async (peer: Peer) => {
+      peer.send({ ping: { nonce: "9" } });
+      await expectFrame(peer, "pong");
+    };
+
+    test("sends stop once the server's byte credit is spent; Credit.bytes resumes them while above 0", async () => {
+      const { conn, peer } = await connect();
+      const chat = bidiStream(conn, EchoStream);
+      const call = await expectFrame(peer, "call");
+      const sends = Array.from({ length: 8 }, (_, i) => chat.send({ text: text + i }));
+      let spent = 0;
+      let n = 0;
+      // Items go while the 1000 bytes last: the last one takes them below 0.
+      for (; spent < 1000; n++) spent += peer.sizes.get(await expectFrame(peer, "item"))!;
+      assert.equal(n, 4);
+      await quiet(peer);
+      // Credit back to exactly 1 byte: one more item.
+      peer.send({ credit: { id: call.id, bytes: spent - 1000 + 1 } });
+      const fifth = await expectFrame(peer, "item");
+      assert.equal(decode(EchoStream.input, fifth).text, text + 4);
+      await quiet(peer);
+      // Back to exactly 0: nothing.
+      peer.send({ credit: { id: call.id, bytes: peer.sizes.get(fifth)! - 1 } });
+      await quiet(peer);
+      peer.send({ credit: { id: call.id, bytes: 1 << 20 } });
+      for (let i = 5; i < 8; i++) assert.equal(decode(EchoStream.input, await expectFrame(peer, "item")).text, text + i);
+      await within(Promise.all(sends));
+      conn.close();
+    });
+
+    test("an item larger than the server's byte window goes, alone; the next waits for the credit it overdrew", async () => {
+      const { conn, peer } = await connect();
+      const chat = bidiStream(conn, EchoStream);
+      const call = await expectFrame(peer, "call");
+      const big = chat.send({ text: "x".repeat(3000) });
+      const small = chat.send({ text: "y" });
+      const size = peer.sizes.get(await expectFrame(peer, "item"))!;
+      assert.ok(size > 3000);
+      await within(big);
+      await quiet(peer);
+      peer.send({ credit: { id: call.id, bytes: size - 1000 } }); // back to 0
+      await quiet(peer);
+      peer.send({ credit: { id: call.id, bytes: 1 } });
+      assert.equal(decode(EchoStream.input, await expectFrame(peer, "item")).text, "y");
+      await within(small);
+      conn.close();
+    });
+
+    test("a server whose Welcome sets no byte window: sends count items only, its items are not held to the client's byte window, grants still carry bytes", async () => {
+      const old = await FakeServer.start({ welcome: { sessionId: "s" } });
+      try {
+        const { conn, peer } = await connect({}, old);
+        const chat = bidiStream(conn, EchoStream);
+        const call = await expectFrame(peer, "call");
+        const sends = Array.from({ length: 8 }, (_, i) => chat.send({ text: text + i }));
+        for (let i = 0; i < 8; i++) assert.equal(decode(EchoStream.input, await expectFrame(peer, "item")).text, text + i);
+        await within(Promise.all(sends));
+        // 8 items of 270 bytes, over the client's 1000, without credit.
+        const sizes = Array.from({ length: 8 }, () => peer.send({ item: { id: call.id, ...body(peer, EchoStream.output, { text }) } }));
+        await queued(peer);
+        const it = chat[Symbol.asyncIterator]();
+        await next(it);
+        await next(it);
+        // Half the byte window read: Credit, of both.
+        assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2, bytes: sizes[0]! + sizes[1]! });
+        for (let i = 2; i < 8; i++) assert.equal((await next(it)).value!.text, text);
+        conn.close();
+      } finally {
+        await old.close();
+      }
+    });
+
+    test("a server sending beyond the client's byte credit fails the stream with resource_exhausted and gets Cancel", async () => {
+      const { conn, peer } = await connect();
+      const chat = bidiStream(conn, EchoStream);
+      const call = await expectFrame(peer, "call");
+      const item = () => peer.send({ item: { id: call.id, ...body(peer, EchoStream.output, { text }) } });
+      // It may start an item while any of the 1000 bytes are left.
+      let sent = 0;
+      while (sent < 1000) sent += item();
+      await queued(peer);
+      assert.deepEqual(peer.buffered, [], "no Cancel within credit");
+      item();
+      assert.deepEqual(await expectFrame(peer, "cancel"), { id: call.id });
+      await rejectsWith(
+        (async () => {
+          for await (const _ of chat);
+        })(),
+        "resource_exhausted",
+        /beyond its credit/,
+      );
+      assert.equal(conn.state.status, "open", "only the stream fails");
+      conn.close();
+    });
+
+    test("Credit goes back every half byte window read, carrying the bytes; the byte window doubles while the reader waits, within half streamBufferBytes", async () => {
+      // 2 * 1000 fits half of 4000 once: the window grows to 2000, no further.
+      const { conn, peer } = await connect({ streamBufferBytes: 4000 });
+      const chat = bidiStream(conn, EchoStream);
+      const call = await expectFrame(peer, "call");
+      const item = () => peer.send({ item: { id: call.id, ...body(peer, EchoStream.output, { text }) } });
+      const it = chat[Symbol.asyncIterator]();
+      const s = [item(), item(), item()];
+      await queued(peer);
+      await next(it);
+      await next(it);
+      assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2, bytes: s[0]! + s[1]! }, "neither waiting nor drained: no growth");
+      await next(it);
+      const waiting = next(it); // waits: the reader is starved
+      s.push(item());
+      await waiting;
+      // The bytes a Credit grants (the item window's growth is tested above).
+      const granted = async () => (await expectFrame(peer, "credit")).bytes;
+      assert.equal(await granted(), s[2]! + s[3]! + 1000, "starved: the byte window doubles");
+      s.push(item(), item(), item(), item(), item(), item());
+      await queued(peer); // within the grown window (2000 bytes)
+      for (let i = 0; i < 6; i++) await next(it);
+      // A grant every 2 items (over 500 bytes); the last one drained the
+      // queue, but the window stays at 2000.
+      for (let i = 4; i < 10; i += 2) assert.equal(await granted(), s[i]! + s[i + 1]!);
+      await quiet(peer);
+      conn.close();
+    });
+
+    // The stream buffer bound counts binary payloads only (see above).
+    if (protocol == "proto") {
+      test("a slow reader of large items: a server keeping to the client's credit no longer fills streamBufferBytes", async () => {
+        // The client's default byte window (256 KiB), a 4 MiB buffer, 20
+        // items of 600 KB. A server that keeps to its credit (in bytes
+        // when Hello sets a byte window) sent 64 of them before.
+        const { conn, peer } = await connect({ streamWindowBytes: undefined, streamBufferBytes: 4 << 20 });
+        const { hello } = (await peer.hello) as { hello: Hello };
+        assert.equal(hello.streamWindowBytes, 256 << 10);
+        const chat = bidiStream(conn, EchoStream);
+        const call = await expectFrame(peer, "call");
+        const big = body(peer, EchoStream.output, { text: "x".repeat(600_000) });
+        let items = hello.streamWindow || 64;
+        let bytes = hello.streamWindowBytes || Infinity;
+        let sent = 0;
+        let stalled!: () => void;
+        const stall = new Promise<void>((r) => (stalled = r));
+        let ponged!: () => void;
+        const pong = new Promise<void>((r) => (ponged = r));
+        const pump = () => {
+          for (; sent < 20 && items > 0 && bytes > 0; items--) {
+            bytes -= peer.send({ item: { id: call.id, ...big } });
+            if (++sent == 20) peer.send({ reply: { id: call.id } });
+          }
+          stalled(); // out of credit, or done
+        };
+        void (async () => {
+          for (;;) {
+            const f = await peer.recv();
+            if ("credit" in f) (items += f.credit.items ?? 0), (bytes += f.credit.bytes ?? 0), pump();
+            if ("pong" in f) ponged();
+          }
+        })();
+        pump();
+        // The reader pauses until the server has sent all it may, and the
+        // client has taken it in.
+        await stall;
+        peer.send({ ping: {} });
+        await within(pong);
+        assert.ok(sent < 20, `the server sent ${sent} items ahead of the reader`);
+        let n = 0;
+        for await (const r of chat) {
+          assert.equal(r.text.length, 600_000);
+          n++;
+        }
+        assert.equal(n, 20);
+        conn.close();
+      });
+    }
   });
 }
 
