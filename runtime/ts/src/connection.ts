@@ -302,6 +302,8 @@ export interface Sock {
   /** performance.now() when the last message arrived. */
   heard: number;
   timers: ReturnType<typeof setTimeout>[];
+  /** Set while the token function has not returned: a close then says so. */
+  token?: boolean;
 }
 
 // Browsers only let scripts close with 1000 or 3000-4999. A socket the
@@ -675,7 +677,10 @@ export class Connection {
     let why = "";
     ws.onerror = (ev: { message?: unknown }) => (why = typeof ev?.message == "string" ? ": " + ev.message : "");
     ws.onclose = (ev: { code: number; reason: string }) =>
-      this.#drop(s, new ParleyError("unavailable", `connection closed (${ev.code}${ev.reason ? " " + ev.reason : ""})${why}`));
+      this.#drop(
+        s,
+        new ParleyError("unavailable", `connection closed (${ev.code}${ev.reason ? " " + ev.reason : ""})${why}${s.token ? "; the token function had not returned" : ""}`),
+      );
     const wait = this.#defaultTimeout;
     if (wait > 0) {
       s.timers.push(setTimeout(() => this.#drop(s, new ParleyError("unavailable", `no welcome from the server within ${wait} ms`), closeResumable), wait));
@@ -687,7 +692,8 @@ export class Connection {
     const { metadata, token } = this.#options;
     const md = { ...metadata };
     try {
-      const t = typeof token == "function" ? await token() : token;
+      let t = token;
+      if (typeof t == "function") (s.token = true), (t = await t()), (s.token = false);
       if (t) md["authorization"] = `Bearer ${t}`;
     } catch (e) {
       if (!s.dead) this.#close(new ParleyError("unauthenticated", `token: ${String(e)}`, [], {}, e));

@@ -443,6 +443,19 @@ describe("connection failures", () => {
     }
   });
 
+  test("a socket closed while the token function has not returned says so", async () => {
+    const server = await FakeServer.start();
+    try {
+      // The server gives up on the Hello, as Go's handshake timeout does.
+      const conn = connect(server, { token: () => new Promise<string>(() => {}) });
+      const peer = await server.peer();
+      peer.ws.close(1008);
+      await rejectsWith(within(conn.ready), "unavailable", /connection closed \(1008\); the token function had not returned$/);
+    } finally {
+      await server.close();
+    }
+  });
+
   test("a server that accepts no subprotocol: unavailable, with why when the WebSocket says", async () => {
     const server = await FakeServer.start({ accept: false });
     try {
