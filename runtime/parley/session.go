@@ -265,12 +265,17 @@ func (s *session) deliverEvent(ev *eventData) {
 	s.offset++
 	se := sessionEvent{offset: s.offset, at: time.Now(), ev: ev}
 	limit := s.srv.cfg.resumeEvents
-	if limit > 0 || len(s.resuming) > 0 {
-		// Drop the oldest beyond the bound, and, while a socket is
-		// attached, those older than the resume window: no client can
-		// still be missing them. But keep those a socket about to attach
-		// will replay (events[i].offset is events[0].offset+i).
-		drop := max(0, len(s.events)+1-limit)
+	if limit > 0 || len(s.resuming) > 0 || len(s.events) > 0 {
+		// Drop the oldest beyond the bound (all of them when the session
+		// keeps none, and keeps these only for a socket about to attach),
+		// and, while a socket is attached, those older than the resume
+		// window: no client can still be missing them. But keep those a
+		// socket about to attach will replay (events[i].offset is
+		// events[0].offset+i; drop > 0 only while events holds some).
+		drop := len(s.events)
+		if limit > 0 {
+			drop = max(0, len(s.events)+1-limit)
+		}
 		if s.cur != nil {
 			horizon := se.at.Add(-s.srv.cfg.resumeWindow)
 			for drop < len(s.events) && s.events[drop].at.Before(horizon) {
@@ -286,7 +291,9 @@ func (s *session) deliverEvent(ev *eventData) {
 			clear(s.events[:drop])
 			s.events = s.events[drop:]
 		}
-		s.events = append(s.events, se)
+		if limit > 0 || len(s.resuming) > 0 {
+			s.events = append(s.events, se)
+		}
 	}
 	if s.cur != nil {
 		s.sendEventLocked(s.cur, se)

@@ -2,6 +2,7 @@ package parley
 
 import (
 	"context"
+	"fmt"
 	"net/http/httptest"
 	"slices"
 	"strconv"
@@ -121,26 +122,53 @@ func (r *resumeRig) eventsUntil(t *testing.T, last string) []string {
 // them all. Found by a trial chat app, whose clients under a steady
 // publisher and a flapping network, told they resumed, missed events:
 // the handshake checked the history, and events published before the
-// attach pushed missed ones out of it.
+// attach pushed missed ones out of it. A session that keeps no history
+// (WithResume(window, 0)) keeps them too, until the socket attaches; it
+// used to index its empty history and panic.
 func TestResumeKeepsEventsPublishedBeforeAttach(t *testing.T) {
-	const history = 4
-	published := make(chan struct{})
-	r := newResumeRig(t, []ServerOption{WithResume(time.Minute, history)}, func(srv *Server, _ string) {
-		defer close(published)
-		for i := 1; i <= 2*history; i++ {
-			if err := srv.Publish(context.Background(), ToAll(), postedSpec, wrapperspb.String(strconv.Itoa(i))); err != nil {
-				t.Error(err)
+	for _, history := range []int{4, 0} {
+		t.Run(fmt.Sprintf("history=%d", history), func(t *testing.T) {
+			published := make(chan struct{})
+			r := newResumeRig(t, []ServerOption{WithResume(time.Minute, history)}, func(srv *Server, _ string) {
+				defer close(published)
+				for i := 1; i <= 8; i++ {
+					if err := srv.Publish(context.Background(), ToAll(), postedSpec, wrapperspb.String(strconv.Itoa(i))); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+			if s := r.reopened(t); !s.Resumed {
+				t.Fatalf("not resumed: %+v", s)
 			}
-		}
-	})
-	if s := r.reopened(t); !s.Resumed {
-		t.Fatalf("not resumed: %+v", s)
-	}
-	<-published
-	r.publish(t, "end")
-	got := r.eventsUntil(t, "end")
-	if want := []string{"1", "2", "3", "4", "5", "6", "7", "8", "end"}; !slices.Equal(got, want) {
-		t.Fatalf("a client told it resumed got %v, want %v", got, want)
+			<-published
+			r.publish(t, "end")
+			got := r.eventsUntil(t, "end")
+			if want := []string{"1", "2", "3", "4", "5", "6", "7", "8", "end"}; !slices.Equal(got, want) {
+				t.Fatalf("a client told it resumed got %v, want %v", got, want)
+			}
+
+			// Away again while an event is published: the events kept for
+			// the attach must not pass for a history of the later ones.
+			r.proxy.Refuse(true)
+			r.proxy.Drop()
+			r.publish(t, "gap")
+			r.proxy.Refuse(false)
+			timeout := time.After(10 * time.Second)
+			for {
+				select {
+				case s := <-r.states:
+					if s.Status != StatusOpen || !s.Reconnected {
+						continue
+					}
+					if s.Resumed {
+						r.eventsUntil(t, "gap") // told it resumed: it must get what it missed
+					}
+					return
+				case <-timeout:
+					t.Fatal("the client did not reopen")
+				}
+			}
+		})
 	}
 }
 
