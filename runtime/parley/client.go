@@ -698,23 +698,21 @@ func (c *Conn) invokeAcross(ctx context.Context, start time.Time, spec *MethodSp
 		ctx, cancel = context.WithDeadline(ctx, start.Add(timeout))
 		defer cancel()
 	}
-	// pending: the call is counted in c.resending.
-	pending := id != 0
-	if pending {
-		c.resendAdd()
-	}
-	defer func() {
-		if pending {
-			c.resendDone()
-		}
-	}()
+	// pending: the call is counted in c.resending, from when it may need
+	// re-sending with its id (id != 0) until it has its slot or does not.
+	pending := false
 	slotTaken := func() {
 		if pending {
 			c.resendDone()
 			pending = false
 		}
 	}
+	defer slotTaken()
 	for {
+		if id != 0 && !pending {
+			pending = true
+			c.resendAdd()
+		}
 		e, err := c.endpoint(ctx, nil)
 		if err != nil {
 			return err
@@ -770,10 +768,6 @@ func (c *Conn) invokeAcross(ctx context.Context, start time.Time, spec *MethodSp
 			id, sess, lastErr = sendID, welcome.GetSessionId(), err
 		}
 		// Otherwise this send never ran; an earlier one (id) may have.
-		if id != 0 && !pending {
-			pending = true
-			c.resendAdd()
-		}
 	}
 }
 

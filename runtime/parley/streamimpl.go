@@ -104,14 +104,12 @@ type stream struct {
 	starved    bool      // recv waited for an item since the last Credit sent
 	waiting    bool      // recv waits for notify: deliver must wake it
 	credit     int64     // items this side may still send
-	byteCredit int64     // item bytes this side may still send, if byteLimited (may be below 0: one item overdraws)
-	// byteLimited: the peer set a byte window, and byteCredit counts.
-	byteLimited bool
-	byteWindow  uint32 // the item bytes this side grants the peer; grows with window (0: none)
-	// enforceBytes: this side set a byte window and the peer set one too
-	// (so it knows byte credit): items beyond it break the rules.
-	enforceBytes  bool
-	inBytes       int64 // item bytes received and not yet granted back
+	byteCredit int64     // item bytes this side may still send, if the peer set a byte window (may be below 0: one item overdraws)
+	byteWindow uint32    // the item bytes this side grants the peer; grows with window (0: none)
+	// inBytes is the item bytes received and not yet granted back. A
+	// peer that set a byte window of its own knows byte credit: it breaks
+	// the rules by sending with inBytes at byteWindow.
+	inBytes       int64
 	consumedBytes int64 // item bytes consumed since the last Credit sent
 	sendClosed    bool  // CloseSend was called
 	done          bool  // the call is over; sends fail
@@ -244,7 +242,7 @@ func (s *stream) send(m proto.Message) error {
 		case s.done:
 			s.mu.Unlock()
 			return io.EOF
-		case s.credit > 0 && (!s.byteLimited || s.byteCredit > 0):
+		case s.credit > 0 && (s.e.peerWindowBytes == 0 || s.byteCredit > 0):
 			s.credit--
 			s.mu.Unlock()
 			s.item = frame{kind: kindItem, id: s.id, method: s.spec.Procedure, hasPayload: true}
@@ -475,7 +473,7 @@ func (s *stream) deliver(payload []byte, frameBytes int) {
 		s.violate(Errorf(CodeResourceExhausted, "the peer sent stream items beyond its credit on %s", s.spec.Procedure))
 		return
 	}
-	if s.enforceBytes && s.inBytes >= int64(s.byteWindow) {
+	if s.byteWindow > 0 && s.e.peerWindowBytes > 0 && s.inBytes >= int64(s.byteWindow) {
 		s.mu.Unlock()
 		s.violate(Errorf(CodeResourceExhausted, "the peer sent stream items beyond its byte credit on %s", s.spec.Procedure))
 		return
@@ -508,8 +506,6 @@ func (s *stream) initWindows() {
 	e := s.e
 	s.window, s.credit = e.cfg.streamWindow, int64(e.peerWindow)
 	s.byteWindow, s.byteCredit = e.cfg.streamWinBytes, int64(e.peerWindowBytes)
-	s.byteLimited = e.peerWindowBytes > 0
-	s.enforceBytes = s.byteWindow > 0 && s.byteLimited
 }
 
 // growByteWindow reports whether a stream may double its byte window from
