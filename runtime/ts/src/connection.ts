@@ -855,9 +855,7 @@ export class Connection {
   #send(s: Sock, frame: Frame, what = "a frame"): ParleyError | undefined {
     const data = this.#protocol.encodeFrame(frame);
     const max = Math.min(this.#maxMessageBytes, s.session?.maxMessageBytes || Infinity);
-    let size = data.length;
-    // A string's UTF-8 bytes are at most 3 per UTF-16 unit: count them only when that could pass max.
-    if (typeof data == "string" && size * 3 > max) size = utf8Length(data);
+    const size = sizeFor(data, max);
     if (size > max) return new ParleyError("resource_exhausted", `${what} is ${size} bytes, the limit ${max}`);
     this.#in.sent = data;
     if (s.dead) return;
@@ -873,10 +871,9 @@ export class Connection {
     if (s.dead) return;
     s.heard = performance.now();
     let frame: Frame;
-    let size: number;
     try {
-      size = byteLength(data);
       const max = this.#maxMessageBytes;
+      const size = sizeFor(data, max);
       if (size > max) throw new Error(`a message of ${size} bytes, more than the limit of ${max}`);
       frame = this.#protocol.decodeFrame(typeof data == "string" ? data : bytesOf(data));
     } catch (e) {
@@ -940,7 +937,7 @@ export class Connection {
         this.#setState({ ...state, goingAway: reason });
       }
     } else if ("item" in frame) {
-      this.#mine(s, frame.item.id)?.s?.item(frame.item, size);
+      this.#mine(s, frame.item.id)?.s?.item(frame.item, byteLength(data));
     } else if ("credit" in frame) {
       this.#mine(s, frame.credit.id)?.s?.credit(frame.credit);
     } else if ("event" in frame) {
@@ -1070,6 +1067,15 @@ const noop = () => {};
  * encoding (see streamWindowBytes). @internal
  */
 export const byteLength = (data: unknown): number => (typeof data == "string" ? utf8Length(data) : (data as ArrayBuffer).byteLength);
+
+/**
+ * A message's length in bytes as far as max cares: exact when it could
+ * pass max; a text message's UTF-16 length otherwise, since its UTF-8
+ * bytes are at most 3 per unit (so that most messages are not scanned).
+ */
+function sizeFor(data: unknown, max: number): number {
+  return typeof data == "string" && data.length * 3 <= max ? data.length : byteLength(data);
+}
 
 /**
  * The UTF-8 length of s, counted rather than encoded (TextEncoder would
