@@ -40,8 +40,7 @@ export interface ConnectionOptions {
    * binary messages, the default) or `jsonProtocol` (parley.v1+json, text
    * messages of protojson, for debugging), which an application imports
    * from `@parleyrpc/runtime/json` when it wants it, so that others do not
-   * bundle it. The string "proto" of earlier versions still means the
-   * default; the string "json" throws, saying what to import.
+   * bundle it.
    */
   protocol?: Protocol;
   /**
@@ -426,7 +425,7 @@ export class Connection {
   constructor(url: string, options: ConnectionOptions = {}) {
     this.#options = options;
     this.#url = url;
-    this.#protocol = protocolOf(options.protocol);
+    this.#protocol = options.protocol ?? binaryProtocol;
     this.ready = new Promise((resolve, reject) => (this.#ready = [resolve, reject]));
     this.ready.catch(() => {}); // Unobserved, a failure must not crash Node.
     const WS: WebSocketConstructor | undefined = options.WebSocket ?? (globalThis as any).WebSocket;
@@ -1116,17 +1115,4 @@ function sessionOf(w: Welcome): Session {
     streamWindowBytes: 0,
     ...w,
   };
-}
-
-/**
- * The protocol of ConnectionOptions.protocol. JavaScript callers of
- * earlier versions passed a string: "proto" is still the default, and
- * "json" must not quietly become binary.
- */
-function protocolOf(p: Protocol | string | undefined): Protocol {
-  if (p === undefined || p === "proto") return binaryProtocol;
-  if (typeof p != "string") return p;
-  throw new TypeError(
-    `parley: protocol ${JSON.stringify(p)} is not a Protocol; for JSON, import { jsonProtocol } from "@parleyrpc/runtime/json" and pass { protocol: jsonProtocol }`,
-  );
 }

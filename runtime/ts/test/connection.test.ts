@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
-import { binaryProtocol, Connection, handle, ParleyError, serverStream, type ConnectionOptions, type ConnectionState, type MethodSpec, type Protocol } from "../src/index.js";
+import { binaryProtocol, Connection, handle, ParleyError, serverStream, type ConnectionOptions, type ConnectionState, type MethodSpec } from "../src/index.js";
 import { rejectsWith, within } from "./assert.js";
 import { FakeServer, expectFrame, type Peer } from "./fakeserver.js";
 import { EchoRequestSchema, EchoResponseSchema } from "./gen/e2e/v1/echo_pb.js";
@@ -485,19 +485,10 @@ describe("connection failures", () => {
 });
 
 describe("choosing the protocol", () => {
-  test('the string "json" of earlier versions throws, naming the module to import; it never falls back to binary', () => {
-    // A JavaScript caller, whom the types do not stop.
-    const options = { WebSocket, protocol: "json" } as unknown as ConnectionOptions;
-    assert.throws(
-      () => new Connection("ws://127.0.0.1:1/", options),
-      (e) => e instanceof TypeError && /import \{ jsonProtocol \} from "@parleyrpc\/runtime\/json"/.test(e.message),
-    );
-  });
-
-  test('no protocol, binaryProtocol and the string "proto" all speak parley.v1+proto', async () => {
+  test("no protocol and binaryProtocol both speak parley.v1+proto", async () => {
     const server = await FakeServer.start();
     try {
-      for (const protocol of [undefined, binaryProtocol, "proto" as unknown as Protocol]) {
+      for (const protocol of [undefined, binaryProtocol]) {
         const conn = connect(server, { protocol });
         const peer = await server.peer();
         assert.equal(peer.ws.protocol, "parley.v1+proto");
