@@ -374,21 +374,25 @@ func (e *endpoint) readLoop() {
 	gen := e.reader.Load() >> 1
 	var err error
 	for {
-		// The message buffer and the decoded frame come from pools only
-		// while a message is read and dispatched, so an idle connection
-		// holds neither.
-		buf := getBuf()
-		var typ int
-		typ, *buf, err = e.readMessage((*buf)[:0])
-		if err != nil {
+		// A message buffer (when the message is not read in place) and
+		// the decoded frame come from pools only while a message is read
+		// and dispatched, so an idle connection holds neither.
+		var buf *[]byte
+		typ, msg, rerr := e.readMessage(&buf)
+		if buf != nil && rerr != nil {
 			putBuf(buf)
+		}
+		if rerr != nil {
+			err = rerr
 			break
 		}
 		f := framePool.Get().(*frame)
-		e.handleMessage(typ, *buf, f)
+		e.handleMessage(typ, msg, f)
 		*f = frame{}
 		framePool.Put(f)
-		putBuf(buf)
+		if buf != nil {
+			putBuf(buf)
+		}
 		if e.reader.Load()>>1 != gen {
 			return // a stand-in reads now
 		}

@@ -43,6 +43,11 @@ type readAheadConn struct {
 	end  int
 	conn net.Conn
 
+	// held is a block whose last bytes take handed out in place: it goes
+	// back to its pool at the next Read or take, by which time the reader
+	// is done with the message.
+	held *[]byte
+
 	// The raw read's callback and its results, kept here so that a read
 	// allocates nothing.
 	readFn    func(fd uintptr) bool
@@ -103,7 +108,32 @@ func (r *readAheadConn) readDirect(p []byte) (int, error) {
 // Only the connection's reader calls it.
 func (r *readAheadConn) buffered() bool { return r.buf != nil }
 
+// take returns the next n bytes in place, without a copy, if the current
+// block holds them all; else nil. They stay valid until the next Read or
+// take. Only the connection's reader calls it.
+func (r *readAheadConn) take(n int) []byte {
+	r.release()
+	if r.buf == nil || n <= 0 || r.end-r.pos < n {
+		return nil
+	}
+	p := (*r.buf)[r.pos : r.pos+n : r.pos+n]
+	r.pos += n
+	if r.pos == r.end {
+		r.held, r.buf = r.buf, nil
+	}
+	return p
+}
+
+// release returns the block take last emptied to its pool.
+func (r *readAheadConn) release() {
+	if r.held != nil {
+		putBlock(r.held)
+		r.held = nil
+	}
+}
+
 func (r *readAheadConn) Read(p []byte) (int, error) {
+	r.release()
 	if r.buf != nil {
 		n := copy(p, (*r.buf)[r.pos:r.end])
 		r.pos += n

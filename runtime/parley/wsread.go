@@ -21,13 +21,16 @@ const (
 	clientHandshakeBuffer = 1024
 )
 
-// readMessage reads the next data message from the socket into buf,
-// appending, and returns its type (websocket.TextMessage or
-// BinaryMessage). It reads the frames of RFC 6455 §5 itself rather than
-// through gorilla/websocket's reader, which allocates per message and
-// copies through a buffer of its own: frames come straight from the
-// connection's read-ahead (see readAheadConn), so a stream of small
-// messages costs one system call per block and one copy per message.
+// readMessage reads the next data message from the socket and returns it
+// with its type (websocket.TextMessage or BinaryMessage). It reads the
+// frames of RFC 6455 §5 itself rather than through gorilla/websocket's
+// reader, which allocates per message and copies through a buffer of its
+// own: frames come straight from the connection's read-ahead (see
+// readAheadConn), so a stream of small messages costs one system call per
+// block. A message in one frame that the read-ahead holds whole is
+// returned in place, unmasked there, without a copy; it is valid until the
+// next read. Any other is copied into *pooled, a buffer from the pool
+// taken when needed, which the caller returns (pooled nil: a fresh one).
 //
 // On the way it answers pings, takes pongs (extending the read deadline),
 // reassembles fragmented messages and enforces the message size limit
@@ -35,83 +38,96 @@ const (
 // answered and returned as a *websocket.CloseError; a frame that breaks
 // the protocol is answered with a 1002 close and returned as an error.
 // Only the connection's reader calls it.
-func (e *endpoint) readMessage(buf []byte) (typ int, msg []byte, err error) {
+func (e *endpoint) readMessage(pooled **[]byte) (typ int, msg []byte, err error) {
 	src := e.bc // the connection, read through its read-ahead (over TLS, if any)
 	hdr := e.rhdr[:]
 	for {
 		if _, err := io.ReadFull(src, hdr[:2]); err != nil {
-			return 0, buf, err
+			return 0, nil, err
 		}
 		fin, op := hdr[0]&0x80 != 0, int(hdr[0]&0x0f)
 		masked, n := hdr[1]&0x80 != 0, uint64(hdr[1]&0x7f)
 		switch {
 		case hdr[0]&0x70 != 0:
-			return 0, buf, e.protocolError("reserved bits set (no extension was negotiated)")
+			return 0, nil, e.protocolError("reserved bits set (no extension was negotiated)")
 		case masked != (e.side == SideServer):
 			if masked {
-				return 0, buf, e.protocolError("a server's frames must not be masked")
+				return 0, nil, e.protocolError("a server's frames must not be masked")
 			}
-			return 0, buf, e.protocolError("a client's frames must be masked")
+			return 0, nil, e.protocolError("a client's frames must be masked")
 		}
 		switch n {
 		case 126:
 			if _, err := io.ReadFull(src, hdr[:2]); err != nil {
-				return 0, buf, err
+				return 0, nil, err
 			}
 			n = uint64(binary.BigEndian.Uint16(hdr[:2]))
 		case 127:
 			if _, err := io.ReadFull(src, hdr[:8]); err != nil {
-				return 0, buf, err
+				return 0, nil, err
 			}
 			n = binary.BigEndian.Uint64(hdr[:8])
 		}
 		var key uint32
 		if masked {
 			if _, err := io.ReadFull(src, hdr[:4]); err != nil {
-				return 0, buf, err
+				return 0, nil, err
 			}
 			key = binary.LittleEndian.Uint32(hdr[:4])
 		}
 
 		if op >= websocket.CloseMessage { // a control frame, maybe inside a fragmented message
 			if !fin || n > 125 {
-				return 0, buf, e.protocolError("control frames must be whole and at most 125 bytes")
+				return 0, nil, e.protocolError("control frames must be whole and at most 125 bytes")
 			}
 			var p [125]byte
 			payload := p[:n]
 			if _, err := io.ReadFull(src, payload); err != nil {
-				return 0, buf, err
+				return 0, nil, err
 			}
 			maskCopy(payload, payload, key)
 			if err := e.control(op, payload); err != nil {
-				return 0, buf, err
+				return 0, nil, err
 			}
 			continue
 		}
 
 		switch {
 		case op == 0 && typ == 0:
-			return 0, buf, e.protocolError("a continuation frame with no message to continue")
+			return 0, nil, e.protocolError("a continuation frame with no message to continue")
 		case op != 0 && typ != 0:
-			return 0, buf, e.protocolError("a new message before the last one ended")
+			return 0, nil, e.protocolError("a new message before the last one ended")
 		case op != websocket.TextMessage && op != websocket.BinaryMessage && op != 0:
-			return 0, buf, e.protocolError(fmt.Sprintf("unknown opcode %d", op))
+			return 0, nil, e.protocolError(fmt.Sprintf("unknown opcode %d", op))
 		case op != 0:
 			typ = op
 		}
-		if n > uint64(e.cfg.maxMessageBytes-len(buf)) {
-			msg := websocket.FormatCloseMessage(websocket.CloseMessageTooBig, "")
-			_ = e.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(e.cfg.writeTimeout))
-			return 0, buf, websocket.ErrReadLimit
+		if n > uint64(e.cfg.maxMessageBytes-len(msg)) {
+			closeMsg := websocket.FormatCloseMessage(websocket.CloseMessageTooBig, "")
+			_ = e.ws.WriteControl(websocket.CloseMessage, closeMsg, time.Now().Add(e.cfg.writeTimeout))
+			return 0, nil, websocket.ErrReadLimit
 		}
-		start := len(buf)
-		buf = slices.Grow(buf, int(n))[:start+int(n)]
-		if _, err := io.ReadFull(src, buf[start:]); err != nil {
-			return 0, buf, err
+		if fin && op != 0 {
+			if p := src.reader.take(int(n)); p != nil {
+				maskCopy(p, p, key)
+				return typ, p, nil
+			}
 		}
-		maskCopy(buf[start:], buf[start:], key)
+		if pooled != nil && *pooled == nil {
+			*pooled = getBuf()
+			msg = (**pooled)[:0]
+		}
+		start := len(msg)
+		msg = slices.Grow(msg, int(n))[:start+int(n)]
+		if pooled != nil {
+			**pooled = msg // the grown buffer goes back to the pool
+		}
+		if _, err := io.ReadFull(src, msg[start:]); err != nil {
+			return 0, nil, err
+		}
+		maskCopy(msg[start:], msg[start:], key)
 		if fin {
-			return typ, buf, nil
+			return typ, msg, nil
 		}
 	}
 }
