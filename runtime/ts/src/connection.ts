@@ -326,8 +326,9 @@ export interface Internals {
   /** Starts a call or stream (see Connection.#start). */
   start(spec: MethodSpec, body: Body, options: CallOptions, timeout: number, done: Done, s?: StreamSide): Pending;
   send(s: Sock, frame: Frame, what?: string): ParleyError | undefined;
-  /** The last message send passed (not too large): an item sent costs its byteLength in byte credit. */
+  /** The last message send passed (not too large): an item sent costs its size in byte credit. */
   sent?: string | Uint8Array;
+  size(data: unknown): number;
   sendError(s: Sock, id: number, code: Code, message: string): void;
   encode(schema: DescMessage, value: unknown, what: string, code?: Code): Body;
   decode(schema: DescMessage, body: Body): unknown;
@@ -438,6 +439,7 @@ export class Connection {
       sendError: (...a) => this.#sendError(...a),
       encode: (...a) => this.#encode(...a),
       decode: (...a) => this.#decode(...a),
+      size: (...a) => this.#size(...a),
       streams: 0,
       grown: 0,
       streamBuf: 0,
@@ -854,7 +856,7 @@ export class Connection {
   #send(s: Sock, frame: Frame, what = "a frame"): ParleyError | undefined {
     const data = this.#protocol.encodeFrame(frame);
     const max = Math.min(this.#maxMessageBytes, s.session?.maxMessageBytes || Infinity);
-    const size = sizeFor(data, max);
+    const size = this.#size(data, max);
     if (size > max) return new ParleyError("resource_exhausted", `${what} is ${size} bytes, the limit ${max}`);
     this.#in.sent = data;
     if (s.dead) return;
@@ -866,13 +868,25 @@ export class Connection {
     s.ws.send(data);
   }
 
+  /**
+   * A message's length in bytes, a text message's in UTF-8 as its
+   * protocol counts it (see Protocol.textBytes): what the size limit and
+   * a stream item's byte credit count, alike at both ends whatever the
+   * encoding (see streamWindowBytes). Exact unless max is given: then a
+   * text message that surely fits may count less, so that most are not
+   * scanned. Text on parley.v1+proto, an error anyway, counts its length.
+   */
+  #size(data: unknown, max?: number): number {
+    return typeof data == "string" ? (this.#protocol.textBytes?.(data, max) ?? data.length) : (data as ArrayBuffer).byteLength;
+  }
+
   #receive(s: Sock, data: unknown) {
     if (s.dead) return;
     s.heard = performance.now();
     let frame: Frame;
     try {
       const max = this.#maxMessageBytes;
-      const size = sizeFor(data, max);
+      const size = this.#size(data, max);
       if (size > max) throw new Error(`a message of ${size} bytes, more than the limit of ${max}`);
       frame = this.#protocol.decodeFrame(typeof data == "string" ? data : bytesOf(data));
     } catch (e) {
@@ -936,7 +950,7 @@ export class Connection {
         this.#setState({ ...state, goingAway: reason });
       }
     } else if ("item" in frame) {
-      this.#mine(s, frame.item.id)?.s?.item(frame.item, byteLength(data));
+      this.#mine(s, frame.item.id)?.s?.item(frame.item, this.#size(data));
     } else if ("credit" in frame) {
       this.#mine(s, frame.credit.id)?.s?.credit(frame.credit);
     } else if ("event" in frame) {
@@ -1059,38 +1073,6 @@ function aborted(spec: MethodSpec, signal: AbortSignal): ParleyError {
 }
 
 const noop = () => {};
-
-/**
- * A message's length in bytes, a text message's in UTF-8: what a stream
- * item costs in byte credit, counted alike by both ends whatever the
- * encoding (see streamWindowBytes). @internal
- */
-export const byteLength = (data: unknown): number => (typeof data == "string" ? utf8Length(data) : (data as ArrayBuffer).byteLength);
-
-/**
- * A message's length in bytes as far as max cares: exact when it could
- * pass max; a text message's UTF-16 length otherwise, since its UTF-8
- * bytes are at most 3 per unit (so that most messages are not scanned).
- */
-function sizeFor(data: unknown, max: number): number {
-  return typeof data == "string" && data.length * 3 <= max ? data.length : byteLength(data);
-}
-
-/**
- * The UTF-8 length of s, counted rather than encoded (TextEncoder would
- * copy every message): 1 byte up to U+007F, 2 up to U+07FF, 3 beyond, and
- * 4 for a surrogate pair, 2 for each half. A lone surrogate (3 bytes, as
- * U+FFFD) is counted 2: JSON.stringify escapes them and decoded UTF-8
- * has none.
- */
-function utf8Length(s: string): number {
-  let n = s.length;
-  for (let i = 0; i < s.length; ) {
-    const c = s.charCodeAt(i++);
-    if (c > 127) n += c < 2048 || (c & 0xf800) == 0xd800 ? 1 : 2;
-  }
-  return n;
-}
 
 /** A binary message as a plain Uint8Array (a view, never a copy): what messages decoded from it hold, whatever the WebSocket gave. */
 function bytesOf(data: unknown): Uint8Array {

@@ -55,7 +55,26 @@ export const jsonProtocol: Protocol = {
     const url = json["@type"];
     return { type: typeName(typeof url == "string" ? url : ""), json, readJson: (schema, registry) => readJsonDetail(schema, json, registry) };
   },
+  // A text message's UTF-8 bytes are at most 3 per UTF-16 unit: one whose
+  // units, tripled, fit max fits, and is not scanned.
+  textBytes: (text, max) => (text.length * 3 <= max! ? text.length : utf8Length(text)),
 };
+
+/**
+ * The UTF-8 length of s, counted rather than encoded (TextEncoder would
+ * copy every message): 1 byte up to U+007F, 2 up to U+07FF, 3 beyond, and
+ * 4 for a surrogate pair, 2 for each half. A lone surrogate (3 bytes, as
+ * U+FFFD) is counted 2: JSON.stringify escapes them and decoded UTF-8
+ * has none.
+ */
+function utf8Length(s: string): number {
+  let n = s.length;
+  for (let i = 0; i < s.length; ) {
+    const c = s.charCodeAt(i++);
+    if (c > 127) n += c < 2048 || (c & 0xf800) == 0xd800 ? 1 : 2;
+  }
+  return n;
+}
 
 /**
  * Reads an Any's protojson form as a message of the given type. A type

@@ -39,6 +39,13 @@ export interface Protocol {
    * `ParleyError.findDetails` decodes.
    */
   readDetail(detail: AnyDetail): ErrorDetail;
+  /**
+   * The UTF-8 length of a text message, for a protocol of text messages
+   * (jsonProtocol): exact, or, given max, possibly less for a message that
+   * surely is no longer than max. Binary protocols leave it out, so that
+   * their applications do not bundle the counting.
+   */
+  textBytes?(text: string, max?: number): number;
 }
 
 const empty = new Uint8Array(0);

@@ -6,7 +6,6 @@
  */
 import type { DescMessage, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import {
-  byteLength,
   defaultStreamBufferBytes,
   defaultStreamWindow,
   defaultStreamWindowBytes,
@@ -124,7 +123,7 @@ function open(connection: Connection, spec: MethodSpec, options: CallOptions = {
       }
       const big = c.send(sock, { item: { id, ...o.body } }, `${procedure}: the item`);
       if (big) o.fail(big);
-      else credit--, (creditBytes -= byteLength(c.sent)), o.ok();
+      else credit--, (creditBytes -= c.size(c.sent)), o.ok();
     }
   };
   const done = (e: ParleyError | undefined, v: unknown, local: boolean) => {
