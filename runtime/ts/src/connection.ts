@@ -297,7 +297,8 @@ export interface Sock {
   goneAway?: number;
   /** How many unary calls and streams are in flight on it. */
   open: [number, number];
-  serving: Map<number, Serving>;
+  /** The server's calls running on it, by id (see handle). */
+  serving?: Map<number, Serving>;
   /** performance.now() when the last message arrived. */
   heard: number;
   timers: ReturnType<typeof setTimeout>[];
@@ -337,14 +338,18 @@ export interface Internals {
   grown: number;
   /** The bytes of stream items received and not yet read (see streamBufferBytes). */
   streamBuf: number;
-  /** The client's handlers by method (see handle). */
-  handlers: Map<string, { spec: MethodSpec; fn: (req: unknown, ctx: HandlerContext) => unknown }>;
+  /** The client's handlers by method (see handle, which makes it). */
+  handlers?: Map<string, { spec: MethodSpec; fn: (req: unknown, ctx: HandlerContext) => unknown }>;
   /**
-   * Runs the handler of a call the server made on s (valid id, the right
-   * parity) and answers it there; false when the method has none. Set by
-   * the first handle().
+   * Set by the first handle(), so that applications that serve nothing do
+   * not bundle them: serve runs the handler of a call the server made on s
+   * (valid id, the right parity) and answers it there, false when the
+   * method has none; cancel stops one the server cancelled; abort aborts
+   * those running on s, which dropped, or closed with the connection.
    */
   serve?: (s: Sock, call: Call) => boolean;
+  cancel?: (s: Sock, cancel: { id: number; code?: number }) => void;
+  abort?: (s: Sock, error: ParleyError) => void;
 }
 
 /** What a call's or stream's end reports: local is true when this side gave up (deadline, abort, cancel). */
@@ -443,7 +448,6 @@ export class Connection {
       streams: 0,
       grown: 0,
       streamBuf: 0,
-      handlers: new Map(),
     };
     this.#dial();
   }
@@ -654,7 +658,7 @@ export class Connection {
   #dial() {
     const subprotocol = this.#protocol.name;
     const ws = new this.#WS(this.#url, subprotocol);
-    const s: Sock = (this.#sock = { ws, open: [0, 0], serving: new Map(), heard: 0, timers: [] });
+    const s: Sock = (this.#sock = { ws, open: [0, 0], heard: 0, timers: [] });
     // The ws package hands over its own Buffer ("nodebuffer", its default),
     // saving a copy per message; browsers give "blob" unless told.
     if (ws.binaryType != "nodebuffer") ws.binaryType = "arraybuffer";
@@ -772,7 +776,7 @@ export class Connection {
       }
     }
     this.#queues[0].unshift(...back);
-    for (const c of s.serving.values()) c.ac.abort(error);
+    this.#in.abort?.(s, error);
     this.#pump();
   }
 
@@ -976,13 +980,7 @@ export class Connection {
       if (id % 2) this.#sendError(s, id, "invalid_argument", `call id ${id} has the wrong parity: server calls use even ids`);
       else if (!this.#in.serve?.(s, frame.call)) this.#sendError(s, id, "unimplemented", `method "${method}" is not implemented`);
     } else if ("cancel" in frame) {
-      const c = s.serving.get(frame.cancel.id);
-      if (c) {
-        c.abandoned = true;
-        // A server that gave up at the deadline leaves the handler to its
-        // own copy of that deadline, as the Go runtime does.
-        if (frame.cancel.code != 4 || !c.deadline) c.ac.abort(new ParleyError("canceled", "the server canceled the call"));
-      }
+      this.#in.cancel?.(s, frame.cancel);
     } else if ("unknown" in frame) {
       // The compatibility rule of frame.proto.
       if (frame.unknown.id) this.#sendError(s, frame.unknown.id, "invalid_argument", `parley-ts: unknown frame kind ${frame.unknown.kind}`);
@@ -1063,7 +1061,7 @@ export class Connection {
     for (const s of socks) this.#kill(s, closeCode, reason);
     for (const p of [...this.#queues.flat(), ...this.#inflight.values()]) p.settle(error);
     this.#arm(Infinity);
-    for (const s of socks) for (const c of s.serving.values()) c.ac.abort(error);
+    for (const s of socks) this.#in.abort?.(s, error);
   }
 }
 

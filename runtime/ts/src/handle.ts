@@ -40,40 +40,53 @@ export function handle<I extends DescMessage, O extends DescMessage>(
   handler: (request: MessageShape<I>, context: HandlerContext) => MessageShape<O> | MessageInitShape<O> | Promise<MessageShape<O> | MessageInitShape<O>>,
 ): () => void {
   const c = internals(connection);
-  const handlers = c.handlers;
-  // The connection hands every call of the server to this, from the first
-  // handler on; a call of a method without one is not taken.
-  c.serve ??= (s, call) => {
-    const { id, method = "", timeoutMs } = call;
-    const h = handlers.get(method);
-    if (!h) return false;
-    void (async () => {
-      let req: unknown;
-      try {
-        req = c.decode(h.spec.input, call);
-      } catch (e) {
-        return c.sendError(s, id, "invalid_argument", `decoding the request of ${method}: ${String(e)}`);
+  const handlers = (c.handlers ??= new Map());
+  // From the first handler on, the connection hands these the server's
+  // calls, Cancels, and the sockets that go; a call of a method without a
+  // handler is not taken.
+  if (!c.serve) {
+    c.serve = (s, call) => {
+      const { id, method = "", timeoutMs } = call;
+      const h = handlers.get(method);
+      if (!h) return false;
+      void (async () => {
+        let req: unknown;
+        try {
+          req = c.decode(h.spec.input, call);
+        } catch (e) {
+          return c.sendError(s, id, "invalid_argument", `decoding the request of ${method}: ${String(e)}`);
+        }
+        const serving: Serving = { ac: new AbortController(), deadline: !!timeoutMs };
+        (s.serving ??= new Map()).set(id, serving);
+        const timer = timeoutMs
+          ? setTimeout(() => serving.ac.abort(new ParleyError("deadline_exceeded", `${method}: deadline exceeded`)), Math.min(timeoutMs, 0x7fffffff))
+          : undefined;
+        let reply: Frame;
+        try {
+          reply = { reply: { id, ...c.encode(h.spec.output, await h.fn(req, { signal: serving.ac.signal, metadata: call.metadata ?? {} }), method, "internal") } };
+        } catch (e) {
+          const err = ParleyError.from(e);
+          reply = { error: { id, code: codeToNumber(err.code), message: err.rawMessage, metadata: err.metadata } };
+        }
+        clearTimeout(timer);
+        s.serving!.delete(id);
+        if (serving.abandoned) return;
+        const big = c.send(s, reply, `${method}: the response`);
+        if (big) c.sendError(s, id, big.code, big.rawMessage);
+      })();
+      return true;
+    };
+    c.cancel = (s, { id, code }) => {
+      const serving = s.serving?.get(id);
+      if (serving) {
+        serving.abandoned = true;
+        // A server that gave up at the deadline leaves the handler to its
+        // own copy of that deadline, as the Go runtime does.
+        if (code != 4 || !serving.deadline) serving.ac.abort(new ParleyError("canceled", "the server canceled the call"));
       }
-      const serving: Serving = { ac: new AbortController(), deadline: !!timeoutMs };
-      s.serving.set(id, serving);
-      const timer = timeoutMs
-        ? setTimeout(() => serving.ac.abort(new ParleyError("deadline_exceeded", `${method}: deadline exceeded`)), Math.min(timeoutMs, 0x7fffffff))
-        : undefined;
-      let reply: Frame;
-      try {
-        reply = { reply: { id, ...c.encode(h.spec.output, await h.fn(req, { signal: serving.ac.signal, metadata: call.metadata ?? {} }), method, "internal") } };
-      } catch (e) {
-        const err = ParleyError.from(e);
-        reply = { error: { id, code: codeToNumber(err.code), message: err.rawMessage, metadata: err.metadata } };
-      }
-      clearTimeout(timer);
-      s.serving.delete(id);
-      if (serving.abandoned) return;
-      const big = c.send(s, reply, `${method}: the response`);
-      if (big) c.sendError(s, id, big.code, big.rawMessage);
-    })();
-    return true;
-  };
+    };
+    c.abort = (s, error) => s.serving?.forEach((serving) => serving.ac.abort(error));
+  }
   const h = { spec, fn: handler as (req: unknown, ctx: HandlerContext) => unknown };
   handlers.set(spec.procedure, h);
   return () => handlers.get(spec.procedure) == h && handlers.delete(spec.procedure);
