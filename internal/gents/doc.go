@@ -188,7 +188,7 @@ func specDoc(m methodModel, deprecated bool) string {
 	var text string
 	switch {
 	case m.Event:
-		text = fmt.Sprintf("Describes rpc %s, an event the server publishes,\nfor Connection.onEvent.", m.FullName)
+		text = fmt.Sprintf("Describes rpc %s, an event the server publishes,\nfor onEvent.", m.FullName)
 	case m.Handled:
 		text = fmt.Sprintf("Describes rpc %s, which the server calls on clients,\nfor handle.", m.FullName)
 	default:

@@ -27,11 +27,11 @@ type fileModel struct {
 	// when the file does not need the name.
 	MessageInitShape, CallOptions, Connection, MethodSpec string
 	ClientStreamCall, BidiStreamCall                      string
-	// The runtime's free functions for streams and server->client calls,
+	// The runtime's free functions for streams, events and server->client calls,
 	// value imports as the file spells them; empty when the file does not
 	// call them. (They are functions rather than Connection methods so that
 	// an app making only unary calls does not bundle them.)
-	ServerStream, ClientStream, BidiStream, Handle string
+	ServerStream, ClientStream, BidiStream, Handle, OnEvent string
 }
 
 type importStmt struct {
@@ -238,13 +238,14 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 		initShape, callOptions, connection     bool
 		clientStreamCall, bidiStreamCall       bool
 		serverStream, clientStream, bidiStream bool
-		handle                                 bool
+		handle, onEvent                        bool
 	}
 	for _, s := range m.Services {
 		need.connection = true
 		for _, meth := range s.Methods {
 			switch {
 			case meth.Event:
+				need.onEvent = true
 			case meth.Handled:
 				need.initShape = true
 				need.handle = true
@@ -283,6 +284,7 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 	bidiStream := runtimeName(rt, "bidiStream", need.bidiStream, true)
 	clientStream := runtimeName(rt, "clientStream", need.clientStream, true)
 	handle := runtimeName(rt, "handle", need.handle, true)
+	onEvent := runtimeName(rt, "onEvent", need.onEvent, true)
 	serverStream := runtimeName(rt, "serverStream", need.serverStream, true)
 
 	// A message reference is filled in once every import has its alias.
@@ -322,7 +324,7 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 	}
 	m.MessageInitShape, m.CallOptions, m.Connection, m.MethodSpec = mis.alias, callOptions.alias, connection.alias, methodSpec.alias
 	m.ClientStreamCall, m.BidiStreamCall = clientStreamCall.alias, bidiStreamCall.alias
-	m.ServerStream, m.ClientStream, m.BidiStream, m.Handle = serverStream.alias, clientStream.alias, bidiStream.alias, handle.alias
+	m.ServerStream, m.ClientStream, m.BidiStream, m.Handle, m.OnEvent = serverStream.alias, clientStream.alias, bidiStream.alias, handle.alias, onEvent.alias
 	m.Imports = im.statements()
 	return m, nil
 }

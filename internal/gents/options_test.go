@@ -102,8 +102,9 @@ func TestRuntimeFunctionsImport(t *testing.T) {
 	for _, f := range resp.GetFile() {
 		content := f.GetContent()
 		for _, w := range []string{
-			`import { bidiStream, clientStream, handle, serverStream } from "@acme/parley";`,
+			`import { bidiStream, clientStream, handle, onEvent, serverStream } from "@acme/parley";`,
 			`return serverStream(this.#connection, `,
+			`return onEvent(this.#connection, `,
 			`handle(connection, `,
 		} {
 			if !strings.Contains(content, w) {

@@ -35,14 +35,17 @@ export declare class Connection {
     request: MessageShape<I> | MessageInitShape<I>,
     options?: CallOptions,
   ): Promise<MessageShape<O>>;
-  onEvent<I extends DescMessage>(
-    spec: MethodSpec<I, DescMessage>,
-    handler: (event: MessageShape<I>) => void,
-  ): () => void;
 }
 
-// Streams and server->client calls are free functions, not Connection
-// methods, so that an app making only unary calls does not bundle them.
+// Streams, events and server->client calls are free functions, not
+// Connection methods, so that an app making only unary calls does not
+// bundle them.
+export declare function onEvent<I extends DescMessage>(
+  connection: Connection,
+  spec: MethodSpec<I, DescMessage>,
+  handler: (event: MessageShape<I>) => void,
+): () => void;
+
 export declare function serverStream<I extends DescMessage, O extends DescMessage>(
   connection: Connection,
   spec: MethodSpec<I, O>,

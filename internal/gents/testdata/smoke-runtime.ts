@@ -22,6 +22,7 @@ export interface Recorder {
     spec: MethodSpec<I, O>,
     handler: (request: MessageShape<I>, context: Context) => Reply<O>,
   ): () => void;
+  onEvent<I extends DescMessage>(spec: MethodSpec<I, DescMessage>, handler: (event: MessageShape<I>) => void): () => void;
 }
 
 function recorder(connection: Connection): Recorder {
@@ -59,4 +60,12 @@ export function handle<I extends DescMessage, O extends DescMessage>(
   handler: (request: MessageShape<I>, context: Context) => Reply<O>,
 ): () => void {
   return recorder(connection).handle(spec, handler);
+}
+
+export function onEvent<I extends DescMessage>(
+  connection: Connection,
+  spec: MethodSpec<I, DescMessage>,
+  handler: (event: MessageShape<I>) => void,
+): () => void {
+  return recorder(connection).onEvent(spec, handler);
 }

@@ -4,12 +4,13 @@
 //
 // Each size is an entry bundled from dist/ by esbuild (bundle, minify, esm,
 // es2022, browser), then gzipped at level 9:
-//   unary:   Connection alone: unary calls, events, reconnection, keepalive
+//   unary:   Connection alone: unary calls, reconnection, keepalive
 //            (what an app without streaming methods or client-side
 //            services bundles);
-//   streams: that and serverStream, clientStream and bidiStream;
+//   events:  that and onEvent, for the server's events;
+//   streams: Connection and serverStream, clientStream and bidiStream;
 //   binary:  everything @parleyrpc/runtime exports (export * from index.js):
-//            that and handle, for client-side services;
+//            those and handle, for client-side calls;
 //   JSON:    that and everything @parleyrpc/runtime/json exports.
 // "runtime" leaves @bufbuild/protobuf out, since an application has it
 // anyway for its schemas. "with the protobuf-es it uses" bundles the parts of
@@ -24,6 +25,7 @@ import { gzipSync } from "node:zlib";
 const dist = new URL("../dist/", import.meta.url).pathname;
 const entries = {
   unary: `export { Connection } from "./index.js";`,
+  events: `export { Connection, onEvent } from "./index.js";`,
   streams: `export { Connection, bidiStream, clientStream, serverStream } from "./index.js";`,
   binary: `export * from "./index.js";`,
   json: `export * from "./index.js"; export * from "./json.js";`,
@@ -61,13 +63,14 @@ const sizes = {};
 for (const [name, entry] of Object.entries(entries)) {
   sizes[name] = { runtime: await bundle(entry, false), full: await bundle(entry, true) };
 }
-const { unary, streams, binary, json } = sizes;
+const { unary, events, streams, binary, json } = sizes;
 const row = (what, r, f) => `| ${what} | ${n(r.min)} | ${n(r.gz)} | ${n(f.min)} | ${n(f.gz)} |`;
 const diff = (a, b) => ({ min: a.min - b.min, gz: a.gz - b.gz });
 console.log("| @parleyrpc/runtime, bytes | min | min+gz | min, with the protobuf-es it uses | min+gz, with the protobuf-es it uses |");
 console.log("|---|---:|---:|---:|---:|");
-console.log(row("Connection: unary calls, events, reconnection", unary.runtime, unary.full));
-console.log(row("and the stream functions", streams.runtime, streams.full));
+console.log(row("Connection: unary calls, reconnection, keepalive", unary.runtime, unary.full));
+console.log(row("and onEvent, for events", events.runtime, events.full));
+console.log(row("Connection and the stream functions", streams.runtime, streams.full));
 console.log(row("everything (and handle): binary, the default", binary.runtime, binary.full));
 console.log(row("with @parleyrpc/runtime/json", json.runtime, json.full));
 console.log(row("the JSON module adds", diff(json.runtime, binary.runtime), diff(json.full, binary.full)));

@@ -1,7 +1,7 @@
 import { create, type DescMessage, type MessageInitShape, type MessageShape, type Registry } from "@bufbuild/protobuf";
 import { codeFromNumber, codeToNumber, type Code } from "./code.js";
 import { ParleyError } from "./error.js";
-import type { Body, Call, Credit, ErrorFrame, Frame, Welcome } from "./frame.js";
+import type { Body, Call, Credit, ErrorFrame, Event, Frame, Welcome } from "./frame.js";
 import type { HandlerContext } from "./handle.js";
 import type { CallOptions, MethodSpec } from "./method.js";
 import { binaryProtocol, type Protocol } from "./protocol.js";
@@ -316,9 +316,10 @@ const closeResumable = 4000;
 const sessionTopic = "session";
 
 /**
- * What stream.ts and handle.ts reach of a connection. They are modules of
- * their own, so that applications that make no stream calls and serve
- * nothing do not bundle them; this is not exported from the package.
+ * What stream.ts, handle.ts and event.ts reach of a connection. They are
+ * modules of their own, so that applications that make no stream calls,
+ * serve nothing or handle no events do not bundle them; this is not
+ * exported from the package.
  *
  * @internal
  */
@@ -338,6 +339,9 @@ export interface Internals {
   grown: number;
   /** The bytes of stream items received and not yet read (see streamBufferBytes). */
   streamBuf: number;
+  /** The event handlers by method, and what dispatches an event to them (see onEvent, which makes them). */
+  events?: Map<string, Set<(body: Body) => unknown>>;
+  event?: (event: Event) => void;
   /** The client's handlers by method (see handle, which makes it). */
   handlers?: Map<string, { spec: MethodSpec; fn: (req: unknown, ctx: HandlerContext) => unknown }>;
   /**
@@ -355,7 +359,7 @@ export interface Internals {
 /** What a call's or stream's end reports: local is true when this side gave up (deadline, abort, cancel). */
 type Done = (error: ParleyError | undefined, value: unknown, local: boolean) => void;
 
-/** The internals of a connection, for stream.ts and handle.ts. @internal */
+/** The internals of a connection, for stream.ts, handle.ts and event.ts. @internal */
 export let internals: (connection: Connection) => Internals;
 
 /**
@@ -421,7 +425,6 @@ export class Connection {
   /** The deadline timer (see #arm) and when it fires. */
   #timer: ReturnType<typeof setTimeout> | undefined;
   #timerAt = Infinity;
-  #events = new Map<string, Set<(body: Body) => unknown>>();
   #in: Internals;
 
   static {
@@ -503,23 +506,6 @@ export class Connection {
         e ? reject(e) : resolve(v as MessageShape<O>),
       );
     });
-  }
-
-  /**
-   * Calls handler with every event of the method spec the server pushes,
-   * in the order they arrive, until the returned function is called.
-   * Several handlers of one event run in the order they were added. What
-   * a handler throws (or its promise rejects with) goes to the onError
-   * option and never affects the connection or other handlers. Events
-   * nobody handles are dropped.
-   */
-  onEvent<I extends DescMessage>(spec: MethodSpec<I, DescMessage>, handler: (event: MessageShape<I>) => void): () => void {
-    const m = spec.procedure;
-    const set = this.#events.get(m) ?? new Set();
-    this.#events.set(m, set);
-    const h = (b: Body) => handler(this.#decode(spec.input, b) as MessageShape<I>);
-    set.add(h);
-    return () => set.delete(h);
   }
 
   /**
@@ -958,21 +944,14 @@ export class Connection {
     } else if ("credit" in frame) {
       this.#mine(s, frame.credit.id)?.s?.credit(frame.credit);
     } else if ("event" in frame) {
-      const { method = "", topic, offset = 0 } = frame.event;
+      const { topic, offset = 0 } = frame.event;
       // Events replayed after a resume may overlap those that came before
       // the drop: each offset of the session is handled once.
       if (topic == sessionTopic && offset && s.session && s.session.sessionId == this.#session?.sessionId) {
         if (offset <= this.#lastEvent) return;
         this.#lastEvent = offset;
       }
-      // In arrival order, each handler isolated from the others.
-      for (const h of [...(this.#events.get(method) ?? [])]) {
-        try {
-          Promise.resolve(h(frame.event)).catch(this.#onError);
-        } catch (e) {
-          this.#onError(e);
-        }
-      }
+      this.#in.event?.(frame.event);
     } else if ("call" in frame) {
       const { id, method = "" } = frame.call;
       // Id 0 is a protocol error: an Error with id 0 concerns the connection.
@@ -993,8 +972,6 @@ export class Connection {
     const p = this.#inflight.get(id);
     return p?.sock == s ? p : undefined;
   }
-
-  #onError = (e: unknown) => (this.#options.onError ?? console.error)(e);
 
   /** Sends Ping on s every `every` ms, and drops s when nothing arrives for every + pongTimeoutMs. */
   #keepalive(s: Sock, every: number) {

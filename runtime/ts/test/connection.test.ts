@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
-import { binaryProtocol, Connection, handle, ParleyError, serverStream, type ConnectionOptions, type ConnectionState, type MethodSpec } from "../src/index.js";
+import { binaryProtocol, Connection, handle, onEvent, ParleyError, serverStream, type ConnectionOptions, type ConnectionState, type MethodSpec } from "../src/index.js";
 import { rejectsWith, within } from "./assert.js";
 import { FakeServer, expectFrame, type Peer } from "./fakeserver.js";
 import { EchoRequestSchema, EchoResponseSchema } from "./gen/e2e/v1/echo_pb.js";
@@ -527,7 +527,7 @@ describe("choosing the protocol", () => {
       assert.equal(e.code, 3);
       assert.match(e.message!, /decoding the request of \/e2e\.v1\.ClientEvents\/Confirm: Error: a json body on parley\.v1\+proto/);
 
-      conn.onEvent(Tick, () => assert.fail("an undecodable event reached its handler"));
+      onEvent(conn, Tick, () => assert.fail("an undecodable event reached its handler"));
       send({ kind: { case: "event", value: { method: Tick.procedure, body: json } } });
       peer.send({ ping: { nonce: "1" } });
       await expectFrame(peer, "pong");

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
-import { Connection, type ConnectionState } from "../src/index.js";
+import { Connection, onEvent, type ConnectionState } from "../src/index.js";
 import { startE2EServer } from "./e2eserver.js";
 import { TcpProxy } from "./proxy.js";
 import { Echo, Outcome, Sleep, Subscribe, Tick } from "./specs.js";
@@ -54,7 +54,7 @@ for (const protocol of ["proto", "json"] as const) {
       conn.onStateChange((s) => states.push(s));
       /** Events that arrived after each reconnect: the replayed and later ones. */
       const afterReopen: number[] = [];
-      conn.onEvent(Tick, (ev) => {
+      onEvent(conn, Tick, (ev) => {
         seen.push(ev.seq);
         const reopened = states.filter((s) => s.status == "open").length;
         if (reopened) afterReopen[reopened - 1] = (afterReopen[reopened - 1] ?? 0) + 1;
@@ -138,7 +138,7 @@ for (const protocol of ["proto", "json"] as const) {
       const conn = new Connection(proxy.url(server.url), { WebSocket, protocol: protocols[protocol], reconnect, pingIntervalMs: 100, pongTimeoutMs: 200 });
       await within(conn.ready);
       const seen: number[] = [];
-      conn.onEvent(Tick, (ev) => void seen.push(ev.seq));
+      onEvent(conn, Tick, (ev) => void seen.push(ev.seq));
       await conn.call(Subscribe, { count: 3 });
       proxy.blackholeAll();
       const t0 = performance.now();

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
-import { bidiStream, clientStream, Connection, handle, ParleyError, serverStream } from "../src/index.js";
+import { bidiStream, clientStream, Connection, handle, onEvent, ParleyError, serverStream } from "../src/index.js";
 import { rejectsWith } from "./assert.js";
 import { startE2EServer } from "./e2eserver.js";
 import { AskBack, Confirm, Count, Echo, EchoStream, StreamOutcome, Subscribe, Sum, Tick } from "./specs.js";
@@ -260,7 +260,7 @@ for (const protocol of ["proto", "json"] as const) {
     test("events arrive in order; server-to-client calls reach the handler", async () => {
       const seqs: number[] = [];
       const all = new Promise<void>((resolve) =>
-        conn.onEvent(Tick, (e) => {
+        onEvent(conn, Tick, (e) => {
           seqs.push(e.seq);
           if (seqs.length == 1000) resolve();
         }),

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
-import { Connection, serverStream, type ConnectionOptions, type ConnectionState } from "../src/index.js";
+import { Connection, onEvent, serverStream, type ConnectionOptions, type ConnectionState } from "../src/index.js";
 import type { Frame, Hello, Welcome } from "../src/frame.js";
 import { rejectsWith, within } from "./assert.js";
 import { FakeServer, expectFrame, type FakeServerOptions } from "./fakeserver.js";
@@ -222,7 +222,7 @@ describe("reconnect", () => {
     await withServer(await serverWith(welcomes), async (server) => {
       const conn = new Connection(server.url, { ...fast, metadata: { app: "x" } });
       const seen: number[] = [];
-      conn.onEvent(Tick, (ev) => void seen.push(ev.seq));
+      onEvent(conn, Tick, (ev) => void seen.push(ev.seq));
       const p1 = await server.peer();
       assert.deepEqual((await p1.hello as { hello: Hello }).hello, { metadata: { app: "x" }, agent: "parley-ts/0.1.0", maxMessageBytes: 4 << 20, streamWindowBytes: 256 << 10 });
       await open(conn);
@@ -401,7 +401,7 @@ describe("reconnect", () => {
     await withServer(await serverWith([{ sessionId: "s1" }, { sessionId: "s2" }]), async (server) => {
       const conn = new Connection(server.url, { ...fast });
       const seen: number[] = [];
-      conn.onEvent(Tick, (ev) => void seen.push(ev.seq));
+      onEvent(conn, Tick, (ev) => void seen.push(ev.seq));
       await open(conn);
       (await server.peer()).ws.terminate();
       const p2 = await server.peer();

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
-import { bidiStream, clientStream, Connection, handle, ParleyError, serverStream, type ConnectionOptions } from "../src/index.js";
+import { bidiStream, clientStream, Connection, handle, onEvent, ParleyError, serverStream, type ConnectionOptions } from "../src/index.js";
 import type { Body, Hello } from "../src/frame.js";
 import { rejectsWith, within } from "./assert.js";
 import { FakeServer, expectFrame, type Peer } from "./fakeserver.js";
@@ -51,11 +51,11 @@ for (const protocol of ["proto", "json"] as const) {
       const { conn, peer } = await connect({ onError: (e) => errors.push(e) });
       const a: number[] = [];
       const b: number[] = [];
-      conn.onEvent(Tick, () => {
+      onEvent(conn, Tick, () => {
         throw new Error("handler bug");
       });
-      const offA = conn.onEvent(Tick, (e) => a.push(e.seq));
-      conn.onEvent(Tick, async (e) => {
+      const offA = onEvent(conn, Tick, (e) => a.push(e.seq));
+      onEvent(conn, Tick, async (e) => {
         b.push(e.seq);
         if (e.seq == 2) throw new Error("async bug");
       });

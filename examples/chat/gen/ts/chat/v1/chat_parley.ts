@@ -12,7 +12,7 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { BidiStreamCall, CallOptions, Connection, MethodSpec } from "@parleyrpc/runtime";
-import { bidiStream, handle } from "@parleyrpc/runtime";
+import { bidiStream, handle, onEvent } from "@parleyrpc/runtime";
 import type { ChatMessage, ConfirmLeaveRequest, ConfirmLeaveResponse, JoinRequest, JoinResponse, KickRequest, KickResponse, LeaveRequest, LeaveResponse, ListRoomsRequest, ListRoomsResponse, PostRequest, PostResponse, PresenceChangedEvent, SetTypingRequest, SetTypingResponse, TypingEvent, UserJoinedEvent, UserLeftEvent } from "./chat_pb";
 import { ChatMessageSchema, ConfirmLeaveRequestSchema, ConfirmLeaveResponseSchema, JoinRequestSchema, JoinResponseSchema, KickRequestSchema, KickResponseSchema, LeaveRequestSchema, LeaveResponseSchema, ListRoomsRequestSchema, ListRoomsResponseSchema, PostRequestSchema, PostResponseSchema, PresenceChangedEventSchema, SetTypingRequestSchema, SetTypingResponseSchema, TypingEventSchema, TypingStreamRequestSchema, TypingStreamResponseSchema, UserJoinedEventSchema, UserLeftEventSchema } from "./chat_pb";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
@@ -202,7 +202,7 @@ export class ChatServiceClient {
 
 /**
  * Describes rpc chat.v1.ChatEvents.MessagePosted, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const ChatEventsMessagePostedSpec: MethodSpec<typeof ChatMessageSchema, typeof EmptySchema> = {
   procedure: "/chat.v1.ChatEvents/MessagePosted",
@@ -212,7 +212,7 @@ export const ChatEventsMessagePostedSpec: MethodSpec<typeof ChatMessageSchema, t
 
 /**
  * Describes rpc chat.v1.ChatEvents.UserJoined, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const ChatEventsUserJoinedSpec: MethodSpec<typeof UserJoinedEventSchema, typeof EmptySchema> = {
   procedure: "/chat.v1.ChatEvents/UserJoined",
@@ -222,7 +222,7 @@ export const ChatEventsUserJoinedSpec: MethodSpec<typeof UserJoinedEventSchema, 
 
 /**
  * Describes rpc chat.v1.ChatEvents.UserLeft, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const ChatEventsUserLeftSpec: MethodSpec<typeof UserLeftEventSchema, typeof EmptySchema> = {
   procedure: "/chat.v1.ChatEvents/UserLeft",
@@ -232,7 +232,7 @@ export const ChatEventsUserLeftSpec: MethodSpec<typeof UserLeftEventSchema, type
 
 /**
  * Describes rpc chat.v1.ChatEvents.Typing, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const ChatEventsTypingSpec: MethodSpec<typeof TypingEventSchema, typeof EmptySchema> = {
   procedure: "/chat.v1.ChatEvents/Typing",
@@ -242,7 +242,7 @@ export const ChatEventsTypingSpec: MethodSpec<typeof TypingEventSchema, typeof E
 
 /**
  * Describes rpc chat.v1.ChatEvents.PresenceChanged, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const ChatEventsPresenceChangedSpec: MethodSpec<typeof PresenceChangedEventSchema, typeof EmptySchema> = {
   procedure: "/chat.v1.ChatEvents/PresenceChanged",
@@ -291,7 +291,7 @@ export class ChatEventsSubscriber {
    * @generated from rpc chat.v1.ChatEvents.MessagePosted
    */
   onMessagePosted(handler: (event: ChatMessage) => void): () => void {
-    return this.#connection.onEvent(ChatEventsMessagePostedSpec, handler);
+    return onEvent(this.#connection, ChatEventsMessagePostedSpec, handler);
   }
 
   /**
@@ -304,7 +304,7 @@ export class ChatEventsSubscriber {
    * @generated from rpc chat.v1.ChatEvents.UserJoined
    */
   onUserJoined(handler: (event: UserJoinedEvent) => void): () => void {
-    return this.#connection.onEvent(ChatEventsUserJoinedSpec, handler);
+    return onEvent(this.#connection, ChatEventsUserJoinedSpec, handler);
   }
 
   /**
@@ -319,7 +319,7 @@ export class ChatEventsSubscriber {
    * @generated from rpc chat.v1.ChatEvents.UserLeft
    */
   onUserLeft(handler: (event: UserLeftEvent) => void): () => void {
-    return this.#connection.onEvent(ChatEventsUserLeftSpec, handler);
+    return onEvent(this.#connection, ChatEventsUserLeftSpec, handler);
   }
 
   /**
@@ -333,7 +333,7 @@ export class ChatEventsSubscriber {
    * @generated from rpc chat.v1.ChatEvents.Typing
    */
   onTyping(handler: (event: TypingEvent) => void): () => void {
-    return this.#connection.onEvent(ChatEventsTypingSpec, handler);
+    return onEvent(this.#connection, ChatEventsTypingSpec, handler);
   }
 
   /**
@@ -347,7 +347,7 @@ export class ChatEventsSubscriber {
    * @generated from rpc chat.v1.ChatEvents.PresenceChanged
    */
   onPresenceChanged(handler: (event: PresenceChangedEvent) => void): () => void {
-    return this.#connection.onEvent(ChatEventsPresenceChangedSpec, handler);
+    return onEvent(this.#connection, ChatEventsPresenceChangedSpec, handler);
   }
 }
 

@@ -8,7 +8,7 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { CallOptions, Connection, MethodSpec } from "@parleyrpc/runtime";
-import { handle } from "@parleyrpc/runtime";
+import { handle, onEvent } from "@parleyrpc/runtime";
 import type { ChatMessage, JoinRequest, JoinResponse } from "./chat_pb";
 import { ChatMessageSchema, JoinRequestSchema, JoinResponseSchema } from "./chat_pb";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
@@ -42,7 +42,7 @@ export class ChatServiceClient {
 
 /**
  * Describes rpc chat.v1.ChatEvents.MessagePosted, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const ChatEventsMessagePostedSpec: MethodSpec<typeof ChatMessageSchema, typeof EmptySchema> = {
   procedure: "/chat.v1.ChatEvents/MessagePosted",
@@ -84,7 +84,7 @@ export class ChatEventsSubscriber {
    * @generated from rpc chat.v1.ChatEvents.MessagePosted
    */
   onMessagePosted(handler: (event: ChatMessage) => void): () => void {
-    return this.#connection.onEvent(ChatEventsMessagePostedSpec, handler);
+    return onEvent(this.#connection, ChatEventsMessagePostedSpec, handler);
   }
 }
 

@@ -10,7 +10,7 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { BidiStreamCall, CallOptions, ClientStreamCall, Connection, MethodSpec } from "@parleyrpc/runtime";
-import { bidiStream, clientStream, handle, serverStream } from "@parleyrpc/runtime";
+import { bidiStream, clientStream, handle, onEvent, serverStream } from "@parleyrpc/runtime";
 import type { BalanceRequest, BalanceRequest_Reply, PostRequest, PostResponse, WatchRequest } from "./ledger_pb";
 import { BalanceRequestSchema, BalanceRequest_ReplySchema, PostRequestSchema, PostResponseSchema, WatchRequestSchema } from "./ledger_pb";
 import type { Entry } from "./types_pb";
@@ -155,7 +155,7 @@ export class LedgerServiceClient {
 
 /**
  * Describes rpc ledger.v1.LedgerEvents.Posted, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const LedgerEventsPostedSpec: MethodSpec<typeof EntrySchema, typeof EmptySchema> = {
   procedure: "/ledger.v1.LedgerEvents/Posted",
@@ -201,7 +201,7 @@ export class LedgerEventsSubscriber {
    * @generated from rpc ledger.v1.LedgerEvents.Posted
    */
   onPosted(handler: (event: Entry) => void): () => void {
-    return this.#connection.onEvent(LedgerEventsPostedSpec, handler);
+    return onEvent(this.#connection, LedgerEventsPostedSpec, handler);
   }
 }
 

@@ -9,14 +9,14 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { CallOptions, Connection, MethodSpec } from "@parleyrpc/runtime";
-import { handle } from "@parleyrpc/runtime";
+import { handle, onEvent } from "@parleyrpc/runtime";
 import type { Publisher, Target } from "./event/event_pb";
 import { PublisherSchema, TargetSchema } from "./event/event_pb";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
 
 /**
  * Describes rpc clash.v1.Room.Publish, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const RoomPublishSpec: MethodSpec<typeof TargetSchema, typeof EmptySchema> = {
   procedure: "/clash.v1.Room/Publish",
@@ -26,7 +26,7 @@ export const RoomPublishSpec: MethodSpec<typeof TargetSchema, typeof EmptySchema
 
 /**
  * Describes rpc clash.v1.Room.Register, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const RoomRegisterSpec: MethodSpec<typeof TargetSchema, typeof EmptySchema> = {
   procedure: "/clash.v1.Room/Register",
@@ -46,7 +46,7 @@ export const RoomHandlerSpec: MethodSpec<typeof TargetSchema, typeof TargetSchem
 
 /**
  * Describes rpc clash.v1.Room.Publisher, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const RoomPublisherSpec: MethodSpec<typeof PublisherSchema, typeof EmptySchema> = {
   procedure: "/clash.v1.Room/Publisher",
@@ -56,7 +56,7 @@ export const RoomPublisherSpec: MethodSpec<typeof PublisherSchema, typeof EmptyS
 
 /**
  * Describes rpc clash.v1.Room.P, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const RoomPSpec: MethodSpec<typeof TargetSchema, typeof EmptySchema> = {
   procedure: "/clash.v1.Room/P",
@@ -101,7 +101,7 @@ export class RoomSubscriber {
    * @generated from rpc clash.v1.Room.Publish
    */
   onPublish(handler: (event: Target) => void): () => void {
-    return this.#connection.onEvent(RoomPublishSpec, handler);
+    return onEvent(this.#connection, RoomPublishSpec, handler);
   }
 
   /**
@@ -112,7 +112,7 @@ export class RoomSubscriber {
    * @generated from rpc clash.v1.Room.Register
    */
   onRegister(handler: (event: Target) => void): () => void {
-    return this.#connection.onEvent(RoomRegisterSpec, handler);
+    return onEvent(this.#connection, RoomRegisterSpec, handler);
   }
 
   /**
@@ -123,7 +123,7 @@ export class RoomSubscriber {
    * @generated from rpc clash.v1.Room.Publisher
    */
   onPublisher(handler: (event: Publisher) => void): () => void {
-    return this.#connection.onEvent(RoomPublisherSpec, handler);
+    return onEvent(this.#connection, RoomPublisherSpec, handler);
   }
 
   /**
@@ -134,7 +134,7 @@ export class RoomSubscriber {
    * @generated from rpc clash.v1.Room.P
    */
   onP(handler: (event: Target) => void): () => void {
-    return this.#connection.onEvent(RoomPSpec, handler);
+    return onEvent(this.#connection, RoomPSpec, handler);
   }
 }
 
@@ -188,7 +188,7 @@ export function registerRoomHandler(connection: Connection, handler: RoomHandler
 
 /**
  * Describes rpc clash.v1.Alerts.Raised, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const AlertsRaisedSpec: MethodSpec<typeof TargetSchema, typeof EmptySchema> = {
   procedure: "/clash.v1.Alerts/Raised",
@@ -233,7 +233,7 @@ export class AlertsSubscriber {
    * @generated from rpc clash.v1.Alerts.Raised
    */
   onRaised(handler: (event: Target) => void): () => void {
-    return this.#connection.onEvent(AlertsRaisedSpec, handler);
+    return onEvent(this.#connection, AlertsRaisedSpec, handler);
   }
 }
 
@@ -279,7 +279,7 @@ export function registerAlertsHandler(connection: Connection, handler: AlertsHan
 
 /**
  * Describes rpc clash.v1.NewAlerts.Raised, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const NewAlertsRaisedSpec: MethodSpec<typeof TargetSchema, typeof EmptySchema> = {
   procedure: "/clash.v1.NewAlerts/Raised",
@@ -314,13 +314,13 @@ export class NewAlertsSubscriber {
    * @generated from rpc clash.v1.NewAlerts.Raised
    */
   onRaised(handler: (event: Target) => void): () => void {
-    return this.#connection.onEvent(NewAlertsRaisedSpec, handler);
+    return onEvent(this.#connection, NewAlertsRaisedSpec, handler);
   }
 }
 
 /**
  * Describes rpc clash.v1.RegisterAlerts.Raised, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const RegisterAlertsRaisedSpec: MethodSpec<typeof TargetSchema, typeof EmptySchema> = {
   procedure: "/clash.v1.RegisterAlerts/Raised",
@@ -355,7 +355,7 @@ export class RegisterAlertsSubscriber {
    * @generated from rpc clash.v1.RegisterAlerts.Raised
    */
   onRaised(handler: (event: Target) => void): () => void {
-    return this.#connection.onEvent(RegisterAlertsRaisedSpec, handler);
+    return onEvent(this.#connection, RegisterAlertsRaisedSpec, handler);
   }
 }
 

@@ -7,6 +7,7 @@
 /* eslint-disable */
 
 import type { Connection, MethodSpec } from "@parleyrpc/runtime";
+import { onEvent } from "@parleyrpc/runtime";
 import type { Presence, TypingIndicator } from "./room_pb";
 import { PresenceSchema, TypingIndicatorSchema } from "./room_pb";
 import type { Empty } from "@bufbuild/protobuf/wkt";
@@ -14,7 +15,7 @@ import { EmptySchema } from "@bufbuild/protobuf/wkt";
 
 /**
  * Describes rpc room.v1.RoomEvents.UserJoined, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const RoomEventsUserJoinedSpec: MethodSpec<typeof PresenceSchema, typeof EmptySchema> = {
   procedure: "/room.v1.RoomEvents/UserJoined",
@@ -24,7 +25,7 @@ export const RoomEventsUserJoinedSpec: MethodSpec<typeof PresenceSchema, typeof 
 
 /**
  * Describes rpc room.v1.RoomEvents.UserLeft, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const RoomEventsUserLeftSpec: MethodSpec<typeof PresenceSchema, typeof EmptySchema> = {
   procedure: "/room.v1.RoomEvents/UserLeft",
@@ -34,7 +35,7 @@ export const RoomEventsUserLeftSpec: MethodSpec<typeof PresenceSchema, typeof Em
 
 /**
  * Describes rpc room.v1.RoomEvents.Typing, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  *
  * @deprecated
  */
@@ -46,7 +47,7 @@ export const RoomEventsTypingSpec: MethodSpec<typeof TypingIndicatorSchema, type
 
 /**
  * Describes rpc room.v1.RoomEvents.Ping, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const RoomEventsPingSpec: MethodSpec<typeof EmptySchema, typeof EmptySchema> = {
   procedure: "/room.v1.RoomEvents/Ping",
@@ -82,7 +83,7 @@ export class RoomEventsSubscriber {
    * @generated from rpc room.v1.RoomEvents.UserJoined
    */
   onUserJoined(handler: (event: Presence) => void): () => void {
-    return this.#connection.onEvent(RoomEventsUserJoinedSpec, handler);
+    return onEvent(this.#connection, RoomEventsUserJoinedSpec, handler);
   }
 
   /**
@@ -93,7 +94,7 @@ export class RoomEventsSubscriber {
    * @generated from rpc room.v1.RoomEvents.UserLeft
    */
   onUserLeft(handler: (event: Presence) => void): () => void {
-    return this.#connection.onEvent(RoomEventsUserLeftSpec, handler);
+    return onEvent(this.#connection, RoomEventsUserLeftSpec, handler);
   }
 
   /**
@@ -107,7 +108,7 @@ export class RoomEventsSubscriber {
    * @deprecated
    */
   onTyping(handler: (event: TypingIndicator) => void): () => void {
-    return this.#connection.onEvent(RoomEventsTypingSpec, handler);
+    return onEvent(this.#connection, RoomEventsTypingSpec, handler);
   }
 
   /**
@@ -121,6 +122,6 @@ export class RoomEventsSubscriber {
    * @generated from rpc room.v1.RoomEvents.Ping
    */
   onPing(handler: (event: Empty) => void): () => void {
-    return this.#connection.onEvent(RoomEventsPingSpec, handler);
+    return onEvent(this.#connection, RoomEventsPingSpec, handler);
   }
 }

@@ -8,7 +8,7 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { BidiStreamCall, CallOptions, ClientStreamCall, Connection, MethodSpec } from "@parleyrpc/runtime";
-import { bidiStream, clientStream, handle, serverStream } from "@parleyrpc/runtime";
+import { bidiStream, clientStream, handle, onEvent, serverStream } from "@parleyrpc/runtime";
 import type { ChatMessage, JoinRequest, JoinResponse, LeaveAck, LeaveRequest, StatusReport, TailRequest } from "./chat_pb";
 import { ChatMessageSchema, ChatRequestSchema, ChatResponseSchema, ChunkSchema, JoinRequestSchema, JoinResponseSchema, LeaveAckSchema, LeaveRequestSchema, StatusReportSchema, TailRequestSchema, UploadResponseSchema } from "./chat_pb";
 import type { Empty } from "@bufbuild/protobuf/wkt";
@@ -154,7 +154,7 @@ export class ChatServiceClient {
 
 /**
  * Describes rpc chat.v1.ChatEvents.MessagePosted, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const ChatEventsMessagePostedSpec: MethodSpec<typeof ChatMessageSchema, typeof EmptySchema> = {
   procedure: "/chat.v1.ChatEvents/MessagePosted",
@@ -176,7 +176,7 @@ export const ChatEventsConfirmLeaveSpec: MethodSpec<typeof LeaveRequestSchema, t
 
 /**
  * Describes rpc chat.v1.ChatEvents.Kicked, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const ChatEventsKickedSpec: MethodSpec<typeof LeaveRequestSchema, typeof EmptySchema> = {
   procedure: "/chat.v1.ChatEvents/Kicked",
@@ -224,7 +224,7 @@ export class ChatEventsSubscriber {
    * @generated from rpc chat.v1.ChatEvents.MessagePosted
    */
   onMessagePosted(handler: (event: ChatMessage) => void): () => void {
-    return this.#connection.onEvent(ChatEventsMessagePostedSpec, handler);
+    return onEvent(this.#connection, ChatEventsMessagePostedSpec, handler);
   }
 
   /**
@@ -235,7 +235,7 @@ export class ChatEventsSubscriber {
    * @generated from rpc chat.v1.ChatEvents.Kicked
    */
   onKicked(handler: (event: LeaveRequest) => void): () => void {
-    return this.#connection.onEvent(ChatEventsKickedSpec, handler);
+    return onEvent(this.#connection, ChatEventsKickedSpec, handler);
   }
 }
 

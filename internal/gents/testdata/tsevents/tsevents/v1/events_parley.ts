@@ -10,14 +10,14 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { BidiStreamCall, CallOptions, ClientStreamCall, Connection, MethodSpec } from "@parleyrpc/runtime";
-import { bidiStream, clientStream, handle, serverStream } from "@parleyrpc/runtime";
+import { bidiStream, clientStream, handle, onEvent, serverStream } from "@parleyrpc/runtime";
 import type { AbortSignal as AbortSignal$1, AsyncIterable as AsyncIterable$1, BidiStreamCall as BidiStreamCall$1, ClientStreamCall as ClientStreamCall$1, NoticesHandler as NoticesHandler$1, NoticesSubscriber as NoticesSubscriber$1, Record as Record$1, bidiStream as bidiStream$1, clientStream as clientStream$1, handle as handle$1, registerNoticesHandler as registerNoticesHandler$1, serverStream as serverStream$1 } from "./events_pb";
 import { AbortSignalSchema, AsyncIterableSchema, BidiStreamCallSchema, ClientStreamCallSchema, NoticesHandlerSchema, NoticesSubscriberSchema, RecordSchema, bidiStreamSchema, clientStreamSchema, handleSchema, registerNoticesHandlerSchema, serverStreamSchema } from "./events_pb";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
 
 /**
  * Describes rpc tsevents.v1.Notices.Record, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const NoticesRecordSpec: MethodSpec<typeof RecordSchema, typeof EmptySchema> = {
   procedure: "/tsevents.v1.Notices/Record",
@@ -27,7 +27,7 @@ export const NoticesRecordSpec: MethodSpec<typeof RecordSchema, typeof EmptySche
 
 /**
  * Describes rpc tsevents.v1.Notices.Aborted, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const NoticesAbortedSpec: MethodSpec<typeof AbortSignalSchema, typeof EmptySchema> = {
   procedure: "/tsevents.v1.Notices/Aborted",
@@ -57,7 +57,7 @@ export const NoticesToStringSpec: MethodSpec<typeof AbortSignalSchema, typeof Re
 
 /**
  * Describes rpc tsevents.v1.Notices.Register, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const NoticesRegisterSpec: MethodSpec<typeof registerNoticesHandlerSchema, typeof EmptySchema> = {
   procedure: "/tsevents.v1.Notices/Register",
@@ -102,7 +102,7 @@ export class NoticesSubscriber {
    * @generated from rpc tsevents.v1.Notices.Record
    */
   onRecord(handler: (event: Record$1) => void): () => void {
-    return this.#connection.onEvent(NoticesRecordSpec, handler);
+    return onEvent(this.#connection, NoticesRecordSpec, handler);
   }
 
   /**
@@ -113,7 +113,7 @@ export class NoticesSubscriber {
    * @generated from rpc tsevents.v1.Notices.Aborted
    */
   onAborted(handler: (event: AbortSignal$1) => void): () => void {
-    return this.#connection.onEvent(NoticesAbortedSpec, handler);
+    return onEvent(this.#connection, NoticesAbortedSpec, handler);
   }
 
   /**
@@ -124,7 +124,7 @@ export class NoticesSubscriber {
    * @generated from rpc tsevents.v1.Notices.Register
    */
   onRegister(handler: (event: registerNoticesHandler$1) => void): () => void {
-    return this.#connection.onEvent(NoticesRegisterSpec, handler);
+    return onEvent(this.#connection, NoticesRegisterSpec, handler);
   }
 }
 

@@ -9,7 +9,7 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { CallOptions, Connection, MethodSpec } from "@parleyrpc/runtime";
-import { handle } from "@parleyrpc/runtime";
+import { handle, onEvent } from "@parleyrpc/runtime";
 import type { Thing } from "./members_pb";
 import { ThingSchema } from "./members_pb";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
@@ -109,7 +109,7 @@ export const PeersThenSpec: MethodSpec<typeof ThingSchema, typeof ThingSchema> =
 
 /**
  * Describes rpc tsmembers.v1.Peers.Left, an event the server publishes,
- * for Connection.onEvent.
+ * for onEvent.
  */
 export const PeersLeftSpec: MethodSpec<typeof ThingSchema, typeof EmptySchema> = {
   procedure: "/tsmembers.v1.Peers/Left",
@@ -144,7 +144,7 @@ export class PeersSubscriber {
    * @generated from rpc tsmembers.v1.Peers.Left
    */
   onLeft(handler: (event: Thing) => void): () => void {
-    return this.#connection.onEvent(PeersLeftSpec, handler);
+    return onEvent(this.#connection, PeersLeftSpec, handler);
   }
 }
 
