@@ -54,7 +54,6 @@ export class ParleyError extends Error {
     this.rawMessage = message;
     this.details = details;
     this.metadata = metadata;
-    Object.setPrototypeOf(this, new.target.prototype);
   }
 
   /**
@@ -94,7 +93,7 @@ export class ParleyError extends Error {
       } else if (d.readJson) {
         found.push(d.readJson(schema, registry));
       } else if (d.json !== undefined) {
-        throw new Error(`parley: the JSON detail ${d.type} has no reader: only details received over jsonProtocol (@parleyrpc/runtime/json) can be decoded`);
+        throw new Error(`parley: the JSON detail ${d.type} has no reader: only details received over jsonProtocol have one`);
       }
     }
     return found;
