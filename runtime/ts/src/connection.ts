@@ -435,6 +435,8 @@ export class Connection {
     this.#options = options;
     this.#url = url;
     this.#protocol = options.protocol ?? binaryProtocol;
+    // JavaScript callers, whom the types do not stop, get a clear error, not a crash at the first frame.
+    if (!this.#protocol.encodeFrame) throw new TypeError("parley: protocol must be binaryProtocol or jsonProtocol (@parleyrpc/runtime/json)");
     this.ready = new Promise((resolve, reject) => (this.#ready = [resolve, reject]));
     this.ready.catch(() => {}); // Unobserved, a failure must not crash Node.
     const WS: WebSocketConstructor | undefined = options.WebSocket ?? (globalThis as any).WebSocket;

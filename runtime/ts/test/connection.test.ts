@@ -485,6 +485,17 @@ describe("connection failures", () => {
 });
 
 describe("choosing the protocol", () => {
+  test("a protocol that is not a Protocol throws a TypeError naming the two; it never falls back to binary", () => {
+    // JavaScript callers, whom the types do not stop ("json" was once a string option).
+    for (const protocol of ["json", "proto", {}]) {
+      const options = { WebSocket, protocol } as unknown as ConnectionOptions;
+      assert.throws(
+        () => new Connection("ws://127.0.0.1:1/", options),
+        (e) => e instanceof TypeError && /binaryProtocol or jsonProtocol \(@parleyrpc\/runtime\/json\)/.test(e.message),
+      );
+    }
+  });
+
   test("no protocol and binaryProtocol both speak parley.v1+proto", async () => {
     const server = await FakeServer.start();
     try {
