@@ -593,6 +593,9 @@ func (jsonCodec) unmarshal(b []byte, m proto.Message) error {
 }
 
 func (c jsonCodec) appendFrame(b []byte, f *frame, msg proto.Message) ([]byte, error) {
+	if f.kind == kindEvent && msg == nil {
+		return appendJSONEvent(b, f), nil
+	}
 	var payload *structpb.Value
 	if msg != nil || f.hasPayload {
 		raw := f.payload
@@ -616,6 +619,38 @@ func (c jsonCodec) appendFrame(b []byte, f *frame, msg proto.Message) ([]byte, e
 		return b, err
 	}
 	return append(b, out...), nil
+}
+
+// appendJSONEvent appends an Event frame whose f.payload is its message's
+// protojson, as protojson would write the frame (offset as a string, empty
+// fields left out), with the payload spliced in as it is rather than
+// parsed into a google.protobuf.Value and written out again: an event goes
+// to many connections, and to each again when its session replays it.
+func appendJSONEvent(b []byte, f *frame) []byte {
+	b = append(b, `{"event":{"method":`...)
+	b = appendJSONString(b, f.method)
+	b = append(b, `,"json":`...)
+	b = append(b, f.payload...)
+	if f.topic != "" {
+		b = append(b, `,"topic":`...)
+		b = appendJSONString(b, f.topic)
+	}
+	if f.offset != 0 {
+		b = append(b, `,"offset":"`...)
+		b = strconv.AppendUint(b, f.offset, 10)
+		b = append(b, '"')
+	}
+	if f.epoch != "" {
+		b = append(b, `,"epoch":`...)
+		b = appendJSONString(b, f.epoch)
+	}
+	return append(b, "}}"...)
+}
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(b []byte, s string) []byte {
+	q, _ := json.Marshal(s) // a string always marshals (invalid UTF-8 becomes U+FFFD)
+	return append(b, q...)
 }
 
 func (jsonCodec) decodeFrame(data []byte, f *frame) error {

@@ -246,6 +246,52 @@ func TestEventHead(t *testing.T) {
 	}
 }
 
+// TestJSONEvent: an event written by appendJSONEvent, its payload spliced
+// in, is the frame protojson writes for it (compared as JSON values), and
+// decodes as that event.
+func TestJSONEvent(t *testing.T) {
+	payload, err := protojson.Marshal(structpb.NewStringValue("h\u00e9llo \"quoted\" <tag>"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []frame{
+		{kind: kindEvent, method: "/chat.v1.Events/Posted", hasPayload: true, payload: payload, topic: sessionTopic, offset: 300},
+		{kind: kindEvent, method: "/e.E/Plain", hasPayload: true, payload: []byte(`{"a":[1,2,{"b":null}]}`)},
+		{kind: kindEvent, method: "/e.E/Epoch", hasPayload: true, payload: []byte(`{}`), topic: "room:\"x\"\n", offset: 1<<64 - 1, epoch: "e\x01"},
+	} {
+		got := appendJSONEvent(nil, &f)
+		var v structpb.Value
+		if err := protojson.Unmarshal(f.payload, &v); err != nil {
+			t.Fatal(err)
+		}
+		pf, err := f.toProto(&v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := protojson.Marshal(pf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var gotV, wantV any
+		if err := json.Unmarshal(got, &gotV); err != nil {
+			t.Fatalf("%s: not JSON: %v\n%s", f.method, err, got)
+		}
+		if err := json.Unmarshal(want, &wantV); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(wantV, gotV); diff != "" {
+			t.Fatalf("%s: differs from protojson's frame (-want +got):\n%s", f.method, diff)
+		}
+		var back frame
+		if err := (jsonCodec{}).decodeFrame(got, &back); err != nil {
+			t.Fatal(err)
+		}
+		if back.kind != kindEvent || back.method != f.method || back.topic != f.topic || back.offset != f.offset || back.epoch != f.epoch {
+			t.Fatalf("decoded %+v from %+v", back, f)
+		}
+	}
+}
+
 // TestMaskCopy checks the word-at-a-time masking against RFC 6455's
 // definition (byte i XOR key byte i%4), whole and in two parts with the
 // key carried over, in place and into another buffer.
