@@ -837,12 +837,15 @@ func (c *Conn) Err() error {
 // An event handler still running sees its context cancelled, and Close
 // waits for it to return: a handler that blocks without watching its
 // context (say, sending on a channel nobody reads any more) holds Close
-// until it returns, so that no handler runs after Close.
+// until it returns, so that no handler runs after Close. Called from one of
+// the connection's own event handlers, Close cannot wait for that handler:
+// it returns without waiting, the handler's context cancelled, and Done is
+// closed once the handler has returned.
 func (c *Conn) Close() error {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		<-c.done
+		c.waitDone()
 		return nil
 	}
 	c.closed, c.closeErr = true, NewError(CodeCanceled, "the connection was closed by Close")
@@ -854,8 +857,19 @@ func (c *Conn) Close() error {
 		e.closeByClient(c.closeErr)
 	}
 	c.reconnectNow() // wake the supervisor if it waits on a GoAway
-	<-c.done
+	c.waitDone()
 	return nil
+}
+
+// waitDone waits for the connection's goroutines to end, unless the caller
+// is one of its event handlers, which they wait for: that handler's context
+// is then cancelled, as the supervisor would.
+func (c *Conn) waitDone() {
+	if c.events.calledFromHandler() {
+		c.stopEvents()
+		return
+	}
+	<-c.done
 }
 
 // closeByClient fails pending calls with err and closes the socket.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"reflect"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -124,6 +126,43 @@ func (r *eventRunner) run() {
 		r.space.Signal()
 		r.mu.Unlock()
 		r.runEvent(ev)
+	}
+}
+
+// runEventName is runEvent's name as runtime frames report it.
+var runEventName = runtime.FuncForPC(reflect.ValueOf((*eventRunner).runEvent).Pointer()).Name()
+
+// calledFromHandler reports whether the calling goroutine may be running
+// one of r's handlers: r runs one, and runEvent is on the caller's stack.
+// Conn.Close asks, because it cannot wait for the handler that called it.
+// (A handler of another connection calling Close while r runs one also
+// answers true; Close then does not wait for r's handler, but Done still
+// does.) Only Close pays for the stack walk, not each event.
+func (r *eventRunner) calledFromHandler() bool {
+	r.mu.Lock()
+	running := r.running
+	r.mu.Unlock()
+	if !running {
+		return false
+	}
+	pcs := make([]uintptr, 128)
+	for {
+		n := runtime.Callers(2, pcs)
+		if n < len(pcs) {
+			pcs = pcs[:n]
+			break
+		}
+		pcs = make([]uintptr, 2*len(pcs))
+	}
+	frames := runtime.CallersFrames(pcs)
+	for {
+		f, more := frames.Next()
+		if f.Function == runEventName {
+			return true
+		}
+		if !more {
+			return false
+		}
 	}
 }
 
