@@ -170,6 +170,7 @@ func Dial(ctx context.Context, url string, opts ...ClientOption) (*Conn, error) 
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		closedCh: make(chan struct{}),
+		notify:   hookRunner{what: "state watcher", log: cfg.logger},
 	}
 	evctx, stopEvents := context.WithCancel(context.Background())
 	handle := chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
@@ -554,9 +555,10 @@ func (c *Conn) State() ConnState {
 }
 
 // OnStateChange calls fn with every later state change, in order, on a
-// goroutine of its own. After a reconnect, a state with Resumed false tells
-// the application its session is new: re-join rooms and resync. It returns
-// a function that stops the calls.
+// goroutine of its own (a panic in fn is logged and the next call runs).
+// After a reconnect, a state with Resumed false tells the application its
+// session is new: re-join rooms and resync. It returns a function that
+// stops the calls.
 func (c *Conn) OnStateChange(fn func(ConnState)) (unsubscribe func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

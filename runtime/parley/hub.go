@@ -51,6 +51,7 @@ func newHub(s *Server) *hub {
 		users:     make(map[string]map[*session]struct{}),
 		rooms:     make(map[string]map[*session]struct{}),
 		roomsOfSn: make(map[*session][]string),
+		hooks:     hookRunner{what: "presence hook", log: s.cfg.logger},
 	}
 }
 
@@ -286,8 +287,13 @@ func (e *endpoint) pushEvent(f outFrame) {
 }
 
 // hookRunner calls presence hooks one at a time, in order, on a goroutine
-// of its own, which exists only while hooks are queued.
+// of its own, which exists only while hooks are queued. A hook that panics
+// is logged (what names the hooks) and the next one runs: the application's
+// bug must not take the process down.
 type hookRunner struct {
+	what string
+	log  *slog.Logger
+
 	mu      sync.Mutex
 	queue   []func()
 	running bool
@@ -317,8 +323,17 @@ func (r *hookRunner) loop() {
 		fn := r.queue[0]
 		r.queue = r.queue[1:]
 		r.mu.Unlock()
-		fn()
+		r.call(fn)
 	}
+}
+
+func (r *hookRunner) call(fn func()) {
+	defer func() {
+		if rec := recover(); rec != nil && r.log != nil {
+			r.log.Error("parley: "+r.what+" panicked", "panic", fmt.Sprint(rec))
+		}
+	}()
+	fn()
 }
 
 // newEventMessage returns an empty input message of a procedure, found in

@@ -338,6 +338,8 @@ func WithResume(window time.Duration, events int) ServerOption {
 // opens (online) and their last one closes (offline), across the cluster
 // with a shared broker. They run one at a time, in the order the
 // transitions happened, on a goroutine of their own; either may be nil.
+// A panic in one is logged (WithLogger, at error level) and does not stop
+// the server or the hooks after it.
 func WithPresenceHooks(online, offline func(userID string)) ServerOption {
 	return serverOption(func(c *config) { c.onOnline, c.onOffline = online, offline })
 }
