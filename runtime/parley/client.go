@@ -864,11 +864,13 @@ func (c *Conn) Close() error {
 }
 
 // waitDone waits for the connection's goroutines to end, unless the caller
-// is one of its event handlers, which they wait for: that handler's context
-// is then cancelled, as the supervisor would.
+// is one of its event handlers, which they wait for: then it does at once
+// what the supervisor would, cancelling the handler's context and dropping
+// the events queued behind it, so that no handler starts after Close.
 func (c *Conn) waitDone() {
 	if c.events.calledFromHandler() {
 		c.stopEvents()
+		c.events.stop()
 		return
 	}
 	<-c.done

@@ -2,6 +2,7 @@ package parley_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -52,5 +53,48 @@ func TestCloseFromOwnEventHandler(t *testing.T) {
 	}
 	if st := conn.State(); st.Status != parley.StatusClosed || parley.CodeOf(st.Err) != parley.CodeCanceled {
 		t.Fatalf("state %v %v, want closed, canceled", st.Status, st.Err)
+	}
+}
+
+// Events queued behind the handler that closes its connection do not run:
+// no handler starts after Close returned.
+func TestNoEventRunsAfterCloseFromOwnHandler(t *testing.T) {
+	s := newEventServer(t)
+	conn, err := parley.Dial(context.Background(), s.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const events = 20
+	release := make(chan struct{})
+	var ran []string
+	conn.Register(parley.NewEventMethod(postedSpec, func(_ context.Context, ev *e2ev1.EchoRequest) {
+		ran = append(ran, ev.GetText()) // handlers run one at a time
+		if ev.GetText() == "0" {
+			<-release // let the others queue up behind this one
+			_ = conn.Close()
+		}
+	}))
+	res := new(e2ev1.EchoResponse)
+	if err := conn.Invoke(context.Background(), joinSpec, &e2ev1.EchoRequest{Text: "kick"}, res); err != nil {
+		t.Fatal(err)
+	}
+	for i := range events {
+		if err := s.srv.Publish(context.Background(), parley.ToConn(res.GetText()), postedSpec, &e2ev1.EchoRequest{Text: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A call answered after the events were published arrives after them:
+	// they are queued behind the first handler by then.
+	if err := conn.Invoke(context.Background(), joinSpec, &e2ev1.EchoRequest{Text: "kick"}, res); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	select {
+	case <-conn.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection did not end")
+	}
+	if len(ran) != 1 {
+		t.Fatalf("handlers ran for events %v after the first one's Close, want only [0]", ran)
 	}
 }

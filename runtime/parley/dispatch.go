@@ -168,11 +168,17 @@ func (r *eventRunner) calledFromHandler() bool {
 
 // close drops queued events and waits for the handler running, if any.
 func (r *eventRunner) close() {
+	r.stop()
+	r.wg.Wait()
+}
+
+// stop drops queued events and takes no more, without waiting for the
+// handler running.
+func (r *eventRunner) stop() {
 	r.mu.Lock()
 	r.closed = true
 	r.space.Broadcast()
 	r.mu.Unlock()
-	r.wg.Wait()
 }
 
 func (r *eventRunner) runEvent(ev queuedEvent) {
