@@ -79,7 +79,8 @@ type Backoff struct {
 	// Multiplier grows the cap per attempt (DefaultBackoff: 2).
 	Multiplier float64
 	// MaxAttempts gives up after that many failed dials in a row; 0 never
-	// gives up.
+	// gives up. Giving up closes the connection to new calls; calls sent
+	// on a socket the server is draining (GoAway) still get their answers.
 	MaxAttempts int
 }
 
@@ -133,6 +134,12 @@ type Conn struct {
 	closedCh chan struct{} // closed when closed is set
 	notify   hookRunner    // runs state watchers in order
 
+	// closeCalled is closed by the first Close. Sockets left draining after
+	// a GoAway finish their calls even when reconnecting gives up, unless
+	// Close cuts them short.
+	closeCalled chan struct{}
+	closeOnce   sync.Once
+
 	// resending counts calls lost with their socket that may be sent
 	// again with their id (into the session, if it resumes), until each
 	// has a call slot on a new socket or is sent no more; resent is
@@ -171,6 +178,8 @@ func Dial(ctx context.Context, url string, opts ...ClientOption) (*Conn, error) 
 		done:     make(chan struct{}),
 		closedCh: make(chan struct{}),
 		notify:   hookRunner{what: "state watcher", log: cfg.logger},
+
+		closeCalled: make(chan struct{}),
 	}
 	evctx, stopEvents := context.WithCancel(context.Background())
 	handle := chain(func(ctx context.Context, req proto.Message) (proto.Message, error) {
@@ -395,19 +404,23 @@ func (c *Conn) reconnectNow() {
 func (c *Conn) supervise(e *endpoint) {
 	defer close(c.done)
 	// old holds sockets left after a GoAway, draining the calls already
-	// sent on them; the supervisor waits for them before it ends. Events
-	// stop first: a socket's reader may wait for room in the event queue
-	// (WithEventQueueBytes), and closing the queue lets it go.
+	// sent on them; the supervisor waits for them before it ends. Close
+	// cuts their drain short; giving up reconnecting does not, since the
+	// server still answers what they carry. Events stop first: a socket's
+	// reader may wait for room in the event queue (WithEventQueueBytes),
+	// and closing the queue lets it go.
 	var old []*endpoint
 	defer func() {
 		closeErr := c.closeErrNow()
-		for _, o := range old {
-			o.closeByClient(closeErr)
-		}
 		c.stopEvents()
 		c.events.close()
 		for _, o := range old {
-			<-o.done
+			select {
+			case <-o.done:
+			case <-c.closeCalled:
+				o.closeByClient(closeErr)
+				<-o.done
+			}
 		}
 	}()
 	for {
@@ -819,7 +832,8 @@ func (c *Conn) SessionID() string {
 }
 
 // Done is closed when the connection has closed for good and its
-// goroutines ended.
+// goroutines ended. After reconnecting gave up, that includes a socket the
+// server sent GoAway on finishing the calls already sent on it.
 func (c *Conn) Done() <-chan struct{} { return c.done }
 
 // Err returns why the connection closed for good, or nil while it is open
@@ -844,6 +858,7 @@ func (c *Conn) Err() error {
 // it returns without waiting, the handler's context cancelled, and Done is
 // closed once the handler has returned.
 func (c *Conn) Close() error {
+	c.closeOnce.Do(func() { close(c.closeCalled) })
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()

@@ -1058,3 +1058,57 @@ func TestStreamWaitingForTheConnectionHasTheMethodsDeadline(t *testing.T) {
 		}
 	}
 }
+
+// TestGivingUpAfterGoAwayLetsTheOldSocketDrain: a client whose reconnect
+// policy gives up while the server drains after GoAway still gets the
+// answers of the calls it sent before: the draining socket finishes them
+// (the connection is closed to new calls), and Done waits for it. Close
+// then cuts a drain short.
+func TestGivingUpAfterGoAwayLetsTheOldSocketDrain(t *testing.T) {
+	r := newRig(t)
+	conn := dialT(t, r.url, parley.WithReconnect(parley.Backoff{Initial: time.Millisecond, Max: 2 * time.Millisecond, Multiplier: 2, MaxAttempts: 2}))
+	st := watch(conn)
+	release := r.work.hold()
+	defer release()
+	res := make(chan error, 2)
+	for _, text := range []string{"a", "b"} {
+		go func() {
+			out := new(e2ev1.EchoResponse)
+			err := conn.Invoke(context.Background(), workSpec, &e2ev1.EchoRequest{Text: text}, out)
+			if err == nil && out.GetText() != text {
+				err = fmt.Errorf("got %q, want %q", out.GetText(), text)
+			}
+			res <- err
+		}()
+	}
+	r.work.waitStarted(t, 2)
+	r.proxy.SetBackend("127.0.0.1:1") // every redial fails
+	shutdown := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shutdown <- r.srv.Shutdown(ctx)
+	}()
+	closed, _ := st.waitFor(t, "closed", func(s parley.ConnState) bool { return s.Status == parley.StatusClosed })
+	if !strings.Contains(closed.Err.Error(), "gave up reconnecting") {
+		t.Fatalf("closed with %v, want giving up", closed.Err)
+	}
+	if err := conn.Invoke(context.Background(), workSpec, &e2ev1.EchoRequest{Text: "late"}, new(e2ev1.EchoResponse)); parley.CodeOf(err) != parley.CodeUnavailable {
+		t.Fatalf("a call after giving up: %v, want unavailable", err)
+	}
+	select {
+	case <-conn.Done():
+		t.Fatal("Done closed while the old socket still drains two calls")
+	default:
+	}
+	release()
+	for range 2 {
+		if err := <-res; err != nil {
+			t.Fatalf("a call sent before the GoAway: %v, want its answer", err)
+		}
+	}
+	<-conn.Done()
+	if err := <-shutdown; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
