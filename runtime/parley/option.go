@@ -378,7 +378,10 @@ func WithHelloMetadata(md map[string]string) ClientOption {
 // WithToken sets a function the client calls for a bearer token before
 // every dial, the first and each reconnect, so a reconnect authenticates
 // afresh. The token travels in the Hello's metadata as "authorization:
-// Bearer <token>", where the server's authenticate hook reads it.
+// Bearer <token>", where the server's authenticate hook reads it. An error
+// from it fails the dial with CodeUnauthenticated, which on a reconnect
+// closes the connection for good (retrying would not help), as a refusal
+// by the server does.
 func WithToken(token func(ctx context.Context) (string, error)) ClientOption {
 	return clientOption(func(c *config) { c.token = token })
 }

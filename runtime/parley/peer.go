@@ -72,7 +72,9 @@ func (p *Peer) Leave(ctx context.Context, room string) error {
 func (p *Peer) Rooms() []string { return p.server.hub.roomsOf(p.sess) }
 
 // Close ends the session and closes its socket with a normal close and the
-// given reason; the client cannot resume it.
+// given reason; the client cannot resume it. A client that reconnects by
+// itself then opens a new session, authenticated afresh: to keep a user
+// out, refuse them in WithAuthenticate too.
 func (p *Peer) Close(reason string) {
 	e := p.sess.endpoint()
 	p.sess.end()
