@@ -772,7 +772,6 @@ export class Connection {
   #retry(cause: ParleyError) {
     const attempt = ++this.#attempt;
     const delayMs = this.#delay(attempt, this.#reconnect!);
-    this.#setState({ status: "reconnecting", attempt, delayMs, error: cause });
     clearTimeout(this.#retryTimer);
     this.#retryTimer = setTimeout(() => {
       if (this.#state.status != "reconnecting") return;
@@ -782,6 +781,9 @@ export class Connection {
         this.#close(ParleyError.from(e));
       }
     }, delayMs);
+    // After arming: a listener that calls close() stops the timer, which
+    // would otherwise keep a Node process alive for up to maxDelayMs.
+    this.#setState({ status: "reconnecting", attempt, delayMs, error: cause });
   }
 
   /** Marks s dead, stops its timers and closes it with code when given. */

@@ -677,3 +677,38 @@ test("the deadline timer outlives the last call but not close(): no timer keeps 
   conn.close();
   assert.equal(timeouts(), before, "close() stops it");
 });
+
+test("close() from a reconnecting listener stops the redial timer: none keeps the process alive", async () => {
+  // An in-process socket, as above: opens, welcomes, and drops when told.
+  const socks: Dropping[] = [];
+  class Dropping {
+    protocol = "parley.v1+proto";
+    binaryType = "arraybuffer";
+    onopen: ((ev: unknown) => void) | null = null;
+    onmessage: ((ev: { data: Uint8Array }) => void) | null = null;
+    onclose: ((ev: { code: number; reason: string }) => void) | null = null;
+    onerror: ((ev: unknown) => void) | null = null;
+    constructor() {
+      socks.push(this);
+      queueMicrotask(() => this.onopen?.({}));
+    }
+    send(data: Uint8Array) {
+      if ("hello" in decodeBinary(data)) queueMicrotask(() => this.onmessage?.({ data: encodeBinary({ welcome: { sessionId: "s" } }) }));
+    }
+    close() {}
+  }
+  const timeouts = () => process.getActiveResourcesInfo().filter((r) => r == "Timeout").length;
+  const before = timeouts();
+  // A long redial delay, as after a few failed attempts with the defaults.
+  const conn = new Connection("ws://in-process", { WebSocket: Dropping, defaultTimeoutMs: 0, reconnect: { initialDelayMs: 60_000, random: () => 0.99 } });
+  await conn.ready;
+  const seen: string[] = [];
+  conn.onStateChange((s) => {
+    seen.push(s.status);
+    if (s.status == "reconnecting") conn.close();
+  });
+  socks[0]!.onclose!({ code: 1006, reason: "" });
+  assert.deepEqual(seen, ["reconnecting", "closed"]);
+  assert.equal(timeouts(), before, "no redial timer left behind");
+  assert.equal(socks.length, 1, "no dial after close()");
+});
