@@ -26,9 +26,13 @@ export function onEvent<I extends DescMessage>(
   const c = internals(connection);
   const onError = (e: unknown) => (c.options.onError ?? console.error)(e);
   const events = (c.events ??= new Map());
-  // In arrival order, each handler isolated from the others.
+  // In arrival order, each handler isolated from the others. A handler
+  // added meanwhile waits for the next event; one removed meanwhile (by an
+  // earlier handler) is not called.
   c.event ??= (event) => {
-    for (const h of [...(events.get(event.method ?? "") ?? [])]) {
+    const set = events.get(event.method ?? "");
+    for (const h of [...(set ?? [])]) {
+      if (!set!.has(h)) continue;
       try {
         Promise.resolve(h(event)).catch(onError);
       } catch (e) {

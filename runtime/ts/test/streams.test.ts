@@ -80,6 +80,28 @@ for (const protocol of ["proto", "json"] as const) {
       conn.close();
     });
 
+    test("a handler removed by another during dispatch is not called, not even for that event; one added waits for the next", async () => {
+      const { conn, peer } = await connect();
+      const seen: string[] = [];
+      let offB = () => {};
+      onEvent(conn, Tick, (e) => {
+        seen.push(`a${e.seq}`);
+        if (e.seq == 1) {
+          offB();
+          onEvent(conn, Tick, (e) => void seen.push(`c${e.seq}`));
+        }
+      });
+      offB = onEvent(conn, Tick, (e) => void seen.push(`b${e.seq}`));
+      try {
+        for (let seq = 0; seq <= 2; seq++) peer.send({ event: { method: Tick.procedure, ...body(peer, Tick.input, { seq }) } });
+        peer.send({ ping: {} });
+        await expectFrame(peer, "pong");
+        assert.deepEqual(seen, ["a0", "b0", "a1", "a2", "c2"]);
+      } finally {
+        conn.close();
+      }
+    });
+
     test("handle: the returned value is the reply; errors keep their code; unknown methods are unimplemented", async () => {
       const { conn, peer } = await connect();
       const seen: Record<string, string>[] = [];
