@@ -464,7 +464,9 @@ export class Connection {
 
   /**
    * Calls listener with every new state until the returned function is
-   * called. It is not called with the current state.
+   * called. It is not called with the current state. A state that an
+   * earlier listener replaced before this one's turn (by calling close())
+   * is skipped: the last state a listener got is the connection's.
    */
   onStateChange(listener: (state: ConnectionState) => void): () => void {
     const l = (s: ConnectionState) => listener(s);
@@ -616,7 +618,13 @@ export class Connection {
 
   #setState(state: ConnectionState) {
     this.#state = state;
-    for (const l of this.#listeners) {
+    for (const l of [...this.#listeners]) {
+      // A listener that changed the state (close() on reconnecting) had
+      // the newer one sent to every listener: the rest must not get this
+      // stale one after it. One removed meanwhile is not called; one
+      // added meanwhile waits for the next state.
+      if (this.#state != state) break;
+      if (!this.#listeners.has(l)) continue;
       try {
         l(state);
       } catch (e) {

@@ -712,3 +712,41 @@ test("close() from a reconnecting listener stops the redial timer: none keeps th
   assert.equal(timeouts(), before, "no redial timer left behind");
   assert.equal(socks.length, 1, "no dial after close()");
 });
+
+test("state listeners: a listener that closes the connection leaves the others with closed, not the stale state after it", async () => {
+  const socks: Dropping[] = [];
+  class Dropping {
+    protocol = "parley.v1+proto";
+    binaryType = "arraybuffer";
+    onopen: ((ev: unknown) => void) | null = null;
+    onmessage: ((ev: { data: Uint8Array }) => void) | null = null;
+    onclose: ((ev: { code: number; reason: string }) => void) | null = null;
+    onerror: ((ev: unknown) => void) | null = null;
+    constructor() {
+      socks.push(this);
+      queueMicrotask(() => this.onopen?.({}));
+    }
+    send(data: Uint8Array) {
+      if ("hello" in decodeBinary(data)) queueMicrotask(() => this.onmessage?.({ data: encodeBinary({ welcome: { sessionId: "s" } }) }));
+    }
+    close() {}
+  }
+  const conn = new Connection("ws://in-process", { WebSocket: Dropping, defaultTimeoutMs: 0, reconnect: { initialDelayMs: 0 } });
+  await conn.ready;
+  const a: string[] = [];
+  const b: string[] = [];
+  const c: string[] = [];
+  conn.onStateChange((s) => {
+    a.push(s.status);
+    if (s.status == "reconnecting") {
+      conn.onStateChange((s) => void c.push(s.status));
+      conn.close();
+    }
+  });
+  conn.onStateChange((s) => void b.push(s.status));
+  socks[0]!.onclose!({ code: 1006, reason: "" });
+  assert.equal(conn.state.status, "closed");
+  assert.deepEqual(a, ["reconnecting", "closed"]);
+  assert.deepEqual(b, ["closed"], "the last state a listener got is the connection's");
+  assert.deepEqual(c, ["closed"], "a listener added during dispatch gets the states after it");
+});
