@@ -39,7 +39,9 @@ export interface ClientStreamCall<I extends DescMessage, O extends DescMessage> 
    * Sends one request. Resolves once it went out under the server's
    * credit (so awaiting each send paces the sender to the server); rejects
    * with the call's ParleyError once the call ended, or with
-   * "failed_precondition" after closeAndReceive.
+   * "failed_precondition" after closeAndReceive. A send nobody awaits
+   * (`void call.send(m)`) is no unhandled rejection: the call's error
+   * reaches closeAndReceive (or the loop of a bidi stream).
    */
   send(message: MessageShape<I> | MessageInitShape<I>): Promise<void>;
   /** Half-closes the requests and resolves with the response, or rejects with the call's ParleyError. */

@@ -199,19 +199,19 @@ function open(connection: Connection, spec: MethodSpec, options: CallOptions = {
   return {
     closeSend,
     send: (m: unknown) => {
-      if (ended || sendClosed) {
-        return Promise.reject(sendClosed && !ended ? new ParleyError("failed_precondition", `${procedure}: send after closeSend`) : endedError());
-      }
-      let body: Body;
-      try {
-        body = c.encode(spec.input, m, procedure);
-      } catch (e) {
-        return Promise.reject(e);
-      }
-      return new Promise<void>((ok, fail) => {
-        out.push({ body, ok, fail });
+      const sent = new Promise<void>((ok, fail) => {
+        if (ended || sendClosed) {
+          return fail(sendClosed && !ended ? new ParleyError("failed_precondition", `${procedure}: send after closeSend`) : endedError());
+        }
+        out.push({ body: c.encode(spec.input, m, procedure), ok, fail });
         flush();
       });
+      // Marked handled: a send nobody awaits (`void call.send(m)`) must
+      // not be an unhandled rejection, which ends a Node process, when the
+      // stream fails; its error reaches the loop or closeAndReceive. A
+      // caller who awaits the send still gets the rejection.
+      sent.catch(() => {});
+      return sent;
     },
     async closeAndReceive() {
       closeSend();

@@ -393,6 +393,30 @@ for (const protocol of ["proto", "json"] as const) {
       conn.close();
     });
 
+    test("sends nobody awaits (void call.send(m)) are no unhandled rejections when the stream fails; awaited ones still reject", async () => {
+      const unhandled: unknown[] = [];
+      const onUnhandled = (e: unknown) => void unhandled.push(e);
+      process.on("unhandledRejection", onUnhandled);
+      const { conn, peer } = await connect();
+      try {
+        const chat = bidiStream(conn, EchoStream);
+        const call = await expectFrame(peer, "call");
+        // More than the server's credit (64 items): the rest wait for it when the stream fails.
+        for (let i = 0; i < 100; i++) void chat.send({ text: String(i) });
+        const awaited = chat.send({ text: "awaited" });
+        peer.send({ error: { id: call.id, code: 15, message: "lost" } });
+        await rejectsWith(awaited, "data_loss", /lost/);
+        await rejectsWith((async () => { for await (const _ of chat); })(), "data_loss", /lost/);
+        void chat.send({ text: "after the end" });
+        // Node reports unhandled rejections once the microtasks of a turn have run.
+        await new Promise((r) => setImmediate(r));
+        assert.deepEqual(unhandled, []);
+      } finally {
+        process.off("unhandledRejection", onUnhandled);
+        conn.close();
+      }
+    });
+
     test("bidi: sends and receives interleave; closeSend half-closes; Reply ends the responses", async () => {
       const { conn, peer } = await connect();
       const chat = bidiStream(conn, EchoStream);
