@@ -481,7 +481,10 @@ export class Connection {
    * does nothing.
    */
   close(): void {
-    this.#close(new ParleyError("canceled", "connection closed by the client"));
+    const error = new ParleyError("canceled", "connection closed by the client");
+    this.#close(error);
+    // Sockets still draining after a GoAway (see #close) are cut short.
+    for (const s of this.#draining) this.#drop(s, error, closeNormal);
   }
 
   /**
@@ -628,10 +631,8 @@ export class Connection {
       try {
         l(state);
       } catch (e) {
-        // A listener's bug must not break the connection.
-        setTimeout(() => {
-          throw e;
-        });
+        // A listener's bug must not break the connection (nor crash Node).
+        (this.#options.onError ?? console.error)(e);
       }
     }
   }
@@ -755,6 +756,7 @@ export class Connection {
     } else {
       this.#kill(s, closeCode, reason);
       this.#draining.delete(s);
+      if (this.#state.status == "closed" && !this.#draining.size) this.#arm(Infinity);
     }
     const back: Pending[] = [];
     for (const p of [...this.#inflight.values()]) {
@@ -1037,20 +1039,23 @@ export class Connection {
 
   /**
    * Closes the connection for good (once) with error: fails every call
-   * with it, and closes the sockets, with closeCode when given.
+   * with it but those on sockets draining after a GoAway, and closes the
+   * socket calls go to, with closeCode when given.
    */
   #close(error: ParleyError, closeCode = closeNormal, reason?: string) {
     if (this.#state.status == "closed") return;
     clearTimeout(this.#retryTimer);
-    const socks = [...this.#draining, ...(this.#sock ? [this.#sock] : [])];
+    const s = this.#sock;
     this.#sock = undefined;
-    this.#draining.clear();
     this.#setState({ status: "closed", error });
     this.#ready[1](error);
-    for (const s of socks) this.#kill(s, closeCode, reason);
-    for (const p of [...this.#queues.flat(), ...this.#inflight.values()]) p.settle(error);
-    this.#arm(Infinity);
-    for (const s of socks) this.#in.abort?.(s, error);
+    if (s) this.#kill(s, closeCode, reason);
+    // Sockets draining after a GoAway still finish the calls they carry:
+    // the server answers them, even when reconnecting gave up. close()
+    // cuts them short.
+    for (const p of [...this.#queues.flat(), ...this.#inflight.values()]) if (!p.sock || !this.#draining.has(p.sock)) p.settle(error);
+    if (!this.#draining.size) this.#arm(Infinity);
+    if (s) this.#in.abort?.(s, error);
   }
 }
 

@@ -368,6 +368,48 @@ describe("reconnect", () => {
     });
   });
 
+  test("giving up reconnecting after a GoAway lets the old socket finish its calls; close() then cuts the drain short", async () => {
+    await withServer(await serverWith([{ sessionId: "s1" }, false]), async (server) => {
+      const conn = new Connection(server.url, { WebSocket, reconnect: { initialDelayMs: 0, maxAttempts: 1 } });
+      const old = await server.peer();
+      await open(conn);
+      const first = conn.call(Sleep, { ms: 1 });
+      const second = conn.call(Sleep, { ms: 2 });
+      const [a, b] = [await expectFrame(old, "call"), await expectFrame(old, "call")];
+      old.send({ goaway: { reason: "deploy", lastId: b.id } });
+      const fresh = await server.peer();
+      await fresh.hello;
+      fresh.send({ error: { id: 0, code: 14, message: "shutting down" } });
+      const closed = await stateWhere(conn, (s) => s.status == "closed");
+      assert.match(closed.status == "closed" ? closed.error.message : "", /gave up reconnecting after 1 attempts/);
+      await rejectsWith(conn.call(Echo, {}), "unavailable", /gave up reconnecting/);
+      old.send({ reply: { id: a.id, payload: new Uint8Array() } });
+      await within(first);
+      conn.close();
+      await rejectsWith(second, "canceled", /closed by the client/);
+      assert.equal((await within(old.closed)).code, 1000);
+    });
+  });
+
+  test("a state listener that throws goes to onError; the others still hear every state", async () => {
+    const server = await FakeServer.start();
+    const errors: unknown[] = [];
+    const conn = new Connection(server.url, { WebSocket, reconnect: false, onError: (e) => errors.push(e) });
+    const seen: string[] = [];
+    conn.onStateChange(() => {
+      throw new Error("listener bug");
+    });
+    conn.onStateChange((s) => seen.push(s.status));
+    await within(conn.ready);
+    conn.close();
+    await server.close();
+    assert.deepEqual(seen, ["open", "closed"]);
+    assert.deepEqual(
+      errors.map((e) => (e as Error).message),
+      ["listener bug", "listener bug"],
+    );
+  });
+
   test("keepalive: a silent socket is a drop; it reconnects, closing the old one with 4000 so the session stays resumable", async () => {
     await withServer(await serverWith([{ sessionId: "s1", resumeToken: "t1" }, { sessionId: "s1", resumeToken: "t1", resumed: true }]), async (server) => {
       const conn = new Connection(server.url, { ...fast, pingIntervalMs: 30, pongTimeoutMs: 50 });
