@@ -118,9 +118,10 @@ type method struct {
 }
 
 // buildModel returns the files to generate, with names decided. It
-// refuses, with one error naming every offending method, any construct the
-// generator cannot emit: today, streaming methods in services implemented
-// by clients.
+// refuses, with one error naming every offending service or method, any
+// construct the generator cannot emit or whose options would mean nothing:
+// streaming methods in services implemented by clients, an event with a
+// timeout_ms, an implemented_by value that is neither SERVER nor CLIENT.
 //
 // Files of the request that are not generated but share a generated
 // package with one that is (the other files of a proto package, imported
@@ -198,11 +199,19 @@ func newService(ps *protogen.Service) (*service, error) {
 		proto:      ps,
 		deprecated: opts.(*descriptorpb.ServiceOptions).GetDeprecated(),
 	}
-	if ext, ok := proto.GetExtension(opts, parleyv1.E_Service).(*parleyv1.ServiceOptions); ok &&
-		ext.GetImplementedBy() == parleyv1.Side_CLIENT {
-		s.side = sideClient
-	}
 	var errs []error
+	if ext, ok := proto.GetExtension(opts, parleyv1.E_Service).(*parleyv1.ServiceOptions); ok {
+		switch by := ext.GetImplementedBy(); by {
+		case parleyv1.Side_SIDE_UNSPECIFIED, parleyv1.Side_SERVER:
+		case parleyv1.Side_CLIENT:
+			s.side = sideClient
+		default:
+			// An open enum takes any number; a side this generator does
+			// not know must not quietly become the default.
+			errs = append(errs, fmt.Errorf("%s: %s: %s sets option (parley.v1.service).implemented_by = %d, which is not a side %s knows: want SERVER or CLIENT",
+				PluginName, ps.Desc.ParentFile().Path(), ps.Desc.FullName(), int32(by), PluginName))
+		}
+	}
 	for _, pm := range ps.Methods {
 		m := newMethod(pm)
 		if s.side == sideClient {
@@ -211,6 +220,11 @@ func newService(ps *protogen.Service) (*service, error) {
 					"(option (parley.v1.service).implemented_by = CLIENT); streaming methods in client-implemented services are not supported"))
 			}
 			m.event = m.kind == kindUnary && pm.Output.Desc.FullName() == emptyMessage
+			if m.event && m.timeout > 0 {
+				errs = append(errs, refusal(pm, fmt.Sprintf("is an event (it returns google.protobuf.Empty in a service implemented by clients) "+
+					"and sets option (parley.v1.method).timeout_ms = %d; events are published without a reply or a deadline, so remove the option",
+					m.timeout.Milliseconds())))
+			}
 		}
 		s.methods = append(s.methods, m)
 	}

@@ -446,14 +446,24 @@ func isEvent(md protoreflect.MethodDescriptor) bool {
 	return kindOf(md) == kindUnary && md.Output().FullName() == emptyMessage
 }
 
-// refuseUnsupported names every method this plugin cannot generate: the
-// streaming methods of services implemented by clients.
-
+// refuseUnsupported names every service and method this plugin cannot
+// generate, or whose Parley options would mean nothing: the streaming
+// methods of services implemented by clients, events with a timeout_ms,
+// and an implemented_by that is neither SERVER nor CLIENT. (internal/gengo
+// refuses the same.)
 func refuseUnsupported(fd protoreflect.FileDescriptor) error {
 	var errs []error
 	for i := 0; i < fd.Services().Len(); i++ {
 		sd := fd.Services().Get(i)
-		if serviceOptions(sd).GetImplementedBy() != parleyv1.Side_CLIENT {
+		switch by := serviceOptions(sd).GetImplementedBy(); by {
+		case parleyv1.Side_CLIENT:
+		case parleyv1.Side_SIDE_UNSPECIFIED, parleyv1.Side_SERVER:
+			continue
+		default:
+			// An open enum takes any number; a side this generator does
+			// not know must not quietly become the default.
+			errs = append(errs, fmt.Errorf("%s sets option (parley.v1.service).implemented_by = %d, which is not a side %s knows: want SERVER or CLIENT",
+				sd.FullName(), int32(by), PluginName))
 			continue
 		}
 		for j := 0; j < sd.Methods().Len(); j++ {
@@ -467,6 +477,11 @@ func refuseUnsupported(fd protoreflect.FileDescriptor) error {
 			case kindServerStreaming:
 				kind = "a server-streaming"
 			default:
+				if ms := methodOptions(md).parley.GetTimeoutMs(); isEvent(md) && ms > 0 {
+					errs = append(errs, fmt.Errorf("%s is an event (it returns google.protobuf.Empty in a service implemented by clients) "+
+						"and sets option (parley.v1.method).timeout_ms = %d; events are published without a reply or a deadline, so remove the option",
+						md.FullName(), ms))
+				}
 				continue
 			}
 			errs = append(errs, fmt.Errorf("%s is %s method in a service implemented by clients "+
