@@ -19,7 +19,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
 
@@ -38,7 +37,13 @@ func main() {
 			gengo.PluginName, os.Args[1])
 		os.Exit(2)
 	}
-	// No parameters of our own yet; protogen handles paths=, module= and M.
-	var flags flag.FlagSet
-	protogen.Options{ParamFunc: flags.Set}.Run(gengo.Generate)
+	// No parameters of our own yet: protogen handles paths=, module=, M,
+	// annotate_code and the API-level ones, and hands us the rest.
+	protogen.Options{ParamFunc: unknownOption}.Run(gengo.Generate)
+}
+
+// unknownOption refuses a parameter protogen did not take, naming it and
+// the ones there are (protogen prints the error with the program's name).
+func unknownOption(name, value string) error {
+	return fmt.Errorf("unknown option %q (known: paths=import|source_relative, module=<prefix>, M<file>=<import path>, annotate_code)", name)
 }

@@ -93,6 +93,28 @@ func TestPlugin(t *testing.T) {
 			t.Errorf("wrote %d files despite refusing", len(resp.File))
 		}
 	})
+	t.Run("unknown option", func(t *testing.T) {
+		// protoc-gen-parley-ts's options given to the Go plugin by mistake.
+		req, err := plugintest.Request("plain", "paths=source_relative,import_extension=js")
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin)
+		cmd.Stdin = bytes.NewReader(in)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Run(); err == nil {
+			t.Fatal("the plugin accepted an unknown option")
+		}
+		want := `protoc-gen-parley-go: unknown option "import_extension" (known: paths=import|source_relative, module=<prefix>, M<file>=<import path>, annotate_code)`
+		if got := strings.TrimSpace(stderr.String()); got != want {
+			t.Errorf("stderr %q, want %q", got, want)
+		}
+	})
 	t.Run("version", func(t *testing.T) {
 		out, err := exec.Command(bin, "--version").Output()
 		if err != nil || string(out) != "protoc-gen-parley-go v0.1.0\n" {
