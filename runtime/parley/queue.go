@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"sync"
 	"syscall"
@@ -377,8 +378,19 @@ func (c *batchConn) resetBuf() {
 
 // tryWrite writes what the socket takes of the buffer without waiting;
 // the rest stays buffered, first in line. c.mu is held.
+//
+// A write deadline that has passed fails a raw write before it is tried,
+// however much room the socket has. Only waiting writes move the deadline
+// (extendWriteDeadline), and a connection whose writes all went out at
+// once may not have had one for longer than the write timeout: its
+// deadline, set by the handshake or the last waiting write, says nothing
+// about the socket now. The bytes then stay buffered for the writer
+// goroutine, which renews the deadline and writes them.
 func (c *batchConn) tryWrite() (buffered bool, err error) {
 	if err := c.raw.Write(c.writeFn); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return len(c.buf) > 0, nil
+		}
 		return len(c.buf) > 0, err // the connection is closed
 	}
 	n, werr := c.wn, c.werr
