@@ -4,7 +4,9 @@
 // subscribers and call handlers. Options (opt: in buf.gen.yaml):
 //
 //	import_extension=none|js|ts   extension of relative imports (default none)
-//	runtime_import=<module>       where the runtime is imported from (default @parleyrpc/runtime)
+//	runtime_import=<module>       where the runtime is imported from (default @parleyrpc/runtime);
+//	                              a relative path (./vendor/parley/index.js) is relative to out
+//	target=ts                     accepted, so protoc-gen-es's option list can be reused
 //
 // See internal/gents for what it generates.
 package main

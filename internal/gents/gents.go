@@ -56,7 +56,9 @@ type Options struct {
 	ImportExtension string
 	// RuntimeImport is the module path of Parley's TypeScript runtime,
 	// "@parleyrpc/runtime" by default. Set it to vendor the runtime or to
-	// point at a fork.
+	// point at a fork. A relative path ("./vendor/parley/index.js") is
+	// relative to the output root, as protoc-gen-es reads relative paths,
+	// and each file imports it relative to itself.
 	RuntimeImport string
 }
 

@@ -274,7 +274,7 @@ func (g *generator) buildFile(fd protoreflect.FileDescriptor) (*fileModel, error
 		}
 		return im.use(from, name, value)
 	}
-	rt := g.opts.RuntimeImport
+	rt := runtimeImportFrom(m.Name, g.opts.RuntimeImport)
 	mis := runtimeName(protobufImport, "MessageInitShape", need.initShape, false)
 	bidiStreamCall := runtimeName(rt, "BidiStreamCall", need.bidiStreamCall, false)
 	callOptions := runtimeName(rt, "CallOptions", need.callOptions, false)
@@ -519,6 +519,17 @@ func (g *generator) importPath(importer string, fd protoreflect.FileDescriptor) 
 		rel += ".ts"
 	}
 	return rel
+}
+
+// runtimeImportFrom is the runtime_import module as the file at importer
+// spells it: a package name as it is; a relative path ("./vendor/parley.js")
+// relative to the output root, as protoc-gen-es reads relative paths, so it
+// is rewritten relative to each importing file.
+func runtimeImportFrom(importer, module string) string {
+	if !strings.HasPrefix(module, "./") && !strings.HasPrefix(module, "../") {
+		return module
+	}
+	return relPath(path.Dir(importer), path.Clean(module))
 }
 
 // relPath is target relative to dir, always starting with ./ or ../.

@@ -73,6 +73,16 @@ func TestOptions(t *testing.T) {
 			`from "@acme/parley";`,
 			`from "./shop_pb.ts";`,
 		}},
+		// A relative runtime_import is relative to the output root, as
+		// protoc-gen-es reads relative paths: shop/v1/shop_parley.ts
+		// reaches it two folders up.
+		{"import_extension=js,runtime_import=./vendor/parley/index.js", []string{
+			`import type { CallOptions, Connection, MethodSpec } from "../../vendor/parley/index.js";`,
+			`from "./shop_pb.js";`,
+		}},
+		{"runtime_import=../lib/parley.ts", []string{
+			`from "../../../lib/parley.ts";`,
+		}},
 	}
 	for _, tt := range tests {
 		resp := runParley(t, req, tt.parameter)
