@@ -282,7 +282,9 @@ func WithMaxStreams(n int) ServerOption {
 }
 
 // WithMaxInFlight sets how many calls a server runs at once per connection
-// (DefaultMaxInFlight).
+// (DefaultMaxInFlight), and per session: unary calls outlive a dropped
+// socket, and a resumed session's calls from its earlier sockets count
+// too. Calls beyond it are answered with CodeResourceExhausted.
 func WithMaxInFlight(n int) ServerOption {
 	return serverOption(func(c *config) { c.maxInFlight = n })
 }

@@ -340,6 +340,13 @@ func (s *session) sendEventLocked(e *endpoint, se sessionEvent) {
 // id that an earlier call of another method had is the client reusing
 // ids, which it must not: that call is answered invalid_argument, not with
 // the other call's outcome.
+//
+// A new call is refused with resource_exhausted when WithMaxInFlight
+// calls of the session run already, on any of its sockets: calls outlive
+// the socket they came on, so a client that dropped and resumed its
+// session again and again could otherwise run that many more each time.
+// A client that keeps to max_in_flight counts the calls it re-sends, and
+// the session runs those once, so it never meets this bound.
 func (s *session) claimCall(e *endpoint, id uint64, method string) bool {
 	s.mu.Lock()
 	r, replied := s.replies[id]
@@ -348,6 +355,9 @@ func (s *session) claimCall(e *endpoint, id uint64, method string) bool {
 		prior = s.running[id].method
 	}
 	switch {
+	case prior == "" && len(s.running) >= s.srv.cfg.maxInFlight:
+		s.mu.Unlock()
+		e.sendError(id, Errorf(CodeResourceExhausted, "more than %d calls in flight in this session", s.srv.cfg.maxInFlight))
 	case prior == "":
 		s.running[id] = runningCall{e: e, method: method}
 		s.mu.Unlock()
