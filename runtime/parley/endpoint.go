@@ -603,6 +603,12 @@ func (e *endpoint) acceptCall(f *frame) {
 		e.sendError(f.id, Errorf(CodeInvalidArgument, "call id %d has the wrong parity: %s calls use %s ids", f.id, peerSide(e.side), map[uint64]string{0: "even", 1: "odd"}[peerParity]))
 		return
 	}
+	if f.metadata != nil {
+		if n := metadataBytes(f.metadata); n > e.cfg.maxMetadataBytes {
+			e.sendError(f.id, Errorf(CodeResourceExhausted, "the call's metadata is %d bytes, the limit %d", n, e.cfg.maxMetadataBytes))
+			return
+		}
+	}
 	var m *Method
 	if e.methods != nil {
 		m = e.methods(f.procedure())

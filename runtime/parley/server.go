@@ -221,6 +221,11 @@ func (s *Server) handshake(e *endpoint, r *http.Request) error {
 		s.refuse(e, NewError(CodeInvalidArgument, err.Error()), closeProtocol)
 		return err
 	}
+	if n := metadataBytes(f.hello.GetMetadata()) + offsetsBytes(f.hello.GetOffsets()); n > s.cfg.maxMetadataBytes {
+		err := Errorf(CodeResourceExhausted, "the hello's metadata and offsets are %d bytes, the limit %d", n, s.cfg.maxMetadataBytes)
+		s.refuse(e, err, websocket.CloseMessageTooBig)
+		return err
+	}
 	if w := f.hello.GetStreamWindow(); w > 0 {
 		e.peerWindow = w
 	}
@@ -288,6 +293,16 @@ func (s *Server) handshake(e *endpoint, r *http.Request) error {
 		sess.release(e)
 	}
 	return err
+}
+
+// offsetsBytes is what a Hello's offsets count against
+// WithMaxMetadataBytes.
+func offsetsBytes(offsets map[string]uint64) int {
+	n := 0
+	for k := range offsets {
+		n += len(k) + 8
+	}
+	return n
 }
 
 // refuse answers a failed handshake with a connection-level error and a

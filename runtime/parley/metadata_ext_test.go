@@ -1,0 +1,58 @@
+package parley_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/gorilla/websocket"
+
+	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
+	e2ev1 "github.com/parleyrpc/parley/internal/e2e/gen/e2e/v1"
+	"github.com/parleyrpc/parley/runtime/parley"
+)
+
+// TestCallMetadataOverTheLimit: a call's metadata lives as long as its
+// handler runs, and a map of many short entries takes several times its
+// encoded size (128 calls in flight with 4 MiB of it each held 3.2 GB);
+// beyond WithMaxMetadataBytes the call is refused and the socket stays.
+func TestCallMetadataOverTheLimit(t *testing.T) {
+	const limit = 1024
+	srv := parley.NewServer(parley.WithMaxMetadataBytes(limit))
+	srv.Register(parley.NewUnaryMethod(echoSpec, func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+		return &e2ev1.EchoResponse{Text: r.Text}, nil
+	}))
+	p := dialRaw(t, serveWS(t, srv), 0, nil)
+	call := func(id uint64, md map[string]string) *parleyv1.Frame {
+		p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Call{Call: &parleyv1.Call{Id: id, Method: echoSpec.Procedure, Metadata: md}}})
+		return p.read(t)
+	}
+	if f := call(1, map[string]string{"k": strings.Repeat("v", limit)}); f.GetError().GetCode() != parleyv1.Code_CODE_RESOURCE_EXHAUSTED || f.GetError().GetId() != 1 {
+		t.Fatalf("a call with %d bytes of metadata, the limit %d: got %v, want resource_exhausted", limit+1, limit, f)
+	}
+	if f := call(3, map[string]string{"k": strings.Repeat("v", limit-1)}); f.GetReply().GetId() != 3 {
+		t.Fatalf("a call with metadata at the limit: got %v, want its reply", f)
+	}
+}
+
+// TestHelloMetadataOverTheLimit: a Hello's metadata is held while the
+// authenticate hook runs, for any number of handshakes at once.
+func TestHelloMetadataOverTheLimit(t *testing.T) {
+	const limit = 1024
+	srv := parley.NewServer(parley.WithMaxMetadataBytes(limit))
+	url := serveWS(t, srv)
+	d := websocket.Dialer{Subprotocols: []string{parley.SubprotocolProto}}
+	ws, _, err := d.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	p := &rawPeer{ws: ws}
+	p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Hello{Hello: &parleyv1.Hello{Metadata: map[string]string{"authorization": strings.Repeat("x", limit)}}}})
+	if f := p.read(t); f.GetError().GetCode() != parleyv1.Code_CODE_RESOURCE_EXHAUSTED {
+		t.Fatalf("a hello with more than %d bytes of metadata: got %v, want resource_exhausted", limit, f)
+	}
+	if code := p.closeCode(t); code != websocket.CloseMessageTooBig {
+		t.Fatalf("closed with %d, want %d", code, websocket.CloseMessageTooBig)
+	}
+}
