@@ -589,6 +589,12 @@ func (jsonCodec) messageType() int                        { return 1 } // websoc
 func (jsonCodec) subprotocol() string                     { return SubprotocolJSON }
 func (jsonCodec) marshal(m proto.Message) ([]byte, error) { return protojson.Marshal(m) }
 func (jsonCodec) unmarshal(b []byte, m proto.Message) error {
+	if len(b) == 0 {
+		// No "json" field: the empty message, as an absent payload is in
+		// parley.v1+proto (a body is never empty JSON: "{}" at least).
+		proto.Reset(m)
+		return nil
+	}
 	return protojson.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, m)
 }
 
