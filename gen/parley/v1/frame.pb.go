@@ -723,7 +723,8 @@ type Call struct {
 	// resumed reconnect the client re-sends, with their ids, the calls it had
 	// no answer for; the server keeps the outcomes of a session's recent calls
 	// and answers a Call whose id it still remembers with the first call's
-	// stored outcome, whatever the method, without running a handler again.
+	// stored outcome, without running a handler again (or with
+	// invalid_argument when the method differs).
 	// An id it no longer remembers runs as a new call: never reuse ids.
 	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	// The method's full name, gRPC style: "/chat.v1.ChatService/Join".
@@ -1124,14 +1125,17 @@ type Event struct {
 	//	*Event_Payload
 	//	*Event_Json
 	Body isEvent_Body `protobuf_oneof:"body"`
-	// The recoverable stream this event belongs to ("session", "room:lobby",
-	// ...). Empty for events that are not recoverable.
+	// The recoverable stream this event belongs to. The Go server has one per
+	// session, "session", for every event the session gets, whatever its
+	// target. Empty for events that are not recoverable.
 	Topic string `protobuf:"bytes,4,opt,name=topic,proto3" json:"topic,omitempty"`
 	// The event's position in its topic, increasing by one per event. A
 	// client resumes by reporting the last offset it saw (Hello.offsets).
 	Offset uint64 `protobuf:"varint,5,opt,name=offset,proto3" json:"offset,omitempty"`
 	// Identifies one incarnation of the topic's history. When it changes the
 	// offsets started over and the client cannot resume from the old ones.
+	// The Go server sets none: its topics live as long as their session, and
+	// a new session (Welcome.resumed false) counts from 1 again.
 	Epoch         string `protobuf:"bytes,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -373,7 +373,8 @@ export type Call = Message<"parley.v1.Call"> & {
    * resumed reconnect the client re-sends, with their ids, the calls it had
    * no answer for; the server keeps the outcomes of a session's recent calls
    * and answers a Call whose id it still remembers with the first call's
-   * stored outcome, whatever the method, without running a handler again.
+   * stored outcome, without running a handler again (or with
+   * invalid_argument when the method differs).
    * An id it no longer remembers runs as a new call: never reuse ids.
    *
    * @generated from field: uint64 id = 1;
@@ -615,8 +616,9 @@ export type Event = Message<"parley.v1.Event"> & {
   } | { case: undefined; value?: undefined };
 
   /**
-   * The recoverable stream this event belongs to ("session", "room:lobby",
-   * ...). Empty for events that are not recoverable.
+   * The recoverable stream this event belongs to. The Go server has one per
+   * session, "session", for every event the session gets, whatever its
+   * target. Empty for events that are not recoverable.
    *
    * @generated from field: string topic = 4;
    */
@@ -633,6 +635,8 @@ export type Event = Message<"parley.v1.Event"> & {
   /**
    * Identifies one incarnation of the topic's history. When it changes the
    * offsets started over and the client cannot resume from the old ones.
+   * The Go server sets none: its topics live as long as their session, and
+   * a new session (Welcome.resumed false) counts from 1 again.
    *
    * @generated from field: string epoch = 6;
    */
