@@ -265,6 +265,11 @@ func (s *Server) handshake(e *endpoint, r *http.Request) error {
 	if !resumed {
 		sess = newSession(s, principal)
 		lastOffset = 0
+		// Events published to it between here and its socket attaching
+		// (after Welcome) are kept for the socket, whatever the history
+		// bound, as for a resuming socket: its client, told it is
+		// connected, must not miss them.
+		sess.hold(e)
 		s.hub.add(sess)
 	}
 	e.sess, e.peer = sess, sess.peer
@@ -289,8 +294,12 @@ func (s *Server) handshake(e *endpoint, r *http.Request) error {
 		_ = e.ws.SetWriteDeadline(time.Now().Add(s.cfg.writeTimeout))
 		err = e.ws.WriteMessage(e.codec.messageType(), b)
 	}
-	if err != nil && resumed {
+	switch {
+	case err == nil:
+	case resumed:
 		sess.release(e)
+	default:
+		sess.end() // no socket will ever attach to it
 	}
 	return err
 }

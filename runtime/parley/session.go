@@ -130,6 +130,15 @@ func (s *session) reserve(e *endpoint, token string, lastOffset uint64) bool {
 	return true
 }
 
+// hold reserves a new session for its first socket, e, as reserve does for
+// a resuming one: until e attaches, every event published to the session
+// is kept for it.
+func (s *session) hold(e *endpoint) {
+	s.mu.Lock()
+	s.resuming = map[*endpoint]uint64{e: 0}
+	s.mu.Unlock()
+}
+
 // release undoes reserve for a socket whose handshake failed after it.
 func (s *session) release(e *endpoint) {
 	s.mu.Lock()

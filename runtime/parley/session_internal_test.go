@@ -172,6 +172,53 @@ func TestResumeKeepsEventsPublishedBeforeAttach(t *testing.T) {
 	}
 }
 
+// TestNewSessionKeepsEventsPublishedBeforeAttach: a new session is in the
+// hub (rooms, users, everyone) from its handshake, before its socket
+// attaches; an event published in between reaches the client, told it is
+// connected, even when the server keeps no event history.
+func TestNewSessionKeepsEventsPublishedBeforeAttach(t *testing.T) {
+	for _, opts := range [][]ServerOption{{WithResume(time.Minute, 0)}, {WithResume(0, 0)}, nil} {
+		srv := NewServer(opts...)
+		registered, published := make(chan struct{}), make(chan struct{})
+		testHookBeforeAttach = func(string) {
+			if err := srv.Publish(context.Background(), ToAll(), postedSpec, wrapperspb.String("early")); err != nil {
+				t.Error(err)
+			}
+			close(published)
+			<-registered // the client can take events now
+		}
+		hs := httptest.NewServer(srv)
+		conn, err := Dial(context.Background(), "ws"+strings.TrimPrefix(hs.URL, "http"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		events := make(chan string, 10)
+		conn.Register(NewEventMethod(postedSpec, func(_ context.Context, v *wrapperspb.StringValue) { events <- v.GetValue() }))
+		close(registered)
+		<-published // Dial returned at Welcome, perhaps before the hook ran
+		if err := srv.Publish(context.Background(), ToAll(), postedSpec, wrapperspb.String("after")); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for len(got) == 0 || got[len(got)-1] != "after" {
+			select {
+			case v := <-events:
+				got = append(got, v)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("got %v", got)
+			}
+		}
+		if !slices.Equal(got, []string{"early", "after"}) {
+			t.Fatalf("%d options: got %v, want [early after]", len(opts), got)
+		}
+		_ = conn.Close()
+		hs.CloseClientConnections()
+		hs.Close()
+		_ = srv.Shutdown(context.Background())
+		testHookBeforeAttach = nil
+	}
+}
+
 // TestResumeOfASessionEndedBeforeAttach: the session a client resumes is
 // closed by the server (Peer.Close) between the handshake that told the
 // client it resumed and its socket attaching. The client must not stay on
