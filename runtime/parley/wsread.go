@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"time"
 	"unicode/utf8"
@@ -116,6 +117,12 @@ func (e *endpoint) readData(pooled **[]byte, msg []byte, n uint64, key uint32, w
 	if n > uint64(e.cfg.maxMessageBytes-len(msg)) {
 		closeMsg := websocket.FormatCloseMessage(websocket.CloseMessageTooBig, "")
 		_ = e.ws.WriteControl(websocket.CloseMessage, closeMsg, time.Now().Add(e.cfg.writeTimeout))
+		// Read past the message (for closeGrace at most) before the socket
+		// closes: closed with the peer's bytes unread, it would be reset,
+		// and a peer whose read buffer a reset discards never sees the
+		// close frame (1006, not 1009).
+		_ = e.bc.SetReadDeadline(time.Now().Add(closeGrace))
+		_, _ = io.CopyN(io.Discard, e.bc, int64(min(n, math.MaxInt64)))
 		return nil, websocket.ErrReadLimit
 	}
 	if whole {

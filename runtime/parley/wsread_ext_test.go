@@ -2,6 +2,7 @@ package parley_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/http/httptest"
@@ -180,5 +181,31 @@ func TestBadFrames(t *testing.T) {
 				t.Fatalf("closed with %d, want %d", code, tc.code)
 			}
 		})
+	}
+}
+
+// TestWholeMessageOverTheLimitGets1009: a peer that sends all of a message
+// over the limit (not just its header) still reads the 1009 close frame:
+// the server reads past the message and waits for the peer's close rather
+// than closing a socket with the peer's bytes unread, which resets it (the
+// peer then saw 1006, its read buffer discarded).
+func TestWholeMessageOverTheLimitGets1009(t *testing.T) {
+	url := newEchoServer(t) // 64 KiB limit
+	for _, size := range []int{64<<10 + 1, 4 << 20} {
+		p := dialRaw(t, url, 0, nil)
+		payload := make([]byte, size)
+		frame := append([]byte{0x82, 0xff}, binary.BigEndian.AppendUint64(nil, uint64(size))...)
+		frame = append(append(frame, 0, 0, 0, 0), payload...) // mask 0: the payload as it is
+		wrote := make(chan error, 1)
+		go func() {
+			_, err := p.raw.Write(frame)
+			wrote <- err
+		}()
+		if code := p.closeCode(t); code != websocket.CloseMessageTooBig {
+			t.Fatalf("%d bytes: closed with %d, want %d", size, code, websocket.CloseMessageTooBig)
+		}
+		if err := <-wrote; err != nil {
+			t.Fatalf("%d bytes: the server reset the socket before reading the message: %v", size, err)
+		}
 	}
 }
