@@ -643,17 +643,23 @@ test("the request may be a message or an init object", async () => {
   }
 });
 
-test("the deadline timer outlives the last call but not close(): no timer keeps the process alive", async () => {
-  // A socket that answers in-process: real sockets and the ws package keep
-  // timers of their own, which would blur the count.
-  class Answering {
+/**
+ * WebSockets that live in this process: each opens at once, answers Hello
+ * with a Welcome and a call with its request as the reply, and closes when
+ * a test calls its onclose. socks lists those made. Real sockets and the
+ * ws package keep timers of their own, which would blur a count of timers.
+ */
+function inProcessSockets() {
+  const socks: InProcess[] = [];
+  class InProcess {
     protocol = "parley.v1+proto";
     binaryType = "arraybuffer";
     onopen: ((ev: unknown) => void) | null = null;
     onmessage: ((ev: { data: Uint8Array }) => void) | null = null;
-    onclose: ((ev: unknown) => void) | null = null;
+    onclose: ((ev: { code: number; reason: string }) => void) | null = null;
     onerror: ((ev: unknown) => void) | null = null;
     constructor() {
+      socks.push(this);
       queueMicrotask(() => this.onopen?.({}));
     }
     send(data: Uint8Array) {
@@ -666,6 +672,13 @@ test("the deadline timer outlives the last call but not close(): no timer keeps 
     }
     close() {}
   }
+  return { socks, WebSocket: InProcess };
+}
+
+test("the deadline timer outlives the last call but not close(): no timer keeps the process alive", async () => {
+  // A socket that answers in-process: real sockets and the ws package keep
+  // timers of their own, which would blur the count.
+  const { WebSocket: Answering } = inProcessSockets();
   const timeouts = () => process.getActiveResourcesInfo().filter((r) => r == "Timeout").length;
   const before = timeouts();
   const conn = new Connection("ws://in-process", { WebSocket: Answering });
@@ -680,23 +693,7 @@ test("the deadline timer outlives the last call but not close(): no timer keeps 
 
 test("close() from a reconnecting listener stops the redial timer: none keeps the process alive", async () => {
   // An in-process socket, as above: opens, welcomes, and drops when told.
-  const socks: Dropping[] = [];
-  class Dropping {
-    protocol = "parley.v1+proto";
-    binaryType = "arraybuffer";
-    onopen: ((ev: unknown) => void) | null = null;
-    onmessage: ((ev: { data: Uint8Array }) => void) | null = null;
-    onclose: ((ev: { code: number; reason: string }) => void) | null = null;
-    onerror: ((ev: unknown) => void) | null = null;
-    constructor() {
-      socks.push(this);
-      queueMicrotask(() => this.onopen?.({}));
-    }
-    send(data: Uint8Array) {
-      if ("hello" in decodeBinary(data)) queueMicrotask(() => this.onmessage?.({ data: encodeBinary({ welcome: { sessionId: "s" } }) }));
-    }
-    close() {}
-  }
+  const { socks, WebSocket: Dropping } = inProcessSockets();
   const timeouts = () => process.getActiveResourcesInfo().filter((r) => r == "Timeout").length;
   const before = timeouts();
   // A long redial delay, as after a few failed attempts with the defaults.
@@ -714,23 +711,7 @@ test("close() from a reconnecting listener stops the redial timer: none keeps th
 });
 
 test("state listeners: a listener that closes the connection leaves the others with closed, not the stale state after it", async () => {
-  const socks: Dropping[] = [];
-  class Dropping {
-    protocol = "parley.v1+proto";
-    binaryType = "arraybuffer";
-    onopen: ((ev: unknown) => void) | null = null;
-    onmessage: ((ev: { data: Uint8Array }) => void) | null = null;
-    onclose: ((ev: { code: number; reason: string }) => void) | null = null;
-    onerror: ((ev: unknown) => void) | null = null;
-    constructor() {
-      socks.push(this);
-      queueMicrotask(() => this.onopen?.({}));
-    }
-    send(data: Uint8Array) {
-      if ("hello" in decodeBinary(data)) queueMicrotask(() => this.onmessage?.({ data: encodeBinary({ welcome: { sessionId: "s" } }) }));
-    }
-    close() {}
-  }
+  const { socks, WebSocket: Dropping } = inProcessSockets();
   const conn = new Connection("ws://in-process", { WebSocket: Dropping, defaultTimeoutMs: 0, reconnect: { initialDelayMs: 0 } });
   await conn.ready;
   const a: string[] = [];
