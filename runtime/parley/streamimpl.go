@@ -280,14 +280,7 @@ func (s *stream) recv(m proto.Message) error {
 	// The context is checked as on the slow path: once it ends, the slow
 	// path decides whether queued items still count.
 	if s.next < len(s.taken) && s.ctx.Err() == nil {
-		payload := s.takeNext()
-		if s.read >= s.grantEvery() || s.readFrame >= s.grantEveryBytes() {
-			s.mu.Lock()
-			items, bytes := s.settle()
-			s.mu.Unlock()
-			s.sendCredit(items, bytes)
-		}
-		return s.decode(payload, m)
+		return s.recvTaken(m)
 	}
 	for {
 		s.mu.Lock()
@@ -313,7 +306,7 @@ func (s *stream) recv(m proto.Message) error {
 		if s.next < len(s.taken) {
 			s.mu.Unlock()
 			s.sendCredit(items, bytes)
-			return s.decode(s.takeNext(), m)
+			return s.recvTaken(m)
 		}
 		if s.recvEnd {
 			err := s.recvErr
@@ -329,6 +322,21 @@ func (s *stream) recv(m proto.Message) error {
 		case <-s.ctx.Done():
 		}
 	}
+}
+
+// recvTaken receives the next item of the batch taken into m, granting
+// credit first if, with it, half a window of items or bytes was consumed
+// since the last grant. Only the receiving goroutine calls it (and settle,
+// the only other writer of consumed and consumedBytes).
+func (s *stream) recvTaken(m proto.Message) error {
+	payload := s.takeNext()
+	if s.consumed+s.read >= s.grantEvery() || s.consumedBytes+s.readFrame >= s.grantEveryBytes() {
+		s.mu.Lock()
+		items, bytes := s.settle()
+		s.mu.Unlock()
+		s.sendCredit(items, bytes)
+	}
+	return s.decode(payload, m)
 }
 
 // takeNext returns the next item of the batch taken. Only the receiving
