@@ -246,6 +246,30 @@ func TestEventHead(t *testing.T) {
 	}
 }
 
+// TestEventHeadsHoldSmallBuffers: a queued event holds only its head's
+// buffer (the payload is shared), and that buffer is a small one whatever
+// frames the process sent before: a head in a pooled 64 KiB buffer would
+// hold 1,000 times what the send queue's bound counts for it.
+func TestEventHeadsHoldSmallBuffers(t *testing.T) {
+	big := getBuf()
+	*big = slices.Grow(*big, 60<<10)
+	putBuf(big) // the pool now offers a large buffer, as after a large reply
+	payload := make([]byte, 1000)
+	f := frame{kind: kindEvent, method: "/chat.v1.ChatEvents/MessagePosted", hasPayload: true, payload: payload, topic: sessionTopic, offset: 1 << 40}
+	out := binaryEvent(&f)
+	if c := cap(*out.b); c > headCap {
+		t.Fatalf("the head of %d bytes holds a buffer of %d", len(*out.b), c)
+	}
+	whole, err := binaryCodec{}.appendFrame(nil, &f, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := append(slices.Clone(*out.b), out.tail...); !bytes.Equal(got, whole) {
+		t.Fatal("head and payload differ from the frame")
+	}
+	putBuf(out.b)
+}
+
 // TestJSONEvent: an event written by appendJSONEvent, its payload spliced
 // in, is the frame protojson writes for it (compared as JSON values), and
 // decodes as that event.

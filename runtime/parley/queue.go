@@ -21,8 +21,27 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }
 
 func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
 
+// headPool recycles the buffers of event heads (see appendEventHead): an
+// event's payload is shared by its recipients, and each queued delivery
+// holds only its head. Taken from bufPool, whose buffers grow with the
+// largest frames a process sends, a head of ~60 bytes could pin up to
+// 64 KiB per queued event, far beyond what the send queue's bound counts.
+// A head longer than headCap grows out of its buffer and goes to bufPool.
+const headCap = 128
+
+var headPool = sync.Pool{New: func() any { b := make([]byte, 0, headCap); return &b }}
+
+func getHead() *[]byte { return headPool.Get().(*[]byte) }
+
+// putBuf returns a buffer from getBuf or getHead to its pool (bufPool's
+// never have headCap: they start larger and only grow).
 func putBuf(b *[]byte) {
-	if cap(*b) > 64<<10 {
+	switch c := cap(*b); {
+	case c == headCap:
+		*b = (*b)[:0]
+		headPool.Put(b)
+		return
+	case c > 64<<10:
 		return // do not pin large buffers
 	}
 	*b = (*b)[:0]

@@ -319,15 +319,14 @@ func (s *session) sendEventLocked(e *endpoint, se sessionEvent) {
 	if s.srv.cfg.resumeWindow <= 0 {
 		head.topic, head.offset = "", 0
 	}
-	b := getBuf()
-	out := outFrame{b: b}
+	var out outFrame
 	if _, isJSON := e.codec.(jsonCodec); isJSON {
-		*b, err = e.appendFrame((*b)[:0], &head, nil)
+		out.b = getBuf()
+		*out.b, err = e.appendFrame((*out.b)[:0], &head, nil)
 	} else {
-		// The payload, which every recipient shares, is not copied: it
-		// goes out after this connection's head.
-		*b, out.tail = appendEventHead((*b)[:0], &head), payload
+		out = binaryEvent(&head)
 	}
+	b := out.b
 	if err != nil {
 		putBuf(b)
 		return
@@ -341,6 +340,15 @@ func (s *session) sendEventLocked(e *endpoint, se sessionEvent) {
 		return
 	}
 	e.pushEvent(out)
+}
+
+// binaryEvent is a binary Event frame for one connection: a head of its
+// own, in a buffer from headPool, and after it the payload, which every
+// recipient shares and nobody copies.
+func binaryEvent(head *frame) outFrame {
+	b := getHead()
+	*b = appendEventHead((*b)[:0], head)
+	return outFrame{b: b, tail: head.payload}
 }
 
 // claimCall decides what to do with an incoming call id: run it (true), or
