@@ -531,7 +531,12 @@ export class Connection {
   ): Pending {
     const { signal } = options;
     const kind = s ? 1 : 0;
-    const onAbort = signal && (() => p.settle(aborted(spec, signal), undefined, 0));
+    const onAbort =
+      signal &&
+      (() => {
+        const e = aborted(spec, signal);
+        p.settle(e, undefined, e.code == "deadline_exceeded" ? 4 : 0);
+      });
     const p: Pending = {
       spec,
       body,
@@ -1059,9 +1064,16 @@ export class Connection {
   }
 }
 
+/**
+ * The error of a call whose signal aborted: "canceled", or
+ * "deadline_exceeded" for a signal that timed out (AbortSignal.timeout()
+ * aborts with a TimeoutError): a deadline, as timeoutMs is, and the
+ * server's handler is told so.
+ */
 function aborted(spec: MethodSpec, signal: AbortSignal): ParleyError {
   const reason: unknown = signal.reason;
-  return new ParleyError("canceled", `${spec.procedure}: aborted${reason instanceof Error ? ": " + reason.message : ""}`, [], {}, reason);
+  const code = (reason as Error | undefined)?.name == "TimeoutError" ? "deadline_exceeded" : "canceled";
+  return new ParleyError(code, `${spec.procedure}: aborted${reason instanceof Error ? ": " + reason.message : ""}`, [], {}, reason);
 }
 
 const noop = () => {};

@@ -166,6 +166,16 @@ for (const protocol of ["proto", "json"] as const) {
       conn.close();
     });
 
+    test("a signal that times out (AbortSignal.timeout) is a deadline: deadline_exceeded, and Cancel says so", async () => {
+      const conn = connect(server, { protocol: protocols[protocol] });
+      const peer = await server.peer();
+      const res = conn.call(Echo, {}, { signal: AbortSignal.timeout(30) });
+      const call = await expectFrame(peer, "call");
+      await rejectsWith(res, "deadline_exceeded", /aborted: /);
+      assert.deepEqual(await expectFrame(peer, "cancel"), { id: call.id, code: 4 });
+      conn.close();
+    });
+
     test("an abort while waiting for the connection sends nothing", async () => {
       const s = await FakeServer.start({ welcome: false });
       try {
