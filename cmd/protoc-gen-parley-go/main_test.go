@@ -24,7 +24,8 @@ func TestPlugin(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 
-	run := func(t *testing.T, caseName, parameter string) *pluginpb.CodeGeneratorResponse {
+	// plugin runs the plugin on a golden case's request, as protoc does.
+	plugin := func(t *testing.T, caseName, parameter string) (stdout, stderr []byte, err error) {
 		t.Helper()
 		req, err := plugintest.Request(caseName, parameter)
 		if err != nil {
@@ -36,7 +37,14 @@ func TestPlugin(t *testing.T) {
 		}
 		cmd := exec.Command(bin)
 		cmd.Stdin = bytes.NewReader(in)
-		out, err := cmd.Output()
+		var errOut bytes.Buffer
+		cmd.Stderr = &errOut
+		stdout, err = cmd.Output()
+		return stdout, errOut.Bytes(), err
+	}
+	run := func(t *testing.T, caseName, parameter string) *pluginpb.CodeGeneratorResponse {
+		t.Helper()
+		out, _, err := plugin(t, caseName, parameter)
 		if err != nil {
 			t.Fatalf("plugin: %v", err)
 		}
@@ -95,23 +103,12 @@ func TestPlugin(t *testing.T) {
 	})
 	t.Run("unknown option", func(t *testing.T) {
 		// protoc-gen-parley-ts's options given to the Go plugin by mistake.
-		req, err := plugintest.Request("plain", "paths=source_relative,import_extension=js")
-		if err != nil {
-			t.Fatal(err)
-		}
-		in, err := proto.Marshal(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(bin)
-		cmd.Stdin = bytes.NewReader(in)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Run(); err == nil {
+		_, stderr, err := plugin(t, "plain", "paths=source_relative,import_extension=js")
+		if err == nil {
 			t.Fatal("the plugin accepted an unknown option")
 		}
 		want := `protoc-gen-parley-go: unknown option "import_extension" (known: paths=import|source_relative, module=<prefix>, M<file>=<import path>, annotate_code)`
-		if got := strings.TrimSpace(stderr.String()); got != want {
+		if got := strings.TrimSpace(string(stderr)); got != want {
 			t.Errorf("stderr %q, want %q", got, want)
 		}
 	})
