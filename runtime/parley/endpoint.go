@@ -379,10 +379,10 @@ func (e *endpoint) readLoop() {
 		// and dispatched, so an idle connection holds neither.
 		var buf *[]byte
 		typ, msg, rerr := e.readMessage(&buf)
-		if buf != nil && rerr != nil {
-			putBuf(buf)
-		}
 		if rerr != nil {
+			if buf != nil {
+				putBuf(buf)
+			}
 			err = rerr
 			break
 		}
@@ -603,11 +603,9 @@ func (e *endpoint) acceptCall(f *frame) {
 		e.sendError(f.id, Errorf(CodeInvalidArgument, "call id %d has the wrong parity: %s calls use %s ids", f.id, peerSide(e.side), map[uint64]string{0: "even", 1: "odd"}[peerParity]))
 		return
 	}
-	if f.metadata != nil {
-		if n := metadataBytes(f.metadata); n > e.cfg.maxMetadataBytes {
-			e.sendError(f.id, Errorf(CodeResourceExhausted, "the call's metadata is %d bytes, the limit %d", n, e.cfg.maxMetadataBytes))
-			return
-		}
+	if n := metadataBytes(f.metadata); n > e.cfg.maxMetadataBytes {
+		e.sendError(f.id, Errorf(CodeResourceExhausted, "the call's metadata is %d bytes, the limit %d", n, e.cfg.maxMetadataBytes))
+		return
 	}
 	var m *Method
 	if e.methods != nil {

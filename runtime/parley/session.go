@@ -123,10 +123,7 @@ func (s *session) reserve(e *endpoint, token string, lastOffset uint64) bool {
 	if !s.canResumeLocked(token, lastOffset) {
 		return false
 	}
-	if s.resuming == nil {
-		s.resuming = make(map[*endpoint]uint64)
-	}
-	s.resuming[e] = lastOffset
+	s.holdLocked(e, lastOffset)
 	return true
 }
 
@@ -135,8 +132,17 @@ func (s *session) reserve(e *endpoint, token string, lastOffset uint64) bool {
 // is kept for it.
 func (s *session) hold(e *endpoint) {
 	s.mu.Lock()
-	s.resuming = map[*endpoint]uint64{e: 0}
+	s.holdLocked(e, 0)
 	s.mu.Unlock()
+}
+
+// holdLocked keeps every event after lastOffset for e until it attaches
+// (or release). s.mu is held.
+func (s *session) holdLocked(e *endpoint, lastOffset uint64) {
+	if s.resuming == nil {
+		s.resuming = make(map[*endpoint]uint64)
+	}
+	s.resuming[e] = lastOffset
 }
 
 // release undoes reserve for a socket whose handshake failed after it.
@@ -386,7 +392,7 @@ func (s *session) claimCall(e *endpoint, id uint64, method string) bool {
 		// Answered again, it is the most recent outcome: the client may
 		// lose this answer too, and re-send the call once more.
 		if i := slices.Index(s.order, id); i >= 0 {
-			s.order = append(append(s.order[:i], s.order[i+1:]...), id)
+			s.order = append(slices.Delete(s.order, i, i+1), id)
 		}
 		s.mu.Unlock()
 		if _, replaced := e.sendOutcome(id, method, r.res, r.err, false); replaced != nil {
