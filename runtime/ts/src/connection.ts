@@ -119,8 +119,9 @@ export interface ConnectionOptions {
    */
   streamWindowBytes?: number;
   /**
-   * How many bytes of stream items (binary payloads) this client holds
-   * received and not yet read, all streams together: a backstop, which
+   * How many bytes of stream items this client holds received and not
+   * yet read, all streams together (an item's payload bytes in binary, its
+   * message's UTF-8 bytes in JSON): a backstop, which
    * byte windows keep a server within unless many streams carry items
    * near the message limit at once (or the server, from before byte
    * credit, counts items only). An item that would pass it fails its

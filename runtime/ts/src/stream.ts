@@ -159,7 +159,9 @@ function open(connection: Connection, spec: MethodSpec, options: CallOptions = {
         if (q.length + consumed >= window || (windowBytes && sock.session!.streamWindowBytes && inBytes >= windowBytes)) {
           return p!.settle(new ParleyError("resource_exhausted", `${procedure}: the server sent stream items beyond its credit`), undefined, 0);
         }
-        const n = b.payload?.length ?? 0;
+        // The bytes it holds: its payload's in binary; in JSON, where the
+        // body is parsed text, its message's UTF-8 bytes.
+        const n = b.payload ? b.payload.length : bytes;
         if (c.streamBuf + n > limit) {
           return p!.settle(new ParleyError("resource_exhausted", `${procedure}: over ${limit} bytes of stream items unread (streamBufferBytes)`), undefined, 0);
         }

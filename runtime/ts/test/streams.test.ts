@@ -29,6 +29,9 @@ function decode<D extends DescMessage>(schema: D, b: Body): MessageShape<D> {
   return b.json !== undefined ? fromJson(schema, b.json) : fromBinary(schema, b.payload ?? new Uint8Array(0));
 }
 
+/** The UTF-8 bytes of an encoded text frame. */
+const utf8 = (frame: Uint8Array | string) => new TextEncoder().encode(frame as string).length;
+
 /** Reads an iterator's next value or its error, without hanging. */
 async function next<T>(it: AsyncIterator<T>): Promise<IteratorResult<T>> {
   return within(it.next());
@@ -253,30 +256,27 @@ for (const protocol of ["proto", "json"] as const) {
       conn.close();
     });
 
-    // streamBufferBytes bounds binary payloads; JSON bodies are not counted.
-    if (protocol == "proto") {
-      test("the window grows only while, at the largest item's size, it stays within half streamBufferBytes", async () => {
-        // 4 items of ~1 KiB fill half of 8 KiB: a window of 4 cannot double.
-        const { conn, peer } = await connect({ streamBufferBytes: 8 << 10, streamWindowBytes: 0 });
-        try {
-          const stream = bidiStream(conn, EchoStream);
-          await stream.send({ text: "open" });
-          const call = await expectFrame(peer, "call");
-          await expectFrame(peer, "item");
-          const it = stream[Symbol.asyncIterator]();
-          const big = "x".repeat(1000);
-          for (let round = 0; round < 3; round++) {
-            const first = next(it); // waits: the reader is starved
-            for (let i = 0; i < 2; i++) peer.send({ item: { id: call.id, ...body(peer, EchoStream.output, { text: big }) } });
-            await first;
-            await next(it); // drained
-            assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2 }, `round ${round}: no growth with 1 KB items`);
-          }
-        } finally {
-          conn.close();
+    test("the window grows only while, at the largest item's size, it stays within half streamBufferBytes", async () => {
+      // 4 items of ~1 KiB fill half of 8 KiB: a window of 4 cannot double.
+      const { conn, peer } = await connect({ streamBufferBytes: 8 << 10, streamWindowBytes: 0 });
+      try {
+        const stream = bidiStream(conn, EchoStream);
+        await stream.send({ text: "open" });
+        const call = await expectFrame(peer, "call");
+        await expectFrame(peer, "item");
+        const it = stream[Symbol.asyncIterator]();
+        const big = "x".repeat(1000);
+        for (let round = 0; round < 3; round++) {
+          const first = next(it); // waits: the reader is starved
+          for (let i = 0; i < 2; i++) peer.send({ item: { id: call.id, ...body(peer, EchoStream.output, { text: big }) } });
+          await first;
+          await next(it); // drained
+          assert.deepEqual(await expectFrame(peer, "credit"), { id: call.id, items: 2 }, `round ${round}: no growth with 1 KB items`);
         }
-      });
-    }
+      } finally {
+        conn.close();
+      }
+    });
 
     test("server stream: an Error ends the loop with it, after the items before it", async () => {
       const { conn, peer } = await connect();
@@ -326,32 +326,37 @@ for (const protocol of ["proto", "json"] as const) {
       conn.close();
     });
 
-    // The bound counts binary payloads; over JSON only the windows bound items.
-    if (protocol == "proto") test("stream items received and not read are bounded in bytes (streamBufferBytes); an ended stream's stop counting", async () => {
-      const { conn, peer } = await connect({ streamBufferBytes: 8 });
-      const first = serverStream(conn, Count, {});
-      const call = await expectFrame(peer, "call");
-      // {n: 300} is 3 bytes: two fit in 8, the third passes the bound.
-      for (let n = 300; n < 303; n++) item(peer, call.id, n);
-      assert.deepEqual(await expectFrame(peer, "cancel"), { id: call.id });
-      await rejectsWith(
-        (async () => {
-          for await (const _ of first);
-        })(),
-        "resource_exhausted",
-        /streamBufferBytes/,
-      );
-      // The failed stream's two items no longer count: two more fit.
-      const second = serverStream(conn, Count, {});
-      const call2 = await expectFrame(peer, "call");
-      item(peer, call2.id, 400);
-      item(peer, call2.id, 401);
-      peer.send({ reply: { id: call2.id } });
-      const got: number[] = [];
-      for await (const r of second) got.push(r.n);
-      assert.deepEqual(got, [400, 401]);
-      assert.equal(conn.state.status, "open", "only the stream failed");
-      conn.close();
+    test("stream items received and not read are bounded in bytes (streamBufferBytes); an ended stream's stop counting", async () => {
+      // An item holds its payload's bytes in binary ({n: 300} is 3), its
+      // message's in JSON: two fit in the bound, the third passes it.
+      const held = protocol == "proto" ? 3 : utf8(protocols.json.encodeFrame({ item: { id: 1, json: toJson(Count.output, create(Count.output, { n: 300 })) } }));
+      const { conn, peer } = await connect({ streamBufferBytes: 2 * held + 2 });
+      try {
+        const first = serverStream(conn, Count, {});
+        const call = await expectFrame(peer, "call");
+        assert.equal(call.id, 1);
+        for (let n = 300; n < 303; n++) item(peer, call.id, n);
+        assert.deepEqual(await expectFrame(peer, "cancel"), { id: call.id });
+        await rejectsWith(
+          (async () => {
+            for await (const _ of first);
+          })(),
+          "resource_exhausted",
+          /streamBufferBytes/,
+        );
+        // The failed stream's two items no longer count: two more fit.
+        const second = serverStream(conn, Count, {});
+        const call2 = await expectFrame(peer, "call");
+        item(peer, call2.id, 400);
+        item(peer, call2.id, 401);
+        peer.send({ reply: { id: call2.id } });
+        const got: number[] = [];
+        for await (const r of second) got.push(r.n);
+        assert.deepEqual(got, [400, 401]);
+        assert.equal(conn.state.status, "open", "only the stream failed");
+      } finally {
+        conn.close();
+      }
     });
 
     test("client stream: no request in the Call, sends wait for credit, closeAndReceive sends StreamEnd and gets the Reply", async () => {
@@ -665,55 +670,52 @@ for (const protocol of ["proto", "json"] as const) {
       conn.close();
     });
 
-    // The stream buffer bound counts binary payloads only (see above).
-    if (protocol == "proto") {
-      test("a slow reader of large items: a server keeping to the client's credit no longer fills streamBufferBytes", async () => {
-        // The client's default byte window (256 KiB), a 4 MiB buffer, 20
-        // items of 600 KB. A server that keeps to its credit (in bytes
-        // when Hello sets a byte window) sent 64 of them before.
-        const { conn, peer } = await connect({ streamWindowBytes: undefined, streamBufferBytes: 4 << 20 });
-        const { hello } = (await peer.hello) as { hello: Hello };
-        assert.equal(hello.streamWindowBytes, 256 << 10);
-        const chat = bidiStream(conn, EchoStream);
-        const call = await expectFrame(peer, "call");
-        const big = body(peer, EchoStream.output, { text: "x".repeat(600_000) });
-        let items = hello.streamWindow || 64;
-        let bytes = hello.streamWindowBytes || Infinity;
-        let sent = 0;
-        let stalled!: () => void;
-        const stall = new Promise<void>((r) => (stalled = r));
-        let ponged!: () => void;
-        const pong = new Promise<void>((r) => (ponged = r));
-        const pump = () => {
-          for (; sent < 20 && items > 0 && bytes > 0; items--) {
-            bytes -= peer.send({ item: { id: call.id, ...big } });
-            if (++sent == 20) peer.send({ reply: { id: call.id } });
-          }
-          stalled(); // out of credit, or done
-        };
-        void (async () => {
-          for (;;) {
-            const f = await peer.recv();
-            if ("credit" in f) (items += f.credit.items ?? 0), (bytes += f.credit.bytes ?? 0), pump();
-            if ("pong" in f) ponged();
-          }
-        })();
-        pump();
-        // The reader pauses until the server has sent all it may, and the
-        // client has taken it in.
-        await stall;
-        peer.send({ ping: {} });
-        await within(pong);
-        assert.ok(sent < 20, `the server sent ${sent} items ahead of the reader`);
-        let n = 0;
-        for await (const r of chat) {
-          assert.equal(r.text.length, 600_000);
-          n++;
+    test("a slow reader of large items: a server keeping to the client's credit no longer fills streamBufferBytes", async () => {
+      // The client's default byte window (256 KiB), a 4 MiB buffer, 20
+      // items of 600 KB. A server that keeps to its credit (in bytes
+      // when Hello sets a byte window) sent 64 of them before.
+      const { conn, peer } = await connect({ streamWindowBytes: undefined, streamBufferBytes: 4 << 20 });
+      const { hello } = (await peer.hello) as { hello: Hello };
+      assert.equal(hello.streamWindowBytes, 256 << 10);
+      const chat = bidiStream(conn, EchoStream);
+      const call = await expectFrame(peer, "call");
+      const big = body(peer, EchoStream.output, { text: "x".repeat(600_000) });
+      let items = hello.streamWindow || 64;
+      let bytes = hello.streamWindowBytes || Infinity;
+      let sent = 0;
+      let stalled!: () => void;
+      const stall = new Promise<void>((r) => (stalled = r));
+      let ponged!: () => void;
+      const pong = new Promise<void>((r) => (ponged = r));
+      const pump = () => {
+        for (; sent < 20 && items > 0 && bytes > 0; items--) {
+          bytes -= peer.send({ item: { id: call.id, ...big } });
+          if (++sent == 20) peer.send({ reply: { id: call.id } });
         }
-        assert.equal(n, 20);
-        conn.close();
-      });
-    }
+        stalled(); // out of credit, or done
+      };
+      void (async () => {
+        for (;;) {
+          const f = await peer.recv();
+          if ("credit" in f) (items += f.credit.items ?? 0), (bytes += f.credit.bytes ?? 0), pump();
+          if ("pong" in f) ponged();
+        }
+      })();
+      pump();
+      // The reader pauses until the server has sent all it may, and the
+      // client has taken it in.
+      await stall;
+      peer.send({ ping: {} });
+      await within(pong);
+      assert.ok(sent < 20, `the server sent ${sent} items ahead of the reader`);
+      let n = 0;
+      for await (const r of chat) {
+        assert.equal(r.text.length, 600_000);
+        n++;
+      }
+      assert.equal(n, 20);
+      conn.close();
+    });
   });
 }
 
