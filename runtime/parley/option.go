@@ -78,6 +78,7 @@ type config struct {
 	broker         Broker
 	resumeWindow   time.Duration
 	resumeEvents   int
+	resumeReplies  int // bytes
 	onOnline       func(userID string)
 	onOffline      func(userID string)
 
@@ -107,6 +108,7 @@ func defaultConfig() config {
 		streamWinBytes:   DefaultStreamWindowBytes,
 		resumeWindow:     DefaultResumeWindow,
 		resumeEvents:     DefaultResumeEvents,
+		resumeReplies:    DefaultResumeReplyBytes,
 		maxStreams:       DefaultMaxStreams,
 		callTimeout:      DefaultCallTimeout,
 		eventQueue:       DefaultEventQueueBytes,
@@ -361,6 +363,16 @@ func WithBroker(b Broker) ServerOption {
 // of 0 turns resumption off: a session ends with its socket.
 func WithResume(window time.Duration, events int) ServerOption {
 	return serverOption(func(c *config) { c.resumeWindow, c.resumeEvents = window, events })
+}
+
+// WithResumeReplyBytes bounds, by their protobuf size, the replies a
+// session keeps so that a call its client re-sends after a reconnect is
+// answered without running again (DefaultResumeReplyBytes). Past it, the
+// oldest replies kept are replaced by an error: a call re-sent for one of
+// those (its reply lost with the connection) fails with CodeDataLoss
+// instead of running twice. Errors count nothing.
+func WithResumeReplyBytes(n int) ServerOption {
+	return serverOption(func(c *config) { c.resumeReplies = n })
 }
 
 // WithPresenceHooks sets functions called when a user's first connection

@@ -3,6 +3,7 @@ package parley_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	e2ev1 "github.com/parleyrpc/parley/internal/e2e/gen/e2e/v1"
@@ -57,5 +58,58 @@ func TestResentCallsGoBeforeNewOnes(t *testing.T) {
 				t.Errorf("call %s ran %d times", want, runs)
 			}
 		}
+	}
+}
+
+// TestKeptRepliesAreBoundedInBytes: two calls in flight when the socket
+// drops finish while the client is away, each with a reply of about 1,000
+// bytes, on a server that keeps 1,500 bytes of replies per session. On
+// resuming, the client re-sends both: the later reply is kept and
+// answered; the earlier one gave way to a data_loss error, and neither
+// call ran twice. Before the bound, a session kept up to 2×max_in_flight+16
+// replies whatever their size: with 4 MiB replies, over 1 GB per session.
+func TestKeptRepliesAreBoundedInBytes(t *testing.T) {
+	r := newRig(t, parley.WithResumeReplyBytes(1500))
+	conn := dialT(t, r.url, fastBackoff)
+	st := watch(conn)
+	release := r.work.hold()
+	defer release()
+	results := make([]chan callResult, 2)
+	texts := make([]string, 2)
+	for i := range results {
+		texts[i] = fmt.Sprint(i, strings.Repeat("x", 1000))
+		results[i] = make(chan callResult, 1)
+		go func() {
+			res := new(e2ev1.EchoResponse)
+			err := conn.Invoke(context.Background(), workSpec, &e2ev1.EchoRequest{Text: texts[i]}, res)
+			results[i] <- callResult{text: res.GetText(), err: err}
+		}()
+	}
+	r.work.waitStarted(t, 2)
+	r.proxy.Refuse(true)
+	r.proxy.Drop()
+	st.waitFor(t, "reconnecting", isReconnecting)
+	release()
+	waitUntil(t, func() bool { return r.work.served.Load() == 2 })
+	r.proxy.Refuse(false)
+	if s, _ := st.waitFor(t, "reopened", isReopened); !s.Resumed {
+		t.Fatalf("not resumed: %+v", s)
+	}
+	var answered, lost int
+	for i, res := range collect(t, results) {
+		switch {
+		case res.err == nil && res.text == texts[i]:
+			answered++
+		case parley.CodeOf(res.err) == parley.CodeDataLoss && strings.Contains(res.err.Error(), "WithResumeReplyBytes"):
+			lost++
+		default:
+			t.Errorf("call %d: %d bytes, %v", i, len(res.text), res.err)
+		}
+		if runs := r.work.runsOf(texts[i]); runs != 1 {
+			t.Errorf("call %d ran %d times", i, runs)
+		}
+	}
+	if answered != 1 || lost != 1 {
+		t.Errorf("%d calls answered and %d lost, want 1 and 1", answered, lost)
 	}
 }

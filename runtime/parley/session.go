@@ -19,6 +19,11 @@ const (
 	// replay after a reconnect. A client that missed more cannot resume:
 	// it is told (resumed = false) and resyncs.
 	DefaultResumeEvents = 512
+	// DefaultResumeReplyBytes bounds the replies a session keeps, by
+	// their protobuf size, for calls its client re-sends after a reconnect
+	// (see WithResumeReplyBytes): as large as one message may be, so that
+	// the latest reply is always kept.
+	DefaultResumeReplyBytes = DefaultMaxMessageBytes
 )
 
 // sessionTopic is the Event.topic of events a session can replay.
@@ -50,6 +55,9 @@ type session struct {
 	running map[uint64]runningCall
 	replies map[uint64]sessionReply
 	order   []uint64 // ids in replies, oldest first
+	// replyBytes is the size of the replies kept in replies; past
+	// WithResumeReplyBytes, the oldest give way to errors (see keepReply).
+	replyBytes int
 	// resuming holds, for each socket told it resumed the session and not
 	// attached yet, the offset its replay starts after: events keeps
 	// every later event, whatever its bound, until the socket attaches.
@@ -68,6 +76,7 @@ type sessionEvent struct {
 type sessionReply struct {
 	method string
 	res    proto.Message
+	size   int // res's protobuf size
 	err    *Error
 }
 
@@ -415,18 +424,7 @@ func (s *session) finishCall(id uint64, res proto.Message, err *Error, abandoned
 		s.mu.Unlock()
 		return nil
 	}
-	s.replies[id] = sessionReply{method: method, res: res, err: err}
-	s.order = append(s.order, id)
-	// A client has at most max_in_flight calls unanswered, and re-sends
-	// those lost with a socket before any new call (a call answered again
-	// counts as recent), so twice that many recent outcomes cover every
-	// call it can re-send.
-	if limit := 2*s.srv.cfg.maxInFlight + 16; len(s.order) > limit {
-		for _, old := range s.order[:len(s.order)-limit] {
-			delete(s.replies, old)
-		}
-		s.order = append(s.order[:0], s.order[len(s.order)-limit:]...)
-	}
+	s.keepReply(id, sessionReply{method: method, res: res, err: err})
 	cur := s.cur
 	s.mu.Unlock()
 	if cur == nil {
@@ -442,6 +440,44 @@ func (s *session) finishCall(id uint64, res proto.Message, err *Error, abandoned
 	return nil
 }
 
+// keepReply keeps call id's outcome r for a re-sent call, as the most
+// recent. s.mu is held.
+//
+// A client has at most max_in_flight calls unanswered, and re-sends those
+// lost with a socket before any new call (a call answered again counts as
+// recent), so twice that many recent outcomes cover every call it can
+// re-send: older ones are forgotten. Replies are also bounded in bytes
+// (WithResumeReplyBytes), or a client calling a method whose replies are
+// large could make each session hold hundreds of them: past the bound,
+// the oldest replies kept give way to a data_loss error, still answering
+// a re-sent call without running it again.
+func (s *session) keepReply(id uint64, r sessionReply) {
+	if r.res != nil {
+		r.size = proto.Size(r.res)
+		s.replyBytes += r.size
+	}
+	s.replies[id] = r
+	s.order = append(s.order, id)
+	if limit := 2*s.srv.cfg.maxInFlight + 16; len(s.order) > limit {
+		for _, old := range s.order[:len(s.order)-limit] {
+			s.replyBytes -= s.replies[old].size
+			delete(s.replies, old)
+		}
+		s.order = append(s.order[:0], s.order[len(s.order)-limit:]...)
+	}
+	for _, old := range s.order {
+		if s.replyBytes <= s.srv.cfg.resumeReplies {
+			break
+		}
+		if r := s.replies[old]; r.res != nil {
+			s.replyBytes -= r.size
+			s.replies[old] = sessionReply{method: r.method, err: Errorf(CodeDataLoss,
+				"call %d ran, but its reply (%d bytes) was lost with the connection: the session keeps %d bytes of replies to re-send (WithResumeReplyBytes)",
+				old, r.size, s.srv.cfg.resumeReplies)}
+		}
+	}
+}
+
 // replaced records that call id's outcome was too large for its client
 // and went as the error err instead: a re-sent call gets err too, and the
 // session no longer holds the large outcome.
@@ -449,6 +485,7 @@ func (s *session) replaced(id uint64, method string, err *Error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if r, ok := s.replies[id]; ok && r.method == method {
+		s.replyBytes -= r.size
 		s.replies[id] = sessionReply{method: method, err: err}
 	}
 }
