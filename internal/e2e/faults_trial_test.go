@@ -691,3 +691,91 @@ func head[T any](s []T) []T {
 	}
 	return s
 }
+
+// TestBlockedHandlerEndsWithItsSession: a handler that would block for a
+// minute, its client gone: closed by Close, dropped past the resume window,
+// or the server shutting down. Each time the handler's context must end,
+// and every call must settle.
+func TestBlockedHandlerEndsWithItsSession(t *testing.T) {
+	base := runtime.NumGoroutine()
+	srv := parley.NewServer(parley.WithResume(300*time.Millisecond, 64))
+	echo := &e2e.EchoService{}
+	e2ev1parley.RegisterEchoServiceServer(srv, echo)
+	hs := httptest.NewServer(srv)
+	proxy := newCutProxy(t, strings.TrimPrefix(hs.URL, "http://"), func() cutPlan { return cutPlan{up: -1, down: -1} })
+	defer func() {
+		proxy.close()
+		hs.Close()
+		waitGoroutines(t, base)
+	}()
+	observer, obs := dial(t, "ws://"+strings.TrimPrefix(hs.URL, "http://"))
+	outcome := func(token string) string {
+		t.Helper()
+		res, err := obs.Outcome(context.Background(), &e2ev1.OutcomeRequest{Token: token})
+		if err != nil {
+			t.Fatalf("Outcome(%s): %v", token, err)
+		}
+		return res.GetOutcome()
+	}
+	start := func(t *testing.T, conn *parley.Conn, token string) chan error {
+		errc := make(chan error, 1)
+		go func() {
+			_, err := e2ev1parley.NewEchoServiceClient(conn).Sleep(context.Background(), &e2ev1.SleepRequest{Ms: 60_000, Token: token})
+			errc <- err
+		}()
+		// The call is in flight once a call after it on the same socket
+		// came back (frames of one socket are read in order).
+		if _, err := e2ev1parley.NewEchoServiceClient(conn).Echo(context.Background(), &e2ev1.EchoRequest{Text: "x"}); err != nil {
+			t.Fatal(err)
+		}
+		return errc
+	}
+	settled := func(t *testing.T, errc chan error, want parley.Code) {
+		t.Helper()
+		select {
+		case err := <-errc:
+			wantCode(t, err, want)
+		case <-time.After(5 * time.Second):
+			t.Fatal("the call did not settle within 5s")
+		}
+	}
+
+	t.Run("Close", func(t *testing.T) {
+		conn, _ := dial(t, proxy.url())
+		errc := start(t, conn, "close")
+		_ = conn.Close()
+		settled(t, errc, parley.CodeCanceled)
+		if got := outcome("close"); got != "canceled" {
+			t.Fatalf("handler ended %q, want canceled", got)
+		}
+	})
+	t.Run("dropped past the resume window", func(t *testing.T) {
+		conn, _ := dial(t, proxy.url(), parley.WithoutReconnect())
+		errc := start(t, conn, "dropped")
+		proxy.mu.Lock()
+		for l := range proxy.links {
+			l.drop()
+		}
+		proxy.mu.Unlock()
+		settled(t, errc, parley.CodeUnavailable)
+		if got := outcome("dropped"); got != "canceled" {
+			t.Fatalf("handler ended %q, want canceled", got)
+		}
+	})
+	t.Run("Shutdown", func(t *testing.T) {
+		conn, _ := dial(t, proxy.url())
+		errc := start(t, conn, "shutdown")
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		_ = observer.Close() // Outcome cannot be asked of a server shutting down
+		_ = srv.Shutdown(ctx)
+		settled(t, errc, parley.CodeUnavailable)
+		res, err := echo.Outcome(context.Background(), &e2ev1.OutcomeRequest{Token: "shutdown"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := res.GetOutcome(); got != "canceled" {
+			t.Fatalf("handler ended %q, want canceled", got)
+		}
+	})
+}

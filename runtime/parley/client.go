@@ -644,8 +644,13 @@ func (c *Conn) invoke(ctx context.Context, spec *MethodSpec, req, res proto.Mess
 		if err == nil || !retryable(err) || c.cfg.reconnect == nil {
 			return err
 		}
-		if errors.Is(err, errConnLost) && !refusedAfterGoAway(e, id) {
-			sent, lastErr = id, err
+		if errors.Is(err, errConnLost) {
+			if lostInGoAway(e, id) && spec.Idempotency == IdempotencyUnknown {
+				return lostAfterGoAway(err)
+			}
+			if !goneAway(e) {
+				sent, lastErr = id, err
+			}
 		}
 	}
 	return c.invokeAcross(ctx, start, spec, req, res, md, e, sent, sess, lastErr)
@@ -779,21 +784,39 @@ func (c *Conn) invokeAcross(ctx context.Context, start time.Time, spec *MethodSp
 		switch {
 		case err == nil || !retryable(err):
 			return err
-		case errors.Is(err, errConnLost) && !refusedAfterGoAway(e, sendID):
+		case errors.Is(err, errConnLost) && lostInGoAway(e, sendID) && spec.Idempotency == IdempotencyUnknown:
+			return lostAfterGoAway(err)
+		case errors.Is(err, errConnLost) && !goneAway(e):
 			id, sess, lastErr = sendID, welcome.GetSessionId(), err
 		}
-		// Otherwise this send never ran; an earlier one (id) may have.
+		// Otherwise this send never ran, or ran in a session that ended
+		// (idempotent: it runs again); an earlier one (id) may have.
 	}
 }
 
-// refusedAfterGoAway reports whether call id, lost with socket e, cannot
-// have run: the server said GoAway, naming the last call it accepted, and
-// refuses every call after that (it drops those that arrive once it is
-// closing, so the socket may close with them unanswered).
-func refusedAfterGoAway(e *endpoint, id uint64) bool {
+// goneAway reports whether the server sent GoAway on e. Its session then
+// cannot resume: a call lost with e is never answered by re-sending its id.
+func goneAway(e *endpoint) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.goneAway != "" && id > e.goAwayID
+	return e.goneAway != ""
+}
+
+// lostInGoAway reports whether call id, lost with socket e, was accepted
+// before the server's GoAway: it may have run (its handler held the
+// server's Shutdown past its deadline, say), and the session, which the
+// GoAway ended, will not resume to answer it.
+func lostInGoAway(e *endpoint, id uint64) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.goneAway != "" && id <= e.goAwayID
+}
+
+// lostAfterGoAway is the error of a call that is not idempotent, lost
+// with a socket the server sent GoAway on before answering it: it fails
+// at once, as waiting for a resumed session would wait until its deadline.
+func lostAfterGoAway(err error) error {
+	return &Error{code: CodeUnavailable, message: "the server went away and closed the connection with the call in flight; its session cannot be resumed: " + err.Error(), wrapped: err}
 }
 
 // NewStream opens a streaming call on the current socket, waiting for one
