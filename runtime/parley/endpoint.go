@@ -88,6 +88,10 @@ type endpoint struct {
 	// (Hello or Welcome max_message_bytes) when it set one. Set before the
 	// socket starts, then only read.
 	sendMax int
+	// readMax is the largest message this side reads: its
+	// WithMaxMessageBytes, and less during a server's handshake (see
+	// helloLimit). Only the reader touches it.
+	readMax int
 	// windowBudget is the items stream windows may still grow by (see
 	// streamWindowGrowth).
 	windowBudget atomic.Int64
@@ -149,6 +153,7 @@ func newEndpoint(ws *websocket.Conn, bc *batchConn, c codec, side Side, cfg *con
 		writerExited: make(chan struct{}),
 		done:         make(chan struct{}),
 		sendMax:      cfg.maxMessageBytes,
+		readMax:      cfg.maxMessageBytes,
 	}
 	e.windowBudget.Store(int64(cfg.streamWindow) * (streamWindowGrowth - 1))
 	e.q = newSendQueue(cfg.sendQueueBytes, e.writeLoop, cfg.writeDelay > 0 || bc.raw == nil)

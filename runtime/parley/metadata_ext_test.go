@@ -2,6 +2,7 @@ package parley_test
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -54,5 +55,74 @@ func TestHelloMetadataOverTheLimit(t *testing.T) {
 	}
 	if code := p.closeCode(t); code != websocket.CloseMessageTooBig {
 		t.Fatalf("closed with %d, want %d", code, websocket.CloseMessageTooBig)
+	}
+}
+
+// TestHelloOverItsSizeLimitIsRefusedUnread: a Hello is decoded before
+// authentication, and a map of many short entries takes several times its
+// encoded size, so a server reads a Hello of at most twice
+// WithMaxMetadataBytes plus 4 KiB (6 KiB here), whatever it holds: a
+// larger one is refused with 1009 before it is read, even if its metadata
+// would be within the limit (here it has none, and a long agent). Before,
+// any Hello up to the 4 MiB message limit was read and decoded: 20 at once
+// peaked at 801 MB.
+func TestHelloOverItsSizeLimitIsRefusedUnread(t *testing.T) {
+	const limit = 1024
+	url := serveWS(t, parley.NewServer(parley.WithMaxMetadataBytes(limit)))
+	hello := func(agent int) *rawPeer {
+		d := websocket.Dialer{Subprotocols: []string{parley.SubprotocolProto}}
+		ws, _, err := d.Dial(url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ws.Close() })
+		p := &rawPeer{ws: ws}
+		p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Hello{Hello: &parleyv1.Hello{Agent: strings.Repeat("a", agent)}}})
+		return p
+	}
+	if f := hello(5000).read(t); f.GetWelcome() == nil {
+		t.Fatalf("a 5 KB hello: got %v, want welcome", f)
+	}
+	if code := hello(7000).closeCode(t); code != websocket.CloseMessageTooBig {
+		t.Fatalf("a 7 KB hello: closed with %d, want %d", code, websocket.CloseMessageTooBig)
+	}
+}
+
+// TestHandshakesAreBounded: with WithMaxHandshakes(2), two sockets that
+// upgraded and have not sent their Hello take both places: a third
+// request is answered 503 with Retry-After, before any upgrade. Once one
+// handshake completes, a new request gets in.
+func TestHandshakesAreBounded(t *testing.T) {
+	url := serveWS(t, parley.NewServer(parley.WithMaxHandshakes(2)))
+	d := websocket.Dialer{Subprotocols: []string{parley.SubprotocolProto}}
+	dial := func() (*rawPeer, *http.Response, error) {
+		ws, resp, err := d.Dial(url, nil)
+		if err != nil {
+			return nil, resp, err
+		}
+		t.Cleanup(func() { ws.Close() })
+		return &rawPeer{ws: ws}, resp, nil
+	}
+	first, _, err := dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := dial(); err != nil {
+		t.Fatal(err)
+	}
+	_, resp, err := dial()
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a third handshake: %v, %+v; want 503 with Retry-After", err, resp)
+	}
+	first.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Hello{Hello: &parleyv1.Hello{}}})
+	if f := first.read(t); f.GetWelcome() == nil {
+		t.Fatalf("got %v, want welcome", f)
+	}
+	// The server counts the handshake done just after its Welcome.
+	var third *rawPeer
+	waitUntil(t, func() bool { third, _, err = dial(); return err == nil })
+	third.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Hello{Hello: &parleyv1.Hello{}}})
+	if f := third.read(t); f.GetWelcome() == nil {
+		t.Fatalf("got %v, want welcome", f)
 	}
 }

@@ -52,6 +52,9 @@ const (
 	// DefaultMaxMetadataBytes bounds the metadata of a Call and of a
 	// Hello a side accepts (see WithMaxMetadataBytes).
 	DefaultMaxMetadataBytes = 64 << 10
+	// DefaultMaxHandshakes bounds the handshakes a server runs at once
+	// (see WithMaxHandshakes).
+	DefaultMaxHandshakes = 256
 )
 
 // config is what both sides' options set.
@@ -79,6 +82,7 @@ type config struct {
 	resumeWindow   time.Duration
 	resumeEvents   int
 	resumeReplies  int // bytes
+	maxHandshakes  int
 	onOnline       func(userID string)
 	onOffline      func(userID string)
 
@@ -109,6 +113,7 @@ func defaultConfig() config {
 		resumeWindow:     DefaultResumeWindow,
 		resumeEvents:     DefaultResumeEvents,
 		resumeReplies:    DefaultResumeReplyBytes,
+		maxHandshakes:    DefaultMaxHandshakes,
 		maxStreams:       DefaultMaxStreams,
 		callTimeout:      DefaultCallTimeout,
 		eventQueue:       DefaultEventQueueBytes,
@@ -172,9 +177,22 @@ func WithMaxMessageBytes(n int) Option {
 // entries takes several times its encoded size: 128 calls in flight with
 // 4 MiB of it each held 3.2 GB. A call over the bound is answered with
 // CodeResourceExhausted (the socket stays); a Hello over it is refused
-// the same way and the socket closed with 1009.
+// the same way and the socket closed with 1009. A server reads a Hello of
+// at most twice n plus 4 KiB: a larger one is refused unread, with 1009
+// alone.
 func WithMaxMetadataBytes(n int) Option {
 	return option(func(c *config) { c.maxMetadataBytes = n })
+}
+
+// WithMaxHandshakes bounds the WebSocket upgrades and Hello/Welcome
+// exchanges a server runs at once (DefaultMaxHandshakes); n <= 0 sets no
+// bound. Each holds a goroutine, a socket and up to a Hello's worth of
+// memory before WithAuthenticate has seen it. A request beyond the bound
+// is answered 503 Service Unavailable, with Retry-After, before the
+// upgrade; a client that was connected before reconnects with its
+// backoff.
+func WithMaxHandshakes(n int) ServerOption {
+	return serverOption(func(c *config) { c.maxHandshakes = n })
 }
 
 // metadataBytes is what metadata counts against WithMaxMetadataBytes.

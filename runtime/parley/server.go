@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -41,6 +42,9 @@ type Server struct {
 
 	methods methodTable
 	flusher flusher // writes events (not with WithWriteDelay)
+	// handshakes counts the requests between ServeHTTP's start and the end
+	// of their handshake (WithMaxHandshakes).
+	handshakes atomic.Int64
 
 	mu           sync.Mutex
 	conns        map[*endpoint]struct{}
@@ -123,6 +127,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, _ := codecFor(offered[i])
+	// Handshakes hold a goroutine, a socket and a Hello each, before
+	// authentication: their number is bounded, so that a flood of them
+	// cannot take the server's memory.
+	if n := s.handshakes.Add(1); s.cfg.maxHandshakes > 0 && n > int64(s.cfg.maxHandshakes) {
+		s.handshakes.Add(-1)
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, fmt.Sprintf("parley: more than %d handshakes in progress (WithMaxHandshakes); retry later", s.cfg.maxHandshakes), http.StatusServiceUnavailable)
+		return
+	}
+	inHandshake := true
+	defer func() {
+		if inHandshake {
+			s.handshakes.Add(-1)
+		}
+	}()
 	s.mu.Lock()
 	if s.shuttingDown {
 		s.mu.Unlock()
@@ -150,7 +169,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.writeDelay == 0 && hw.conn.raw != nil {
 		e.flush = &s.flusher
 	}
-	if err := s.handshake(e, r); err != nil {
+	err = s.handshake(e, r)
+	inHandshake = false
+	s.handshakes.Add(-1)
+	if err != nil {
 		s.cfg.logger.Info("parley: handshake failed", "remote", r.RemoteAddr, "err", err)
 		_ = ws.Close()
 		return
@@ -207,7 +229,9 @@ func (s *Server) connEnded(e *endpoint) {
 // handshake reads Hello, authenticates, and answers Welcome.
 func (s *Server) handshake(e *endpoint, r *http.Request) error {
 	_ = e.ws.SetReadDeadline(time.Now().Add(s.cfg.handshakeTimeout))
+	e.readMax = min(e.readMax, helloLimit(s.cfg.maxMetadataBytes))
 	typ, data, err := e.readMessage(nil)
+	e.readMax = s.cfg.maxMessageBytes
 	if err != nil {
 		return err
 	}
@@ -302,6 +326,16 @@ func (s *Server) handshake(e *endpoint, r *http.Request) error {
 		sess.end() // no socket will ever attach to it
 	}
 	return err
+}
+
+// helloLimit is the largest Hello a server reads, for a metadata limit of
+// maxMetadata bytes: twice that (a map entry's tags and lengths take a few
+// bytes besides its key and value) and 4 KiB for the other fields. A map
+// of many short entries takes several times its encoded size once decoded,
+// and a Hello is decoded before authentication: a larger one is refused
+// unread (1009), whatever it holds.
+func helloLimit(maxMetadata int) int {
+	return 2*max(maxMetadata, 0) + 4<<10
 }
 
 // offsetsBytes is what a Hello's offsets count against

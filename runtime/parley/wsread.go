@@ -114,7 +114,7 @@ func (e *endpoint) readMessage(pooled **[]byte) (typ int, msg []byte, err error)
 //
 //go:noinline
 func (e *endpoint) readData(pooled **[]byte, msg []byte, n uint64, key uint32, whole bool) ([]byte, error) {
-	if n > uint64(e.cfg.maxMessageBytes-len(msg)) {
+	if n > uint64(e.readMax-len(msg)) {
 		closeMsg := websocket.FormatCloseMessage(websocket.CloseMessageTooBig, "")
 		_ = e.ws.WriteControl(websocket.CloseMessage, closeMsg, time.Now().Add(e.cfg.writeTimeout))
 		// Read past the message (for closeGrace at most) before the socket
