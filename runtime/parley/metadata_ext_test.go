@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gorilla/websocket"
 
@@ -88,41 +89,48 @@ func TestHelloOverItsSizeLimitIsRefusedUnread(t *testing.T) {
 	}
 }
 
-// TestHandshakesAreBounded: with WithMaxHandshakes(2), two sockets that
-// upgraded and have not sent their Hello take both places: a third
-// request is answered 503 with Retry-After, before any upgrade. Once one
-// handshake completes, a new request gets in.
+// TestHandshakesAreBounded: with WithMaxHandshakes(1), a socket that
+// upgraded and has not sent its Hello takes the one place: a second
+// request waits for it and gets in once the first handshake completes. A
+// third, while the second holds the place, waits half the handshake
+// timeout (1 s) and is answered 503 with Retry-After, before any upgrade.
 func TestHandshakesAreBounded(t *testing.T) {
-	url := serveWS(t, parley.NewServer(parley.WithMaxHandshakes(2)))
+	url := serveWS(t, parley.NewServer(parley.WithMaxHandshakes(1), parley.WithHandshakeTimeout(2*time.Second)))
 	d := websocket.Dialer{Subprotocols: []string{parley.SubprotocolProto}}
-	dial := func() (*rawPeer, *http.Response, error) {
+	type dialed struct {
+		p    *rawPeer
+		resp *http.Response
+		err  error
+	}
+	dial := func() dialed {
 		ws, resp, err := d.Dial(url, nil)
 		if err != nil {
-			return nil, resp, err
+			return dialed{resp: resp, err: err}
 		}
 		t.Cleanup(func() { ws.Close() })
-		return &rawPeer{ws: ws}, resp, nil
+		return dialed{p: &rawPeer{ws: ws}, resp: resp}
 	}
-	first, _, err := dial()
-	if err != nil {
-		t.Fatal(err)
+	hello := func(p *rawPeer) {
+		t.Helper()
+		p.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Hello{Hello: &parleyv1.Hello{}}})
+		if f := p.read(t); f.GetWelcome() == nil {
+			t.Fatalf("got %v, want welcome", f)
+		}
 	}
-	if _, _, err := dial(); err != nil {
-		t.Fatal(err)
+	first := dial()
+	if first.err != nil {
+		t.Fatal(first.err)
 	}
-	_, resp, err := dial()
-	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("a third handshake: %v, %+v; want 503 with Retry-After", err, resp)
+	waiting := make(chan dialed, 1)
+	go func() { waiting <- dial() }()
+	hello(first.p)
+	second := <-waiting
+	if second.err != nil {
+		t.Fatalf("a second handshake, queued behind the first: %v", second.err)
 	}
-	first.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Hello{Hello: &parleyv1.Hello{}}})
-	if f := first.read(t); f.GetWelcome() == nil {
-		t.Fatalf("got %v, want welcome", f)
+	third := dial()
+	if third.err == nil || third.resp == nil || third.resp.StatusCode != http.StatusServiceUnavailable || third.resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a third handshake while the second runs: %v, %+v; want 503 with Retry-After", third.err, third.resp)
 	}
-	// The server counts the handshake done just after its Welcome.
-	var third *rawPeer
-	waitUntil(t, func() bool { third, _, err = dial(); return err == nil })
-	third.write(t, &parleyv1.Frame{Kind: &parleyv1.Frame_Hello{Hello: &parleyv1.Hello{}}})
-	if f := third.read(t); f.GetWelcome() == nil {
-		t.Fatalf("got %v, want welcome", f)
-	}
+	hello(second.p)
 }

@@ -186,11 +186,12 @@ func WithMaxMetadataBytes(n int) Option {
 
 // WithMaxHandshakes bounds the WebSocket upgrades and Hello/Welcome
 // exchanges a server runs at once (DefaultMaxHandshakes); n <= 0 sets no
-// bound. Each holds a goroutine, a socket and up to a Hello's worth of
-// memory before WithAuthenticate has seen it. A request beyond the bound
-// is answered 503 Service Unavailable, with Retry-After, before the
-// upgrade; a client that was connected before reconnects with its
-// backoff.
+// bound. Each holds a socket and up to a Hello's worth of memory before
+// WithAuthenticate has seen it. A request beyond the bound waits for a
+// place, holding only its HTTP connection, for half the handshake timeout
+// (WithHandshakeTimeout) at most; then it is answered 503 Service
+// Unavailable, with Retry-After, before the upgrade (a client that was
+// connected before reconnects with its backoff).
 func WithMaxHandshakes(n int) ServerOption {
 	return serverOption(func(c *config) { c.maxHandshakes = n })
 }

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -42,9 +41,10 @@ type Server struct {
 
 	methods methodTable
 	flusher flusher // writes events (not with WithWriteDelay)
-	// handshakes counts the requests between ServeHTTP's start and the end
-	// of their handshake (WithMaxHandshakes).
-	handshakes atomic.Int64
+	// handshakes has a place for each handshake that may run at once
+	// (WithMaxHandshakes); nil for no bound. A request holds one from
+	// before its upgrade to the end of its Hello/Welcome exchange.
+	handshakes chan struct{}
 
 	mu           sync.Mutex
 	conns        map[*endpoint]struct{}
@@ -60,6 +60,9 @@ func NewServer(opts ...ServerOption) *Server {
 	}
 	for _, o := range opts {
 		o.applyToServer(&s.cfg)
+	}
+	if s.cfg.maxHandshakes > 0 {
+		s.handshakes = make(chan struct{}, s.cfg.maxHandshakes)
 	}
 	s.broker = s.cfg.broker
 	if s.broker == nil {
@@ -127,19 +130,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, _ := codecFor(offered[i])
-	// Handshakes hold a goroutine, a socket and a Hello each, before
-	// authentication: their number is bounded, so that a flood of them
-	// cannot take the server's memory.
-	if n := s.handshakes.Add(1); s.cfg.maxHandshakes > 0 && n > int64(s.cfg.maxHandshakes) {
-		s.handshakes.Add(-1)
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, fmt.Sprintf("parley: more than %d handshakes in progress (WithMaxHandshakes); retry later", s.cfg.maxHandshakes), http.StatusServiceUnavailable)
+	if !s.enterHandshake(w, r) {
 		return
 	}
 	inHandshake := true
 	defer func() {
 		if inHandshake {
-			s.handshakes.Add(-1)
+			<-s.handshakes
 		}
 	}()
 	s.mu.Lock()
@@ -171,7 +168,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	err = s.handshake(e, r)
 	inHandshake = false
-	s.handshakes.Add(-1)
+	if s.handshakes != nil {
+		<-s.handshakes
+	}
 	if err != nil {
 		s.cfg.logger.Info("parley: handshake failed", "remote", r.RemoteAddr, "err", err)
 		_ = ws.Close()
@@ -183,6 +182,36 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// connection then costs only what Parley keeps.
 	handedOff = true
 	go s.serveConn(e)
+}
+
+// enterHandshake takes a place for a handshake (WithMaxHandshakes). Each
+// holds a socket and a Hello before authentication, so their number is
+// bounded, and a flood of them cannot take the server's memory; a request
+// beyond the bound waits, holding only its HTTP connection, for half the
+// handshake timeout at most, then is answered 503 with Retry-After. It
+// reports whether the handshake may go on: false once it answered the
+// request (or the request was cancelled).
+func (s *Server) enterHandshake(w http.ResponseWriter, r *http.Request) bool {
+	if s.handshakes == nil {
+		return true
+	}
+	select {
+	case s.handshakes <- struct{}{}:
+		return true
+	default:
+	}
+	wait := time.NewTimer(s.cfg.handshakeTimeout / 2)
+	defer wait.Stop()
+	select {
+	case s.handshakes <- struct{}{}:
+		return true
+	case <-r.Context().Done():
+		return false
+	case <-wait.C:
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, fmt.Sprintf("parley: more than %d handshakes in progress (WithMaxHandshakes); retry later", s.cfg.maxHandshakes), http.StatusServiceUnavailable)
+		return false
+	}
 }
 
 // testHookBeforeAttach, set by tests, runs between a connection's
