@@ -376,7 +376,8 @@ func WithBroker(b Broker) ServerOption {
 
 // WithResume sets how long the server keeps a dropped client's session
 // for it to resume (DefaultResumeWindow) and how many recent events each
-// session keeps to replay (DefaultResumeEvents). A resumed session keeps its
+// session keeps to replay (DefaultResumeEvents; never more than the
+// WithSendQueueBytes a replay goes into). A resumed session keeps its
 // principal and rooms, gets the events it missed in order without
 // duplicates, and has the calls it re-sends answered exactly once. A window
 // of 0 turns resumption off: a session ends with its socket.

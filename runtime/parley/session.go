@@ -16,8 +16,9 @@ const (
 	// dropped socket for its client to resume.
 	DefaultResumeWindow = 2 * time.Minute
 	// DefaultResumeEvents is how many recent events a session keeps to
-	// replay after a reconnect. A client that missed more cannot resume:
-	// it is told (resumed = false) and resyncs.
+	// replay after a reconnect, and no more than its send queue holds
+	// (WithSendQueueBytes), where the replay goes. A client that missed
+	// more cannot resume: it is told (resumed = false) and resyncs.
 	DefaultResumeEvents = 512
 	// DefaultResumeReplyBytes bounds the replies a session keeps, by
 	// their protobuf size, for calls its client re-sends after a reconnect
@@ -46,15 +47,17 @@ type session struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu      sync.Mutex
-	cur     *endpoint // the attached socket, nil while away
-	expiry  *time.Timer
-	ended   bool
-	offset  uint64         // of the last event sent
-	events  []sessionEvent // the most recent events, oldest first
-	running map[uint64]runningCall
-	replies map[uint64]sessionReply
-	order   []uint64 // ids in replies, oldest first
+	mu     sync.Mutex
+	cur    *endpoint // the attached socket, nil while away
+	expiry *time.Timer
+	ended  bool
+	offset uint64         // of the last event sent
+	events []sessionEvent // the most recent events, oldest first
+	// eventBytes is what replaying all of events would queue (replayBytes).
+	eventBytes int
+	running    map[uint64]runningCall
+	replies    map[uint64]sessionReply
+	order      []uint64 // ids in replies, oldest first
 	// replyBytes is the size of the replies kept in replies; past
 	// WithResumeReplyBytes, the oldest give way to errors (see keepReply).
 	replyBytes int
@@ -186,10 +189,16 @@ func (s *session) canResumeLocked(token string, lastOffset uint64) bool {
 	missed := 0
 	for _, se := range s.events {
 		if se.offset > lastOffset {
-			missed += len(se.ev.payload) + len(se.ev.method) + 32
+			missed += replayBytes(se)
 		}
 	}
 	return missed <= s.srv.cfg.sendQueueBytes
+}
+
+// replayBytes is what an event counts against the send queue when it is
+// replayed: its payload, its method and the frame around them.
+func replayBytes(se sessionEvent) int {
+	return len(se.ev.payload) + len(se.ev.method) + 32
 }
 
 // attach makes e the session's socket, closing a previous one still
@@ -272,7 +281,7 @@ func (s *session) end() {
 	if s.expiry != nil {
 		s.expiry.Stop()
 	}
-	s.events = nil
+	s.events, s.eventBytes = nil, 0
 	s.mu.Unlock()
 	s.srv.hub.remove(s)
 	s.cancel()
@@ -306,17 +315,32 @@ func (s *session) deliverEvent(ev *eventData) {
 				drop++
 			}
 		}
+		// And those no resume could replay: a client missing one would
+		// miss it and every later event, more than its send queue holds
+		// (canResumeLocked), so the history need not hold more than that.
+		dropped := 0
+		for _, old := range s.events[:drop] {
+			dropped += replayBytes(old)
+		}
+		for drop < len(s.events) && s.eventBytes-dropped+replayBytes(se) > s.srv.cfg.sendQueueBytes {
+			dropped += replayBytes(s.events[drop])
+			drop++
+		}
 		for _, from := range s.resuming {
 			if drop > 0 {
 				drop = min(drop, max(0, int(int64(from)-int64(s.events[0].offset)+1)))
 			}
 		}
 		if drop > 0 {
+			for _, old := range s.events[:drop] {
+				s.eventBytes -= replayBytes(old)
+			}
 			clear(s.events[:drop])
 			s.events = s.events[drop:]
 		}
 		if limit > 0 || len(s.resuming) > 0 {
 			s.events = append(s.events, se)
+			s.eventBytes += replayBytes(se)
 		}
 	}
 	if s.cur != nil {

@@ -245,3 +245,30 @@ func TestResumeOfASessionEndedBeforeAttach(t *testing.T) {
 	r.publish(t, "after")
 	r.eventsUntil(t, "after")
 }
+
+// TestEventHistoryHoldsOnlyWhatAResumeCanReplay: a resume replays the
+// events its client missed into the socket's send queue, and is refused
+// when they would not fit (canResumeLocked). So a session keeps no more
+// history than the send queue holds, whatever its count bound: here 3 of
+// the 50 events of about 1 KB, with a 4 KiB queue and the default 512.
+// Before, it kept all 50 (up to 512 events of up to 4 MiB each).
+func TestEventHistoryHoldsOnlyWhatAResumeCanReplay(t *testing.T) {
+	srv := NewServer(WithSendQueueBytes(4096))
+	s := newSession(srv, nil)
+	payload := make([]byte, 1000)
+	for range 50 {
+		s.deliverEvent(&eventData{method: postedSpec.Procedure, payload: payload})
+	}
+	s.mu.Lock()
+	n, bytes := len(s.events), s.eventBytes
+	s.mu.Unlock()
+	if n != 3 || bytes > 4096 {
+		t.Fatalf("the history holds %d events, %d bytes; want 3, at most 4096", n, bytes)
+	}
+	if !s.canResume(s.token, 47) {
+		t.Error("a client that missed the last 3 events cannot resume")
+	}
+	if s.canResume(s.token, 46) {
+		t.Error("a client that missed 4 events, more than its send queue holds, can resume")
+	}
+}
