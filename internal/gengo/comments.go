@@ -111,9 +111,6 @@ func protoLines(c protogen.Comments) []string {
 		if len(line) >= indent {
 			line = line[indent:]
 		}
-		// A "*/" would end nothing in a // comment, but keep the output
-		// free of anything that reads as a comment delimiter.
-		line = strings.ReplaceAll(line, "*/", "* /")
 		if line == "" {
 			if len(out) > 0 && out[len(out)-1] != "" {
 				out = append(out, "") // one blank line separates paragraphs

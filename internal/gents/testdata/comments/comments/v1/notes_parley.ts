@@ -80,6 +80,15 @@ export const NoteServiceCountSpec: MethodSpec<typeof CountRequestSchema, typeof 
 };
 
 /**
+ * Describes rpc comments.v1.NoteService.Schedule for Connection.call.
+ */
+export const NoteServiceScheduleSpec: MethodSpec<typeof CountRequestSchema, typeof CountResponseSchema> = {
+  procedure: "/comments.v1.NoteService/Schedule",
+  input: CountRequestSchema,
+  output: CountResponseSchema,
+};
+
+/**
  * NoteService keeps short notes.
  *
  * This second paragraph is deliberately written on one very long line so that the generator has to wrap it before it reaches the generated Go code.
@@ -167,6 +176,16 @@ export class NoteServiceClient {
    */
   count(request: CountRequest | MessageInitShape<typeof CountRequestSchema>, options?: CallOptions): Promise<CountResponse> {
     return this.#connection.call(NoteServiceCountSpec, request, options);
+  }
+
+  /**
+   * Schedule exports on a cron spec such as *\/15 * * * *, the files matching
+   * notes/**\/*.txt; `code`, ${HOME}, "café" and 日本語 stay as written.
+   *
+   * @generated from rpc comments.v1.NoteService.Schedule
+   */
+  schedule(request: CountRequest | MessageInitShape<typeof CountRequestSchema>, options?: CallOptions): Promise<CountResponse> {
+    return this.#connection.call(NoteServiceScheduleSpec, request, options);
   }
 }
 

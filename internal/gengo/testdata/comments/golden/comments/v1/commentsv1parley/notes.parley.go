@@ -63,6 +63,9 @@ const (
 	// NoteServiceCountProcedure is the procedure of the
 	// comments.v1.NoteService.Count method.
 	NoteServiceCountProcedure = "/comments.v1.NoteService/Count"
+	// NoteServiceScheduleProcedure is the procedure of the
+	// comments.v1.NoteService.Schedule method.
+	NoteServiceScheduleProcedure = "/comments.v1.NoteService/Schedule"
 	// LegacyNoteServiceGetProcedure is the procedure of the
 	// comments.v1.LegacyNoteService.Get method.
 	//
@@ -100,6 +103,10 @@ var (
 	// noteServiceCountSpec describes comments.v1.NoteService.Count.
 	noteServiceCountSpec = &parley.MethodSpec{
 		Procedure: NoteServiceCountProcedure,
+	}
+	// noteServiceScheduleSpec describes comments.v1.NoteService.Schedule.
+	noteServiceScheduleSpec = &parley.MethodSpec{
+		Procedure: NoteServiceScheduleProcedure,
 	}
 	// legacyNoteServiceGetSpec describes comments.v1.LegacyNoteService.Get.
 	legacyNoteServiceGetSpec = &parley.MethodSpec{
@@ -143,6 +150,9 @@ type NoteServiceClient interface {
 	Import(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
 	// Count calls comments.v1.NoteService.Count.
 	Count(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
+	// Schedule exports on a cron spec such as */15 * * * *, the files matching
+	// notes/**/*.txt; `code`, ${HOME}, "café" and 日本語 stay as written.
+	Schedule(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
 }
 
 // NewNoteServiceClient returns a client for the comments.v1.NoteService service
@@ -221,6 +231,15 @@ func (c *noteServiceClient) Count(ctx context.Context, req *commentsv1.CountRequ
 	return res, nil
 }
 
+// Schedule calls comments.v1.NoteService.Schedule.
+func (c *noteServiceClient) Schedule(ctx context.Context, req *commentsv1.CountRequest) (*commentsv1.CountResponse, error) {
+	res := new(commentsv1.CountResponse)
+	if err := c.conn.Invoke(ctx, noteServiceScheduleSpec, req, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
 // NoteServiceServer is the server side of the comments.v1.NoteService service:
 // implement it and register the implementation with RegisterNoteServiceServer.
 // Embed UnimplementedNoteServiceServer to keep compiling when methods are added
@@ -260,6 +279,9 @@ type NoteServiceServer interface {
 	Import(context.Context, *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
 	// Count handles comments.v1.NoteService.Count.
 	Count(context.Context, *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
+	// Schedule exports on a cron spec such as */15 * * * *, the files matching
+	// notes/**/*.txt; `code`, ${HOME}, "café" and 日本語 stay as written.
+	Schedule(context.Context, *commentsv1.CountRequest) (*commentsv1.CountResponse, error)
 }
 
 // RegisterNoteServiceServer registers impl's methods with r, usually a
@@ -274,6 +296,7 @@ func RegisterNoteServiceServer(r parley.Registrar, impl NoteServiceServer) {
 		parley.NewUnaryMethod(noteServiceExportSpec, impl.Export),
 		parley.NewUnaryMethod(noteServiceImportSpec, impl.Import),
 		parley.NewUnaryMethod(noteServiceCountSpec, impl.Count),
+		parley.NewUnaryMethod(noteServiceScheduleSpec, impl.Schedule),
 	)
 }
 
@@ -315,6 +338,11 @@ func (UnimplementedNoteServiceServer) Import(context.Context, *commentsv1.CountR
 // Count returns a parley.CodeUnimplemented error.
 func (UnimplementedNoteServiceServer) Count(context.Context, *commentsv1.CountRequest) (*commentsv1.CountResponse, error) {
 	return nil, parley.NewError(parley.CodeUnimplemented, "comments.v1.NoteService.Count is not implemented")
+}
+
+// Schedule returns a parley.CodeUnimplemented error.
+func (UnimplementedNoteServiceServer) Schedule(context.Context, *commentsv1.CountRequest) (*commentsv1.CountResponse, error) {
+	return nil, parley.NewError(parley.CodeUnimplemented, "comments.v1.NoteService.Schedule is not implemented")
 }
 
 // LegacyNoteServiceClient is a client for the comments.v1.LegacyNoteService
