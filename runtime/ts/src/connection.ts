@@ -767,13 +767,20 @@ export class Connection {
     const back: Pending[] = [];
     for (const p of [...this.#inflight.values()]) {
       if (p.sock != s) continue;
+      // After a GoAway the session cannot resume: a call the server
+      // accepted (up to its last id) may have run and is never answered,
+      // so unless idempotent it fails now, not at its deadline; one it
+      // refused (above that id) never ran, and goes again as new.
+      const gone = s.goneAway;
+      const refused = gone !== undefined && p.id > gone;
       if (p.s || this.#state.status == "closed") {
         p.settle(error);
+      } else if (gone !== undefined && !refused && !p.spec.idempotent) {
+        p.settle(new ParleyError("unavailable", `${p.spec.procedure}: the server went away with the call in flight`));
       } else {
         this.#inflight.delete(p.id);
         s.open[0]--;
-        p.was = p.id;
-        p.wasIn = s.session?.sessionId;
+        if (!refused) (p.was = p.id), (p.wasIn = s.session?.sessionId);
         p.id = 0;
         p.sock = undefined;
         back.push(p);
