@@ -779,3 +779,173 @@ func TestBlockedHandlerEndsWithItsSession(t *testing.T) {
 		}
 	})
 }
+
+// TestShutdownUnderTraffic shuts the server down while clients (both
+// encodings) call, stream and receive events: every call and stream
+// settles with a reply or unavailable, no call runs twice, events stay in
+// order without duplicates, and everything's goroutines end.
+func TestShutdownUnderTraffic(t *testing.T) {
+	base := runtime.NumGoroutine()
+	runs := &runCounter{runs: make(map[string]int)}
+	srv := parley.NewServer()
+	srv.Register(parley.NewUnaryMethod(trialWorkSpec, func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+		runs.add(r.GetText())
+		t := time.NewTimer(time.Duration(len(r.GetText())%20) * time.Millisecond)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return &e2ev1.EchoResponse{Text: r.GetText()}, nil
+	}))
+	e2ev1parley.RegisterStreamServiceServer(srv, &e2e.StreamService{})
+	pub := e2ev1parley.NewClientEventsPublisher(srv)
+	hs := httptest.NewServer(srv)
+	url := "ws" + strings.TrimPrefix(hs.URL, "http")
+	defer func() {
+		hs.Close()
+		waitGoroutines(t, base)
+	}()
+
+	var wg sync.WaitGroup
+	var calls, ok atomic.Int64
+	clients := make([]*trialClient, 4)
+	for i := range clients {
+		c := &trialClient{name: fmt.Sprintf("c%d", i), marker: make(chan struct{}), markerSeq: -1}
+		opts := []parley.ClientOption{parley.WithReconnect(parley.Backoff{Initial: 5 * time.Millisecond, Max: 20 * time.Millisecond, Multiplier: 2, MaxAttempts: 3})}
+		if i%2 == 1 {
+			opts = append(opts, parley.WithJSON())
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		conn, err := parley.Dial(ctx, url, opts...)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		c.conn = conn
+		e2ev1parley.RegisterClientEventsHandler(conn, c)
+		clients[i] = c
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for k := 0; ; k++ {
+					text := fmt.Sprintf("%s-%d-%d", c.name, g, k)
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					start := time.Now()
+					var res e2ev1.EchoResponse
+					err := conn.Invoke(ctx, trialWorkSpec, &e2ev1.EchoRequest{Text: text}, &res)
+					cancel()
+					calls.Add(1)
+					if time.Since(start) > 5*time.Second {
+						t.Errorf("call %s took %v", text, time.Since(start))
+					}
+					if err == nil {
+						ok.Add(1)
+						continue
+					}
+					if code := parley.CodeOf(err); code != parley.CodeUnavailable && code != parley.CodeCanceled {
+						t.Errorf("call %s: %v", text, err)
+					}
+					if conn.Err() != nil || parley.CodeOf(err) == parley.CodeCanceled {
+						return
+					}
+				}
+			}()
+		}
+		sc := e2ev1parley.NewStreamServiceClient(conn)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for conn.Err() == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				st, err := sc.Count(ctx, &e2ev1.CountRequest{Count: 100, DelayMs: 1})
+				if err == nil {
+					var n int32
+					for {
+						item, err2 := st.Recv()
+						if err2 != nil {
+							err = err2
+							break
+						}
+						if item.GetN() != n {
+							t.Errorf("stream item %d, want %d", item.GetN(), n)
+						}
+						n++
+					}
+					if errors.Is(err, io.EOF) && n != 100 {
+						t.Errorf("stream ended after %d items", n)
+					}
+				}
+				cancel()
+				if err != nil && !errors.Is(err, io.EOF) {
+					if code := parley.CodeOf(err); code != parley.CodeUnavailable && code != parley.CodeCanceled {
+						t.Errorf("stream: %v", err)
+					}
+					if conn.Err() == nil {
+						time.Sleep(time.Millisecond) // a stream fails at once while the socket is down
+					}
+				}
+			}
+		}()
+	}
+	pubStop := make(chan struct{})
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		for seq := int32(1); ; seq++ {
+			select {
+			case <-pubStop:
+				return
+			default:
+			}
+			_ = pub.Tick(context.Background(), parley.ToAll(), &e2ev1.TickEvent{Seq: seq})
+			if seq%50 == 0 {
+				runtime.Gosched()
+			}
+		}
+	}()
+	// Shut down once traffic flows.
+	deadline := time.Now().Add(10 * time.Second)
+	for ok.Load() < 200 {
+		if time.Now().After(deadline) {
+			t.Fatal("no traffic")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	close(pubStop)
+	<-pubDone
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("calls or streams still running 10s after Shutdown")
+	}
+	for _, c := range clients {
+		c.mu.Lock()
+		seqs := c.seqs
+		c.mu.Unlock()
+		for k := 1; k < len(seqs); k++ {
+			if seqs[k] <= seqs[k-1] {
+				t.Fatalf("%s: event %d after %d", c.name, seqs[k], seqs[k-1])
+			}
+		}
+		select {
+		case <-c.conn.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: not closed 5s after the server went away for good (state %v)", c.name, c.conn.State())
+		}
+	}
+	if d := runs.twice(); len(d) > 0 {
+		t.Errorf("calls ran twice: %v", head(d))
+	}
+	t.Logf("%d calls, %d ok", calls.Load(), ok.Load())
+}
