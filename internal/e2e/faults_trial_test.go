@@ -949,3 +949,114 @@ func TestShutdownUnderTraffic(t *testing.T) {
 	}
 	t.Logf("%d calls, %d ok", calls.Load(), ok.Load())
 }
+
+// TestStreamMisuse uses streams the ways a user plausibly gets wrong:
+// receiving after the end, sending after CloseSend or after the end,
+// closing twice, CloseAndRecv twice, streams on a closed connection.
+// Each must return an error (or io.EOF) at once, never hang or panic.
+func TestStreamMisuse(t *testing.T) {
+	srv := parley.NewServer()
+	e2ev1parley.RegisterStreamServiceServer(srv, &e2e.StreamService{})
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}()
+	url := "ws" + strings.TrimPrefix(hs.URL, "http")
+	for _, enc := range encodings {
+		t.Run(enc.name, func(t *testing.T) {
+			conn, _ := dial(t, url, enc.opts...)
+			sc := e2ev1parley.NewStreamServiceClient(conn)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			settles := func(what string, f func() error) error {
+				t.Helper()
+				errc := make(chan error, 1)
+				go func() { errc <- f() }()
+				select {
+				case err := <-errc:
+					return err
+				case <-time.After(3 * time.Second):
+					t.Fatalf("%s: still blocked after 3s", what)
+					return nil
+				}
+			}
+
+			count, err := sc.Count(ctx, &e2ev1.CountRequest{Count: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 2 {
+				if _, err := count.Recv(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for range 3 {
+				if err := settles("Recv after the end", func() error { _, err := count.Recv(); return err }); !errors.Is(err, io.EOF) {
+					t.Fatalf("Recv after the end: %v, want io.EOF", err)
+				}
+			}
+			_ = settles("Close after the end", count.Close)
+			_ = settles("Close twice", count.Close)
+
+			sum, err := sc.Sum(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := sum.Send(&e2ev1.SumRequest{Value: 4}); err != nil {
+				t.Fatal(err)
+			}
+			res, err := sum.CloseAndRecv()
+			if err != nil || res.GetSum() != 4 {
+				t.Fatalf("CloseAndRecv: %v, %v", res, err)
+			}
+			if err := settles("CloseAndRecv twice", func() error { _, err := sum.CloseAndRecv(); return err }); err == nil {
+				t.Fatal("CloseAndRecv twice: no error")
+			}
+			if err := settles("Send after the end", func() error { return sum.Send(&e2ev1.SumRequest{Value: 1}) }); err == nil {
+				t.Fatal("Send after the end: no error")
+			}
+
+			bidi, err := sc.Echo(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := bidi.Send(&e2ev1.EchoItem{Text: "a"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := bidi.CloseSend(); err != nil {
+				t.Fatal(err)
+			}
+			_ = settles("CloseSend twice", bidi.CloseSend)
+			if err := settles("Send after CloseSend", func() error { return bidi.Send(&e2ev1.EchoItem{Text: "b"}) }); err == nil {
+				t.Fatal("Send after CloseSend: no error")
+			}
+			if item, err := bidi.Recv(); err != nil || item.GetText() != "a" {
+				t.Fatalf("Recv: %v, %v", item, err)
+			}
+			if err := settles("Recv at the end", func() error { _, err := bidi.Recv(); return err }); !errors.Is(err, io.EOF) {
+				t.Fatalf("Recv at the end: %v, want io.EOF", err)
+			}
+
+			// A stream open when the connection closes ends, and so does
+			// every use of it after.
+			open, err := sc.Echo(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = conn.Close()
+			if err := settles("Recv on a closed connection", func() error { _, err := open.Recv(); return err }); parley.CodeOf(err) != parley.CodeCanceled {
+				t.Fatalf("Recv after Close: %v, want canceled", err)
+			}
+			if err := settles("Send on a closed connection", func() error { return open.Send(&e2ev1.EchoItem{}) }); err == nil {
+				t.Fatal("Send after Close: no error")
+			}
+			_ = settles("Close on a closed connection", open.Close)
+			if err := settles("Count on a closed connection", func() error { _, err := sc.Count(ctx, &e2ev1.CountRequest{Count: 1}); return err }); parley.CodeOf(err) != parley.CodeCanceled {
+				t.Fatalf("a stream after Close: %v, want canceled", err)
+			}
+		})
+	}
+}
