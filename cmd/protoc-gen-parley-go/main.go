@@ -39,11 +39,14 @@ func main() {
 	}
 	// No parameters of our own yet: protogen handles paths=, module=, M,
 	// annotate_code and the API-level ones, and hands us the rest.
-	protogen.Options{ParamFunc: unknownOption}.Run(gengo.Generate)
+	if err := gengo.Run(protogen.Options{ParamFunc: unknownOption}, os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", gengo.PluginName, err)
+		os.Exit(1)
+	}
 }
 
 // unknownOption refuses a parameter protogen did not take, naming it and
-// the ones there are (protogen prints the error with the program's name).
+// the ones there are (main prints the error with the plugin's name).
 func unknownOption(name, value string) error {
 	return fmt.Errorf("unknown option %q (known: paths=import|source_relative, module=<prefix>, M<file>=<import path>, annotate_code)", name)
 }

@@ -7,9 +7,12 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/pluginpb"
 
+	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
 	"github.com/parleyrpc/parley/internal/plugintest"
 )
 
@@ -99,6 +102,41 @@ func TestPlugin(t *testing.T) {
 		}
 		if len(resp.File) != 0 {
 			t.Errorf("wrote %d files despite refusing", len(resp.File))
+		}
+	})
+	t.Run("options that are not Parley's", func(t *testing.T) {
+		// A copy of options.proto declaring (parley.v1.service) as a string:
+		// its bytes do not decode as Parley's ServiceOptions. The plugin must
+		// name the service, not fail to read the request.
+		req, err := plugintest.Request("plain", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := req.GetProtoFile()[len(req.GetProtoFile())-1].GetService()[0].GetOptions()
+		if opts == nil {
+			opts = new(descriptorpb.ServiceOptions)
+			req.GetProtoFile()[len(req.GetProtoFile())-1].GetService()[0].Options = opts
+		}
+		raw := protowire.AppendTag(nil, protowire.Number(parleyv1.E_Service.Field), protowire.BytesType)
+		raw = protowire.AppendBytes(raw, []byte("CLIENT"))
+		opts.ProtoReflect().SetUnknown(append(opts.ProtoReflect().GetUnknown(), raw...))
+		in, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin)
+		cmd.Stdin = bytes.NewReader(in)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("plugin: %v", err)
+		}
+		resp := new(pluginpb.CodeGeneratorResponse)
+		if err := proto.Unmarshal(out, resp); err != nil {
+			t.Fatal(err)
+		}
+		want := "protoc-gen-parley-go: chat/v1/chat.proto: chat.v1.ChatService sets option (parley.v1.service), which does not decode as Parley's parley.v1.ServiceOptions"
+		if !strings.HasPrefix(resp.GetError(), want) {
+			t.Errorf("error %q, want it to start with %q", resp.GetError(), want)
 		}
 	})
 	t.Run("unknown option", func(t *testing.T) {

@@ -14,10 +14,13 @@ import (
 	"bytes"
 	"fmt"
 	"go/format"
+	"io"
 	"strings"
 
 	"github.com/parleyrpc/parley/internal/editions"
+	"github.com/parleyrpc/parley/internal/parleyopts"
 	"google.golang.org/protobuf/compiler/protogen"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/pluginpb"
 )
 
@@ -32,6 +35,34 @@ const PluginName = "protoc-gen-parley-go"
 // runtime. Bump it, and add the constant to runtime/parley/version.go,
 // whenever generated code needs something a released runtime lacks.
 const runtimeVersionConstant = "IsAtLeastVersion0_1_0"
+
+// Run is protogen.Options.Run for this plugin: it reads a request from in,
+// generates and writes the response to out. Unlike protogen, it leaves
+// Parley's options undecoded in the request (parleyopts.UnmarshalRequest),
+// so that a file whose copy of options.proto declares them otherwise is
+// refused naming its service or method instead of failing to decode.
+func Run(opts protogen.Options, in io.Reader, out io.Writer) error {
+	b, err := io.ReadAll(in)
+	if err != nil {
+		return fmt.Errorf("reading request: %w", err)
+	}
+	req, err := parleyopts.UnmarshalRequest(b)
+	if err != nil {
+		return fmt.Errorf("parsing request: %w", err)
+	}
+	plugin, err := opts.New(req)
+	if err != nil {
+		return err
+	}
+	if err := Generate(plugin); err != nil {
+		plugin.Error(err)
+	}
+	if b, err = proto.Marshal(plugin.Response()); err != nil {
+		return fmt.Errorf("encoding response: %w", err)
+	}
+	_, err = out.Write(b)
+	return err
+}
 
 // Generate writes a .parley.go file for every file to generate that
 // declares services. It is protogen's callback: pass it to

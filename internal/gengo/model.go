@@ -8,14 +8,12 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/compiler/protogen"
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/descriptorpb"
 
 	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
 	"github.com/parleyrpc/parley/internal/editions"
+	"github.com/parleyrpc/parley/internal/parleyopts"
 )
 
 // file is one generated Go file: the services of one proto file.
@@ -121,7 +119,9 @@ type method struct {
 // refuses, with one error naming every offending service or method, any
 // construct the generator cannot emit or whose options would mean nothing:
 // streaming methods in services implemented by clients, an event with a
-// timeout_ms, an implemented_by value that is neither SERVER nor CLIENT.
+// timeout_ms, an implemented_by value that is neither SERVER nor CLIENT,
+// and Parley options that do not read as the plugin's options.proto
+// declares them (see parleyopts).
 //
 // Files of the request that are not generated but share a generated
 // package with one that is (the other files of a proto package, imported
@@ -194,26 +194,31 @@ func newFile(pf *protogen.File) *file {
 }
 
 func newService(ps *protogen.Service) (*service, error) {
-	opts := resolvedOptions(ps.Desc.Options())
+	opts := ps.Desc.Options().(*descriptorpb.ServiceOptions)
 	s := &service{
 		proto:      ps,
-		deprecated: opts.(*descriptorpb.ServiceOptions).GetDeprecated(),
+		deprecated: opts.GetDeprecated(),
 	}
 	var errs []error
-	if ext, ok := proto.GetExtension(opts, parleyv1.E_Service).(*parleyv1.ServiceOptions); ok {
-		switch by := ext.GetImplementedBy(); by {
-		case parleyv1.Side_SIDE_UNSPECIFIED, parleyv1.Side_SERVER:
-		case parleyv1.Side_CLIENT:
-			s.side = sideClient
-		default:
-			// An open enum takes any number; a side this generator does
-			// not know must not quietly become the default.
-			errs = append(errs, fmt.Errorf("%s: %s: %s sets option (parley.v1.service).implemented_by = %d, which is not a side %s knows: want SERVER or CLIENT",
-				PluginName, ps.Desc.ParentFile().Path(), ps.Desc.FullName(), int32(by), PluginName))
-		}
+	ext, err := parleyopts.Service(PluginName, opts)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("%s: %s: %s %w", PluginName, ps.Desc.ParentFile().Path(), ps.Desc.FullName(), err))
+	}
+	switch by := ext.GetImplementedBy(); by {
+	case parleyv1.Side_SIDE_UNSPECIFIED, parleyv1.Side_SERVER:
+	case parleyv1.Side_CLIENT:
+		s.side = sideClient
+	default:
+		// An open enum takes any number; a side this generator does
+		// not know must not quietly become the default.
+		errs = append(errs, fmt.Errorf("%s: %s: %s sets option (parley.v1.service).implemented_by = %d, which is not a side %s knows: want SERVER or CLIENT",
+			PluginName, ps.Desc.ParentFile().Path(), ps.Desc.FullName(), int32(by), PluginName))
 	}
 	for _, pm := range ps.Methods {
-		m := newMethod(pm)
+		m, err := newMethod(pm)
+		if err != nil {
+			errs = append(errs, err)
+		}
 		if s.side == sideClient {
 			if m.kind != kindUnary {
 				errs = append(errs, refusal(pm, "is a "+m.kind.String()+" method in a service implemented by clients "+
@@ -257,9 +262,8 @@ func refusal(pm *protogen.Method, why string) error {
 	return fmt.Errorf("%s: %s: %s %s", PluginName, pm.Desc.ParentFile().Path(), pm.Desc.FullName(), why)
 }
 
-func newMethod(pm *protogen.Method) *method {
-	opts := resolvedOptions(pm.Desc.Options())
-	mo := opts.(*descriptorpb.MethodOptions)
+func newMethod(pm *protogen.Method) (*method, error) {
+	mo := pm.Desc.Options().(*descriptorpb.MethodOptions)
 	m := &method{
 		proto:      pm,
 		deprecated: mo.GetDeprecated(),
@@ -278,55 +282,10 @@ func newMethod(pm *protogen.Method) *method {
 	case descriptorpb.MethodOptions_IDEMPOTENT:
 		m.idempotency = idempotencyIdempotent
 	}
-	if ext, ok := proto.GetExtension(opts, parleyv1.E_Method).(*parleyv1.MethodOptions); ok {
-		m.timeout = time.Duration(ext.GetTimeoutMs()) * time.Millisecond
-	}
-	return m
-}
-
-// resolvedOptions returns opts with Parley's extensions readable by
-// proto.GetExtension. protoc sends options as bytes, and whoever decoded
-// them without our extension types registered (a compiler linked into a
-// test, a request decoded by another program) leaves the extensions as
-// unknown fields; decoding the options again with the global registry,
-// which holds parleyv1's extensions, recovers them.
-func resolvedOptions(opts proto.Message) proto.Message {
-	if opts == nil {
-		return nil
-	}
-	m := opts.ProtoReflect()
-	if !hasParleyUnknowns(m.GetUnknown()) {
-		return opts
-	}
-	b, err := proto.MarshalOptions{AllowPartial: true}.Marshal(opts)
+	ext, err := parleyopts.Method(PluginName, mo)
 	if err != nil {
-		return opts
+		return m, refusal(pm, err.Error())
 	}
-	out := m.New().Interface()
-	if err := (proto.UnmarshalOptions{AllowPartial: true, Resolver: protoregistry.GlobalTypes}).Unmarshal(b, out); err != nil {
-		return opts
-	}
-	return out
-}
-
-// hasParleyUnknowns reports whether unknown holds a field with the number
-// of Parley's extensions.
-func hasParleyUnknowns(unknown protoreflect.RawFields) bool {
-	want := []protowire.Number{protowire.Number(parleyv1.E_Service.Field), protowire.Number(parleyv1.E_Method.Field)}
-	for len(unknown) > 0 {
-		num, typ, n := protowire.ConsumeTag(unknown)
-		if n < 0 {
-			return false
-		}
-		if slices.Contains(want, num) {
-			return true
-		}
-		unknown = unknown[n:]
-		n = protowire.ConsumeFieldValue(num, typ, unknown)
-		if n < 0 {
-			return false
-		}
-		unknown = unknown[n:]
-	}
-	return false
+	m.timeout = time.Duration(ext.GetTimeoutMs()) * time.Millisecond
+	return m, nil
 }

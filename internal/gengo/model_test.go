@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/compiler/protogen"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/pluginpb"
@@ -60,29 +59,6 @@ func TestModelReadsMethodOptions(t *testing.T) {
 		if m.timeout != w.timeout || m.idempotency != w.idempotency || m.kind != kindUnary {
 			t.Errorf("%s: timeout %v, idempotency %d, kind %v; want %v, %d, unary", m.names.Method, m.timeout, m.idempotency, m.kind, w.timeout, w.idempotency)
 		}
-	}
-}
-
-// TestResolvedOptionsReadsUnknownExtensions checks options whose Parley
-// extension arrived as unknown bytes still yield it.
-func TestResolvedOptionsReadsUnknownExtensions(t *testing.T) {
-	ext, err := proto.Marshal(&parleyv1.MethodOptions{TimeoutMs: 1234})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var raw []byte
-	raw = protowire.AppendTag(raw, protowire.Number(parleyv1.E_Method.Field), protowire.BytesType)
-	raw = protowire.AppendBytes(raw, ext)
-	opts := &descriptorpb.MethodOptions{Deprecated: proto.Bool(true)}
-	opts.ProtoReflect().SetUnknown(raw)
-
-	got := resolvedOptions(opts)
-	mo, ok := proto.GetExtension(got, parleyv1.E_Method).(*parleyv1.MethodOptions)
-	if !ok || mo.GetTimeoutMs() != 1234 {
-		t.Errorf("timeout_ms = %d, want 1234", mo.GetTimeoutMs())
-	}
-	if !got.(*descriptorpb.MethodOptions).GetDeprecated() {
-		t.Error("lost the other options")
 	}
 }
 

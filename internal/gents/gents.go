@@ -26,6 +26,7 @@ import (
 	"strings"
 
 	"github.com/parleyrpc/parley/internal/editions"
+	"github.com/parleyrpc/parley/internal/parleyopts"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/types/descriptorpb"
@@ -110,8 +111,10 @@ func Run(in io.Reader, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%s: reading request: %w", PluginName, err)
 	}
-	req := &pluginpb.CodeGeneratorRequest{}
-	if err := proto.Unmarshal(b, req); err != nil {
+	// Parley's options stay undecoded, for parleyopts to read and, when a
+	// copy of options.proto declares them otherwise, refuse by name.
+	req, err := parleyopts.UnmarshalRequest(b)
+	if err != nil {
 		return fmt.Errorf("%s: parsing request: %w", PluginName, err)
 	}
 	b, err = proto.Marshal(Generate(req))

@@ -9,6 +9,7 @@ import (
 
 	parleyv1 "github.com/parleyrpc/parley/gen/parley/v1"
 	"github.com/parleyrpc/parley/internal/editions"
+	"github.com/parleyrpc/parley/internal/parleyopts"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
@@ -449,13 +450,24 @@ func isEvent(md protoreflect.MethodDescriptor) bool {
 // refuseUnsupported names every service and method this plugin cannot
 // generate, or whose Parley options would mean nothing: the streaming
 // methods of services implemented by clients, events with a timeout_ms,
-// and an implemented_by that is neither SERVER nor CLIENT. (internal/gengo
-// refuses the same.)
+// an implemented_by that is neither SERVER nor CLIENT, and Parley options
+// that do not read as the plugin's options.proto declares them (see
+// parleyopts). (internal/gengo refuses the same.)
 func refuseUnsupported(fd protoreflect.FileDescriptor) error {
 	var errs []error
 	for i := 0; i < fd.Services().Len(); i++ {
 		sd := fd.Services().Get(i)
-		switch by := serviceOptions(sd).GetImplementedBy(); by {
+		so, err := parleyopts.Service(PluginName, sd.Options().(*descriptorpb.ServiceOptions))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s %w", sd.FullName(), err))
+		}
+		for j := 0; j < sd.Methods().Len(); j++ {
+			md := sd.Methods().Get(j)
+			if _, err := parleyopts.Method(PluginName, md.Options().(*descriptorpb.MethodOptions)); err != nil {
+				errs = append(errs, fmt.Errorf("%s %w", md.FullName(), err))
+			}
+		}
+		switch by := so.GetImplementedBy(); by {
 		case parleyv1.Side_CLIENT:
 		case parleyv1.Side_SIDE_UNSPECIFIED, parleyv1.Side_SERVER:
 			continue
@@ -561,50 +573,24 @@ type methodOpts struct {
 	deprecated bool
 }
 
+// methodOptions reads a method's options. The Parley option is empty when
+// it does not read, which refuseUnsupported has refused before.
 func methodOptions(md protoreflect.MethodDescriptor) methodOpts {
-	opts, _ := md.Options().(*descriptorpb.MethodOptions)
-	mo := methodOpts{
-		deprecated: opts.GetDeprecated(),
-		parley:     &parleyv1.MethodOptions{},
-	}
+	opts := md.Options().(*descriptorpb.MethodOptions)
+	mo := methodOpts{deprecated: opts.GetDeprecated()}
 	switch opts.GetIdempotencyLevel() {
 	case descriptorpb.MethodOptions_IDEMPOTENT, descriptorpb.MethodOptions_NO_SIDE_EFFECTS:
 		mo.idempotent = true
 	}
-	if x, ok := extension(opts, parleyv1.E_Method).(*parleyv1.MethodOptions); ok && x != nil {
-		mo.parley = x
-	}
+	mo.parley, _ = parleyopts.Method(PluginName, opts)
 	return mo
 }
 
+// serviceOptions reads a service's Parley option, empty when it does not
+// read, which refuseUnsupported has refused before.
 func serviceOptions(sd protoreflect.ServiceDescriptor) *parleyv1.ServiceOptions {
-	opts, _ := sd.Options().(*descriptorpb.ServiceOptions)
-	if x, ok := extension(opts, parleyv1.E_Service).(*parleyv1.ServiceOptions); ok && x != nil {
-		return x
-	}
-	return &parleyv1.ServiceOptions{}
-}
-
-// extension reads a custom option. The options message is decoded again
-// against the global registry, which knows Parley's extensions, because the
-// request may have been decoded by a resolver that did not (the extension
-// then sits in unknown fields).
-func extension(opts proto.Message, xt protoreflect.ExtensionType) any {
-	if opts == nil || !opts.ProtoReflect().IsValid() {
-		return nil
-	}
-	b, err := proto.Marshal(opts)
-	if err != nil {
-		return nil
-	}
-	fresh := opts.ProtoReflect().New().Interface()
-	if err := (proto.UnmarshalOptions{Resolver: protoregistry.GlobalTypes}).Unmarshal(b, fresh); err != nil {
-		return nil
-	}
-	if !proto.HasExtension(fresh, xt) {
-		return nil
-	}
-	return proto.GetExtension(fresh, xt)
+	so, _ := parleyopts.Service(PluginName, sd.Options().(*descriptorpb.ServiceOptions))
+	return so
 }
 
 func isDeprecated(opts proto.Message) bool {

@@ -30,6 +30,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/pluginpb"
+
+	"github.com/parleyrpc/parley/internal/parleyopts"
 )
 
 // root is the repository's root, found from this file's path so tests work
@@ -69,9 +71,9 @@ func Cases() ([]string, error) {
 // against the case folder, then the repository's proto/ folder (for
 // parley/v1/options.proto), then the well-known types.
 //
-// The request goes through its wire form before it is returned, as it
-// would on a plugin's stdin, so custom options decode against the
-// extensions linked into the test binary just as they would in the plugin.
+// The request goes through its wire form before it is returned, and is
+// decoded as the plugins decode their stdin (parleyopts.UnmarshalRequest),
+// so options reach the generators just as they would in the plugins.
 func Request(caseName, parameter string) (*pluginpb.CodeGeneratorRequest, error) {
 	return RequestDir(filepath.Join(CasesDir(), caseName), parameter)
 }
@@ -137,11 +139,7 @@ func RequestDir(dir, parameter string) (*pluginpb.CodeGeneratorRequest, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := new(pluginpb.CodeGeneratorRequest)
-	if err := proto.Unmarshal(b, out); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return parleyopts.UnmarshalRequest(b)
 }
 
 // Run runs a protogen-based generator on req, as protogen.Options.Run would
