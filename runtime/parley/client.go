@@ -825,12 +825,33 @@ func lostAfterGoAway(err error) error {
 // CodeUnavailable.
 func (c *Conn) NewStream(ctx context.Context, spec *MethodSpec) (*Stream, error) {
 	ctx, stopTimer := streamTimeout(ctx, spec)
-	e, err := c.endpoint(ctx, nil)
-	if err != nil {
-		stopTimer()
-		return nil, err
+	for {
+		e, err := c.endpoint(ctx, nil)
+		if err != nil {
+			stopTimer()
+			return nil, err
+		}
+		c.mu.Lock()
+		current, gone := c.cur == e, c.gone
+		c.mu.Unlock()
+		if !current {
+			continue // replaced meanwhile
+		}
+		s, err := e.newStream(ctx, spec, stopTimer)
+		if !errors.Is(err, errSocketGone) || c.cfg.reconnect == nil {
+			return s, err
+		}
+		// The socket is closing or going away, and nothing was sent on
+		// it: the stream opens on the next one, within its deadline, as a
+		// call waits for a socket.
+		select {
+		case <-gone:
+		case <-c.closedCh:
+		case <-ctx.Done():
+			stopTimer()
+			return nil, asError(ctx.Err())
+		}
 	}
-	return e.newStream(ctx, spec, stopTimer)
 }
 
 // Register adds handlers for methods the server calls on this client:

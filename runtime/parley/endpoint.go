@@ -1195,6 +1195,9 @@ func (e *endpoint) sendCancel(id uint64, why Code) {
 var (
 	errNotSent  = errors.New("parley: call not sent")
 	errConnLost = errors.New("parley: connection lost")
+	// errSocketGone marks a stream not opened because its socket was
+	// closing or going away (newStream).
+	errSocketGone = errors.New("parley: socket closing")
 )
 
 func notSent(closeErr error, goneAway string) *Error {

@@ -65,7 +65,8 @@ type stream struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	window uint32 // the credit this side grants the peer; grows while drained (guarded by mu)
-	// stop unregisters the caller's context watcher; stopTimer releases
+	// stop unregisters the caller's context watcher (set under mu, where
+	// finish reads it); stopTimer releases
 	// the method's default deadline.
 	stop      func() bool
 	stopTimer context.CancelFunc
@@ -137,8 +138,14 @@ func streamTimeout(ctx context.Context, spec *MethodSpec) (_ context.Context, st
 // newStream opens a streaming call from this side. stopTimer, if not nil,
 // releases the method's timeout the caller already put on ctx (see
 // streamTimeout); else newStream applies it.
+//
+// On a socket that is closing or going away it opens nothing and returns
+// an error wrapping errSocketGone, leaving a stopTimer the caller passed
+// running, so that the caller may try the next socket within the same
+// deadline (see Conn.NewStream).
 func (e *endpoint) newStream(ctx context.Context, spec *MethodSpec, stopTimer context.CancelFunc) (*Stream, error) {
-	if stopTimer == nil {
+	ownTimer := stopTimer == nil
+	if ownTimer {
 		ctx, stopTimer = streamTimeout(ctx, spec)
 	}
 	if spec.Kind == StreamNone {
@@ -158,27 +165,39 @@ func (e *endpoint) newStream(ctx context.Context, spec *MethodSpec, stopTimer co
 	s.initWindows()
 	e.mu.Lock()
 	if e.closeErr != nil || e.goneAway != "" {
-		err := e.closeErr
-		if err == nil {
-			err = Errorf(CodeUnavailable, "server is going away: %s", e.goneAway)
+		err := Errorf(CodeUnavailable, "server is going away: %s", e.goneAway)
+		if e.closeErr != nil {
+			err = asError(e.closeErr)
 		}
 		e.mu.Unlock()
 		cancel(err)
-		stopTimer()
-		return nil, err
+		if ownTimer {
+			stopTimer()
+		}
+		return nil, &Error{code: err.code, message: err.message, details: err.details, wrapped: errSocketGone}
 	}
 	e.streams[s.id] = s
 	e.liveStreams.Add(1)
 	e.mu.Unlock()
 	e.needReader() // the stream's replies and credit must be read
-	// The caller giving up (its ctx ending) abandons the call.
-	s.stop = context.AfterFunc(sctx, func() {
+	// The caller giving up (its ctx ending) abandons the call. The reader
+	// may finish the stream meanwhile (its socket closing): stop is set
+	// under mu, where finish reads it, and undone here if finish came
+	// first.
+	stop := context.AfterFunc(sctx, func() {
 		code := CodeOf(context.Cause(sctx))
 		if code == CodeUnknown {
 			code = CodeCanceled
 		}
 		s.abandon(code)
 	})
+	s.mu.Lock()
+	s.stop = stop
+	finished := s.done
+	s.mu.Unlock()
+	if finished {
+		stop()
+	}
 	if !spec.Kind.streamsRequests() {
 		// The request travels in the Call frame: the first SendMsg opens.
 		return &Stream{s: s}, nil
@@ -645,11 +664,12 @@ func (s *stream) finish(err error) {
 	// can come on this stream, and settle stops counting once done is set.
 	s.e.streamBuf.Add(-s.bufBytes)
 	s.bufBytes = 0
+	stop := s.stop
 	s.mu.Unlock()
 	s.e.windowBudget.Add(int64(grown))
 	s.e.liveStreams.Add(-1)
-	if s.stop != nil {
-		s.stop()
+	if stop != nil {
+		stop()
 	}
 	if s.stopTimer != nil {
 		defer s.stopTimer()
