@@ -80,7 +80,8 @@ func Generate(plugin *protogen.Plugin) error {
 	}
 	for _, f := range files {
 		var src bytes.Buffer
-		err := render(f).Render(&src)
+		syms := symbols{}
+		err := render(f, syms).Render(&src)
 		if err == nil {
 			var grouped []byte
 			grouped, err = format.Source(groupImports(src.Bytes()))
@@ -93,6 +94,11 @@ func Generate(plugin *protogen.Plugin) error {
 		out := plugin.NewGeneratedFile(f.filename, f.importPath)
 		if _, err := out.Write(src.Bytes()); err != nil {
 			return err
+		}
+		// protogen finds each symbol in the output when annotate_code
+		// asks for the annotations, and ignores them otherwise.
+		for name, loc := range syms {
+			out.AnnotateSymbol(name, protogen.Annotation{Location: loc})
 		}
 	}
 	return nil
