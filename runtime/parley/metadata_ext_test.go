@@ -134,3 +134,20 @@ func TestHandshakesAreBounded(t *testing.T) {
 	}
 	hello(second.p)
 }
+
+// TestUnboundedHandshakesStillAnswer: WithMaxHandshakes(0) sets no bound,
+// and a request refused before its handshake (here, the server shutting
+// down) is still answered. Releasing a place that was never taken used to
+// block the handler for ever on the absent bound's nil channel.
+func TestUnboundedHandshakesStillAnswer(t *testing.T) {
+	srv := parley.NewServer(parley.WithMaxHandshakes(0))
+	url := serveWS(t, srv)
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d := websocket.Dialer{Subprotocols: []string{parley.SubprotocolProto}, HandshakeTimeout: 5 * time.Second}
+	_, resp, err := d.Dial(url, nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("a handshake during shutdown: %v, %+v; want 503", err, resp)
+	}
+}

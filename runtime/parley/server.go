@@ -130,15 +130,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, _ := codecFor(offered[i])
-	if !s.enterHandshake(w, r) {
+	leave, ok := s.enterHandshake(w, r)
+	if !ok {
 		return
 	}
-	inHandshake := true
-	defer func() {
-		if inHandshake {
-			<-s.handshakes
-		}
-	}()
+	defer leave() // if the handshake did not run
 	s.mu.Lock()
 	if s.shuttingDown {
 		s.mu.Unlock()
@@ -167,10 +163,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.flush = &s.flusher
 	}
 	err = s.handshake(e, r)
-	inHandshake = false
-	if s.handshakes != nil {
-		<-s.handshakes
-	}
+	leave()
 	if err != nil {
 		s.cfg.logger.Info("parley: handshake failed", "remote", r.RemoteAddr, "err", err)
 		_ = ws.Close()
@@ -189,29 +182,36 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // bounded, and a flood of them cannot take the server's memory; a request
 // beyond the bound waits, holding only its HTTP connection, for half the
 // handshake timeout at most, then is answered 503 with Retry-After. It
-// reports whether the handshake may go on: false once it answered the
-// request (or the request was cancelled).
-func (s *Server) enterHandshake(w http.ResponseWriter, r *http.Request) bool {
+// reports whether the handshake may go on (false once it answered the
+// request, or the request was cancelled) and returns leave, which gives
+// the place back; calls after the first do nothing.
+func (s *Server) enterHandshake(w http.ResponseWriter, r *http.Request) (leave func(), ok bool) {
 	if s.handshakes == nil {
-		return true
+		return func() {}, true
+	}
+	held := true
+	leave = func() {
+		if held {
+			held = false
+			<-s.handshakes
+		}
 	}
 	select {
 	case s.handshakes <- struct{}{}:
-		return true
+		return leave, true
 	default:
 	}
 	wait := time.NewTimer(s.cfg.handshakeTimeout / 2)
 	defer wait.Stop()
 	select {
 	case s.handshakes <- struct{}{}:
-		return true
+		return leave, true
 	case <-r.Context().Done():
-		return false
 	case <-wait.C:
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, fmt.Sprintf("parley: more than %d handshakes in progress (WithMaxHandshakes); retry later", s.cfg.maxHandshakes), http.StatusServiceUnavailable)
-		return false
 	}
+	return nil, false
 }
 
 // testHookBeforeAttach, set by tests, runs between a connection's

@@ -66,8 +66,7 @@ type stream struct {
 	cancel context.CancelCauseFunc
 	window uint32 // the credit this side grants the peer; grows while drained (guarded by mu)
 	// stop unregisters the caller's context watcher (set under mu, where
-	// finish reads it); stopTimer releases
-	// the method's default deadline.
+	// finish reads it); stopTimer releases the method's default deadline.
 	stop      func() bool
 	stopTimer context.CancelFunc
 
@@ -165,9 +164,11 @@ func (e *endpoint) newStream(ctx context.Context, spec *MethodSpec, stopTimer co
 	s.initWindows()
 	e.mu.Lock()
 	if e.closeErr != nil || e.goneAway != "" {
-		err := Errorf(CodeUnavailable, "server is going away: %s", e.goneAway)
+		var err *Error
 		if e.closeErr != nil {
 			err = asError(e.closeErr)
+		} else {
+			err = Errorf(CodeUnavailable, "server is going away: %s", e.goneAway)
 		}
 		e.mu.Unlock()
 		cancel(err)
