@@ -54,6 +54,7 @@ lint: node_modules
 test-ts: node_modules
 	npm run --silent build -w @parleyrpc/runtime
 	npx tsc -p runtime/ts/tsconfig.test.json --noEmit
+	npx tsc -p bench/ts --noEmit
 	npm test -w @parleyrpc/runtime
 	node --test --test-concurrency=1 examples/echo-web/test/echo-web.test.mjs examples/chat/web/test/chat.test.mjs
 

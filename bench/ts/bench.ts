@@ -184,7 +184,10 @@ const results = new Map<string, Result[]>();
 for (let r = 0; r < rounds; r++) {
   for (const c of concs) {
     for (const size of sizes) {
-      for (const t of targets) {
+      // Back to back, in the order reversed every other round, so that
+      // drift over a round (the machine's, or the previous case's garbage)
+      // does not always favour the same target.
+      for (const t of r % 2 ? [...targets].reverse() : targets) {
         const res = await run(t, c, size);
         const key = `${t.name}|${c}|${size}`;
         results.set(key, [...(results.get(key) ?? []), res]);
@@ -202,18 +205,28 @@ const median = (key: string) => {
   const rs = [...(results.get(key) ?? [])].sort((a, b) => rate(a) - rate(b));
   return rs[Math.floor(rs.length / 2)]!;
 };
+// vs raw ws: the median of the rounds' ratios (each round ran both back to
+// back), with their range.
+const versus = (key: string, rawKey: string) => {
+  const rs = results.get(key) ?? [];
+  const raws = results.get(rawKey) ?? [];
+  const ratios = rs.map((r, i) => (rate(r) / rate(raws[i]!)) * 100).sort((a, b) => a - b);
+  const pct = (x: number) => x.toFixed(0);
+  return `${pct(ratios[Math.floor(ratios.length / 2)]!)} % (${pct(ratios[0]!)}–${pct(ratios[ratios.length - 1]!)})`;
+};
 const out: string[] = [];
 out.push(`Machine: ${cpus()[0]?.model}, ${cpus().length} cores, Node ${process.version}; servers: Go (parley-bench -mode ts-servers)`, "");
 out.push(`Load average (1/5/15 min) at start: ${load0}; at end: ${load1}`, "");
 out.push(`Command: \`bench/ts/run.sh${process.argv.slice(2).map((a) => " " + a).join("")}\``, "");
-out.push(`Unary echo over one WebSocket on loopback; ${durationMs} ms measured per case after ${warmupMs} ms warm-up; median of ${rounds} rounds by calls/s.`, "");
+out.push(`Unary echo over one WebSocket on loopback; ${durationMs} ms measured per case after ${warmupMs} ms warm-up; median of ${rounds} rounds by calls/s (the targets run back to back in each round, in the order reversed every other round); vs raw ws is the median of the rounds' ratios, with their range.`, "");
 out.push("| client | in flight | payload | calls/s | vs raw ws | p50 | p99 | client CPU/call |", "|---|---:|---:|---:|---:|---:|---:|---:|");
 for (const c of concs) {
   for (const size of sizes) {
-    const raw = results.has(`raw ws|${c}|${size}`) ? median(`raw ws|${c}|${size}`) : undefined;
+    const rawKey = `raw ws|${c}|${size}`;
     for (const t of targets) {
-      const r = median(`${t.name}|${c}|${size}`);
-      const vs = t.name === "raw ws" || !raw ? "—" : `${((rate(r) / rate(raw)) * 100).toFixed(0)} %`;
+      const key = `${t.name}|${c}|${size}`;
+      const r = median(key);
+      const vs = t.name === "raw ws" || !results.has(rawKey) ? "—" : versus(key, rawKey);
       out.push(`| ${t.name} | ${c} | ${sizeName(size)} | ${Math.round(rate(r))} | ${vs} | ${fmt(r.p50)} | ${fmt(r.p99)} | ${r.cpu.toFixed(1)} µs |`);
     }
   }
