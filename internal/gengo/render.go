@@ -594,10 +594,21 @@ func renderHandler(out *jen.File, f *file, s *service, syms symbols) {
 		}
 	})
 
+	// What the runtime does with h, by the kinds of method the service has.
+	concurrency := "A connection runs events one at a time, in the order they arrive, and calls concurrently " +
+		"with them and with each other, so h must be safe for concurrent use. A panic in an event's method is " +
+		"logged; one in a call's method fails that call with parley.CodeInternal. Neither affects the connection."
+	switch {
+	case len(s.calls()) == 0:
+		concurrency = "A connection runs events one at a time, in the order they arrive; h must be safe for " +
+			"concurrent use only if it is registered with more than one connection. A panic in a method is " +
+			"logged and does not affect the connection."
+	case len(s.events()) == 0:
+		concurrency = "A connection runs calls concurrently, so h must be safe for concurrent use. A panic in " +
+			"a method fails its call with parley.CodeInternal and does not affect the connection."
+	}
 	out.Add(new(doc).
-		text(n.RegisterHandler+" registers h's methods with r, usually the *parley.Conn from parley.Dial. Events "+
-			"and calls may be handled concurrently, so h must be safe for concurrent use. A panic in an event's "+
-			"method is logged and does not affect the connection.").
+		text(n.RegisterHandler+" registers h's methods with r, usually the *parley.Conn from parley.Dial. "+concurrency).
 		deprecated(s.deprecated, src).code())
 	renderRegister(out, n.RegisterHandler, "h", n.Handler, s.methods)
 

@@ -519,9 +519,11 @@ type ChatEventsHandler interface {
 }
 
 // RegisterChatEventsHandler registers h's methods with r, usually the
-// *parley.Conn from parley.Dial. Events and calls may be handled concurrently,
-// so h must be safe for concurrent use. A panic in an event's method is logged
-// and does not affect the connection.
+// *parley.Conn from parley.Dial. A connection runs events one at a time, in the
+// order they arrive, and calls concurrently with them and with each other, so h
+// must be safe for concurrent use. A panic in an event's method is logged; one
+// in a call's method fails that call with parley.CodeInternal. Neither affects
+// the connection.
 func RegisterChatEventsHandler(r parley.Registrar, h ChatEventsHandler) {
 	r.Register(
 		parley.NewEventMethod(chatEventsMessagePostedSpec, h.MessagePosted),

@@ -339,9 +339,11 @@ type LedgerEventsHandler interface {
 }
 
 // RegisterLedgerEventsHandler registers h's methods with r, usually the
-// *parley.Conn from parley.Dial. Events and calls may be handled concurrently,
-// so h must be safe for concurrent use. A panic in an event's method is logged
-// and does not affect the connection.
+// *parley.Conn from parley.Dial. A connection runs events one at a time, in the
+// order they arrive, and calls concurrently with them and with each other, so h
+// must be safe for concurrent use. A panic in an event's method is logged; one
+// in a call's method fails that call with parley.CodeInternal. Neither affects
+// the connection.
 func RegisterLedgerEventsHandler(r parley.Registrar, h LedgerEventsHandler) {
 	r.Register(
 		parley.NewEventMethod(ledgerEventsPostedSpec, h.Posted),

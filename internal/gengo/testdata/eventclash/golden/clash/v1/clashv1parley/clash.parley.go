@@ -249,9 +249,11 @@ type RoomHandler interface {
 }
 
 // RegisterRoomHandler registers h's methods with r, usually the *parley.Conn
-// from parley.Dial. Events and calls may be handled concurrently, so h must be
-// safe for concurrent use. A panic in an event's method is logged and does not
-// affect the connection.
+// from parley.Dial. A connection runs events one at a time, in the order they
+// arrive, and calls concurrently with them and with each other, so h must be
+// safe for concurrent use. A panic in an event's method is logged; one in a
+// call's method fails that call with parley.CodeInternal. Neither affects the
+// connection.
 func RegisterRoomHandler(r parley.Registrar, h RoomHandler) {
 	r.Register(
 		parley.NewEventMethod(roomPublishSpec, h.Publish),
@@ -368,9 +370,11 @@ type AlertsHandler interface {
 }
 
 // RegisterAlertsHandler registers h's methods with r, usually the *parley.Conn
-// from parley.Dial. Events and calls may be handled concurrently, so h must be
-// safe for concurrent use. A panic in an event's method is logged and does not
-// affect the connection.
+// from parley.Dial. A connection runs events one at a time, in the order they
+// arrive, and calls concurrently with them and with each other, so h must be
+// safe for concurrent use. A panic in an event's method is logged; one in a
+// call's method fails that call with parley.CodeInternal. Neither affects the
+// connection.
 func RegisterAlertsHandler(r parley.Registrar, h AlertsHandler) {
 	r.Register(
 		parley.NewEventMethod(alertsRaisedSpec, h.Raised),
@@ -433,9 +437,10 @@ type NewAlerts_Handler interface {
 }
 
 // RegisterNewAlerts_Handler registers h's methods with r, usually the
-// *parley.Conn from parley.Dial. Events and calls may be handled concurrently,
-// so h must be safe for concurrent use. A panic in an event's method is logged
-// and does not affect the connection.
+// *parley.Conn from parley.Dial. A connection runs events one at a time, in the
+// order they arrive; h must be safe for concurrent use only if it is registered
+// with more than one connection. A panic in a method is logged and does not
+// affect the connection.
 func RegisterNewAlerts_Handler(r parley.Registrar, h NewAlerts_Handler) {
 	r.Register(
 		parley.NewEventMethod(newAlerts_RaisedSpec, h.Raised),
@@ -492,9 +497,10 @@ type RegisterAlerts_Handler interface {
 }
 
 // RegisterRegisterAlerts_Handler registers h's methods with r, usually the
-// *parley.Conn from parley.Dial. Events and calls may be handled concurrently,
-// so h must be safe for concurrent use. A panic in an event's method is logged
-// and does not affect the connection.
+// *parley.Conn from parley.Dial. A connection runs events one at a time, in the
+// order they arrive; h must be safe for concurrent use only if it is registered
+// with more than one connection. A panic in a method is logged and does not
+// affect the connection.
 func RegisterRegisterAlerts_Handler(r parley.Registrar, h RegisterAlerts_Handler) {
 	r.Register(
 		parley.NewEventMethod(registerAlerts_RaisedSpec, h.Raised),
@@ -561,9 +567,9 @@ type UnimplementedAlerts_Handler interface {
 }
 
 // RegisterUnimplementedAlerts_Handler registers h's methods with r, usually the
-// *parley.Conn from parley.Dial. Events and calls may be handled concurrently,
-// so h must be safe for concurrent use. A panic in an event's method is logged
-// and does not affect the connection.
+// *parley.Conn from parley.Dial. A connection runs calls concurrently, so h
+// must be safe for concurrent use. A panic in a method fails its call with
+// parley.CodeInternal and does not affect the connection.
 func RegisterUnimplementedAlerts_Handler(r parley.Registrar, h UnimplementedAlerts_Handler) {
 	r.Register(
 		parley.NewUnaryMethod(unimplementedAlerts_AckSpec, h.Ack),

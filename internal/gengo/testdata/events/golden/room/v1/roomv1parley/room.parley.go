@@ -153,9 +153,10 @@ type RoomEventsHandler interface {
 }
 
 // RegisterRoomEventsHandler registers h's methods with r, usually the
-// *parley.Conn from parley.Dial. Events and calls may be handled concurrently,
-// so h must be safe for concurrent use. A panic in an event's method is logged
-// and does not affect the connection.
+// *parley.Conn from parley.Dial. A connection runs events one at a time, in the
+// order they arrive; h must be safe for concurrent use only if it is registered
+// with more than one connection. A panic in a method is logged and does not
+// affect the connection.
 func RegisterRoomEventsHandler(r parley.Registrar, h RoomEventsHandler) {
 	r.Register(
 		parley.NewEventMethod(roomEventsUserJoinedSpec, h.UserJoined),
