@@ -38,8 +38,8 @@ func (d *doc) paragraphs(lines []string) *doc {
 
 // deprecated adds a "Deprecated:" paragraph, unless the proto comment
 // already has one. Go's tools only see a notice that starts a paragraph.
-func (d *doc) deprecated(yes bool, sourcePath string) *doc {
-	if !yes {
+func (d *doc) deprecated(yes bool, in deprecation) *doc {
+	if !yes && !in.whole {
 		return d
 	}
 	for i, line := range d.lines {
@@ -47,8 +47,19 @@ func (d *doc) deprecated(yes bool, sourcePath string) *doc {
 			return d
 		}
 	}
-	// The wording protoc-gen-go uses for deprecated messages and fields.
-	return d.text("Deprecated: Marked as deprecated in " + sourcePath + ".")
+	// The wordings protoc-gen-go uses for deprecated messages and fields.
+	if in.whole {
+		return d.text("Deprecated: The entire proto file " + in.path + " is marked as deprecated.")
+	}
+	return d.text("Deprecated: Marked as deprecated in " + in.path + ".")
+}
+
+// deprecation is what a declaration's deprecation notice names: the
+// proto file it comes from, and whether that file is deprecated as a
+// whole (option deprecated = true), which deprecates every declaration.
+type deprecation struct {
+	path  string
+	whole bool
 }
 
 func (d *doc) paragraph(lines []string) {

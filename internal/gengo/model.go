@@ -193,6 +193,12 @@ func newFile(pf *protogen.File) *file {
 	}
 }
 
+// deprecation is what the notices of f's deprecated declarations name.
+func (f *file) deprecation() deprecation {
+	opts, _ := f.proto.Desc.Options().(*descriptorpb.FileOptions)
+	return deprecation{path: f.proto.Desc.Path(), whole: opts.GetDeprecated()}
+}
+
 func newService(ps *protogen.Service) (*service, error) {
 	opts := ps.Desc.Options().(*descriptorpb.ServiceOptions)
 	s := &service{

@@ -214,7 +214,7 @@ func TestDeprecatedParagraph(t *testing.T) {
 		{" Clear deletes.\n", []string{"Clear deletes.", "", "Deprecated: Marked as deprecated in x.proto."}},
 		{" Clear, not Deprecated: yet.\n", []string{"Clear, not Deprecated: yet.", "", "Deprecated: Marked as deprecated in x.proto."}},
 	} {
-		got := new(doc).proto(c.comment).deprecated(true, "x.proto").lines
+		got := new(doc).proto(c.comment).deprecated(true, deprecation{path: "x.proto"}).lines
 		if !slices.Equal(got, c.want) {
 			t.Errorf("comment %q: got %q, want %q", c.comment, got, c.want)
 		}

@@ -337,7 +337,9 @@ func buildService(fd protoreflect.FileDescriptor, sd protoreflect.ServiceDescrip
 		FullName:   string(sd.FullName()),
 		ClientSide: serviceOptions(sd).GetImplementedBy() == parleyv1.Side_CLIENT,
 	}
-	serviceDeprecated := isDeprecated(sd.Options())
+	// A file deprecated as a whole deprecates its services, as
+	// protoc-gen-es marks them in the _pb.ts beside this file.
+	serviceDeprecated := isDeprecated(sd.Options()) || isDeprecated(fd.Options())
 	serviceDoc := jsDocText(fd, sd, "service "+string(sd.FullName()), serviceDeprecated)
 	var events, calls int
 	for j := 0; j < sd.Methods().Len(); j++ {
@@ -598,6 +600,8 @@ func isDeprecated(opts proto.Message) bool {
 	case *descriptorpb.ServiceOptions:
 		return o.GetDeprecated()
 	case *descriptorpb.MethodOptions:
+		return o.GetDeprecated()
+	case *descriptorpb.FileOptions:
 		return o.GetDeprecated()
 	}
 	return false
