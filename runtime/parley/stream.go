@@ -23,7 +23,8 @@ func (s *Stream) Context() context.Context { return s.s.ctx }
 
 // SendMsg sends one item, waiting for credit. It returns io.EOF when the
 // peer ended the call; the call's outcome then comes from RecvMsg (or
-// CloseAndRecv).
+// CloseAndRecv). Once the stream's context has ended (cancelled, past its
+// deadline) it sends nothing and returns io.EOF or the context's error.
 func (s *Stream) SendMsg(m proto.Message) error { return s.s.send(m) }
 
 // RecvMsg receives one item into m. It returns io.EOF when the peer ended

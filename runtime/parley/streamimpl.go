@@ -262,6 +262,13 @@ func (s *stream) send(m proto.Message) error {
 		case s.done:
 			s.mu.Unlock()
 			return io.EOF
+		case s.ctx.Err() != nil:
+			// Cancelled or past the deadline, the call not finished yet
+			// (a caller's abandon runs after its context ends; a handler's
+			// stream finishes when it returns): the item would go for a
+			// call that is over, so it fails as a wait for credit would.
+			s.mu.Unlock()
+			return s.ctxErr()
 		case s.credit > 0 && (s.e.peerWindowBytes == 0 || s.byteCredit > 0):
 			s.credit--
 			s.mu.Unlock()
