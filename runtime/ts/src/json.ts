@@ -47,7 +47,9 @@ export const jsonProtocol: Protocol = {
     // No body is the empty message; null is one too, except for a
     // google.protobuf.Value, where null is the value (NULL_VALUE).
     const value = json === undefined || (json === null && schema.typeName != "google.protobuf.Value") ? {} : json;
-    return fromJson(schema, value, { registry });
+    // Fields this side's schema lacks (a newer peer's) are ignored, as
+    // the binary protocol skips them and Go discards them.
+    return fromJson(schema, value, { registry, ignoreUnknownFields: true });
   },
   readDetail(d) {
     // decodeJson gives every detail in its protojson form.
@@ -84,5 +86,5 @@ function utf8Length(s: string): number {
 function readJsonDetail<Desc extends DescMessage>(schema: Desc, json: JsonObject, registry?: Registry): MessageShape<Desc> {
   const { "@type": _, ...rest } = json;
   const special = schema.typeName.startsWith("google.protobuf.") && "value" in rest;
-  return fromJson(schema, special ? rest["value"]! : rest, { registry });
+  return fromJson(schema, special ? rest["value"]! : rest, { registry, ignoreUnknownFields: true });
 }

@@ -6,7 +6,8 @@
 // streams, each followed by checks that the connection's stream counters
 // (live streams, window growth, stream buffer bytes) and its stream slots
 // come back to nothing.
-import type { MessageInitShape } from "@bufbuild/protobuf";
+import { create, createFileRegistry, type MessageInitShape } from "@bufbuild/protobuf";
+import { FieldDescriptorProto_Label, FieldDescriptorProto_Type, FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import assert from "node:assert/strict";
 import { getEventListeners, once } from "node:events";
 import { after, before, describe, test } from "node:test";
@@ -68,6 +69,23 @@ class StreamServiceClient {
     return bidiStream(this.#connection, EchoStream, options);
   }
 }
+
+/**
+ * e2e.v1.EchoItem as an older client knows it: text alone. The server's
+ * items carry token and fail_code too: fields this client does not know,
+ * as after the server added them.
+ */
+const OldEchoItem = createFileRegistry(
+  create(FileDescriptorProtoSchema, {
+    name: "old/streams.proto",
+    package: "e2e.v1",
+    syntax: "proto3",
+    messageType: [
+      { name: "EchoItem", field: [{ name: "text", jsonName: "text", number: 1, type: FieldDescriptorProto_Type.STRING, label: FieldDescriptorProto_Label.OPTIONAL }] },
+    ],
+  }),
+  () => undefined,
+).getMessage("e2e.v1.EchoItem")!;
 
 /** Collects what a stream yields, and the error that ended it if any. */
 async function collect<T>(s: AsyncIterable<T>): Promise<{ items: T[]; error?: ParleyError }> {
@@ -427,6 +445,22 @@ for (const protocol of ["proto", "json"] as const) {
       assert.deepEqual((await collect(client.count({ count: 1 }))).items.map((r) => r.n), [0]);
       assert.deepEqual(await collect(client.count({ count: 0 })), { items: [] });
       assertNoStreams(conn);
+    });
+
+    test("an item with a field the client's schema lacks (a newer server's) is read, the field ignored, as Go does", async () => {
+      const echo = bidiStream(conn, { ...EchoStream, output: OldEchoItem });
+      await echo.send({ text: "a", token: "a field the old schema lacks" });
+      echo.closeSend();
+      const { items, error } = await within(collect(echo));
+      assert.equal(error, undefined, error?.message);
+      assert.deepEqual(items.map((r) => (r as unknown as { text: string }).text), ["a"]);
+      assertNoStreams(conn);
+    });
+
+    if (protocol == "json") test("an error detail with a field the client's schema lacks is read too", () => {
+      const detail = protocols.json.readDetail({ json: { "@type": "type.googleapis.com/e2e.v1.EchoItem", text: "a", token: "new" } });
+      const err = new ParleyError("aborted", "x", [detail]);
+      assert.deepEqual(err.findDetails(OldEchoItem).map((d) => (d as unknown as { text: string }).text), ["a"]);
     });
 
     test("1,000 short streams in a row, every kind and ending, one shared signal: nothing leaks", async () => {
