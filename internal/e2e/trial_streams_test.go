@@ -1193,3 +1193,51 @@ func TestTrialSocketDropMidStream(t *testing.T) {
 		})
 	}
 }
+
+// TestTrialServerStreamCancelledAsItOpens: a server stream whose context
+// is cancelled while Count opens it fails with canceled, at the open or in
+// Recv; never with a bare io.EOF from the open (which reads as "unknown").
+func TestTrialServerStreamCancelledAsItOpens(t *testing.T) {
+	_, url := trialServer(t, &hookStreams{})
+	for _, enc := range encodings {
+		t.Run(enc.name, func(t *testing.T) {
+			conn, _ := dial(t, url, enc.opts...)
+			sc := e2ev1parley.NewStreamServiceClient(conn)
+			codes := map[string]int{}
+			for k := range 3000 {
+				ctx, cancel := context.WithCancel(context.Background())
+				ready := make(chan struct{})
+				go func() {
+					<-ready
+					for range k % 50 {
+						runtime.Gosched()
+					}
+					cancel()
+				}()
+				close(ready)
+				st, err := sc.Count(ctx, &e2ev1.CountRequest{Count: 1})
+				if err != nil {
+					codes["open "+parley.CodeOf(err).String()]++
+					if parley.CodeOf(err) != parley.CodeCanceled {
+						t.Fatalf("open %d: %v (code %v), want canceled", k, err, parley.CodeOf(err))
+					}
+					cancel()
+					continue
+				}
+				for {
+					_, err := st.Recv()
+					if err == nil {
+						continue
+					}
+					if !errors.Is(err, io.EOF) && parley.CodeOf(err) != parley.CodeCanceled {
+						t.Fatalf("Recv %d: %v, want io.EOF or canceled", k, err)
+					}
+					codes["recv "+fmt.Sprint(err)[:min(8, len(fmt.Sprint(err)))]]++
+					break
+				}
+				cancel()
+			}
+			t.Logf("%v", codes)
+		})
+	}
+}

@@ -2,6 +2,8 @@ package parley
 
 import (
 	"context"
+	"errors"
+	"io"
 
 	"google.golang.org/protobuf/proto"
 )
@@ -140,6 +142,13 @@ func CallServerStream[Res any, PRes protoMessage[Res]](ctx context.Context, conn
 		return nil, err
 	}
 	if err := s.SendMsg(req); err != nil {
+		if errors.Is(err, io.EOF) {
+			// The call ended before its request went out (its context
+			// ended, or its socket closed): its outcome is RecvMsg's.
+			if rerr := s.RecvMsg(PRes(new(Res))); rerr != nil && !errors.Is(rerr, io.EOF) {
+				err = rerr
+			}
+		}
 		_ = s.Close()
 		return nil, err
 	}
