@@ -463,6 +463,49 @@ for (const protocol of ["proto", "json"] as const) {
       assert.deepEqual(err.findDetails(OldEchoItem).map((d) => (d as unknown as { text: string }).text), ["a"]);
     });
 
+    test("large items of multi-byte text, to a reader that reads nothing until all are sent: byte credit counts UTF-8 both ways", async () => {
+      // 40 items of 100,000 characters, 200-400 KB each in UTF-8; the
+      // server's byte window (256 KiB) holds the sender back, the client's
+      // holds the server back. A count in UTF-16 units would overrun them.
+      const text = (i: number) => `${i}:` + ["é", "€", "😀"][i % 3]!.repeat(i % 3 == 2 ? 50_000 : 100_000);
+      const c = connect({ streamBufferBytes: 4 << 20 });
+      try {
+        await within(c.ready);
+        const echo = bidiStream(c, EchoStream);
+        const sends = range(0, 40).map((i) => echo.send({ text: text(i) }));
+        echo.closeSend();
+        // Read only once the sender has stalled: the first sends went out,
+        // the later wait for credit the reader gives.
+        await within(sends[1]!);
+        const { items, error } = await within(collect(echo), 20_000);
+        assert.equal(error, undefined, error?.message);
+        assert.equal(items.length, 40);
+        assert.ok(items.every((r, i) => r.text == text(i)));
+        await within(Promise.all(sends));
+        assertNoStreams(c);
+      } finally {
+        c.close();
+      }
+    });
+
+    test("a send that cannot be encoded rejects invalid_argument (binary; in JSON the server refuses it); a bad request fails its stream", async () => {
+      const sum = client.sum();
+      const bad = sum.send({ value: "not a number" as unknown as bigint });
+      if (protocol == "proto") {
+        await rejectsWith(within(bad), "invalid_argument", /cannot encode/);
+        await sum.send({ value: 4n });
+        assert.equal((await within(sum.closeAndReceive())).sum, 4n);
+      } else {
+        // protobuf-es's toJson writes an int64 as a string without
+        // checking one given as a string: the item goes, and the server,
+        // which cannot decode it, fails the stream.
+        await within(bad);
+        await rejectsWith(within(sum.closeAndReceive()), "invalid_argument", /invalid value for int64/);
+      }
+      await rejectsWith(within(collect(client.count({ count: "x" as unknown as number })).then((r) => Promise.reject(r.error))), "invalid_argument");
+      assertNoStreams(conn);
+    });
+
     test("1,000 short streams in a row, every kind and ending, one shared signal: nothing leaks", async () => {
       const shared = new AbortController();
       const opts = { signal: shared.signal };
@@ -595,3 +638,49 @@ for (const protocol of ["proto", "json"] as const) {
 async function drain(it: AsyncIterator<unknown>) {
   for (let r = await it.next(); !r.done; r = await it.next());
 }
+
+describe("trial: a server shutting down with streams open", () => {
+  test("GoAway: streams in flight go on to their end on the old socket, or fail unavailable when Shutdown's deadline closes it; new ones wait for a new socket", async () => {
+    const server = await startE2EServer();
+    const conns = (["proto", "json"] as const).map((protocol) => new Connection(server.url, { WebSocket, protocol: protocols[protocol], reconnect: { initialDelayMs: 50, maxDelayMs: 200 } }));
+    try {
+      await within(Promise.all(conns.map((c) => c.ready)));
+      let opened!: () => void;
+      const allOpen = new Promise<void>((r) => (opened = r));
+      let n = 0;
+      const runs = conns.map(async (conn) => {
+        const finite = collect(serverStream(conn, Count, { count: 40, delayMs: 25 }));
+        const endless = serverStream(conn, Count, { count: 1_000_000, delayMs: 25 })[Symbol.asyncIterator]();
+        assert.equal((await within(endless.next())).value?.n, 0);
+        const echo = bidiStream(conn, EchoStream);
+        await echo.send({ text: "before" });
+        const echoed = echo[Symbol.asyncIterator]();
+        assert.equal((await within(echoed.next())).value?.text, "before");
+        if (++n == conns.length) opened();
+        await stateWhere(conn, (s) => s.status == "reconnecting", 5000);
+        // After GoAway: the bidi stream on the old socket still works.
+        await echo.send({ text: "after goaway" });
+        assert.equal((await within(echoed.next())).value?.text, "after goaway");
+        echo.closeSend();
+        assert.equal((await within(echoed.next())).done, true);
+        const late = collect(serverStream(conn, Count, { count: 1 }, { timeoutMs: 300 }));
+        const { items, error } = await within(finite, 5000);
+        assert.equal(error, undefined, error?.message);
+        assert.deepEqual(items.map((r) => r.n), range(0, 40));
+        const l = await within(late);
+        assert.equal(l.error?.code, "deadline_exceeded", "no new socket: the server refuses upgrades while it shuts down");
+        await rejectsWith(within(drain(endless), 10_000), "unavailable");
+        assertNoStreams(conn);
+      });
+      // (A stream whose Call reaches the server after its GoAway is
+      // refused, unavailable with not_run: unlike a unary call, it is not
+      // sent again on the new socket.)
+      await within(allOpen);
+      const stopped = server.stop(); // closes its stdin: Shutdown with a 5 s deadline
+      await within(Promise.all(runs), 15_000);
+      await stopped;
+    } finally {
+      for (const c of conns) c.close();
+    }
+  });
+});
