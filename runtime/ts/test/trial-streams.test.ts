@@ -375,6 +375,35 @@ for (const protocol of ["proto", "json"] as const) {
       }
     });
 
+    test("streams waiting for a slot: abort and deadline end them there, sends and closeAndReceive included; the rest start in order", async () => {
+      const c = connect();
+      try {
+        await within(c.ready);
+        const open = range(0, 100).map((i) => serverStream(c, Count, { from: i, count: 1_000_000, delayMs: 20 })[Symbol.asyncIterator]());
+        await within(Promise.all(open.map((it) => it.next())), 10_000);
+        const ac = new AbortController();
+        const aborted = bidiStream(c, EchoStream, { signal: ac.signal });
+        const abortedSend = aborted.send({ text: "never" });
+        const timed = clientStream(c, Sum, { timeoutMs: 100 });
+        void timed.send({ value: 1n });
+        const timedEnd = timed.closeAndReceive();
+        const waiting = clientStream(c, Sum);
+        void waiting.send({ value: 9n });
+        const waitingEnd = waiting.closeAndReceive();
+        ac.abort();
+        await rejectsWith(within(abortedSend), "canceled");
+        await rejectsWith(within(collect(aborted).then((r) => Promise.reject(r.error))), "canceled");
+        await rejectsWith(within(timedEnd), "deadline_exceeded");
+        await open[0]!.return!();
+        assert.equal((await within(waitingEnd)).sum, 9n);
+        await Promise.all(open.map((it) => it.return!()));
+        assertNoStreams(c);
+        await assertSlots(c, 100);
+      } finally {
+        c.close();
+      }
+    });
+
     test("deadlines at the stream limit: 100 streams time out together and 100 new ones start", async () => {
       const c = connect();
       try {
