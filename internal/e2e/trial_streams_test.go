@@ -1241,3 +1241,156 @@ func TestTrialServerStreamCancelledAsItOpens(t *testing.T) {
 		})
 	}
 }
+
+// TestTrialCloseWhileSendingAndReceiving: Close from a third goroutine
+// while one goroutine Sends (often waiting for credit) and another Recvs:
+// both return (Send io.EOF or canceled, Recv canceled), with -race quiet.
+func TestTrialCloseWhileSendingAndReceiving(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	h := &hookStreams{echo: func(ctx context.Context, s *parley.BidiStream[e2ev1.EchoItem, e2ev1.EchoItem]) error {
+		// Echo the first half window, then stop reading: the client's
+		// Sends wait for credit.
+		for range 32 {
+			item, err := s.Recv()
+			if err != nil {
+				return err
+			}
+			if err := s.Send(item); err != nil {
+				return err
+			}
+		}
+		<-ctx.Done()
+		return ctx.Err()
+	}}
+	_, url := trialServer(t, h)
+	for _, enc := range encodings {
+		t.Run(enc.name, func(t *testing.T) {
+			conn, _ := dial(t, url, enc.opts...)
+			sc := e2ev1parley.NewStreamServiceClient(conn)
+			for k := range 50 {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				bidi, err := sc.Echo(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sendErr, recvErr := make(chan error, 1), make(chan error, 1)
+				got := make(chan struct{})
+				go func() {
+					for {
+						if err := bidi.Send(&e2ev1.EchoItem{Text: "x"}); err != nil {
+							sendErr <- err
+							return
+						}
+					}
+				}()
+				go func() {
+					for n := 0; ; n++ {
+						if n == k%32+1 {
+							close(got)
+						}
+						if _, err := bidi.Recv(); err != nil {
+							recvErr <- err
+							return
+						}
+					}
+				}()
+				waitFor(t, "items", got)
+				_ = bidi.Close()
+				if err := waitFor(t, "Send", sendErr); !errors.Is(err, io.EOF) && parley.CodeOf(err) != parley.CodeCanceled {
+					t.Fatalf("Send after Close: %v", err)
+				}
+				wantCode(t, waitFor(t, "Recv", recvErr), parley.CodeCanceled)
+				cancel()
+			}
+			stillUp(t, conn)
+		})
+	}
+}
+
+// TestTrialTinyWindows: windows of one item and of 100 bytes on both
+// sides, items of 10 KB (each larger than the byte window, so each goes
+// alone): everything arrives, in order, in both directions.
+func TestTrialTinyWindows(t *testing.T) {
+	small := []parley.Option{parley.WithStreamWindow(1), parley.WithStreamWindowBytes(100)}
+	var sopts []parley.ServerOption
+	for _, o := range small {
+		sopts = append(sopts, o)
+	}
+	_, url := trialServer(t, &hookStreams{}, sopts...)
+	for _, enc := range encodings {
+		t.Run(enc.name, func(t *testing.T) {
+			copts := append([]parley.ClientOption(nil), enc.opts...)
+			for _, o := range small {
+				copts = append(copts, o)
+			}
+			conn, _ := dial(t, url, copts...)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			bidi, err := e2ev1parley.NewStreamServiceClient(conn).Echo(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const n = 200
+			go func() {
+				for i := range n {
+					if err := bidi.Send(&e2ev1.EchoItem{Text: fmt.Sprintf("%05d%s", i, strings.Repeat("p", 10_000))}); err != nil {
+						t.Errorf("Send %d: %v", i, err)
+						return
+					}
+				}
+				_ = bidi.CloseSend()
+			}()
+			for i := 0; ; i++ {
+				item, err := bidi.Recv()
+				if errors.Is(err, io.EOF) {
+					if i != n {
+						t.Fatalf("%d items, want %d", i, n)
+					}
+					break
+				}
+				if err != nil {
+					t.Fatalf("Recv %d: %v", i, err)
+				}
+				if got := item.GetText()[:5]; got != fmt.Sprintf("%05d", i) {
+					t.Fatalf("item %s, want %05d", got, i)
+				}
+			}
+		})
+	}
+}
+
+// TestTrialMethodTimeoutCoversTheStream: a streaming method's timeout_ms
+// (here on a spec of the user's own for the same procedure) is the
+// stream's deadline when ctx has none: the caller gets deadline_exceeded
+// and so does the handler, through the Call's timeout.
+func TestTrialMethodTimeoutCoversTheStream(t *testing.T) {
+	_, url := trialServer(t, &hookStreams{})
+	spec := &parley.MethodSpec{Procedure: e2ev1parley.StreamServiceEchoProcedure, Kind: parley.StreamBidi, Timeout: 100 * time.Millisecond}
+	for _, enc := range encodings {
+		t.Run(enc.name, func(t *testing.T) {
+			conn, _ := dial(t, url, enc.opts...)
+			start := time.Now()
+			bidi, err := parley.CallBidiStream[e2ev1.EchoItem, e2ev1.EchoItem](context.Background(), conn, spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			token := "method-timeout-" + enc.name
+			if err := bidi.Send(&e2ev1.EchoItem{Text: "x", Token: token}); err != nil {
+				t.Fatal(err)
+			}
+			var end error
+			for end == nil {
+				_, end = bidi.Recv()
+			}
+			wantCode(t, end, parley.CodeDeadlineExceeded)
+			if el := time.Since(start); el < 100*time.Millisecond || el > 3*time.Second {
+				t.Fatalf("ended after %v, want about 100ms", el)
+			}
+			out, err := e2ev1parley.NewStreamServiceClient(conn).StreamOutcome(context.Background(), &e2ev1.StreamOutcomeRequest{Token: token})
+			if err != nil || out.GetOutcome() != "deadline_exceeded" || out.GetItems() != 1 {
+				t.Fatalf("handler's outcome: %v, %v; want deadline_exceeded after 1 item", out, err)
+			}
+		})
+	}
+}

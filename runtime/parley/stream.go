@@ -15,6 +15,13 @@ import (
 //
 // One goroutine may send while another receives; neither SendMsg nor
 // RecvMsg may be called from two goroutines at once.
+//
+// A caller ends a stream by reading it to its end (io.EOF or an error), by
+// Close, or by ending its context. A stream dropped without any of these
+// stays open until the handler returns: a handler still sending waits for
+// credit (with its goroutine, its WithMaxStreams slot, and up to a window
+// of items queued on the caller) until the context ends or the socket
+// closes.
 type Stream struct {
 	s *stream
 }
