@@ -23,6 +23,7 @@ type EchoService struct {
 
 // outcome is what a Sleep call with a token ended with.
 type outcome struct {
+	started    chan struct{} // closed when the call's handler starts
 	done       chan struct{}
 	result     string
 	deadlineMs int64
@@ -36,11 +37,17 @@ func (s *EchoService) outcomeFor(token string) *outcome {
 	}
 	o := s.outcomes[token]
 	if o == nil {
-		o = &outcome{done: make(chan struct{})}
+		o = &outcome{started: make(chan struct{}), done: make(chan struct{})}
 		s.outcomes[token] = o
 	}
 	return o
 }
+
+// Started is closed once the Sleep call with the token has started on the
+// server: a test in the server's process waits on it before it acts on a
+// call in flight (another call's reply proves nothing: the two were sent
+// from different goroutines).
+func (s *EchoService) Started(token string) <-chan struct{} { return s.outcomeFor(token).started }
 
 // Echo returns its request, its text repeated req.Repeat times when that
 // is more than 1.
@@ -61,6 +68,13 @@ func (s *EchoService) Sleep(ctx context.Context, req *e2ev1.SleepRequest) (*e2ev
 	var o *outcome
 	if req.GetToken() != "" {
 		o = s.outcomeFor(req.GetToken())
+		s.mu.Lock()
+		select {
+		case <-o.started: // a token's call may run again (idempotent, re-sent)
+		default:
+			close(o.started)
+		}
+		s.mu.Unlock()
 	}
 	t := time.NewTimer(time.Duration(req.GetMs()) * time.Millisecond)
 	defer t.Stop()

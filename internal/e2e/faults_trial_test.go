@@ -723,10 +723,12 @@ func TestBlockedHandlerEndsWithItsSession(t *testing.T) {
 			_, err := e2ev1parley.NewEchoServiceClient(conn).Sleep(context.Background(), &e2ev1.SleepRequest{Ms: 60_000, Token: token})
 			errc <- err
 		}()
-		// The call is in flight once a call after it on the same socket
-		// came back (frames of one socket are read in order).
-		if _, err := e2ev1parley.NewEchoServiceClient(conn).Echo(context.Background(), &e2ev1.EchoRequest{Text: "x"}); err != nil {
-			t.Fatal(err)
+		select {
+		case <-echo.Started(token):
+		case err := <-errc:
+			t.Fatalf("Sleep(%s) ended before it started on the server: %v", token, err)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("Sleep(%s) did not start on the server within 5s", token)
 		}
 		return errc
 	}
