@@ -925,8 +925,8 @@ func (e *endpoint) fail(cause error) {
 	if e.pingTimer != nil {
 		e.pingTimer.Stop()
 	}
-	e.mu.Unlock()
 	goneAway, goAwayID := e.goneAway != "", e.goAwayID
+	e.mu.Unlock()
 	e.q.close()
 	e.cancel(closeErr)
 	_ = e.bc.Conn.Close()
@@ -934,12 +934,16 @@ func (e *endpoint) fail(cause error) {
 		if goneAway && id > goAwayID {
 			// Above the GoAway's last accepted id, the server never ran
 			// it (its refusal may not have made it out before the close).
-			pc.done <- &Error{code: CodeUnavailable, message: closeErr.Error(), wrapped: errNotSent}
+			pc.done <- &Error{code: CodeUnavailable, message: asError(closeErr).message, wrapped: errNotSent}
 			continue
 		}
 		pc.done <- closeErr
 	}
-	for _, s := range streams {
+	for id, s := range streams {
+		if s.caller && goneAway && id > goAwayID {
+			s.finish(&Error{code: CodeUnavailable, message: asError(closeErr).message, wrapped: errNotSent}) // as a call above
+			continue
+		}
 		s.finish(closeErr)
 	}
 

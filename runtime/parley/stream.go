@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 )
@@ -48,18 +49,71 @@ func (s *Stream) CloseSend() error { return s.s.closeSend() }
 func (s *Stream) Close() error { s.s.abandon(CodeCanceled); return nil }
 
 // ServerStreamClient is the caller's end of a server-streaming call.
-type ServerStreamClient[Res any] struct{ s *Stream }
+//
+// A call that a server going away refused unrun (sent after its GoAway)
+// opens again on the next socket, within the same deadline, as a unary
+// call is sent again: its one request went in the call, so nothing is
+// lost. Once a response has arrived the call ran, and it never opens
+// again.
+type ServerStreamClient[Res any] struct {
+	mu     sync.Mutex // guards s and closed, for Close from another goroutine
+	s      *Stream
+	closed bool
+
+	// Recv's alone: the call's opening, for a refusal; nil once a
+	// response came. stop releases the method's timeout.
+	reopen func() (*Stream, error)
+	stop   context.CancelFunc
+}
 
 // Recv returns the next response, io.EOF after the last, or the call's
 // error.
-func (c *ServerStreamClient[Res]) Recv() (*Res, error) { return recvTyped[Res](c.s) }
+func (c *ServerStreamClient[Res]) Recv() (*Res, error) {
+	for {
+		res, err := recvTyped[Res](c.stream())
+		if err == nil {
+			c.reopen = nil
+			return res, nil
+		}
+		if c.reopen == nil || !errors.Is(err, errNotSent) {
+			c.stop()
+			return nil, err
+		}
+		s, err := c.reopen()
+		if err != nil {
+			c.stop()
+			return nil, err
+		}
+		c.mu.Lock()
+		c.s = s
+		closed := c.closed
+		c.mu.Unlock()
+		if closed {
+			_ = s.Close()
+		}
+	}
+}
+
+func (c *ServerStreamClient[Res]) stream() *Stream {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.s
+}
 
 // Close stops the stream early; the server's handler sees its context
 // cancelled.
-func (c *ServerStreamClient[Res]) Close() error { return c.s.Close() }
+func (c *ServerStreamClient[Res]) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	s := c.s
+	c.mu.Unlock()
+	c.stop()
+	return s.Close()
+}
 
-// Context returns the stream's context.
-func (c *ServerStreamClient[Res]) Context() context.Context { return c.s.Context() }
+// Context returns the stream's context (that of the call opened again,
+// once it was).
+func (c *ServerStreamClient[Res]) Context() context.Context { return c.stream().Context() }
 
 // ClientStreamClient is the caller's end of a client-streaming call.
 type ClientStreamClient[Req, Res any] struct{ s *Stream }
@@ -144,6 +198,19 @@ func recvTyped[T any](s *Stream) (*T, error) {
 // CallServerStream opens a server-streaming call with req. Generated
 // clients call it.
 func CallServerStream[Res any, PRes protoMessage[Res]](ctx context.Context, conn Invoker, spec *MethodSpec, req proto.Message) (*ServerStreamClient[Res], error) {
+	// The method's timeout covers the call, opened again or not.
+	ctx, stop := streamTimeout(ctx, spec)
+	open := func() (*Stream, error) { return openServerStream[Res, PRes](ctx, conn, spec, req) }
+	s, err := open()
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	return &ServerStreamClient[Res]{s: s, reopen: open, stop: stop}, nil
+}
+
+// openServerStream opens a server-streaming call and sends its request.
+func openServerStream[Res any, PRes protoMessage[Res]](ctx context.Context, conn Invoker, spec *MethodSpec, req proto.Message) (*Stream, error) {
 	s, err := conn.NewStream(ctx, spec)
 	if err != nil {
 		return nil, err
@@ -163,7 +230,7 @@ func CallServerStream[Res any, PRes protoMessage[Res]](ctx context.Context, conn
 		_ = s.Close()
 		return nil, err
 	}
-	return &ServerStreamClient[Res]{s: s}, nil
+	return s, nil
 }
 
 // CallClientStream opens a client-streaming call. Generated clients call

@@ -649,7 +649,13 @@ func (s *stream) complete(f *frame) {
 		if code < minCode || code > maxCode {
 			code = CodeUnknown
 		}
-		s.finish(&Error{code: code, message: f.message, details: f.details})
+		err := &Error{code: code, message: f.message, details: f.details}
+		s.e.mu.Lock()
+		if f.notRun || code == CodeUnavailable && s.e.goneAway != "" && f.id > s.e.goAwayID {
+			err.wrapped = errNotSent // refused by a draining server: it never ran
+		}
+		s.e.mu.Unlock()
+		s.finish(err)
 	} else {
 		s.finish(io.EOF)
 	}

@@ -764,29 +764,26 @@ export class Connection {
       this.#draining.delete(s);
       if (this.#state.status == "closed" && !this.#draining.size) this.#arm(Infinity);
     }
-    const back: Pending[] = [];
+    const back: [Pending[], Pending[]] = [[], []];
     for (const p of [...this.#inflight.values()]) {
       if (p.sock != s) continue;
       // After a GoAway the session cannot resume: a call the server
       // accepted (up to its last id) may have run and is never answered,
       // so unless idempotent it fails now, not at its deadline; one it
-      // refused (above that id) never ran, and goes again as new.
+      // refused (above that id) never ran, and goes again as new, as does
+      // a server stream it refused. Other streams end with the socket.
       const gone = s.goneAway;
       const refused = gone !== undefined && p.id > gone;
-      if (p.s || this.#state.status == "closed") {
+      if (this.#state.status == "closed" || (p.s && !(refused && resendable(p)))) {
         p.settle(error);
       } else if (gone !== undefined && !refused && !p.spec.idempotent) {
         p.settle(new ParleyError("unavailable", `${p.spec.procedure}: the server went away with the call in flight`));
       } else {
-        this.#inflight.delete(p.id);
-        s.open[0]--;
         if (!refused) (p.was = p.id), (p.wasIn = s.session?.sessionId);
-        p.id = 0;
-        p.sock = undefined;
-        back.push(p);
+        back[this.#unsend(s, p)]!.push(p);
       }
     }
-    this.#queues[0].unshift(...back);
+    this.#queues.forEach((q, kind) => q.unshift(...back[kind]!));
     this.#in.abort?.(s, error);
     this.#pump();
   }
@@ -939,14 +936,10 @@ export class Connection {
       const p = this.#mine(s, id);
       if (!id) {
         this.#drop(s, err, closeResumable);
-      } else if (p && !p.s && this.#reconnect && err.code == "unavailable" && (frame.error.notRun || (s.goneAway !== undefined && id > s.goneAway))) {
+      } else if (p && resendable(p) && this.#reconnect && err.code == "unavailable" && (frame.error.notRun || (s.goneAway !== undefined && id > s.goneAway))) {
         // Refused by a server going away (Error.not_run, or above GoAway's
         // last accepted id): it never ran; send it elsewhere.
-        this.#inflight.delete(id);
-        s.open[0]--;
-        p.id = 0;
-        p.sock = undefined;
-        this.#queues[0].unshift(p);
+        this.#queues[this.#unsend(s, p)]!.unshift(p);
         this.#pump();
       } else {
         p?.settle(err);
@@ -995,6 +988,19 @@ export class Connection {
   }
 
   /** The call or stream with this id in flight on s. */
+  /**
+   * Takes p, which the server never ran, off socket s to be sent again;
+   * returns its queue (0: calls, 1: streams).
+   */
+  #unsend(s: Sock, p: Pending): number {
+    const kind = p.s ? 1 : 0;
+    this.#inflight.delete(p.id);
+    s.open[kind]--;
+    p.id = 0;
+    p.sock = undefined;
+    return kind;
+  }
+
   #mine(s: Sock, id: number): Pending | undefined {
     const p = this.#inflight.get(id);
     return p?.sock == s ? p : undefined;
@@ -1085,6 +1091,13 @@ function aborted(spec: MethodSpec, signal: AbortSignal): ParleyError {
 }
 
 const noop = () => {};
+
+/**
+ * Whether p may go again on another socket when the server never ran it: a
+ * call, or a server stream, whose one request is in its Call frame. A
+ * client or bidi stream's items already sent went with the socket.
+ */
+const resendable = (p: Pending) => !p.s || p.spec.kind == "server_streaming";
 
 /** A binary message as a plain Uint8Array (a view, never a copy): what messages decoded from it hold, whatever the WebSocket gave. */
 function bytesOf(data: unknown): Uint8Array {

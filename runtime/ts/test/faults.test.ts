@@ -4,6 +4,7 @@
 // encodings through a TCP proxy that cuts each connection after a random
 // number of bytes (mid-handshake, just after Welcome, mid-frame, during a
 // replay) or stalls one direction of it (a half-open socket).
+import { create, toBinary } from "@bufbuild/protobuf";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import net from "node:net";
@@ -74,6 +75,60 @@ describe("GoAway, then the old socket closes with calls unanswered", () => {
       assert.notEqual(b2.id, b.id);
       fresh.send({ reply: { id: b2.id, payload: new Uint8Array() } });
       await within(second);
+      conn.close();
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+describe("GoAway, then streams the server never ran", () => {
+  const fast: ConnectionOptions = { WebSocket, reconnect: { initialDelayMs: 0 } };
+  const item = (n: number) => toBinary(Count.output, create(Count.output, { n }));
+
+  for (const how of ["refused with not_run", "lost with the socket, above GoAway's last id"]) {
+    test(`a server stream ${how} opens again on the new socket: its one request is in its Call`, async () => {
+      const server = await FakeServer.start({ welcome: (_, n) => ({ sessionId: `s${n + 1}`, resumeToken: "t" }) });
+      try {
+        const conn = new Connection(server.url, fast);
+        const old = await server.peer();
+        await within(conn.ready);
+        const it = serverStream(conn, Count, { count: 2 })[Symbol.asyncIterator]();
+        const first = it.next();
+        const c = await expectFrame(old, "call");
+        old.send({ goaway: { reason: "shutdown", lastId: 0 } });
+        if (how.startsWith("refused")) old.send({ error: { id: c.id, code: 14, message: "server is shutting down", notRun: true } });
+        old.ws.close(1001, "going away");
+        const fresh = await server.peer();
+        await fresh.hello;
+        const c2 = await expectFrame(fresh, "call");
+        assert.equal(c2.method, Count.procedure);
+        assert.deepEqual(c2.payload, c.payload, "the same request");
+        fresh.send({ item: { id: c2.id, payload: item(0) } });
+        fresh.send({ item: { id: c2.id, payload: item(1) } });
+        fresh.send({ reply: { id: c2.id } });
+        assert.equal((await within(first)).value?.n, 0);
+        assert.equal((await within(it.next())).value?.n, 1);
+        assert.equal((await within(it.next())).done, true);
+        conn.close();
+      } finally {
+        await server.close();
+      }
+    });
+  }
+
+  test("a bidi stream refused with not_run fails unavailable: items it sent went with the socket", async () => {
+    const server = await FakeServer.start({ welcome: (_, n) => ({ sessionId: `s${n + 1}`, resumeToken: "t" }) });
+    try {
+      const conn = new Connection(server.url, fast);
+      const old = await server.peer();
+      await within(conn.ready);
+      const st = bidiStream(conn, EchoStream);
+      await within(st.send({ text: "a" }));
+      const c = await expectFrame(old, "call");
+      old.send({ goaway: { reason: "shutdown", lastId: 0 } });
+      old.send({ error: { id: c.id, code: 14, message: "server is shutting down", notRun: true } });
+      await rejectsWith(within(st[Symbol.asyncIterator]().next()), "unavailable");
       conn.close();
     } finally {
       await server.close();

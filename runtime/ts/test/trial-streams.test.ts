@@ -702,8 +702,9 @@ describe("trial: a server shutting down with streams open", () => {
         assertNoStreams(conn);
       });
       // (A stream whose Call reaches the server after its GoAway is
-      // refused, unavailable with not_run: unlike a unary call, it is not
-      // sent again on the new socket.)
+      // refused, unavailable with not_run: a server stream goes again on
+      // the new socket, like a unary call; a client or bidi stream fails,
+      // its items sent with the socket. faults.test.ts scripts both.)
       await within(allOpen);
       const stopped = server.stop(); // closes its stdin: Shutdown with a 5 s deadline
       await within(Promise.all(runs), 15_000);
