@@ -60,8 +60,8 @@ type ServerStreamClient[Res any] struct {
 	s      *Stream
 	closed bool
 
-	// Recv's alone: the call's opening, for a refusal; nil once a
-	// response came. stop releases the method's timeout.
+	// Used by Recv alone: reopen opens the call again after a refusal,
+	// nil once a response came; stop releases the method's timeout.
 	reopen func() (*Stream, error)
 	stop   context.CancelFunc
 }
@@ -200,7 +200,16 @@ func recvTyped[T any](s *Stream) (*T, error) {
 func CallServerStream[Res any, PRes protoMessage[Res]](ctx context.Context, conn Invoker, spec *MethodSpec, req proto.Message) (*ServerStreamClient[Res], error) {
 	// The method's timeout covers the call, opened again or not.
 	ctx, stop := streamTimeout(ctx, spec)
-	open := func() (*Stream, error) { return openServerStream[Res, PRes](ctx, conn, spec, req) }
+	open := func() (*Stream, error) {
+		for {
+			// Refused before its request went out: again, on the next
+			// socket (NewStream waits for one; never the same).
+			s, err := openServerStream[Res, PRes](ctx, conn, spec, req)
+			if !errors.Is(err, errNotSent) {
+				return s, err
+			}
+		}
+	}
 	s, err := open()
 	if err != nil {
 		stop()
