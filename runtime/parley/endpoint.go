@@ -930,21 +930,23 @@ func (e *endpoint) fail(cause error) {
 	e.q.close()
 	e.cancel(closeErr)
 	_ = e.bc.Conn.Close()
-	for id, pc := range pending {
+	// Above the GoAway's last accepted id, the server never ran a call or
+	// stream (its refusal may not have made it out before the close).
+	outcome := func(id uint64) error {
 		if goneAway && id > goAwayID {
-			// Above the GoAway's last accepted id, the server never ran
-			// it (its refusal may not have made it out before the close).
-			pc.done <- &Error{code: CodeUnavailable, message: asError(closeErr).message, wrapped: errNotSent}
-			continue
+			return &Error{code: CodeUnavailable, message: asError(closeErr).message, wrapped: errNotSent}
 		}
-		pc.done <- closeErr
+		return closeErr
+	}
+	for id, pc := range pending {
+		pc.done <- outcome(id)
 	}
 	for id, s := range streams {
-		if s.caller && goneAway && id > goAwayID {
-			s.finish(&Error{code: CodeUnavailable, message: asError(closeErr).message, wrapped: errNotSent}) // as a call above
-			continue
+		if s.caller {
+			s.finish(outcome(id))
+		} else {
+			s.finish(closeErr)
 		}
-		s.finish(closeErr)
 	}
 
 }
@@ -1014,6 +1016,24 @@ func (pc *pendingCall) release() {
 	pendingPool.Put(pc)
 }
 
+// callError is the outcome an Error frame f gives the call or stream it
+// answers: an unknown code reads as CodeUnknown, and a refusal by a
+// server going away (not_run, or unavailable above its GoAway's last
+// accepted id) is marked errNotSent: the call never ran.
+func (e *endpoint) callError(f *frame) *Error {
+	code := f.code
+	if code < minCode || code > maxCode {
+		code = CodeUnknown
+	}
+	err := &Error{code: code, message: f.message, details: f.details}
+	e.mu.Lock()
+	if f.notRun || code == CodeUnavailable && e.goneAway != "" && f.id > e.goAwayID {
+		err.wrapped = errNotSent
+	}
+	e.mu.Unlock()
+	return err
+}
+
 // complete delivers a reply or error to its pending call. A reply for an id
 // no longer pending (the caller gave up) is dropped.
 func (e *endpoint) complete(f *frame) {
@@ -1025,17 +1045,7 @@ func (e *endpoint) complete(f *frame) {
 		return
 	}
 	if f.kind == kindError {
-		code := f.code
-		if code < minCode || code > maxCode {
-			code = CodeUnknown
-		}
-		err := &Error{code: code, message: f.message, details: f.details}
-		e.mu.Lock()
-		if f.notRun || code == CodeUnavailable && e.goneAway != "" && f.id > e.goAwayID {
-			err.wrapped = errNotSent // refused by a draining server: it never ran
-		}
-		e.mu.Unlock()
-		pc.done <- err
+		pc.done <- e.callError(f)
 		return
 	}
 	var err error

@@ -645,17 +645,7 @@ func (s *stream) complete(f *frame) {
 	}
 	s.mu.Unlock()
 	if f.kind == kindError {
-		code := f.code
-		if code < minCode || code > maxCode {
-			code = CodeUnknown
-		}
-		err := &Error{code: code, message: f.message, details: f.details}
-		s.e.mu.Lock()
-		if f.notRun || code == CodeUnavailable && s.e.goneAway != "" && f.id > s.e.goAwayID {
-			err.wrapped = errNotSent // refused by a draining server: it never ran
-		}
-		s.e.mu.Unlock()
-		s.finish(err)
+		s.finish(s.e.callError(f))
 	} else {
 		s.finish(io.EOF)
 	}
