@@ -987,7 +987,6 @@ export class Connection {
     // Pong and StreamEnd (servers end calls with Reply or Error) need nothing.
   }
 
-  /** The call or stream with this id in flight on s. */
   /**
    * Takes p, which the server never ran, off socket s to be sent again;
    * returns its queue (0: calls, 1: streams).
@@ -1001,6 +1000,7 @@ export class Connection {
     return kind;
   }
 
+  /** The call or stream with this id in flight on s. */
   #mine(s: Sock, id: number): Pending | undefined {
     const p = this.#inflight.get(id);
     return p?.sock == s ? p : undefined;
