@@ -82,6 +82,7 @@ type config struct {
 	resumeWindow   time.Duration
 	resumeEvents   int
 	resumeReplies  int // bytes
+	resumeMemory   int // bytes; 0 for no bound
 	maxHandshakes  int
 	onOnline       func(userID string)
 	onOffline      func(userID string)
@@ -113,6 +114,7 @@ func defaultConfig() config {
 		resumeWindow:     DefaultResumeWindow,
 		resumeEvents:     DefaultResumeEvents,
 		resumeReplies:    DefaultResumeReplyBytes,
+		resumeMemory:     DefaultResumeMemory,
 		maxHandshakes:    DefaultMaxHandshakes,
 		maxStreams:       DefaultMaxStreams,
 		callTimeout:      DefaultCallTimeout,
@@ -393,6 +395,21 @@ func WithResume(window time.Duration, events int) ServerOption {
 // instead of running twice. Errors count nothing.
 func WithResumeReplyBytes(n int) ServerOption {
 	return serverOption(func(c *config) { c.resumeReplies = n })
+}
+
+// WithResumeMemory bounds what the sessions waiting for their clients to
+// resume them hold, all together (DefaultResumeMemory, 256 MiB): each its
+// kept events and replies (see WithResume and WithResumeReplyBytes) and
+// 2 KiB for itself. Sessions outlive their sockets for the resume window,
+// so without it a client opening sessions and dropping their sockets in a
+// loop, or many clients whose sessions each keep megabytes, would hold the
+// server's memory for that long. When the waiting sessions hold more, the
+// ones that have waited longest end, as if their window had passed, until
+// the rest fit: their clients come back to new sessions (resumed = false)
+// and resync. Sessions with a socket attached do not count. 0 sets no
+// bound.
+func WithResumeMemory(n int) ServerOption {
+	return serverOption(func(c *config) { c.resumeMemory = n })
 }
 
 // WithPresenceHooks sets functions called when a user's first connection

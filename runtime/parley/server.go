@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
@@ -38,6 +39,9 @@ type Server struct {
 	upgrader websocket.Upgrader
 	broker   Broker
 	hub      *hub
+	// waiting counts what the sessions waiting to be resumed hold
+	// (WithResumeMemory).
+	waiting *waitingSessions
 
 	methods methodTable
 	flusher flusher // writes events (not with WithWriteDelay)
@@ -69,6 +73,11 @@ func NewServer(opts ...ServerOption) *Server {
 		s.broker = NewLocalBroker()
 	}
 	s.hub = newHub(s)
+	limit := s.cfg.resumeMemory
+	if limit <= 0 {
+		limit = math.MaxInt
+	}
+	s.waiting = newWaitingSessions(limit)
 	if err := s.broker.Subscribe(s.hub.deliver); err != nil {
 		s.cfg.logger.Error("parley: subscribing to the broker", "err", err)
 	}

@@ -65,6 +65,10 @@ type session struct {
 	// attached yet, the offset its replay starts after: events keeps
 	// every later event, whatever its bound, until the socket attaches.
 	resuming map[*endpoint]uint64
+	// waiting is whether the session counts itself among the server's
+	// sessions waiting to be resumed (srv.waiting, WithResumeMemory): no
+	// socket is attached or about to attach, and it has not ended.
+	waiting bool
 }
 
 // sessionEvent is an event kept for replay.
@@ -151,6 +155,7 @@ func (s *session) hold(e *endpoint) {
 // holdLocked keeps every event after lastOffset for e until it attaches
 // (or release). s.mu is held.
 func (s *session) holdLocked(e *endpoint, lastOffset uint64) {
+	s.stopWaitingLocked()
 	if s.resuming == nil {
 		s.resuming = make(map[*endpoint]uint64)
 	}
@@ -220,6 +225,7 @@ func (s *session) attach(e *endpoint, lastOffset uint64) {
 		old.abort(closeNormal, "session resumed on another socket")
 	}
 	s.cur = e
+	s.stopWaitingLocked()
 	if s.expiry != nil {
 		s.expiry.Stop()
 		s.expiry = nil
@@ -252,8 +258,14 @@ func (s *session) detach(e *endpoint, resumable bool) {
 }
 
 // armExpiryLocked ends the session after the resume window, unless a
-// socket attaches or is about to (reserve) meanwhile.
+// socket attaches or is about to (reserve) meanwhile. Until then the
+// session waits, counted against WithResumeMemory, unless a socket is
+// about to attach already.
 func (s *session) armExpiryLocked() {
+	if len(s.resuming) == 0 {
+		s.waiting = true
+		s.srv.waiting.put(s, s.heldLocked())
+	}
 	var t *time.Timer
 	t = time.AfterFunc(s.srv.cfg.resumeWindow, func() {
 		s.mu.Lock()
@@ -278,6 +290,7 @@ func (s *session) end() {
 		return
 	}
 	s.ended = true
+	s.stopWaitingLocked()
 	if s.expiry != nil {
 		s.expiry.Stop()
 	}
@@ -285,6 +298,39 @@ func (s *session) end() {
 	s.mu.Unlock()
 	s.srv.hub.remove(s)
 	s.cancel()
+}
+
+// evict ends s, which the server's waiting sessions let go of to stay
+// within limit (WithResumeMemory), unless a socket took it up meanwhile.
+func (s *session) evict(limit int) {
+	s.mu.Lock()
+	waiting := s.cur == nil && !s.ended && len(s.resuming) == 0
+	s.mu.Unlock()
+	if waiting {
+		s.srv.cfg.logger.Warn("parley: a session waiting to be resumed ended early: the sessions waiting hold more than WithResumeMemory", "session", s.id, "limit", limit)
+		s.end()
+	}
+}
+
+// heldLocked is what s holds for a resume, besides its own structures:
+// its kept events (as a replay counts them) and replies. s.mu is held.
+func (s *session) heldLocked() int { return s.eventBytes + s.replyBytes }
+
+// heldChangedLocked counts s again among the waiting sessions, if it
+// waits, after its events or replies changed. s.mu is held.
+func (s *session) heldChangedLocked() {
+	if s.waiting {
+		s.srv.waiting.put(s, s.heldLocked())
+	}
+}
+
+// stopWaitingLocked counts s out of the waiting sessions: a socket
+// attached or is about to, or it ended. s.mu is held.
+func (s *session) stopWaitingLocked() {
+	if s.waiting {
+		s.waiting = false
+		s.srv.waiting.remove(s)
+	}
 }
 
 // deliverEvent numbers an event for this session, keeps it for replay and
@@ -342,6 +388,7 @@ func (s *session) deliverEvent(ev *eventData) {
 			s.events = append(s.events, se)
 			s.eventBytes += replayBytes(se)
 		}
+		s.heldChangedLocked()
 	}
 	if s.cur != nil {
 		s.sendEventLocked(s.cur, se)
@@ -500,6 +547,7 @@ func (s *session) keepReply(id uint64, r sessionReply) {
 				old, r.size, s.srv.cfg.resumeReplies)}
 		}
 	}
+	s.heldChangedLocked()
 }
 
 // replaced records that call id's outcome was too large for its client
@@ -511,6 +559,7 @@ func (s *session) replaced(id uint64, method string, err *Error) {
 	if r, ok := s.replies[id]; ok && r.method == method {
 		s.replyBytes -= r.size
 		s.replies[id] = sessionReply{method: method, err: err}
+		s.heldChangedLocked()
 	}
 }
 
