@@ -1,5 +1,6 @@
-// Command e2eserver serves e2e.v1.EchoService, StreamService and PushService for the Node and browser
-// tests. It listens on 127.0.0.1 on a free port (or -addr), prints its
+// Command e2eserver serves e2e.v1.EchoService, StreamService, PushService and EventService for the
+// Node and browser tests; with -auth it authenticates connections with
+// e2e.Authenticate. It listens on 127.0.0.1 on a free port (or -addr), prints its
 // WebSocket URL as the first line on stdout, serves static files from
 // -static at / when given, and exits when stdin closes or on SIGINT/SIGTERM.
 package main
@@ -25,12 +26,18 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "address to listen on")
 	static := flag.String("static", "", "directory to serve at / (for browser tests)")
+	auth := flag.Bool("auth", false, "authenticate connections with e2e.Authenticate")
 	flag.Parse()
 
-	srv := parley.NewServer(parley.WithAllowedOrigins("*"))
+	opts := []parley.ServerOption{parley.WithAllowedOrigins("*")}
+	if *auth {
+		opts = append(opts, parley.WithAuthenticate(e2e.Authenticate))
+	}
+	srv := parley.NewServer(opts...)
 	e2ev1parley.RegisterEchoServiceServer(srv, &e2e.EchoService{})
 	e2ev1parley.RegisterStreamServiceServer(srv, &e2e.StreamService{})
 	e2ev1parley.RegisterPushServiceServer(srv, &e2e.PushService{Events: e2ev1parley.NewClientEventsPublisher(srv)})
+	e2ev1parley.RegisterEventServiceServer(srv, &e2e.EventService{Notes: e2ev1parley.NewNotesPublisher(srv)})
 	mux := http.NewServeMux()
 	mux.Handle("/parley", srv)
 	if *static != "" {
