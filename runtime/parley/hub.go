@@ -30,7 +30,12 @@ const CloseWriteTimeout = closeWriteTimeout
 // not sockets, are members: a client that reconnects and resumes keeps its
 // rooms and does not flap offline. mu guards the maps; presenceMu
 // serializes presence updates so the hooks see a user's transitions in the
-// order they happened.
+// order they happened. A session's roomsMu (held before mu, never the other
+// way) orders its joins, leaves and removal, each with its broker call, so
+// that the broker's members agree with the hub's: a Join racing the
+// session's end either lands before it (and the end leaves the room) or
+// fails with not_found, and never records a member the broker keeps for
+// ever.
 type hub struct {
 	s *Server
 
@@ -86,9 +91,11 @@ func (h *hub) add(sn *session) {
 // may go offline.
 func (h *hub) remove(sn *session) {
 	ctx := context.Background()
+	sn.roomsMu.Lock()
 	h.mu.Lock()
 	if h.sessions[sn.id] != sn {
 		h.mu.Unlock()
+		sn.roomsMu.Unlock()
 		return
 	}
 	delete(h.sessions, sn.id)
@@ -113,6 +120,7 @@ func (h *hub) remove(sn *session) {
 			h.s.cfg.logger.Error("parley: broker: leaving a room", "room", room, "err", err)
 		}
 	}
+	sn.roomsMu.Unlock()
 	if user == "" {
 		return
 	}
@@ -132,6 +140,8 @@ func (h *hub) remove(sn *session) {
 var errNoConn = errors.New("no such connection")
 
 func (h *hub) join(ctx context.Context, sn *session, room string) error {
+	sn.roomsMu.Lock()
+	defer sn.roomsMu.Unlock()
 	h.mu.Lock()
 	if h.sessions[sn.id] != sn {
 		h.mu.Unlock()
@@ -150,6 +160,8 @@ func (h *hub) join(ctx context.Context, sn *session, room string) error {
 }
 
 func (h *hub) leave(ctx context.Context, sn *session, room string) error {
+	sn.roomsMu.Lock()
+	defer sn.roomsMu.Unlock()
 	h.mu.Lock()
 	delete(h.rooms[room], sn)
 	if len(h.rooms[room]) == 0 {

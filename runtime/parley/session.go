@@ -46,6 +46,9 @@ type session struct {
 	peer   *Peer
 	ctx    context.Context
 	cancel context.CancelFunc
+	// roomsMu orders the session's room joins and leaves and its removal
+	// from the hub, each with its broker call (see hub).
+	roomsMu sync.Mutex
 
 	mu     sync.Mutex
 	cur    *endpoint // the attached socket, nil while away
