@@ -1395,3 +1395,52 @@ func TestTrialEventMisuse(t *testing.T) {
 		})
 	}
 }
+
+// TestTrialInterceptorAddingMetadataEverywhere: the README's interceptor
+// works on both sides; one that adds metadata to whatever it sees (a
+// trace id, the documented use) must not break the calls a client sent
+// without metadata, nor events on either side.
+func TestTrialInterceptorAddingMetadataEverywhere(t *testing.T) {
+	for _, enc := range encodings {
+		t.Run(enc.name, func(t *testing.T) {
+			var seen sync.Map
+			tracing := func(next parley.UnaryFunc) parley.UnaryFunc {
+				return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+					ci, _ := parley.CallInfoFromContext(ctx)
+					if _, ok := ci.Metadata["trace-id"]; !ok {
+						ci.Metadata["trace-id"] = ci.Side.String()
+					}
+					seen.Store(fmt.Sprintf("%s event=%v", ci.Side, ci.Event), ci.Metadata["trace-id"])
+					return next(ctx, req)
+				}
+			}
+			fx := newEvTrial(t, parley.WithInterceptors(tracing))
+			fx.do = func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+				ci, _ := parley.CallInfoFromContext(ctx)
+				return &e2ev1.EchoResponse{Text: ci.Metadata["trace-id"]}, nil
+			}
+			// A client without interceptors sends calls without metadata.
+			plain := fx.dialEv(t, "pam", enc.opts...)
+			if got := plain.call(t, evDoSpec, ""); got != "server" {
+				t.Errorf("a call without metadata: the handler saw trace-id %q, want server", got)
+			}
+			traced := fx.dialEv(t, "ted", append([]parley.ClientOption{parley.WithInterceptors(tracing)}, enc.opts...)...)
+			if got := traced.call(t, evDoSpec, ""); got != "client" {
+				t.Errorf("a traced call: the handler saw trace-id %q, want client", got)
+			}
+			if err := fx.pub.Tick(context.Background(), parley.ToAll(), &e2ev1.TickEvent{Seq: 1}); err != nil {
+				t.Fatalf("Publish through an interceptor adding metadata: %v", err)
+			}
+			for _, c := range []*evClient{plain, traced} {
+				if got := fx.barrier(t, c); !slices.Equal(got, []int32{1}) {
+					t.Errorf("client %s got %v, want [1]", c.user, got)
+				}
+			}
+			for _, k := range []string{"server event=false", "server event=true", "client event=false", "client event=true"} {
+				if _, ok := seen.Load(k); !ok {
+					t.Errorf("the interceptor never saw a %s", k)
+				}
+			}
+		})
+	}
+}

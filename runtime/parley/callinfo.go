@@ -33,7 +33,10 @@ type CallInfo struct {
 	// before an id is assigned.
 	ID uint64
 	// Metadata is the call's request metadata. Client interceptors may add
-	// to it; handlers read what the client sent.
+	// to it (it goes with the call); handlers read what the client sent,
+	// and what server interceptors added. Interceptors never see it nil,
+	// so one that adds to it works on every call and event; events carry
+	// no metadata, so theirs starts empty and what is added goes nowhere.
 	Metadata map[string]string
 	// Peer is the connection a server handler serves; nil on clients.
 	Peer *Peer
@@ -50,6 +53,15 @@ type callInfoKey struct{}
 func CallInfoFromContext(ctx context.Context) (*CallInfo, bool) {
 	ci, ok := ctx.Value(callInfoKey{}).(*CallInfo)
 	return ci, ok
+}
+
+// interceptedMetadata is md, or an empty map when md is nil and
+// interceptors will see it (see CallInfo.Metadata).
+func interceptedMetadata(md map[string]string, interceptors []Interceptor) map[string]string {
+	if md == nil && len(interceptors) > 0 {
+		return map[string]string{}
+	}
+	return md
 }
 
 func withCallInfo(ctx context.Context, ci *CallInfo) context.Context {

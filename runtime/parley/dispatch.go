@@ -220,5 +220,6 @@ func (e *endpoint) acceptEvent(f *frame) {
 			return
 		}
 	}
-	e.events.push(queuedEvent{m: m, req: req, ci: &CallInfo{Spec: m.spec, Side: e.side, Event: true, method: m}, size: len(f.payload)})
+	ci := &CallInfo{Spec: m.spec, Side: e.side, Event: true, Metadata: interceptedMetadata(nil, e.cfg.interceptors), method: m}
+	e.events.push(queuedEvent{m: m, req: req, ci: ci, size: len(f.payload)})
 }

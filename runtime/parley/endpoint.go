@@ -625,7 +625,7 @@ func (e *endpoint) acceptCall(f *frame) {
 		return
 	}
 	if m.stream != nil {
-		ci := &CallInfo{Spec: m.spec, Side: e.side, ID: f.id, Metadata: f.metadata, Peer: e.peer, method: m}
+		ci := &CallInfo{Spec: m.spec, Side: e.side, ID: f.id, Metadata: interceptedMetadata(f.metadata, e.cfg.interceptors), Peer: e.peer, method: m}
 		e.mu.Lock()
 		draining := e.draining
 		e.mu.Unlock()
@@ -662,7 +662,7 @@ func (e *endpoint) acceptCall(f *frame) {
 	if e.sess != nil {
 		parent = e.sess.ctx // calls outlive the socket when the session resumes
 	}
-	c := &callCtx{ci: CallInfo{Spec: m.spec, Side: e.side, ID: f.id, Metadata: f.metadata, Peer: e.peer, method: m}, parent: parent, req: req}
+	c := &callCtx{ci: CallInfo{Spec: m.spec, Side: e.side, ID: f.id, Metadata: interceptedMetadata(f.metadata, e.cfg.interceptors), Peer: e.peer, method: m}, parent: parent, req: req}
 	if f.timeoutMs > 0 {
 		c.hasDeadline, c.deadline = true, time.Now().Add(time.Duration(f.timeoutMs)*time.Millisecond)
 	}

@@ -20,7 +20,7 @@ func (s *Server) Publish(ctx context.Context, target Target, spec *MethodSpec, e
 	if len(s.cfg.interceptors) == 0 {
 		return s.publish(ctx, target, spec, event)
 	}
-	ci := &CallInfo{Spec: spec, Side: SideServer, Event: true}
+	ci := &CallInfo{Spec: spec, Side: SideServer, Event: true, Metadata: map[string]string{}}
 	call := chain(func(ctx context.Context, ev proto.Message) (proto.Message, error) {
 		return nil, s.publish(ctx, target, spec, ev)
 	}, s.cfg.interceptors)
