@@ -1444,3 +1444,250 @@ func TestTrialInterceptorAddingMetadataEverywhere(t *testing.T) {
 		})
 	}
 }
+
+// TestTrialPresenceAcrossShutdown: connections opening while the server
+// shuts down. Once Shutdown has returned and the sockets are gone, every
+// user is offline, and each user's hooks alternate online, offline,
+// ending offline: no connection caught mid-handshake is left online.
+func TestTrialPresenceAcrossShutdown(t *testing.T) {
+	for round := range 3 {
+		fx := newEvTrial(t)
+		const dialers = 24
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		var opened atomic.Int64
+		for i := range dialers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				for k := 0; ; k++ {
+					c, err := fx.tryDial(fmt.Sprintf("s%d", i), nil, append([]parley.ClientOption{parley.WithoutReconnect()}, encodings[k%2].opts...)...)
+					if err != nil {
+						return // the server is shutting down
+					}
+					opened.Add(1)
+					defer c.conn.Close()
+				}
+			}()
+		}
+		close(start)
+		eventually(t, "connections opening", func() bool { return opened.Load() >= dialers })
+		fx.stop()
+		wg.Wait()
+		for i := range dialers {
+			user := fmt.Sprintf("s%d", i)
+			if isOnline(t, fx.srv, user) {
+				t.Errorf("round %d: %s online after Shutdown", round, user)
+			}
+			eventually(t, user+"'s hooks settled", func() bool {
+				p := fx.presenceOf(user)
+				return len(p)%2 == 0
+			})
+			for k, s := range fx.presenceOf(user) {
+				if want := []string{"on:", "off:"}[k%2] + user; s != want {
+					t.Fatalf("round %d: presence of %s: %v", round, user, fx.presenceOf(user))
+				}
+			}
+		}
+	}
+}
+
+// TestTrialSlowEventHandler: a client whose event handler stalls while
+// the server publishes megabytes to it. The client stops reading, the
+// server cuts it off as a slow consumer (4001) and it reconnects; once the
+// handler resumes, the events it gets are in publish order without
+// duplicates, and any it missed it was told about (a reconnect that did
+// not resume). Others are not slowed down meanwhile.
+func TestTrialSlowEventHandler(t *testing.T) {
+	fx := newEvTrial(t, parley.WithSendQueueBytes(64<<10), parley.WithResume(5*time.Second, 64))
+	fast := fx.dialEv(t, "fast")
+	release := make(chan struct{})
+	stalled := make(chan struct{})
+	var once sync.Once
+	c, err := fx.tryDial("slow", func(context.Context, *e2ev1.TickEvent) {
+		once.Do(func() { close(stalled); <-release })
+	}, parley.WithEventQueueBytes(1), parley.WithReconnect(parley.Backoff{Initial: time.Millisecond, Max: 10 * time.Millisecond, Multiplier: 2}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.conn.Close()
+	var stMu sync.Mutex
+	var states []parley.ConnState
+	c.conn.OnStateChange(func(st parley.ConnState) {
+		stMu.Lock()
+		states = append(states, st)
+		stMu.Unlock()
+	})
+	ctx := context.Background()
+	const n = 600
+	for i := range int32(n) {
+		ev := &e2ev1.TickEvent{Seq: i + 1}
+		ev.ProtoReflect().SetUnknown(append([]byte{0xfa, 0x01, 0x80, 0x40}, make([]byte, 8192)...)) // field 31, 8 KiB
+		if err := fx.pub.Tick(ctx, parley.ToUser("slow"), ev); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			<-stalled
+		}
+		if i%100 == 99 { // the others get theirs meanwhile
+			if got := fx.barrier(t, fast); len(got) != 0 {
+				t.Fatalf("fast got %v", got)
+			}
+		}
+	}
+	close(release)
+	// Markers to the user until one arrives: an event published while the
+	// client is between sessions goes to the old one, and is lost with it
+	// (the client is told: it did not resume).
+	mark := int32(n + 1)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if err := fx.pub.Tick(ctx, parley.ToUser("slow"), &e2ev1.TickEvent{Seq: mark}); err != nil {
+			t.Fatal(err)
+		}
+		c.mu.Lock()
+		done := len(c.seqs) > 0 && c.seqs[len(c.seqs)-1] > n
+		c.mu.Unlock()
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			stMu.Lock()
+			t.Fatalf("no marker arrived; got %d events; states %+v; client state %+v", len(c.seqs), states, c.conn.State())
+		}
+		select {
+		case <-c.arrived:
+		case <-time.After(20 * time.Millisecond): // polling, bounded by the deadline
+		}
+		mark++
+	}
+	got := c.take()
+	stMu.Lock()
+	defer stMu.Unlock()
+	lost := false
+	for _, st := range states {
+		if st.Status == parley.StatusOpen && st.Reconnected && !st.Resumed {
+			lost = true
+		}
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i] <= got[i-1] {
+			t.Fatalf("event %d after %d: duplicated or reordered", got[i], got[i-1])
+		}
+	}
+	published := 0 // of the n published while the handler stalled
+	for _, s := range got {
+		if s <= n {
+			published++
+		}
+	}
+	if published != n && !lost {
+		t.Errorf("%d of %d events arrived and the client was never told it missed some (states %v)", published, n, states)
+	}
+	t.Logf("slow handler: %d of %d events, %d state changes, told of a loss: %v", published, n, len(states), lost)
+}
+
+// TestTrialPresenceHooksPublish: the chat pattern, hooks that tell
+// everyone a user came online or went offline, and greet the user. The
+// watcher gets each user's notices in order (online before offline), and
+// a user's first device gets its greeting, even when the hook runs before
+// its socket is attached.
+func TestTrialPresenceHooksPublish(t *testing.T) {
+	for _, enc := range encodings {
+		t.Run(enc.name, func(t *testing.T) {
+			var fx *evTrial
+			userNo := func(u string) int32 {
+				var k int32
+				fmt.Sscanf(u, "p%d", &k)
+				return k
+			}
+			fx = newEvTrial(t, parley.WithPresenceHooks(func(u string) {
+				ctx := context.Background()
+				if u == "watcher" {
+					return
+				}
+				if err := fx.pub.Tick(ctx, parley.ToUser("watcher"), &e2ev1.TickEvent{Seq: 1000 + userNo(u)}); err != nil {
+					t.Errorf("publish from the online hook: %v", err)
+				}
+				if err := fx.pub.Tick(ctx, parley.ToUser(u), &e2ev1.TickEvent{Seq: 3000 + userNo(u)}); err != nil {
+					t.Errorf("greeting from the online hook: %v", err)
+				}
+			}, func(u string) {
+				if u == "watcher" {
+					return
+				}
+				if err := fx.pub.Tick(context.Background(), parley.ToUser("watcher"), &e2ev1.TickEvent{Seq: 2000 + userNo(u)}); err != nil {
+					t.Errorf("publish from the offline hook: %v", err)
+				}
+			}))
+			w := fx.dialEv(t, "watcher", enc.opts...)
+			const users = 10
+			var wg sync.WaitGroup
+			for k := 1; k <= users; k++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c, err := fx.tryDial(fmt.Sprintf("p%d", k), nil, enc.opts...)
+					if err != nil {
+						t.Errorf("Dial: %v", err)
+						return
+					}
+					c.waitN(t, 1)
+					if got := c.take(); got[0] != int32(3000+k) {
+						t.Errorf("p%d's first event: %v, want its greeting", k, got)
+					}
+					_ = c.conn.Close()
+				}()
+			}
+			wg.Wait()
+			w.waitN(t, 2*users)
+			got := w.take()
+			for k := 1; k <= users; k++ {
+				on, off := slices.Index(got, int32(1000+k)), slices.Index(got, int32(2000+k))
+				if on < 0 || off < on {
+					t.Errorf("watcher's notices of p%d: online at %d, offline at %d in %v", k, on, off, got)
+				}
+			}
+		})
+	}
+}
+
+// TestTrialShutdownWaitsForOfflineHooks: a server shutting down ends every
+// session, so its users go offline; an application that records presence
+// (a database, a shared cache) must have seen every offline transition by
+// the time Shutdown returns, or a process exiting after it leaves those
+// users online for ever. A hook that never returns holds Shutdown only
+// until its ctx ends.
+func TestTrialShutdownWaitsForOfflineHooks(t *testing.T) {
+	var fx *evTrial
+	fx = newEvTrial(t, parley.WithPresenceHooks(func(u string) { fx.note("on:" + u) }, func(u string) {
+		runtime.Gosched() // a hook that takes a moment, as a database write does
+		fx.note("off:" + u)
+	}))
+	const users = 8
+	for k := range users {
+		fx.dialEv(t, fmt.Sprintf("z%d", k), encodings[k%2].opts...)
+	}
+	for k := range users {
+		fx.waitPresence(t, fmt.Sprintf("z%d", k), 1)
+	}
+	fx.stop() // Shutdown: the clients are still connected
+	for k := range users {
+		u := fmt.Sprintf("z%d", k)
+		if got := fx.presenceOf(u); !slices.Equal(got, []string{"on:" + u, "off:" + u}) {
+			t.Errorf("when Shutdown returned, the hooks had seen %v of %s", got, u)
+		}
+	}
+
+	// A hook that blocks: Shutdown returns at its ctx's end.
+	release := make(chan struct{})
+	defer close(release)
+	fx2 := newEvTrial(t, parley.WithPresenceHooks(nil, func(string) { <-release }))
+	fx2.dialEv(t, "stuck")
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := within(t, "Shutdown with a blocked hook", func() error { return fx2.srv.Shutdown(ctx) }); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown with an offline hook that never returns: %v, want context.DeadlineExceeded", err)
+	}
+}

@@ -301,7 +301,10 @@ func (e *endpoint) pushEvent(f outFrame) {
 // hookRunner calls presence hooks one at a time, in order, on a goroutine
 // of its own, which exists only while hooks are queued. A hook that panics
 // is logged (what names the hooks) and the next one runs: the application's
-// bug must not take the process down.
+// bug must not take the process down. The queue is not bounded: it holds a
+// hook per transition while one blocks (documented on WithPresenceHooks),
+// as bounding it would lose transitions or hold up handshakes. mu guards
+// the fields below it.
 type hookRunner struct {
 	what string
 	log  *slog.Logger
@@ -309,7 +312,7 @@ type hookRunner struct {
 	mu      sync.Mutex
 	queue   []func()
 	running bool
-	wg      sync.WaitGroup
+	idle    chan struct{} // closed when the running goroutine exits
 }
 
 func (r *hookRunner) run(fn func()) {
@@ -318,17 +321,35 @@ func (r *hookRunner) run(fn func()) {
 	r.queue = append(r.queue, fn)
 	if !r.running {
 		r.running = true
-		r.wg.Add(1)
-		go r.loop()
+		r.idle = make(chan struct{})
+		go r.loop(r.idle)
 	}
 }
 
-func (r *hookRunner) loop() {
-	defer r.wg.Done()
+// wait returns once no hook is queued or running, or with ctx's error when
+// it ends first.
+func (r *hookRunner) wait(ctx context.Context) error {
+	for {
+		r.mu.Lock()
+		running, idle := r.running, r.idle
+		r.mu.Unlock()
+		if !running {
+			return nil
+		}
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (r *hookRunner) loop(idle chan struct{}) {
 	for {
 		r.mu.Lock()
 		if len(r.queue) == 0 {
 			r.running = false
+			close(idle)
 			r.mu.Unlock()
 			return
 		}

@@ -417,7 +417,11 @@ func WithResumeMemory(n int) ServerOption {
 // with a shared broker. They run one at a time, in the order the
 // transitions happened, on a goroutine of their own; either may be nil.
 // A panic in one is logged (WithLogger, at error level) and does not stop
-// the server or the hooks after it.
+// the server or the hooks after it. One that blocks holds up the hooks
+// after it (not connections, calls or events): they wait in memory, one
+// per transition, until it returns, so keep hooks quick and hand slow work
+// to a goroutine of your own. Server.Shutdown waits for the hooks queued,
+// within its ctx.
 func WithPresenceHooks(online, offline func(userID string)) ServerOption {
 	return serverOption(func(c *config) { c.onOnline, c.onOffline = online, offline })
 }

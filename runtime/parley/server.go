@@ -423,7 +423,9 @@ func newSessionID() string {
 // Shutdown stops the server gracefully: it refuses new connections, sends
 // GoAway to every client, answers new calls with unavailable, waits for
 // calls in flight to finish, then closes every socket with 1001 (going
-// away). If ctx ends first, the connections with calls still running are
+// away), ends every session (also those waiting to be resumed) and waits
+// for the presence hooks queued (the offline ones that brings about), so
+// that what they record is complete when it returns. If ctx ends first, the connections with calls still running are
 // closed as going away too (1001, what they had queued dropped), so their
 // clients fail those calls with unavailable; Shutdown waits at most a
 // second for those close handshakes, cancels the handlers' contexts and
@@ -456,12 +458,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.served.Wait()
 		close(all)
 	}()
-	defer s.endSessions()
 	select {
 	case <-all:
-		return nil
+		s.endSessions()
+		return s.hub.hooks.wait(ctx)
 	case <-ctx.Done():
 	}
+	defer s.endSessions()
 	// Calls still running: close their connections as going away (1001),
 	// dropping what is queued, so their clients fail those calls with
 	// unavailable (and may re-send them elsewhere) rather than see the
