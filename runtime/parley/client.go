@@ -187,6 +187,9 @@ func Dial(ctx context.Context, url string, opts ...ClientOption) (*Conn, error) 
 		return ci.method.call(ctx, req)
 	}, cfg.interceptors)
 	c.events, c.stopEvents = newEventRunner(evctx, handle, cfg.logger, &c.lastEvent, cfg.eventQueue), stopEvents
+	for _, register := range cfg.register {
+		register(c)
+	}
 	e, welcome, err := c.dial(ctx)
 	if err != nil {
 		stopEvents()
@@ -858,8 +861,10 @@ func (c *Conn) NewStream(ctx context.Context, spec *MethodSpec) (*Stream, error)
 // events and calls of services marked `implemented_by = CLIENT`. Generated
 // RegisterXHandler functions call it. Events that arrive for a method with
 // no handler are dropped (logged at debug level); calls get
-// CodeUnimplemented. Handlers survive reconnects. Registering a procedure
-// twice panics.
+// CodeUnimplemented: the server may push events as soon as Dial's socket
+// is open, before Register runs, so register in WithHandlers to have every
+// event. Handlers survive reconnects. Registering a procedure twice
+// panics.
 func (c *Conn) Register(methods ...*Method) { c.local.add(methods...) }
 
 var (

@@ -96,6 +96,7 @@ type config struct {
 	metadata    map[string]string
 	header      http.Header
 	tls         *tls.Config
+	register    []func(Registrar)
 }
 
 func defaultConfig() config {
@@ -482,6 +483,20 @@ func WithoutReconnect() ClientOption {
 // WithHTTPHeader adds headers to the WebSocket upgrade request.
 func WithHTTPHeader(h http.Header) ClientOption {
 	return clientOption(func(c *config) { c.header = h })
+}
+
+// WithHandlers registers the client's handlers (events and calls of
+// services marked `implemented_by = CLIENT`) before Dial opens the socket:
+// register is called once, with the connection, before its Hello goes.
+// Events the server pushes as soon as a client connects (from its online
+// hook, say) then reach their handler; registering after Dial returns
+// races them, and an event that arrives first is dropped, for good:
+//
+//	conn, err := parley.Dial(ctx, url, parley.WithHandlers(func(r parley.Registrar) {
+//		chatv1parley.RegisterChatEventsHandler(r, h)
+//	}))
+func WithHandlers(register func(Registrar)) ClientOption {
+	return clientOption(func(c *config) { c.register = append(c.register, register) })
 }
 
 // WithTLSConfig sets the TLS configuration for wss:// URLs (the roots to
