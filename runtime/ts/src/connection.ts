@@ -340,8 +340,8 @@ export interface Internals {
   grown: number;
   /** The bytes of stream items received and not yet read (see streamBufferBytes). */
   streamBuf: number;
-  /** The event handlers by method, and what dispatches an event to them (see onEvent, which makes them). */
-  events?: Map<string, Set<(body: Body) => unknown>>;
+  /** The event handlers (and the schemas they decode with) by method, and what dispatches an event to them (see onEvent, which makes them). */
+  events?: Map<string, Set<{ s: DescMessage; f: (message: unknown) => unknown }>>;
   event?: (event: Event) => void;
   /** The client's handlers by method (see handle, which makes it). */
   handlers?: Map<string, { spec: MethodSpec; fn: (req: unknown, ctx: HandlerContext) => unknown }>;

@@ -6,16 +6,17 @@
  */
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { internals, type Connection } from "./connection.js";
-import type { Body } from "./frame.js";
+import { ParleyError } from "./error.js";
 import type { MethodSpec } from "./method.js";
 
 /**
  * Calls handler with every event of the method spec the server pushes on
  * connection, in the order they arrive, until the returned function is
  * called. Several handlers of one event run in the order they were added.
- * What a handler throws (or its promise rejects with), and an event that
- * cannot be decoded, go to the connection's onError option and never
- * affect the connection or other handlers. Events nobody handles are
+ * What a handler throws (or its promise rejects with) goes to the
+ * connection's onError option, as does an event that cannot be decoded
+ * (once, as an "internal" ParleyError naming its method; its handlers are
+ * not called); neither affects the connection or other handlers. Events nobody handles are
  * dropped. Handlers stay across reconnects.
  */
 export function onEvent<I extends DescMessage>(
@@ -28,13 +29,23 @@ export function onEvent<I extends DescMessage>(
   const events = (c.events ??= new Map());
   // In arrival order, each handler isolated from the others. A handler
   // added meanwhile waits for the next event; one removed meanwhile (by an
-  // earlier handler) is not called.
+  // earlier handler) is not called. Each handler gets its own message; an
+  // event that does not decode is reported once per schema, not per handler.
   c.event ??= (event) => {
     const set = events.get(event.method ?? "");
+    const bad: DescMessage[] = [];
     for (const h of [...(set ?? [])]) {
-      if (!set!.has(h)) continue;
+      if (!set!.has(h) || bad.includes(h.s)) continue;
+      let m;
       try {
-        Promise.resolve(h(event)).catch(onError);
+        m = c.decode(h.s, event);
+      } catch (e) {
+        bad.push(h.s);
+        onError(new ParleyError("internal", `${event.method}: undecodable event from the server: ${String(e)}`, [], {}, e));
+        continue;
+      }
+      try {
+        Promise.resolve(h.f(m)).catch(onError);
       } catch (e) {
         onError(e);
       }
@@ -43,7 +54,7 @@ export function onEvent<I extends DescMessage>(
   const m = spec.procedure;
   const set = events.get(m) ?? new Set();
   events.set(m, set);
-  const h = (b: Body) => handler(c.decode(spec.input, b) as MessageShape<I>);
+  const h = { s: spec.input, f: handler as (m: unknown) => unknown };
   set.add(h);
   return () => set.delete(h);
 }

@@ -552,7 +552,9 @@ describe("choosing the protocol", () => {
       send({ kind: { case: "event", value: { method: Tick.procedure, body: json } } });
       peer.send({ ping: { nonce: "1" } });
       await expectFrame(peer, "pong");
-      assert.deepEqual(errors.map(String), ["Error: a json body on parley.v1+proto"]);
+      assert.equal(errors.length, 1);
+      assert.ok(errors[0] instanceof ParleyError && errors[0].code == "internal", String(errors[0]));
+      assert.match(errors[0].message, /\/e2e\.v1\.ClientEvents\/Tick: undecodable event from the server: Error: a json body on parley\.v1\+proto/);
 
       const ok = conn.call(Echo, { text: "ab" });
       reply(peer, await expectFrame(peer, "call"));
