@@ -1,8 +1,9 @@
 // A TCP proxy for fault injection between a client and a server on
 // loopback: it forwards bytes both ways until told to drop every
 // connection (both sides see the socket close at once) or to blackhole
-// them (bytes vanish, no side sees a close: a half-open connection), and
-// can make the server-to-client direction a slow link.
+// them (bytes vanish, no side sees a close: a half-open connection), can
+// hold new connections unanswered (a dial that hangs), and can make the
+// server-to-client direction a slow link.
 import net from "node:net";
 
 interface Pair {
@@ -20,6 +21,9 @@ export class TcpProxy {
   #pairs = new Set<Pair>();
   /** While set, server-to-client bytes go at chunk bytes per ms milliseconds. */
   #slow: { chunk: number; ms: number } | undefined;
+  #accepting: (() => void)[] = [];
+  /** Connections accepted while held (see hold). */
+  #held: net.Socket[] | undefined;
 
   private constructor(
     server: net.Server,
@@ -29,35 +33,59 @@ export class TcpProxy {
     this.port = (server.address() as net.AddressInfo).port;
     server.on("connection", (client) => {
       this.accepted++;
-      const upstream = net.connect(targetPort, "127.0.0.1");
-      const pair: Pair = { client, upstream, blackholed: false };
-      this.#pairs.add(pair);
-      const end = () => {
-        this.#pairs.delete(pair);
-        client.destroy();
-        upstream.destroy();
-      };
-      client.on("data", (d) => pair.blackholed || upstream.write(d));
-      upstream.on("data", (d) => {
-        if (pair.blackholed) return;
-        if (!this.#slow) return void client.write(d);
-        // A slow link: hold the upstream back and trickle this data out.
-        const { chunk, ms } = this.#slow;
-        upstream.pause();
-        let at = 0;
-        const next = () => {
-          if (pair.blackholed || client.destroyed) return;
-          client.write(d.subarray(at, (at += chunk)));
-          if (at < d.length) setTimeout(next, ms);
-          else upstream.resume();
-        };
-        next();
-      });
-      for (const s of [client, upstream]) {
-        s.on("close", end);
-        s.on("error", end);
-      }
+      this.#accepting.splice(0).forEach((f) => f());
+      // A held connection the client gives up on must not crash the process.
+      if (this.#held) this.#held.push(client.on("error", () => {}));
+      else this.#pipe(client);
     });
+  }
+
+  /** Forwards client's bytes to the target and back. */
+  #pipe(client: net.Socket) {
+    const upstream = net.connect(this.targetPort, "127.0.0.1");
+    const pair: Pair = { client, upstream, blackholed: false };
+    this.#pairs.add(pair);
+    const end = () => {
+      this.#pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("data", (d) => pair.blackholed || upstream.write(d));
+    upstream.on("data", (d) => {
+      if (pair.blackholed) return;
+      if (!this.#slow) return void client.write(d);
+      // A slow link: hold the upstream back and trickle this data out.
+      const { chunk, ms } = this.#slow;
+      upstream.pause();
+      let at = 0;
+      const next = () => {
+        if (pair.blackholed || client.destroyed) return;
+        client.write(d.subarray(at, (at += chunk)));
+        if (at < d.length) setTimeout(next, ms);
+        else upstream.resume();
+      };
+      next();
+    });
+    for (const s of [client, upstream]) {
+      s.on("close", end);
+      s.on("error", end);
+    }
+  }
+
+  /** Resolves when the proxy next accepts a connection. */
+  accepting(): Promise<void> {
+    return new Promise((resolve) => this.#accepting.push(resolve));
+  }
+
+  /**
+   * While held, new connections are accepted and left waiting (their
+   * bytes unread, no connection to the target yet): a dial that hangs.
+   * Releasing connects them, and later ones, to the target.
+   */
+  hold(held: boolean): void {
+    const waiting = this.#held ?? [];
+    this.#held = held ? waiting : undefined;
+    if (!held) for (const c of waiting.splice(0)) if (!c.destroyed) this.#pipe(c);
   }
 
   /** Starts a proxy on a free loopback port to 127.0.0.1:targetPort. */
@@ -101,6 +129,7 @@ export class TcpProxy {
 
   close(): Promise<void> {
     this.dropAll();
+    for (const c of this.#held?.splice(0) ?? []) c.destroy();
     return new Promise((resolve) => this.#server.close(() => resolve()));
   }
 }
