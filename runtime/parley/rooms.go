@@ -12,9 +12,12 @@ import (
 // its events in publish order; one whose send queue is full is closed with
 // CloseSlowConsumer rather than slowing the others. Generated publishers
 // (NewChatEventsPublisher(server)) call it. Server interceptors see the
-// event with CallInfo.Event set. A target with nobody in it is no error;
-// neither is publishing after Shutdown: the event reaches no connection of
-// this server (with a shared broker, other nodes' still get it).
+// event with CallInfo.Event set, on the caller's goroutine: a panic in one
+// reaches the caller (in a handler, its call fails with CodeInternal), as
+// a client interceptor's reaches the caller of its call. A target with
+// nobody in it is no error; neither is publishing after Shutdown: the
+// event reaches no connection of this server (with a shared broker, other
+// nodes' still get it).
 func (s *Server) Publish(ctx context.Context, target Target, spec *MethodSpec, event proto.Message) error {
 	if target.kind == 0 {
 		return NewError(CodeInvalidArgument, "parley: Publish needs a target (ToConn, ToUser, ToRoom or ToAll)")
