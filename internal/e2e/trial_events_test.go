@@ -1886,3 +1886,57 @@ func TestTrialPublishInterceptorPanics(t *testing.T) {
 		t.Errorf("after the panics: %v, want [1]", got)
 	}
 }
+
+// TestTrialKickAUser: the README's way to keep a user out, peer.Close and
+// a refusal in WithAuthenticate. The kicked device's session ends (its
+// rooms go, no resume), its reconnect is refused and its connection
+// closes for good with the refusal; the user's other device is untouched
+// until it is kicked too, and then the user goes offline once.
+func TestTrialKickAUser(t *testing.T) {
+	for _, enc := range encodings {
+		t.Run(enc.name, func(t *testing.T) {
+			var banned sync.Map
+			fx := newEvTrial(t, parley.WithAuthenticate(func(ctx context.Context, r *parley.AuthRequest) (*parley.Principal, error) {
+				if _, ok := banned.Load(r.Metadata["user"]); ok {
+					return nil, parley.NewError(parley.CodePermissionDenied, "banned")
+				}
+				return authByMetadata(ctx, r)
+			}))
+			opts := append([]parley.ClientOption{parley.WithReconnect(parley.Backoff{Initial: time.Millisecond, Max: 5 * time.Millisecond, Multiplier: 2})}, enc.opts...)
+			phone := fx.dialEv(t, "vic", opts...)
+			laptop := fx.dialEv(t, "vic", opts...)
+			phone.join(t, "club")
+			laptop.join(t, "club")
+			banned.Store("vic", true)
+			ctx := context.Background()
+			p, ok := fx.srv.Peer(phone.id)
+			if !ok {
+				t.Fatal("no peer for the phone")
+			}
+			p.Close("kicked")
+			waitFor(t, "the phone closed for good", phone.conn.Done())
+			if c := parley.CodeOf(phone.conn.Err()); c != parley.CodePermissionDenied {
+				t.Errorf("the kicked client ended with %v, want permission_denied", phone.conn.Err())
+			}
+			eventually(t, "the phone out of the club", func() bool { return slices.Equal(membersOf(t, fx.srv, "club"), []string{laptop.id}) })
+			if !isOnline(t, fx.srv, "vic") {
+				t.Error("vic offline while the laptop is still connected")
+			}
+			if err := fx.pub.Tick(ctx, parley.ToUser("vic"), &e2ev1.TickEvent{Seq: 1}); err != nil {
+				t.Fatal(err)
+			}
+			if got := fx.barrier(t, laptop); !slices.Equal(got, []int32{1}) {
+				t.Errorf("the laptop got %v, want [1]", got)
+			}
+			lp, _ := fx.srv.Peer(laptop.id)
+			lp.Close("kicked")
+			waitFor(t, "the laptop closed for good", laptop.conn.Done())
+			if got := fx.waitPresence(t, "vic", 2); !slices.Equal(got, []string{"on:vic", "off:vic"}) {
+				t.Errorf("presence of vic: %v", got)
+			}
+			if got := membersOf(t, fx.srv, "club"); len(got) != 0 {
+				t.Errorf("Members(club) = %v", got)
+			}
+		})
+	}
+}
