@@ -1940,3 +1940,62 @@ func TestTrialKickAUser(t *testing.T) {
 		})
 	}
 }
+
+// TestTrialEventHandlerCallsTheServer: an event handler may call the
+// server; during a burst of events beyond WithEventQueueBytes its reply
+// waits behind the events, which wait for the handler: the call fails at
+// its deadline, as documented, and the same call made on a goroutine of
+// the handler's own gets its reply.
+func TestTrialEventHandlerCallsTheServer(t *testing.T) {
+	fx := newEvTrial(t, parley.WithSendQueueBytes(16<<20))
+	outcome := make(chan string, 3)
+	call := func(conn *parley.Conn, timeout time.Duration) string {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		var res e2ev1.EchoResponse
+		if err := conn.Invoke(ctx, evWhoSpec, &e2ev1.EchoRequest{}, &res); err != nil {
+			return parley.CodeOf(err).String()
+		}
+		return "ok"
+	}
+	var c *evClient
+	ready := make(chan struct{})
+	c, err := fx.tryDial("ho", func(ctx context.Context, ev *e2ev1.TickEvent) {
+		<-ready
+		switch ev.GetSeq() {
+		case 1: // alone: the reply comes
+			outcome <- call(c.conn, 5*time.Second)
+		case 2: // in line, 2,000 events behind it
+			outcome <- call(c.conn, 300*time.Millisecond)
+		case 3: // on a goroutine
+			go func() { outcome <- call(c.conn, 5*time.Second) }()
+		}
+	}, parley.WithEventQueueBytes(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.conn.Close()
+	close(ready)
+	ctx := context.Background()
+	if err := fx.pub.Tick(ctx, parley.ToConn(c.id), &e2ev1.TickEvent{Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if got := waitFor(t, "the call alone", outcome); got != "ok" {
+		t.Errorf("a handler's call with no events behind it: %s", got)
+	}
+	for _, first := range []int32{2, 3} {
+		for i := range int32(2000) {
+			seq := first*10000 + i
+			if i == 0 {
+				seq = first
+			}
+			if err := fx.pub.Tick(ctx, parley.ToConn(c.id), &e2ev1.TickEvent{Seq: seq}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want := map[int32]string{2: "deadline_exceeded", 3: "ok"}[first]
+		if got := waitFor(t, "the handler's call", outcome); got != want {
+			t.Errorf("event %d's call: %s, want %s", first, got, want)
+		}
+	}
+}

@@ -434,8 +434,12 @@ func WithPresenceHooks(online, offline func(userID string)) ServerOption {
 // stops reading its socket until they catch up, so that the server's send
 // queue fills instead of the client's memory (the server ends a connection
 // whose queue stays full as a slow consumer, 4001, and the client resumes
-// its session). Meanwhile replies to calls wait too: a handler's own call
-// waits for the queue to drain below the bound, or its deadline.
+// its session). Meanwhile replies to calls wait too. So an event handler
+// that calls the server while more than the bound of events waits behind
+// it gets no reply before its deadline (the reply is behind those events,
+// which wait for the handler to return): the call fails with
+// CodeDeadlineExceeded, though the server may have run it. A handler that
+// calls the server during bursts makes the call on a goroutine of its own.
 func WithEventQueueBytes(n int) ClientOption {
 	return clientOption(func(c *config) { c.eventQueue = max(1, n) })
 }
