@@ -1999,3 +1999,74 @@ func TestTrialEventHandlerCallsTheServer(t *testing.T) {
 		}
 	}
 }
+
+// TestTrialPresenceDevicesDropping: devices whose sockets drop (no close)
+// keep their sessions, and their user online, for the resume window;
+// one that comes back resumes; once the other sessions' windows pass they
+// are gone while the user stays online, and when the last device closes
+// the user goes offline, once.
+func TestTrialPresenceDevicesDropping(t *testing.T) {
+	fx := newEvTrial(t, parley.WithResume(150*time.Millisecond, 64))
+	proxy := newCutProxy(t, strings.TrimPrefix(fx.url, "ws://"), func() cutPlan { return cutPlan{up: -1, down: -1} })
+	t.Cleanup(proxy.close)
+	dialVia := func(reconnect bool, k int) (*parley.Conn, string) {
+		opts := append([]parley.ClientOption{parley.WithHelloMetadata(map[string]string{"user": "wes"})}, encodings[k%2].opts...)
+		if reconnect {
+			opts = append(opts, parley.WithReconnect(parley.Backoff{Initial: time.Millisecond, Max: 5 * time.Millisecond, Multiplier: 2}))
+		} else {
+			opts = append(opts, parley.WithoutReconnect())
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn, err := parley.Dial(ctx, proxy.url(), opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() })
+		var res e2ev1.EchoResponse
+		if err := conn.Invoke(ctx, evWhoSpec, &e2ev1.EchoRequest{}, &res); err != nil {
+			t.Fatal(err)
+		}
+		id, _, _ := strings.Cut(res.GetText(), " ")
+		return conn, id
+	}
+	var gone []*parley.Conn
+	var goneIDs []string
+	for k := range 4 {
+		c, id := dialVia(false, k)
+		gone, goneIDs = append(gone, c), append(goneIDs, id)
+	}
+	back, _ := dialVia(true, 1)
+	resumed := make(chan bool, 8)
+	back.OnStateChange(func(st parley.ConnState) {
+		if st.Status == parley.StatusOpen && st.Reconnected {
+			resumed <- st.Resumed
+		}
+	})
+	fx.waitPresence(t, "wes", 1)
+	dropLinks(proxy) // all five drop at once
+	for _, c := range gone {
+		waitFor(t, "a dropped device closing", c.Done())
+	}
+	if !waitFor(t, "the device that comes back", resumed) {
+		t.Fatal("the device that came back did not resume")
+	}
+	eventually(t, "the dropped sessions' windows passed", func() bool {
+		for _, id := range goneIDs {
+			if _, ok := fx.srv.Peer(id); ok {
+				return false
+			}
+		}
+		return true
+	})
+	if got := fx.presenceOf("wes"); !slices.Equal(got, []string{"on:wes"}) || !isOnline(t, fx.srv, "wes") {
+		t.Fatalf("presence while one device remains: %v", got)
+	}
+	_ = back.Close()
+	if got := fx.waitPresence(t, "wes", 2); !slices.Equal(got, []string{"on:wes", "off:wes"}) {
+		t.Errorf("presence of wes: %v", got)
+	}
+	if isOnline(t, fx.srv, "wes") {
+		t.Error("wes online after the last device closed")
+	}
+}
