@@ -55,7 +55,10 @@ export interface ConnectionOptions {
    * metadata "authorization": "Bearer <token>". A function is called
    * every time a socket opens, the first and each reconnect, so a
    * reconnect authenticates afresh; if it throws, the connection closes
-   * with "unauthenticated".
+   * with "unauthenticated". While it runs the socket waits for Hello: a
+   * socket that fails meanwhile, or gets no Welcome within
+   * defaultTimeoutMs, fails saying that the token function had not
+   * returned.
    */
   token?: string | (() => string | Promise<string>);
   /**
@@ -303,8 +306,8 @@ export interface Sock {
   /** performance.now() when the last message arrived. */
   heard: number;
   timers: ReturnType<typeof setTimeout>[];
-  /** Set while the token function has not returned: a close then says so. */
-  token?: boolean;
+  /** While the token function has not returned, what a failure adds to say so; else "". */
+  token: string;
 }
 
 // Browsers only let scripts close with 1000 or 3000-4999. A socket the
@@ -661,7 +664,7 @@ export class Connection {
   #dial() {
     const subprotocol = this.#protocol.name;
     const ws = new this.#WS(this.#url, subprotocol);
-    const s: Sock = (this.#sock = { ws, open: [0, 0], heard: 0, timers: [] });
+    const s: Sock = (this.#sock = { ws, open: [0, 0], heard: 0, timers: [], token: "" });
     // The ws package hands over its own Buffer ("nodebuffer", its default),
     // saving a copy per message; browsers give "blob" unless told.
     if (ws.binaryType != "nodebuffer") ws.binaryType = "arraybuffer";
@@ -687,11 +690,12 @@ export class Connection {
     ws.onclose = (ev: { code: number; reason: string }) =>
       this.#drop(
         s,
-        new ParleyError("unavailable", `connection closed (${ev.code}${ev.reason ? " " + ev.reason : ""})${why}${s.token ? "; the token function had not returned" : ""}`),
+        new ParleyError("unavailable", `connection closed (${ev.code}${ev.reason ? " " + ev.reason : ""})${why}${s.token}`),
       );
     const wait = this.#defaultTimeout;
     if (wait > 0) {
-      s.timers.push(setTimeout(() => this.#drop(s, new ParleyError("unavailable", `no welcome from the server within ${wait} ms`), closeResumable), wait));
+      // A token function still running is what the user must look at.
+      s.timers.push(setTimeout(() => this.#drop(s, new ParleyError("unavailable", `no welcome from the server within ${wait} ms${s.token}`), closeResumable), wait));
     }
   }
 
@@ -701,7 +705,7 @@ export class Connection {
     const md = { ...metadata };
     try {
       let t = token;
-      if (typeof t == "function") (s.token = true), (t = await t()), (s.token = false);
+      if (typeof t == "function") (s.token = "; the token function had not returned"), (t = await t()), (s.token = "");
       if (t) md["authorization"] = `Bearer ${t}`;
     } catch (e) {
       if (!s.dead) this.#close(new ParleyError("unauthenticated", `token: ${String(e)}`, [], {}, e));
