@@ -127,6 +127,28 @@ async function barrier(conn: Connection, notes: Notes) {
   await notes.until(tag, 1);
 }
 
+test("a Node process whose connections ended at every stage of their lifecycle exits by itself", async () => {
+  const child = fileURLToPath(new URL("./trial-events-child.js", import.meta.url));
+  for (const protocol of ["proto", "json"]) {
+    const p = spawn(process.execPath, [child, url, protocol], { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    p.stdout!.on("data", (d) => (out += d));
+    const code = await within(new Promise((resolve) => p.on("exit", resolve)), 10_000, `the child (${protocol}): ${out}`).finally(() => p.exitCode === null && p.kill());
+    assert.equal(code, 0, `child (${protocol}) exited with ${code}: ${out}`);
+    // The last error ends with what the ws package says (ECONNREFUSED and the port): left out.
+    assert.deepEqual(out.trim().split("\n").map((l) => l.replace(/\(1006\): .*/, "(1006)")), [
+      "ParleyError: unavailable: no welcome from the server within 100 ms",
+      "ParleyError: canceled: connection closed by the client",
+      "ParleyError: canceled: connection closed by the client",
+      "ParleyError: canceled: connection closed by the client",
+      'ParleyError: unauthenticated: e2e: token "deny-child" is refused',
+      "ParleyError: canceled: connection closed by the client",
+      "ParleyError: unavailable: gave up reconnecting after 2 attempts: connection closed (1006)",
+      "done",
+    ]);
+  }
+});
+
 let url: string;
 let stopServer: () => Promise<void>;
 let proxy: TcpProxy;
@@ -460,6 +482,11 @@ for (const protocol of ["proto", "json"] as const) {
       const back = await stateWhere(conn, (s) => s.status == "open");
       assert.ok(back.status == "open" && back.resumed);
       assert.equal((await within(conn.call(Whoami, {}))).metadata["authorization"], "Bearer tok-2");
+    });
+
+    test("a token function that never returns: ready rejects at defaultTimeoutMs, saying so", async () => {
+      const conn = connect({ defaultTimeoutMs: 100, token: () => new Promise<string>(() => {}) });
+      await rejectsWith(within(conn.ready), "unavailable", /no welcome from the server within 100 ms; the token function had not returned/);
     });
 
     test("a token function that throws on a reconnect closes the connection with unauthenticated, once: no more dials", async () => {
