@@ -51,7 +51,9 @@ type evTrial struct {
 	// does it too).
 	stop func()
 
-	do func(ctx context.Context, req *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error)
+	// do is what the Do method runs (setDo).
+	doMu sync.Mutex
+	do   func(ctx context.Context, req *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error)
 
 	presMu   sync.Mutex
 	presence []string      // "on:user" and "off:user", in the order the hooks ran
@@ -105,10 +107,13 @@ func newEvTrial(t *testing.T, opts ...parley.ServerOption) *evTrial {
 			return &e2ev1.EchoResponse{Text: strings.Join(peer.Rooms(), ",")}, nil
 		}),
 		parley.NewUnaryMethod(evDoSpec, func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
-			if fx.do == nil {
+			fx.doMu.Lock()
+			do := fx.do
+			fx.doMu.Unlock()
+			if do == nil {
 				return nil, parley.NewError(parley.CodeUnimplemented, "no do hook")
 			}
-			return fx.do(ctx, r)
+			return do(ctx, r)
 		}),
 		parley.NewServerStreamMethod(evStreamWhoSpec, func(ctx context.Context, _ *e2ev1.EchoRequest, s *parley.ServerStream[e2ev1.EchoResponse]) error {
 			return s.Send(&e2ev1.EchoResponse{Text: who(ctx)})
@@ -129,6 +134,13 @@ func newEvTrial(t *testing.T, opts ...parley.ServerOption) *evTrial {
 	}
 	t.Cleanup(fx.stop)
 	return fx
+}
+
+// setDo sets what the Do method runs.
+func (fx *evTrial) setDo(do func(ctx context.Context, req *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error)) {
+	fx.doMu.Lock()
+	fx.do = do
+	fx.doMu.Unlock()
 }
 
 func (fx *evTrial) note(s string) {
@@ -448,7 +460,7 @@ func TestTrialEventOrderManyPublishers(t *testing.T) {
 	fx := newEvTrial(t)
 	const stride = 100000
 	const per = 200
-	fx.do = func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+	fx.setDo(func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
 		// Publish from inside a handler: to the caller's own connection.
 		peer, _ := parley.PeerFromContext(ctx)
 		for i := range int32(r.GetRepeat()) {
@@ -457,7 +469,7 @@ func TestTrialEventOrderManyPublishers(t *testing.T) {
 			}
 		}
 		return &e2ev1.EchoResponse{}, nil
-	}
+	})
 	var clients []*evClient
 	for i := range 6 {
 		c := fx.dialEv(t, fmt.Sprintf("u%d", i%3), encodings[i%2].opts...)
@@ -730,7 +742,7 @@ func TestTrialJoinAsTheConnectionCloses(t *testing.T) {
 	fx := newEvTrial(t)
 	var joined, refused atomic.Int64
 	started := make(chan struct{}, 64)
-	fx.do = func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+	fx.setDo(func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
 		peer, _ := parley.PeerFromContext(ctx)
 		started <- struct{}{}
 		// Join again and again until the connection's session ends
@@ -747,7 +759,7 @@ func TestTrialJoinAsTheConnectionCloses(t *testing.T) {
 			joined.Add(1)
 			runtime.Gosched()
 		}
-	}
+	})
 	const n = 120
 	var wg sync.WaitGroup
 	for i := range n {
@@ -1227,12 +1239,12 @@ func TestTrialInterceptors(t *testing.T) {
 			}
 			var handlerRan atomic.Int64
 			fx := newEvTrial(t, parley.WithInterceptors(named("s1"), named("s2"), guard))
-			fx.do = func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+			fx.setDo(func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
 				handlerRan.Add(1)
 				ci, _ := parley.CallInfoFromContext(ctx)
 				record("handler " + ci.Metadata["trace"])
 				return &e2ev1.EchoResponse{Text: ci.Metadata["trace"]}, nil
-			}
+			})
 			// The client adds metadata in its interceptor.
 			setTrace := func(next parley.UnaryFunc) parley.UnaryFunc {
 				return func(ctx context.Context, req proto.Message) (proto.Message, error) {
@@ -1307,11 +1319,11 @@ func TestTrialEventMisuse(t *testing.T) {
 				return authByMetadata(ctx, r)
 			}))
 			var lastPeer atomic.Pointer[parley.Peer]
-			fx.do = func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+			fx.setDo(func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
 				peer, _ := parley.PeerFromContext(ctx)
 				lastPeer.Store(peer)
 				return &e2ev1.EchoResponse{}, nil
-			}
+			})
 			small := fx.dialEv(t, "sam", append([]parley.ClientOption{parley.WithMaxMessageBytes(512)}, enc.opts...)...)
 			big := fx.dialEv(t, "huge", enc.opts...)
 			ctx := context.Background()
@@ -1418,10 +1430,10 @@ func TestTrialInterceptorAddingMetadataEverywhere(t *testing.T) {
 				}
 			}
 			fx := newEvTrial(t, parley.WithInterceptors(tracing))
-			fx.do = func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+			fx.setDo(func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
 				ci, _ := parley.CallInfoFromContext(ctx)
 				return &e2ev1.EchoResponse{Text: ci.Metadata["trace-id"]}, nil
-			}
+			})
 			// A client without interceptors sends calls without metadata.
 			plain := fx.dialEv(t, "pam", enc.opts...)
 			if got := plain.call(t, evDoSpec, ""); got != "server" {
@@ -1786,14 +1798,14 @@ func TestTrialServerCallsClientThroughInterceptors(t *testing.T) {
 				}
 			}
 			fx := newEvTrial(t, parley.WithInterceptors(seeing("s")))
-			fx.do = func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+			fx.setDo(func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
 				peer, _ := parley.PeerFromContext(ctx)
 				res, err := e2ev1parley.NewClientEventsClient(peer).Confirm(ctx, &e2ev1.ConfirmRequest{Question: r.GetText()})
 				if err != nil {
 					return &e2ev1.EchoResponse{Text: parley.CodeOf(err).String()}, nil
 				}
 				return &e2ev1.EchoResponse{Text: res.GetAnswer()}, nil
-			}
+			})
 			c := fx.dialEv(t, "kim", append([]parley.ClientOption{parley.WithInterceptors(seeing("c"))}, enc.opts...)...)
 			if got := c.call(t, evDoSpec, "ok?"); got != c.id {
 				t.Errorf("the client's answer: %q, want its id %q", got, c.id)
@@ -1865,9 +1877,9 @@ func TestTrialPublishInterceptorPanics(t *testing.T) {
 			return next(ctx, req)
 		}
 	}))
-	fx.do = func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
+	fx.setDo(func(ctx context.Context, r *e2ev1.EchoRequest) (*e2ev1.EchoResponse, error) {
 		return &e2ev1.EchoResponse{}, fx.pub.Tick(ctx, parley.ToAll(), &e2ev1.TickEvent{Seq: 13})
-	}
+	})
 	c := fx.dialEv(t, "una")
 	func() {
 		defer func() {
