@@ -30,8 +30,8 @@ const CloseWriteTimeout = closeWriteTimeout
 // not sockets, are members: a client that reconnects and resumes keeps its
 // rooms and does not flap offline. mu guards the maps; presenceMu
 // serializes presence updates so the hooks see a user's transitions in the
-// order they happened. A session's roomsMu (held before mu, never the other
-// way) orders its joins, leaves and removal, each with its broker call, so
+// order they happened. A session's roomsMu (taken before the hub's mu, never
+// after) orders its joins, leaves and removal, each with its broker call, so
 // that the broker's members agree with the hub's: a Join racing the
 // session's end either lands before it (and the end leaves the room) or
 // fails with not_found, and never records a member the broker keeps for
