@@ -1,8 +1,10 @@
-// Command e2eserver serves e2e.v1.EchoService, StreamService, PushService and EventService for the
-// Node and browser tests; with -auth it authenticates connections with
-// e2e.Authenticate. It listens on 127.0.0.1 on a free port (or -addr), prints its
-// WebSocket URL as the first line on stdout, serves static files from
-// -static at / when given, and exits when stdin closes or on SIGINT/SIGTERM.
+// Command e2eserver serves e2e.v1.EchoService, StreamService, PushService
+// and EventService for the Node and browser tests; with -auth it
+// authenticates connections with e2e.Authenticate, and -resume-window sets
+// how long sessions wait to be resumed. It listens on 127.0.0.1 on a free
+// port (or -addr), prints its WebSocket URL as the first line on stdout,
+// serves static files from -static at / when given, and exits when stdin
+// closes or on SIGINT/SIGTERM.
 package main
 
 import (
@@ -27,9 +29,10 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "address to listen on")
 	static := flag.String("static", "", "directory to serve at / (for browser tests)")
 	auth := flag.Bool("auth", false, "authenticate connections with e2e.Authenticate")
+	resume := flag.Duration("resume-window", parley.DefaultResumeWindow, "how long a dropped session waits to be resumed")
 	flag.Parse()
 
-	opts := []parley.ServerOption{parley.WithAllowedOrigins("*")}
+	opts := []parley.ServerOption{parley.WithAllowedOrigins("*"), parley.WithResume(*resume, parley.DefaultResumeEvents)}
 	if *auth {
 		opts = append(opts, parley.WithAuthenticate(e2e.Authenticate))
 	}
