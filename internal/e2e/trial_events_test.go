@@ -1972,12 +1972,14 @@ func TestTrialEventHandlerCallsTheServer(t *testing.T) {
 	}
 	var c *evClient
 	ready := make(chan struct{})
+	burst := make(chan struct{}) // closed once event 2's burst is published
 	c, err := fx.tryDial("ho", func(ctx context.Context, ev *e2ev1.TickEvent) {
 		<-ready
 		switch ev.GetSeq() {
 		case 1: // alone: the reply comes
 			outcome <- call(c.conn, 5*time.Second)
-		case 2: // in line, 2,000 events behind it
+		case 2: // in line, 2,000 events queued before its reply
+			<-burst
 			outcome <- call(c.conn, 300*time.Millisecond)
 		case 3: // on a goroutine
 			go func() { outcome <- call(c.conn, 5*time.Second) }()
@@ -2005,6 +2007,9 @@ func TestTrialEventHandlerCallsTheServer(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		if first == 2 {
+			close(burst)
+		}
 		want := map[int32]string{2: "deadline_exceeded", 3: "ok"}[first]
 		if got := waitFor(t, "the handler's call", outcome); got != want {
 			t.Errorf("event %d's call: %s, want %s", first, got, want)
@@ -2018,7 +2023,7 @@ func TestTrialEventHandlerCallsTheServer(t *testing.T) {
 // are gone while the user stays online, and when the last device closes
 // the user goes offline, once.
 func TestTrialPresenceDevicesDropping(t *testing.T) {
-	fx := newEvTrial(t, parley.WithResume(150*time.Millisecond, 64))
+	fx := newEvTrial(t, parley.WithResume(500*time.Millisecond, 64)) // long enough for a reconnect under load
 	proxy := newCutProxy(t, strings.TrimPrefix(fx.url, "ws://"), func() cutPlan { return cutPlan{up: -1, down: -1} })
 	t.Cleanup(proxy.close)
 	dialVia := func(reconnect bool, k int) (*parley.Conn, string) {
