@@ -61,6 +61,10 @@ export function handle<I extends DescMessage, O extends DescMessage>(
         const timer = timeoutMs
           ? setTimeout(() => serving.ac.abort(new ParleyError("deadline_exceeded", `${method}: deadline exceeded`)), Math.min(timeoutMs, 0x7fffffff))
           : undefined;
+        // Aborted (the server cancelled, the socket dropped, close()), the
+        // call needs its deadline no more: a handler that never returns
+        // must not keep Node alive until then.
+        serving.ac.signal.addEventListener("abort", () => clearTimeout(timer));
         let reply: Frame;
         try {
           reply = { reply: { id, ...c.encode(h.spec.output, await h.fn(req, { signal: serving.ac.signal, metadata: call.metadata ?? {} }), method, "internal") } };

@@ -3,14 +3,15 @@
 // at every stage of their lifecycle (the first socket never answered, a
 // token function that never returns, close() while reconnecting with a
 // long delay and while a redial hangs, close() from a listener, a refused
-// token, giving up reconnecting), then must exit by itself: a timer or
+// token, giving up reconnecting, a server call's handler that never
+// returns), then must exit by itself: a timer or
 // socket the runtime left behind would keep Node alive.
 import net from "node:net";
 import WebSocket from "ws";
-import { Connection, type ConnectionOptions } from "../src/index.js";
+import { Connection, handle, type ConnectionOptions } from "../src/index.js";
 import { protocols } from "./protocols.js";
 import { TcpProxy } from "./proxy.js";
-import { Echo } from "./specs.js";
+import { AskBack, Confirm, Echo } from "./specs.js";
 
 const [url, protocol] = process.argv.slice(2) as [string, "proto" | "json"];
 const connect = (to: string, options: ConnectionOptions = {}) => new Connection(to, { WebSocket, protocol: protocols[protocol], onError: () => {}, ...options });
@@ -41,6 +42,14 @@ push(await settled(stuck));
 const shut = connect(url);
 shut.onStateChange((s) => s.status == "open" && shut.close());
 push(await settled(shut));
+
+// close() while a handler of the server's call (with a minute's deadline) never returns.
+const serving = connect(url);
+const asked = new Promise<void>((resolve) => handle(serving, Confirm, () => (resolve(), new Promise<never>(() => {}))));
+const askBack = serving.call(AskBack, { question: "q", timeoutMs: 60_000 }).then(() => "answered", String);
+await asked;
+serving.close();
+push(await askBack);
 
 // A token the server refuses.
 push(await settled(connect(url, { token: "deny-child" })));

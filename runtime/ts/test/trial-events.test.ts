@@ -141,6 +141,7 @@ test("a Node process whose connections ended at every stage of their lifecycle e
       "ParleyError: canceled: connection closed by the client",
       "ParleyError: canceled: connection closed by the client",
       "ParleyError: canceled: connection closed by the client",
+      "ParleyError: canceled: connection closed by the client",
       'ParleyError: unauthenticated: e2e: token "deny-child" is refused',
       "ParleyError: canceled: connection closed by the client",
       "ParleyError: unavailable: gave up reconnecting after 2 attempts: connection closed (1006)",
