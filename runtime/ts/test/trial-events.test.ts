@@ -543,6 +543,7 @@ for (const protocol of ["proto", "json"] as const) {
         await within(dialed, 5000, "the redial");
         const waited = conn.call(Echo, { text: "waited" }, { timeoutMs: 5000 });
         const short = conn.call(Echo, { text: "short" }, { timeoutMs: 100 });
+        const sleepy = conn.call(Sleep, { ms: 1 }, { timeoutMs: 5000 });
         await within(other.call(Publish, { target: "room", room, tag: "r2", count: 30 }));
         await within(other.call(Publish, { target: "user", user, tag: "u", count: 10 }));
         await rejectsWith(within(short), "deadline_exceeded");
@@ -551,6 +552,10 @@ for (const protocol of ["proto", "json"] as const) {
         const back = await stateWhere(conn, (s) => s.status == "open");
         assert.ok(back.status == "open" && back.resumed && back.reconnected);
         assert.equal((await within(waited)).text, "waited");
+        // The deadline the handler saw is what remained when the call went
+        // out: it waited for the socket longer than the short call's 100 ms.
+        const { deadlineMs } = await within(sleepy);
+        assert.ok(deadlineMs > 0n && deadlineMs < 4900n, `the handler's deadline: ${deadlineMs} ms`);
       } finally {
         proxy.hold(false);
       }
