@@ -597,6 +597,32 @@ for (const protocol of ["proto", "json"] as const) {
       }
     });
 
+    test("the server shutting down (GoAway) while a handler publishes: its events arrive on the draining socket, once; then the restarted server's new session", async () => {
+      let server = await startE2EServer(["-auth"]);
+      try {
+        const conn = connect({ reconnect: { initialDelayMs: 10, maxDelayMs: 50 } }, server.url);
+        const notes = new Notes(conn);
+        await within(conn.ready);
+        const states: ConnectionState[] = [];
+        conn.onStateChange((s) => states.push(s));
+        // Whether the call reaches the handler before the shutdown or is
+        // refused unrun and goes again after the restart, it publishes once.
+        const published = conn.call(Publish, { target: "conn", tag: "d", count: 5, delayMs: 200 }, { timeoutMs: 10_000 });
+        await server.stop();
+        server = await startE2EServer(["-auth", "-addr", new URL(server.url).host]);
+        assert.equal((await within(published, 10_000)).published, 5);
+        const back = await stateWhere(conn, (s) => s.status == "open", 10_000);
+        assert.ok(back.status == "open" && !back.resumed && back.reconnected);
+        await within(conn.call(Publish, { target: "conn", tag: "n", count: 2 }));
+        await notes.until("n", 2);
+        assert.deepEqual(notes.got, [...seqs("d", 5), ...seqs("n", 2)]);
+        const first = states[0];
+        assert.ok(first?.status == "reconnecting" && /going away/.test(first.error.message), JSON.stringify(first));
+      } finally {
+        await server.stop();
+      }
+    });
+
     test("the server restarted: resumed false, the new session's server sees the fresh token, a call made while it was down waits and succeeds, one with a short deadline fails deadline_exceeded", async () => {
       let server = await startE2EServer(["-auth"]);
       try {
