@@ -52,15 +52,16 @@ func run(ctx context.Context, args []string, in io.Reader, out io.Writer) error 
 	}
 
 	c := &cli{out: out, user: *user, stay: *stay}
-	conn, err := parley.Dial(ctx, *url, parley.WithHelloMetadata(map[string]string{
-		"authorization": "Bearer dev-" + *user,
-	}))
+	conn, err := parley.Dial(ctx, *url,
+		parley.WithHelloMetadata(map[string]string{"authorization": "Bearer dev-" + *user}),
+		// Registered before the socket opens, so that no event is missed,
+		// not even one the server pushes as the client connects.
+		parley.WithHandlers(func(r parley.Registrar) { chatv1parley.RegisterChatEventsHandler(r, c) }),
+	)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	// Register before joining, so no event is missed.
-	chatv1parley.RegisterChatEventsHandler(conn, c)
 	c.chat = chatv1parley.NewChatServiceClient(conn)
 	if err := c.join(ctx, *room); err != nil {
 		return err
