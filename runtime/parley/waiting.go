@@ -36,10 +36,20 @@ type waitingSessions struct {
 	at    map[*session]*list.Element // each session's place in order
 	held  map[*session]int           // what each session counts
 	total int                        // the sum of held
+	// ending holds the sessions taken out to be ended, until they count
+	// themselves out (remove): what they keep meanwhile (an event
+	// delivered before their end runs) does not put them back in line.
+	ending map[*session]struct{}
 }
 
 func newWaitingSessions(limit int) *waitingSessions {
-	return &waitingSessions{limit: limit, order: list.New(), at: make(map[*session]*list.Element), held: make(map[*session]int)}
+	return &waitingSessions{
+		limit:  limit,
+		order:  list.New(),
+		at:     make(map[*session]*list.Element),
+		held:   make(map[*session]int),
+		ending: make(map[*session]struct{}),
+	}
 }
 
 // put counts s, waiting, as holding n bytes: at the back of the line if
@@ -48,6 +58,10 @@ func newWaitingSessions(limit int) *waitingSessions {
 func (w *waitingSessions) put(s *session, n int) {
 	n += sessionOverhead
 	w.mu.Lock()
+	if _, ok := w.ending[s]; ok {
+		w.mu.Unlock()
+		return
+	}
 	if _, ok := w.at[s]; !ok {
 		w.at[s] = w.order.PushBack(s)
 	}
@@ -58,6 +72,7 @@ func (w *waitingSessions) put(s *session, n int) {
 		old := w.order.Remove(w.order.Front()).(*session)
 		over = append(over, old)
 		w.dropLocked(old)
+		w.ending[old] = struct{}{}
 	}
 	w.mu.Unlock()
 	for _, old := range over {
@@ -65,9 +80,11 @@ func (w *waitingSessions) put(s *session, n int) {
 	}
 }
 
-// remove counts s out: it is no longer waiting.
+// remove counts s out: it is no longer waiting (a socket attached or is
+// about to, or it ended).
 func (w *waitingSessions) remove(s *session) {
 	w.mu.Lock()
+	delete(w.ending, s)
 	if e, ok := w.at[s]; ok {
 		w.order.Remove(e)
 		w.dropLocked(s)

@@ -163,3 +163,25 @@ func TestDroppingInALoopHoldsNoMoreThanTheBound(t *testing.T) {
 		}
 	}
 }
+
+// TestSessionTakenOutToEndStaysOut: a session taken out of line to be
+// ended, which keeps an event before its end runs, must not count itself
+// back in at the end of the line, where it would push out the next
+// session in its place (three sessions ended where two had to).
+func TestSessionTakenOutToEndStaysOut(t *testing.T) {
+	srv := NewServer()
+	w := newWaitingSessions(2*sessionOverhead + 100)
+	a, b, c := newSession(srv, nil), newSession(srv, nil), newSession(srv, nil)
+	w.put(a, 0)
+	w.put(b, 0)
+	w.put(c, 0) // over: a, waiting longest, is taken out
+	w.put(a, 50)
+	if n, held := w.count(); n != 2 || held != 2*sessionOverhead {
+		t.Fatalf("after a, taken out, kept more: %d sessions holding %d bytes; want b and c, %d", n, held, 2*sessionOverhead)
+	}
+	w.remove(a) // a ended
+	w.put(a, 0) // and, say, a socket took it up and dropped it again
+	if n, _ := w.count(); n != 2 {
+		t.Fatalf("%d sessions wait; want 2", n)
+	}
+}
