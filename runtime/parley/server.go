@@ -425,11 +425,11 @@ func newSessionID() string {
 // calls in flight to finish, then closes every socket with 1001 (going
 // away), ends every session (also those waiting to be resumed) and waits
 // for the presence hooks queued (the offline ones that brings about), so
-// that what they record is complete when it returns. If ctx ends first, the connections with calls still running are
-// closed as going away too (1001, what they had queued dropped), so their
-// clients fail those calls with unavailable; Shutdown waits at most a
-// second for those close handshakes, cancels the handlers' contexts and
-// returns ctx's error. Handlers that ignore their context may still be
+// that what they record is complete when it returns. If ctx ends first,
+// the connections with calls still running are closed as going away too
+// (1001, what they had queued dropped), so their clients fail those calls
+// with unavailable; Shutdown waits at most a second for those close
+// handshakes, cancels the handlers' contexts and returns ctx's error. Handlers that ignore their context may still be
 // running then.
 //
 // Shutdown does not stop the http.Server the Server is mounted on.

@@ -32,47 +32,48 @@ type waitingSessions struct {
 	limit int
 
 	mu    sync.Mutex
-	order *list.List                 // of *session, longest waiting first
-	at    map[*session]*list.Element // each session's place in order
-	held  map[*session]int           // what each session counts
-	total int                        // the sum of held
-	// ending holds the sessions taken out to be ended, until they count
-	// themselves out (remove): what they keep meanwhile (an event
-	// delivered before their end runs) does not put them back in line.
-	ending map[*session]struct{}
+	order *list.List // of *waiter, longest waiting first
+	// at is each waiting session's place in order; nil for a session taken
+	// out to be ended, until it counts itself out (remove), so that what
+	// it keeps meanwhile (an event delivered before its end runs) does not
+	// put it back in line.
+	at    map[*session]*list.Element
+	total int // what the sessions in order hold together
+}
+
+// waiter is a session in line and what it counts.
+type waiter struct {
+	s    *session
+	held int
 }
 
 func newWaitingSessions(limit int) *waitingSessions {
-	return &waitingSessions{
-		limit:  limit,
-		order:  list.New(),
-		at:     make(map[*session]*list.Element),
-		held:   make(map[*session]int),
-		ending: make(map[*session]struct{}),
-	}
+	return &waitingSessions{limit: limit, order: list.New(), at: make(map[*session]*list.Element)}
 }
 
 // put counts s, waiting, as holding n bytes: at the back of the line if
 // it was not waiting, in its place otherwise. Sessions over the limit are
 // then taken out and ended.
 func (w *waitingSessions) put(s *session, n int) {
-	n += sessionOverhead
 	w.mu.Lock()
-	if _, ok := w.ending[s]; ok {
+	e, ok := w.at[s]
+	if ok && e == nil {
 		w.mu.Unlock()
-		return
+		return // being ended
 	}
-	if _, ok := w.at[s]; !ok {
-		w.at[s] = w.order.PushBack(s)
+	if !ok {
+		e = w.order.PushBack(&waiter{s: s})
+		w.at[s] = e
 	}
-	w.total += n - w.held[s]
-	w.held[s] = n
+	wt := e.Value.(*waiter)
+	w.total += n + sessionOverhead - wt.held
+	wt.held = n + sessionOverhead
 	var over []*session
 	for w.total > w.limit && w.order.Len() > 0 {
-		old := w.order.Remove(w.order.Front()).(*session)
-		over = append(over, old)
-		w.dropLocked(old)
-		w.ending[old] = struct{}{}
+		old := w.order.Remove(w.order.Front()).(*waiter)
+		w.total -= old.held
+		w.at[old.s] = nil
+		over = append(over, old.s)
 	}
 	w.mu.Unlock()
 	for _, old := range over {
@@ -84,18 +85,11 @@ func (w *waitingSessions) put(s *session, n int) {
 // about to, or it ended).
 func (w *waitingSessions) remove(s *session) {
 	w.mu.Lock()
-	delete(w.ending, s)
-	if e, ok := w.at[s]; ok {
-		w.order.Remove(e)
-		w.dropLocked(s)
+	if e := w.at[s]; e != nil {
+		w.total -= w.order.Remove(e).(*waiter).held
 	}
-	w.mu.Unlock()
-}
-
-func (w *waitingSessions) dropLocked(s *session) {
-	w.total -= w.held[s]
-	delete(w.held, s)
 	delete(w.at, s)
+	w.mu.Unlock()
 }
 
 // count returns how many sessions wait and what they hold together.
