@@ -16,8 +16,8 @@ import type { MethodSpec } from "./method.js";
  * What a handler throws (or its promise rejects with) goes to the
  * connection's onError option, as does an event that cannot be decoded
  * (once, as an "internal" ParleyError naming its method; its handlers are
- * not called); neither affects the connection or other handlers. Events nobody handles are
- * dropped. Handlers stay across reconnects.
+ * not called); neither affects the connection or other handlers. Events
+ * nobody handles are dropped. Handlers stay across reconnects.
  */
 export function onEvent<I extends DescMessage>(
   connection: Connection,
